@@ -1,0 +1,126 @@
+# llama.ao build. `make` builds what this machine can build and prints what it found.
+#   make              CPU library, infer_llama, tools, CPU tests; CUDA objects when nvcc exists
+#   make test         CPU test suite (ends with "N passed, N failed")
+#   make test-gpu     GPU test suite (needs a GPU)
+#   make SANITIZE=1   ASan + UBSan build into build-san/
+#   make GPU_ARCH=sm_90a  override the CUDA architecture (default sm_90a)
+# Sources are picked up by directory: a new ops/foo.c or ops/foo.cu needs no Makefile edit;
+# a new test is test/test_<name>.c (CPU) or test/gpu_test_<name>.cu (GPU).
+
+CC ?= gcc
+ifeq ($(CC),cc)
+CC := gcc
+endif
+OPT ?= -O2
+WERROR ?=
+CFLAGS_BASE := -std=gnu11 $(OPT) -g -Wall -Wextra $(WERROR) -fno-strict-aliasing -MMD -MP
+LDLIBS := -lm -lpthread
+
+ifeq ($(SANITIZE),1)
+BUILD ?= build-san
+CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+else
+BUILD ?= build
+CFLAGS_BASE += -march=x86-64-v2
+endif
+
+# ---- detection ---------------------------------------------------------------------------
+OPENMP := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo 1)
+ifeq ($(OPENMP),1)
+CFLAGS_BASE += -fopenmp
+LDFLAGS += -fopenmp
+endif
+
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda) $(patsubst %/bin/nvcc,%,$(shell command -v nvcc 2>/dev/null)))
+NVCC := $(firstword $(wildcard $(CUDA_HOME)/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+GPU_ARCH ?= sm_90a
+INC_DIRS := $(CUDA_HOME)/include /usr/include /usr/include/x86_64-linux-gnu /usr/local/include
+find_header = $(firstword $(foreach d,$(INC_DIRS),$(wildcard $(d)/$(1))))
+CUBLASLT_H := $(call find_header,cublasLt.h)
+CUDNN_H := $(call find_header,cudnn.h)
+NCCL_H := $(call find_header,nccl.h)
+MPICC := $(shell command -v mpicc 2>/dev/null)
+MPI_H := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h /usr/include/mpi.h))
+
+yesno = $(if $(1),✓,✗)
+ifeq ($(MAKELEVEL),0)
+ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),all)),)
+$(info ---- llama.ao build configuration ----)
+$(info $(call yesno,$(OPENMP)) OpenMP)
+$(info $(call yesno,$(NVCC)) nvcc $(if $(NVCC),($(NVCC)) -> $(GPU_ARCH),(CUDA parts skipped)))
+$(info $(call yesno,$(CUBLASLT_H)) cuBLASLt $(CUBLASLT_H))
+$(info $(call yesno,$(CUDNN_H)) cuDNN $(CUDNN_H))
+$(info $(call yesno,$(NCCL_H)) NCCL $(NCCL_H))
+$(info $(call yesno,$(or $(MPICC),$(MPI_H))) OpenMPI $(or $(MPICC),$(MPI_H)))
+$(info $(if $(filter 1,$(SANITIZE)),✓ sanitizer build (ASan+UBSan) into $(BUILD),  plain build into $(BUILD)))
+$(info --------------------------------------)
+endif
+endif
+
+# ---- sources -------------------------------------------------------------------------------
+LIB_DIRS := common model ops quant optim data
+LIB_SRC := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
+LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
+LIB := $(BUILD)/libao.a
+
+TEST_SRC := $(wildcard test/test_*.c)
+TEST_BIN := $(patsubst test/%.c,$(BUILD)/test/%,$(TEST_SRC))
+TEST_HARNESS := $(BUILD)/test/test.o
+
+TOOL_SRC := $(wildcard tools/*.c)
+TOOL_BIN := $(patsubst tools/%.c,$(BUILD)/%,$(TOOL_SRC))
+
+CU_SRC := $(foreach d,$(LIB_DIRS) dist,$(wildcard $(d)/*.cu))
+CU_OBJ := $(patsubst %.cu,$(BUILD)/cuda/%.o,$(CU_SRC))
+GPU_TEST_SRC := $(wildcard test/gpu_test_*.cu)
+GPU_TEST_OBJ := $(patsubst test/%.cu,$(BUILD)/cuda/test/%.o,$(GPU_TEST_SRC))
+GPU_TEST_BIN := $(patsubst test/%.cu,$(BUILD)/test/%,$(GPU_TEST_SRC))
+
+NVCCFLAGS := -O2 -g -std=c++17 -arch=$(GPU_ARCH) --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-fopenmp -MMD -MP
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart $(if $(CUDNN_H),-lcudnn)
+
+.PHONY: all cuda test test-gpu clean data
+
+all: $(LIB) $(TEST_BIN) $(TOOL_BIN) $(if $(NVCC),cuda)
+
+cuda: $(CU_OBJ) $(GPU_TEST_OBJ)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(TEST_HARNESS): test/test.c test/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/test/%: test/%.c $(LIB) $(TEST_HARNESS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) $< $(TEST_HARNESS) $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/%: tools/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/cuda/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/test/gpu_test_%: $(BUILD)/cuda/test/gpu_test_%.o $(CU_OBJ) $(LIB) $(TEST_HARNESS)
+	$(NVCC) -arch=$(GPU_ARCH) $^ -o $@ -Xcompiler -fopenmp $(CUDA_LIBS) -lm
+
+test: $(LIB) $(TEST_BIN) $(TOOL_BIN)
+	@bash test/run_tests.sh $(BUILD) $(TEST_BIN)
+
+test-gpu: $(GPU_TEST_BIN)
+	@bash test/run_tests.sh $(BUILD) $(GPU_TEST_BIN)
+
+clean:
+	rm -rf build build-san
+
+-include $(LIB_OBJ:.o=.d) $(CU_OBJ:.o=.d)

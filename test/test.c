@@ -1,0 +1,115 @@
+#include "test.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../common/error.h"
+
+int test_passed = 0, test_failed = 0, test_skipped = 0;
+
+void test_check_(int ok, const char *file, int line, const char *fmt, ...) {
+    if (ok) { test_passed++; return; }
+    test_failed++;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stdout, "FAIL %s:%d: ", file, line);
+    vfprintf(stdout, fmt, ap);
+    fputc('\n', stdout);
+    va_end(ap);
+    fflush(stdout);
+}
+
+double rel_err_f32(const float *got, const float *ref, size_t n, size_t *worst) {
+    double maxref = 0, maxdiff = -1;
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        double r = fabs((double)ref[i]);
+        if (r > maxref) maxref = r;
+    }
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)ref[i]);
+        if (isnan(got[i]) != isnan(ref[i]) || isinf(got[i]) != isinf(ref[i])) d = INFINITY;
+        if (d > maxdiff) { maxdiff = d; w = i; }
+    }
+    if (worst) *worst = w;
+    if (n == 0) return 0;
+    return maxdiff / (maxref > 1e-30 ? maxref : 1e-30);
+}
+
+double test_close_f32_(const char *what, const float *got, const float *ref, size_t n, double tol, const char *file,
+                       int line) {
+    size_t w;
+    double e = rel_err_f32(got, ref, n, &w);
+    if (e <= tol) test_passed++;
+    else {
+        test_failed++;
+        printf("FAIL %s:%d: %s: scaled error %.3e > %.1e (worst at [%zu]: got %.9g, ref %.9g, n=%zu)\n", file, line, what,
+               e, tol, w, n ? got[w] : 0.0f, n ? ref[w] : 0.0f, n);
+        fflush(stdout);
+    }
+    return e;
+}
+
+static jmp_buf g_jmp;
+static char g_msg[2048];
+static void jump_handler(const char *msg) {
+    snprintf(g_msg, sizeof g_msg, "%s", msg);
+    longjmp(g_jmp, 1);
+}
+
+const char *test_last_fail_message(void) { return g_msg; }
+
+void test_expect_fail_(const char *what, void (*fn)(void *), void *arg, const char *needle, const char *file, int line) {
+    g_msg[0] = 0;
+    ao_fail_handler old = ao_set_fail_handler(jump_handler);
+    if (setjmp(g_jmp) == 0) {
+        fn(arg);
+        ao_set_fail_handler(old);
+        test_check_(0, file, line, "%s: expected an error containing \"%s\", but it succeeded", what, needle);
+        return;
+    }
+    ao_set_fail_handler(old);
+    test_check_(strstr(g_msg, needle) != NULL, file, line, "%s: error \"%s\" does not mention \"%s\"", what, g_msg,
+                needle);
+}
+
+int test_summary(void) {
+    if (test_skipped) printf("%d passed, %d failed, %d skipped\n", test_passed, test_failed, test_skipped);
+    else printf("%d passed, %d failed\n", test_passed, test_failed);
+    return test_failed ? 1 : 0;
+}
+
+const char *test_dir(void) {
+    const char *d = getenv("LLAMA_AO_TEST_DIR");
+    return d ? d : "test";
+}
+
+const char *shared_data_dir(void) {
+    static char buf[4096];
+    const char *d = getenv("LLAMA_AO_SHARED_DATA");
+    if (!d) d = "../shared/data";
+    struct stat st;
+    if (stat(d, &st) != 0 || !S_ISDIR(st.st_mode)) return NULL;
+    snprintf(buf, sizeof buf, "%s", d);
+    return buf;
+}
+
+void test_skip(const char *why) {
+    test_skipped++;
+    printf("SKIP %s\n", why);
+}
+
+uint64_t test_rand_u64(uint64_t *s) {
+    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ull;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+float test_rand_uniform(uint64_t *s) { return (float)((test_rand_u64(s) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
