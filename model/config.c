@@ -21,8 +21,10 @@ static int get_int(const JsonValue *o, const char *key, int required, int *out, 
     }
     int64_t x;
     if (!json_as_i64(v, &x) || x < -2147483647LL || x > 2147483647LL) {
-        snprintf(err, n, "config.json: \"%s\" must be an integer, got %s%.*s", key, json_type_name(v->type),
-                 v->type == JSON_NUMBER ? (int)v->num_len : 0, v->type == JSON_NUMBER ? v->num_text : "");
+        if (v->type == JSON_NUMBER)
+            snprintf(err, n, "config.json: \"%s\" must be an integer in int32 range, got %.*s", key,
+                     (int)(v->num_len < 40 ? v->num_len : 40), v->num_text);
+        else snprintf(err, n, "config.json: \"%s\" must be an integer, got %s", key, json_type_name(v->type));
         return 0;
     }
     *out = (int)x;
