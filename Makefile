@@ -77,12 +77,25 @@ GPU_TEST_SRC := $(wildcard test/gpu_test_*.cu)
 GPU_TEST_OBJ := $(patsubst test/%.cu,$(BUILD)/cuda/test/%.o,$(GPU_TEST_SRC))
 GPU_TEST_BIN := $(patsubst test/%.cu,$(BUILD)/test/%,$(GPU_TEST_SRC))
 
-NVCCFLAGS := -O2 -g -std=c++17 -arch=$(GPU_ARCH) --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-fopenmp -MMD -MP
+NVCCFLAGS := -O3 -g -std=c++17 -arch=$(GPU_ARCH) --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-fopenmp -MMD -MP \
+	$(if $(CUDNN_H),-DLLAMA_AO_CUDNN)
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart $(if $(CUDNN_H),-lcudnn)
 
 .PHONY: all cuda test test-gpu clean data
 
-all: $(LIB) $(TEST_BIN) $(TOOL_BIN) $(if $(NVCC),cuda)
+# Tokenized bundled corpus (Austen + Brown, GPT-2 BPE) for the default training run.
+SHARDS := data/shards/corpus_train.bin data/shards/corpus_val.bin
+data: $(SHARDS)
+$(SHARDS) &: $(BUILD)/tokenize data/corpus/austen.txt data/corpus/brown.txt
+	@mkdir -p data/shards
+	$(BUILD)/tokenize -t data/tokenizer/gpt2 -o data/shards/corpus --val-fraction 0.05 data/corpus/austen.txt data/corpus/brown.txt
+
+# The training program (CUDA): ./train_llama at the top level, as the README runs it.
+train_llama: train_llama.cu $(CU_OBJ) $(LIB)
+	@test -n "$(NVCC)" || { echo "train_llama needs nvcc (CUDA Toolkit); none was found"; exit 1; }
+	$(NVCC) $(NVCCFLAGS) train_llama.cu $(CU_OBJ) $(LIB) -o $@ -Xcompiler -fopenmp $(CUDA_LIBS) -lm
+
+all: $(LIB) $(TEST_BIN) $(TOOL_BIN) $(if $(NVCC),cuda train_llama)
 
 cuda: $(CU_OBJ) $(GPU_TEST_OBJ)
 
@@ -121,6 +134,6 @@ test-gpu: $(GPU_TEST_BIN)
 	@bash test/run_tests.sh $(BUILD) $(GPU_TEST_BIN)
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san train_llama
 
 -include $(LIB_OBJ:.o=.d) $(CU_OBJ:.o=.d)

@@ -24,8 +24,6 @@ static inline uint64_t hash_bytes(const uint8_t *p, size_t n) {
     return h ^ (h >> 29);
 }
 
-static inline size_t hash_u64(uint64_t k) { return (size_t)((k * 0x9E3779B97F4A7C15ull) >> 20); }
-
 Tokenizer *tok_new(const char *path, TokModel model, int32_t n_vocab) {
     CHECK(n_vocab > 0 && n_vocab < (1 << 30), "%s: vocabulary size %d is out of range", path, (int)n_vocab);
     Tokenizer *t = ao_calloc(1, sizeof *t);
@@ -40,10 +38,7 @@ Tokenizer *tok_new(const char *path, TokModel model, int32_t n_vocab) {
     return t;
 }
 
-void tok_set_bytes(Tokenizer *t, int32_t id, const char *bytes, size_t len) {
-    CHECK(id >= 0 && id < t->n_vocab, "%s: token id %d is outside the vocabulary (size %d)", t->path, (int)id,
-          (int)t->n_vocab);
-    CHECK(len < (1u << 20), "%s: token %d is %zu bytes long", t->path, (int)id, len);
+uint32_t tok_blob_add(Tokenizer *t, const char *bytes, size_t len) {
     if (t->blob_len + len > t->blob_cap) {
         size_t cap = t->blob_cap ? t->blob_cap * 2 : 1 << 20;
         while (cap < t->blob_len + len) cap *= 2;
@@ -51,11 +46,31 @@ void tok_set_bytes(Tokenizer *t, int32_t id, const char *bytes, size_t len) {
         t->blob = ao_realloc(t->blob, cap);
         t->blob_cap = cap;
     }
-    memcpy(t->blob + t->blob_len, bytes, len);
-    t->tok_off[id] = (uint32_t)t->blob_len;
-    t->tok_len[id] = (uint32_t)len;
-    t->tok_attr[id] |= TOKA_PRESENT;
+    if (len) memcpy(t->blob + t->blob_len, bytes, len);
+    uint32_t off = (uint32_t)t->blob_len;
     t->blob_len += len;
+    return off;
+}
+
+void tok_set_bytes(Tokenizer *t, int32_t id, const char *bytes, size_t len) {
+    CHECK(id >= 0 && id < t->n_vocab, "%s: token id %d is outside the vocabulary (size %d)", t->path, (int)id,
+          (int)t->n_vocab);
+    CHECK(len < (1u << 20), "%s: token %d is %zu bytes long", t->path, (int)id, len);
+    CHECK(!(t->tok_attr[id] & TOKA_PRESENT), "%s: token id %d is defined twice", t->path, (int)id);
+    t->tok_off[id] = tok_blob_add(t, bytes, len);
+    t->tok_len[id] = (uint32_t)len;
+    t->tok_attr[id] |= TOKA_PRESENT | TOKA_MODEL;
+}
+
+void tok_set_decode(Tokenizer *t, int32_t id, const char *bytes, size_t len) {
+    if (!t->dec_off) {
+        t->dec_off = ao_malloc((size_t)t->n_vocab * sizeof *t->dec_off);
+        t->dec_len = ao_malloc((size_t)t->n_vocab * sizeof *t->dec_len);
+        memcpy(t->dec_off, t->tok_off, (size_t)t->n_vocab * sizeof *t->dec_off);
+        memcpy(t->dec_len, t->tok_len, (size_t)t->n_vocab * sizeof *t->dec_len);
+    }
+    t->dec_off[id] = tok_blob_add(t, bytes, len);
+    t->dec_len[id] = (uint32_t)len;
 }
 
 void tok_build_vocab_hash(Tokenizer *t) {
@@ -66,7 +81,7 @@ void tok_build_vocab_hash(Tokenizer *t) {
     for (size_t i = 0; i < cap; i++) t->vhash[i] = -1;
     t->vhash_mask = cap - 1;
     for (int32_t id = 0; id < t->n_vocab; id++) {
-        if (!(t->tok_attr[id] & TOKA_PRESENT) || (t->tok_attr[id] & TOKA_ADDED)) continue;
+        if (!(t->tok_attr[id] & TOKA_MODEL)) continue;
         const char *s = t->blob + t->tok_off[id];
         size_t n = t->tok_len[id];
         size_t h = hash_bytes((const uint8_t *)s, n) & t->vhash_mask;
@@ -117,10 +132,24 @@ void tok_add_merge(Tokenizer *t, int32_t left, int32_t right, uint32_t prio, int
 void tok_add_added(Tokenizer *t, int32_t id, const char *content, size_t len, int special, int lstrip, int rstrip,
                    int single_word) {
     CHECK(len > 0, "%s: added token %d has empty content", t->path, (int)id);
-    for (size_t i = 0; i < t->n_added; i++)
-        CHECK(t->added[i].id != id, "%s: added token id %d appears twice", t->path, (int)id);
-    tok_set_bytes(t, id, content, len);
-    t->tok_attr[id] |= TOKA_ADDED | (special ? TOKA_SPECIAL : 0);
+    CHECK(id >= 0 && id < t->n_vocab, "%s: added token id %d is outside the vocabulary (size %d)", t->path, (int)id,
+          (int)t->n_vocab);
+    CHECK(!(t->tok_attr[id] & TOKA_ADDED), "%s: added token id %d appears twice", t->path, (int)id);
+    if (t->tok_attr[id] & TOKA_PRESENT) {
+        // Already in the model vocabulary (GPT-2's <|endoftext|>): HF uses the model's id.
+        // Byte-level strings compare as raw bytes, which for such tokens are plain ASCII.
+        CHECK(t->tok_len[id] == len && memcmp(t->blob + t->tok_off[id], content, len) == 0,
+              "%s: added token %d \"%.*s\" differs from vocabulary entry %d", t->path, (int)id,
+              (int)(len > 60 ? 60 : len), content, (int)id);
+    } else {
+        t->tok_off[id] = tok_blob_add(t, content, len);
+        t->tok_len[id] = (uint32_t)len;
+        if (t->dec_off) {
+            t->dec_off[id] = t->tok_off[id];
+            t->dec_len[id] = (uint32_t)len;
+        }
+    }
+    t->tok_attr[id] |= TOKA_PRESENT | TOKA_ADDED | (special ? TOKA_SPECIAL : 0);
     t->added = ao_realloc(t->added, (t->n_added + 1) * sizeof *t->added);
     AddedTok *a = &t->added[t->n_added++];
     a->id = id;
@@ -216,19 +245,16 @@ Tokenizer *tokenizer_load(const char *path) {
     char *dir = NULL;
     if (dir_exists(path)) {
         dir = ao_strdup(path);
-        char *p;
-        if (file_exists((p = path_join(path, "tokenizer.json")))) t = tok_load_hf_json(p);
-        else if (free(p), file_exists((p = path_join(path, "tokenizer.model")))) t = load_model_file(p);
-        else {
-            free(p);
-            char *e = path_join(path, "encoder.json"), *v = path_join(path, "vocab.bpe");
-            CHECK(file_exists(e) && file_exists(v),
-                  "%s holds no tokenizer.json, tokenizer.model or encoder.json + vocab.bpe", path);
-            t = tok_load_gpt2_files(e, v);
-            free(e);
-            p = v;
-        }
-        free(p);
+        char *j = path_join(path, "tokenizer.json"), *m = path_join(path, "tokenizer.model");
+        char *e = path_join(path, "encoder.json"), *v = path_join(path, "vocab.bpe");
+        if (file_exists(j)) t = tok_load_hf_json(j);
+        else if (file_exists(m)) t = load_model_file(m);
+        else if (file_exists(e) && file_exists(v)) t = tok_load_gpt2_files(e, v);
+        else FAIL("%s holds no tokenizer.json, tokenizer.model or encoder.json + vocab.bpe", path);
+        free(j);
+        free(m);
+        free(e);
+        free(v);
     } else {
         CHECK(file_exists(path), "tokenizer %s does not exist", path);
         dir = dir_of(path);
@@ -252,6 +278,8 @@ void tokenizer_free(Tokenizer *t) {
     free(t->tok_off);
     free(t->tok_len);
     free(t->tok_attr);
+    free(t->dec_off);
+    free(t->dec_len);
     free(t->blob);
     free(t->vhash);
     free(t->mkeys);
@@ -289,8 +317,8 @@ static int strips_leading_space(const Tokenizer *t) { return t->model != TOKM_BY
 
 const char *tokenizer_token_bytes(const Tokenizer *t, int32_t id, size_t *len) {
     CHECK(id >= 0 && id < t->n_vocab, "token id %d is outside the vocabulary (size %d)", (int)id, (int)t->n_vocab);
-    *len = t->tok_len[id];
-    return t->blob ? t->blob + t->tok_off[id] : "";
+    *len = t->dec_off ? t->dec_len[id] : t->tok_len[id];
+    return t->blob ? t->blob + (t->dec_off ? t->dec_off[id] : t->tok_off[id]) : "";
 }
 
 char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *len) {
@@ -298,15 +326,17 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, int ski
     for (size_t i = 0; i < n; i++) {
         CHECK(ids[i] >= 0 && ids[i] < t->n_vocab, "token id %d is outside the vocabulary (size %d)", (int)ids[i],
               (int)t->n_vocab);
-        total += t->tok_len[ids[i]];
+        size_t l;
+        tokenizer_token_bytes(t, ids[i], &l);
+        total += l;
     }
     char *out = ao_malloc(total + 1);
     size_t k = 0;
     int at_start = strips_leading_space(t);
     for (size_t i = 0; i < n; i++) {
         if (skip_special && (t->tok_attr[ids[i]] & TOKA_SPECIAL)) continue;
-        const char *b = t->blob + t->tok_off[ids[i]];
-        size_t l = t->tok_len[ids[i]];
+        size_t l;
+        const char *b = tokenizer_token_bytes(t, ids[i], &l);
         if (at_start && l) {
             if (b[0] == ' ') b++, l--;
             at_start = 0;
@@ -342,8 +372,8 @@ const char *tok_stream_push(TokStream *st, int32_t id, size_t *len) {
     *len = 0;
     st->buf[0] = 0;
     if (id < 0 || id >= t->n_vocab || (st->skip_special && (t->tok_attr[id] & TOKA_SPECIAL))) return st->buf;
-    const uint8_t *b = (const uint8_t *)t->blob + t->tok_off[id];
-    size_t l = t->tok_len[id];
+    size_t l;
+    const uint8_t *b = (const uint8_t *)tokenizer_token_bytes(t, id, &l);
     if (st->at_start && l) {
         if (b[0] == ' ') b++, l--;
         st->at_start = 0;

@@ -14,7 +14,9 @@ typedef enum {
     TOKM_SPM_BPE,       // sentencepiece BPE by piece scores (tokenizer.model)
 } TokModel;
 
-enum { TOKA_SPECIAL = 1, TOKA_ADDED = 2, TOKA_BYTE = 4, TOKA_UNUSED = 8, TOKA_PRESENT = 16 };
+enum { SPM_PREFIX_NONE = 0, SPM_PREFIX_ALWAYS = 1, SPM_PREFIX_FIRST = 2 };
+// TOKA_MODEL: in the model's vocabulary (looked up by BPE); TOKA_ADDED: an added token.
+enum { TOKA_SPECIAL = 1, TOKA_ADDED = 2, TOKA_BYTE = 4, TOKA_UNUSED = 8, TOKA_PRESENT = 16, TOKA_MODEL = 32 };
 
 typedef struct {
     int32_t id;
@@ -29,6 +31,9 @@ struct Tokenizer {
     // id -> bytes of the token (raw bytes, byte-level mapping undone)
     uint32_t *tok_off, *tok_len;
     uint8_t *tok_attr;
+    // What decoding prints when it differs from the token string (sentencepiece-style
+    // vocabularies: ▁ -> space, <0xNN> -> the byte); NULL when the same.
+    uint32_t *dec_off, *dec_len;
     char *blob;
     size_t blob_len, blob_cap;
     // model vocabulary: bytes -> id, open addressing over ids (-1 empty)
@@ -42,9 +47,11 @@ struct Tokenizer {
     PretokKind pretok;
     int add_prefix_space;  // ByteLevel(add_prefix_space)
     // sentencepiece-style text handling
-    int spm_prefix;     // prepend ▁ (add_dummy_prefix / Prepend / Metaspace prepend_scheme)
-    int spm_escape_ws;  // ' ' -> ▁
-    int spm_collapse_ws;  // remove_extra_whitespaces
+    int spm_prefix;        // prepend ▁: SPM_PREFIX_* (add_dummy_prefix, Prepend, Metaspace)
+    int spm_prefix_check;  // Metaspace: only when the text does not already start with ▁
+    int spm_escape_ws;     // ' ' -> ▁
+    int spm_split;         // Metaspace split=true: a piece starts at every ▁
+    int spm_collapse_ws;   // sentencepiece remove_extra_whitespaces
     int byte_fallback;
     int fuse_unk;
     int32_t unk_id;
@@ -57,11 +64,17 @@ struct Tokenizer {
     int wants_bos;
 };
 
+static inline size_t hash_u64(uint64_t k) { return (size_t)((k * 0x9E3779B97F4A7C15ull) >> 20); }
+
 // --- building (tokenizer_core.c) ---
 Tokenizer *tok_new(const char *path, TokModel model, int32_t n_vocab);
-// Sets the bytes of id (stored in the blob) and marks it present.
+// Sets the bytes of id (stored in the blob) and marks it present and in the model vocab.
 void tok_set_bytes(Tokenizer *t, int32_t id, const char *bytes, size_t len);
-// Builds the vocab hash over all present non-added ids. Fails (naming the file) on a
+// Appends bytes to the blob; returns their offset.
+uint32_t tok_blob_add(Tokenizer *t, const char *bytes, size_t len);
+// Sets what decoding prints for id (allocates the dec arrays on first use).
+void tok_set_decode(Tokenizer *t, int32_t id, const char *bytes, size_t len);
+// Builds the vocab hash over the model-vocabulary ids. Fails (naming the file) on a
 // duplicate token string.
 void tok_build_vocab_hash(Tokenizer *t);
 int32_t tok_vocab_find(const Tokenizer *t, const char *s, size_t len);
@@ -87,7 +100,9 @@ Tokenizer *tok_load_tiktoken(const char *path, const char *data, size_t size);
 // Applies tokenizer_config.json from dir (if present): bos/eos tokens, add_bos_token.
 void tok_apply_config(Tokenizer *t, const char *dir);
 
-// --- encoding pieces (tokenizer_spm.c) ---
-void spm_encode_segment(const Tokenizer *t, const uint8_t *s, size_t n, int first_segment, TokIds *out);
+// --- encoding pieces ---
+// sentencepiece BPE by scores over one segment (tokenizer_spm.c); at_start: the segment
+// begins the text (the dummy prefix goes there only).
+void spm_encode_segment(const Tokenizer *t, const uint8_t *s, size_t n, int at_start, TokIds *out);
 
 #endif

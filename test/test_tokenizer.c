@@ -1,0 +1,501 @@
+// Tokenizer tests. Self-contained parts (Unicode tables, a tiny hand-written tokenizer.json,
+// the streaming decoder, rejection of bad files) always run; exactness against HF tokenizers
+// and sentencepiece (fixtures from test/ref/tokenizer_fixtures.py) needs ../shared/data.
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/error.h"
+#include "../common/fileio.h"
+#include "../common/json.h"
+#include "../data/pretok.h"
+#include "../data/tokenizer.h"
+#include "../data/unicode.h"
+#include "test.h"
+
+// An expected failure longjmps out of a half-built object (in real runs ao_fail exits), so
+// what it had allocated is unreachable by design; keep LeakSanitizer from counting it.
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/lsan_interface.h>
+#define EXPECT_FAIL(...)            \
+    do {                            \
+        __lsan_disable();           \
+        TEST_EXPECT_FAIL(__VA_ARGS__); \
+        __lsan_enable();            \
+    } while (0)
+#else
+#define EXPECT_FAIL(...) TEST_EXPECT_FAIL(__VA_ARGS__)
+#endif
+
+static char g_tmp[256];
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static char *tmp_path(const char *name) { return path_join(g_tmp, name); }
+
+static void write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    CHECK(f, "cannot write %s", path);
+    CHECK(fwrite(data, 1, n, f) == n, "short write %s", path);
+    fclose(f);
+}
+
+static JsonDoc load_fixture(const char *name, char **text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/fixtures/tokenizer/%s", test_dir(), name);
+    size_t len;
+    char err[256];
+    CHECK(read_file_all(path, 64u << 20, text, &len, err, sizeof err), "%s", err);
+    JsonDoc doc;
+    CHECK(json_parse(*text, len, &doc, err, sizeof err), "%s: %s", path, err);
+    return doc;
+}
+
+// ---- always-run tests ----------------------------------------------------------------------
+static void test_unicode(void) {
+    unicode_init();
+    TEST_CHECK(ucat('a') & UCAT_L, "a is a letter");
+    TEST_CHECK(ucat('7') & UCAT_N, "7 is a number");
+    TEST_CHECK(ucat(' ') & UCAT_WS, "space is whitespace");
+    TEST_CHECK((ucat(0x3000) & UCAT_WS) && (ucat(0x85) & UCAT_WS) && !(ucat(0x200B) & UCAT_WS), "White_Space set");
+    TEST_CHECK(!(ucat(0x1C) & UCAT_WS), "U+001C is not White_Space (unlike str.isspace)");
+    TEST_CHECK(ucat(0x11BC0) & UCAT_L, "Unicode 16.0 letter (Sunuwar) is L, as in Oniguruma");
+    TEST_CHECK(ucat(0x2164) & UCAT_N, "Roman numeral is N (Nl)");
+    TEST_CHECK(ucat(0x0301) & UCAT_M, "combining acute is M");
+    TEST_CHECK(ucat(0x10FFFF) == 0 && ucat(UTF8_INVALID) == 0, "unassigned / invalid are other");
+    int l;
+    const uint8_t bad[] = {0xC0, 0xAF, 0xED, 0xA0, 0x80, 0xF4, 0x90, 0x80, 0x80, 0xE2, 0x82};
+    TEST_CHECK(utf8_decode(bad, sizeof bad, 0, &l) == UTF8_INVALID && l == 1, "overlong rejected");
+    TEST_CHECK(utf8_decode(bad, sizeof bad, 2, &l) == UTF8_INVALID, "surrogate rejected");
+    TEST_CHECK(utf8_decode(bad, sizeof bad, 5, &l) == UTF8_INVALID, "> U+10FFFF rejected");
+    TEST_CHECK(utf8_partial_len(bad + 9, 2) == 2, "truncated E2 82 is a partial character");
+    TEST_CHECK(utf8_partial_len(bad + 2, 3) == 1, "ED A0 is invalid after the first byte");
+}
+
+static void pieces(PretokKind k, const char *s, char *out, size_t cap) {
+    size_t n = strlen(s), o = 0;
+    for (size_t i = 0; i < n;) {
+        size_t e = pretok_next(k, (const uint8_t *)s, n, i);
+        o += (size_t)snprintf(out + o, cap - o, "%s%.*s", i ? "|" : "", (int)(e - i), s + i);
+        i = e;
+    }
+}
+
+static void test_pretok(void) {
+    char buf[512];
+    pieces(PRETOK_GPT2, "Hello world's  end\n\n x", buf, sizeof buf);
+    TEST_CHECK(strcmp(buf, "Hello| world|'s| | end|\n\n| x") == 0, "gpt2 split: %s", buf);
+    pieces(PRETOK_LLAMA3, "I'LL pay 12345 \"now\"!\n\n  ok", buf, sizeof buf);
+    TEST_CHECK(strcmp(buf, "I|'LL| pay| |123|45| \"|now|\"!\n\n| | ok") == 0, "llama3 split: %s", buf);
+    pieces(PRETOK_QWEN2, "ab 123", buf, sizeof buf);
+    TEST_CHECK(strcmp(buf, "ab| |1|2|3") == 0, "qwen2 split: %s", buf);
+}
+
+// A tiny byte-level vocabulary: bytes a b c space (Ġ), merges a b -> ab, ab c -> abc.
+static const char *TINY_JSON =
+    "{\"version\":\"1.0\",\"added_tokens\":["
+    "{\"id\":7,\"content\":\"<|end|>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,"
+    "\"special\":true},"
+    "{\"id\":8,\"content\":\"<pad>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":true,\"normalized\":false,"
+    "\"special\":true}],"
+    "\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
+    "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},"
+    "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2,\"\\u0120\":3,\"ab\":4,\"abc\":5,\"\\u00c3\":9,"
+    "\"\\u00a9\":10,\"\\u00c3\\u00a9\":11},"
+    "\"merges\":[\"a b\",\"ab c\",\"\\u00c3 \\u00a9\"]}}";
+
+static Tokenizer *g_tiny;
+
+static void test_tiny(void) {
+    char *p = tmp_path("tiny.json");
+    write_file(p, TINY_JSON, strlen(TINY_JSON));
+    Tokenizer *t = tokenizer_load(p);
+    g_tiny = t;
+    TEST_CHECK(tokenizer_vocab_size(t) == 12, "tiny vocab size %d", tokenizer_vocab_size(t));
+    TokIds v = {0};
+    tokenizer_encode(t, "abc ab<|end|>cab", 16, TOK_ALLOW_SPECIAL, &v);
+    int32_t want[] = {5, 3, 4, 7, 2, 4};
+    TEST_CHECK(v.n == 6 && memcmp(v.ids, want, sizeof want) == 0, "tiny encode (n=%zu)", v.n);
+    v.n = 0;
+    tokenizer_encode(t, "a<|end|>", 8, 0, &v);
+    TEST_CHECK(v.n == 1 + 0 && v.n < 8, "special not matched without TOK_ALLOW_SPECIAL drops unknown bytes (n=%zu)",
+               v.n);
+    v.n = 0;
+    tokenizer_encode(t, "a  <pad>  b", 11, TOK_ALLOW_SPECIAL, &v);
+    int32_t want2[] = {0, 8, 1};
+    TEST_CHECK(v.n == 3 && memcmp(v.ids, want2, sizeof want2) == 0, "lstrip/rstrip swallow spaces (n=%zu)", v.n);
+    // é = C3 A9: token 11; decode of [9] alone is an incomplete character.
+    v.n = 0;
+    tokenizer_encode(t, "\xC3\xA9", 2, 0, &v);
+    TEST_CHECK(v.n == 1 && v.ids[0] == 11, "two-byte merge");
+    TokStream st;
+    tok_stream_init(&st, t, 1);
+    size_t n;
+    const char *s = tok_stream_push(&st, 9, &n);
+    TEST_CHECK(n == 0, "stream holds an incomplete character");
+    s = tok_stream_push(&st, 10, &n);
+    TEST_CHECK(n == 2 && memcmp(s, "\xC3\xA9", 2) == 0, "stream completes the character");
+    s = tok_stream_push(&st, 9, &n);
+    s = tok_stream_push(&st, 0, &n);
+    TEST_CHECK(n == 4 && memcmp(s, "\xEF\xBF\xBD" "a", 4) == 0, "broken character -> U+FFFD then a");
+    s = tok_stream_push(&st, 7, &n);
+    TEST_CHECK(n == 0, "special skipped");
+    s = tok_stream_push(&st, 9, &n);
+    s = tok_stream_flush(&st, &n);
+    TEST_CHECK(n == 3 && memcmp(s, "\xEF\xBF\xBD", 3) == 0, "flush of a pending byte -> U+FFFD");
+    tok_stream_free(&st);
+    tok_ids_free(&v);
+    free(p);
+}
+
+typedef struct {
+    const char *name;
+    const char *json;
+} BadCase;
+
+static void load_bad(void *arg) {
+    const BadCase *b = arg;
+    char *p = tmp_path(b->name);
+    write_file(p, b->json, strlen(b->json));
+    Tokenizer *t = tokenizer_load(p);  // expected to fail
+    tokenizer_free(t);
+    free(p);
+}
+
+static void test_bad_files(void) {
+    static const BadCase cases[] = {
+        {"bad1.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [}"},
+        {"bad2.json", "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}"},
+        {"bad3.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}"},
+        {"bad4.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -3}, \"merges\": []}}"},
+        {"bad5.json", "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\w+\"}, \"behavior\": "
+                      "\"Isolated\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}"},
+        {"bad6.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 0}, \"merges\": []}}"},
+        {"bad7.model", "\x0a\x05\x0a\x09zz"},
+        {"bad8.model", "!!notbase64 1\n"},
+    };
+    static const char *needles[] = {"invalid JSON", "not supported", "missing from the vocabulary", "bad id",
+                                    "not one we implement", "defined twice", "past the end", "malformed base64"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        EXPECT_FAIL(cases[i].name, load_bad, (void *)&cases[i], needles[i]);
+        TEST_CHECK(strstr(test_last_fail_message(), cases[i].name) != NULL, "%s: error names the file: %s",
+                   cases[i].name, test_last_fail_message());
+    }
+}
+
+// ---- exactness against the reference libraries -------------------------------------------
+typedef struct {
+    JsonDoc texts_doc;
+    char *texts_buf;
+    const JsonValue *texts;
+} Texts;
+
+// Compares our ids with a fixture for every text; checks round trips when lossless.
+static void check_fixture(Tokenizer *t, const Texts *tx, const char *fixture, int flags, int lossless) {
+    char *buf;
+    JsonDoc doc = load_fixture(fixture, &buf);
+    const JsonValue *ids = doc.root;
+    TEST_CHECK(ids->type == JSON_ARRAY && ids->n == tx->texts->n, "%s: one id list per text", fixture);
+    size_t bad = 0, bad_rt = 0, bad_stream = 0;
+    TokIds v = {0};
+    for (size_t i = 0; i < ids->n && i < tx->texts->n; i++) {
+        const JsonValue *s = &tx->texts->items[i], *ref = &ids->items[i];
+        v.n = 0;
+        tokenizer_encode(t, s->str, s->str_len, flags, &v);
+        int ok = v.n == ref->n;
+        for (size_t k = 0; ok && k < v.n; k++) {
+            int64_t x;
+            ok = json_as_i64(&ref->items[k], &x) && x == v.ids[k];
+        }
+        if (!ok && bad++ < 5) {
+            printf("  %s: text %zu \"%.80s\": got %zu ids, want %zu\n", fixture, i, s->str, v.n, ref->n);
+            for (size_t k = 0; k < v.n && k < 40; k++) {
+                int64_t x = -1;
+                if (k < ref->n) json_as_i64(&ref->items[k], &x);
+                printf("    [%zu] %d %lld%s\n", k, v.ids[k], (long long)x, v.ids[k] == x ? "" : " <--");
+            }
+        }
+        if (!lossless) continue;
+        size_t n;
+        char *d = tokenizer_decode(t, v.ids, v.n, 0, &n);
+        if (!(n == s->str_len && memcmp(d, s->str, n) == 0) && bad_rt++ < 3)
+            printf("  %s: text %zu does not round-trip\n", fixture, i);
+        free(d);
+        TokStream st;
+        tok_stream_init(&st, t, 0);
+        char *acc = malloc(s->str_len * 2 + 16);
+        size_t an = 0, l;
+        for (size_t k = 0; k < v.n; k++) {
+            const char *p = tok_stream_push(&st, v.ids[k], &l);
+            if (an + l <= s->str_len * 2) memcpy(acc + an, p, l);
+            an += l;
+        }
+        tok_stream_flush(&st, &l);
+        if (!(an == s->str_len && l == 0 && memcmp(acc, s->str, an) == 0) && bad_stream++ < 3)
+            printf("  %s: text %zu: streaming decode differs\n", fixture, i);
+        free(acc);
+        tok_stream_free(&st);
+    }
+    TEST_CHECK(bad == 0, "%s: %zu of %zu texts differ from the reference", fixture, bad, ids->n);
+    if (lossless) TEST_CHECK(bad_rt == 0 && bad_stream == 0, "%s: round trip (%zu) / stream (%zu) failures", fixture,
+                             bad_rt, bad_stream);
+    tok_ids_free(&v);
+    json_free(&doc);
+    free(buf);
+}
+
+// Encodes every line of a corpus and compares count + FNV-1a digest with the fixture.
+static void check_corpus(Tokenizer *t, const char *shared, const char *corpus, const char *key, int flags) {
+    char *dbuf;
+    JsonDoc dd = load_fixture("corpus_digest.json", &dbuf);
+    const JsonValue *e = json_get(dd.root, key);
+    char path[512];
+    snprintf(path, sizeof path, "%s/corpora/%s.txt", shared, corpus);
+    char *text;
+    size_t len;
+    char err[256];
+    if (!e || !read_file_all(path, 64u << 20, &text, &len, err, sizeof err)) {
+        test_skip(path);
+        json_free(&dd);
+        free(dbuf);
+        return;
+    }
+    uint64_t h = 0xcbf29ce484222325ull;
+    size_t count = 0, lines = 0;
+    TokIds v = {0};
+    double t0 = now_s();
+    for (size_t p = 0; p < len;) {
+        const char *nl = memchr(text + p, '\n', len - p);
+        size_t end = nl ? (size_t)(nl - text) : len;
+        v.n = 0;
+        tokenizer_encode(t, text + p, end - p, flags, &v);
+        for (size_t k = 0; k < v.n; k++)
+            for (int b = 0; b < 4; b++) h = (h ^ (((uint32_t)v.ids[k] >> (8 * b)) & 0xFF)) * 0x100000001b3ull;
+        count += v.n;
+        lines++;
+        p = end + 1;
+    }
+    double dt = now_s() - t0;
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+    uint64_t want_lines = 0, want_tokens = 0;
+    json_as_u64(json_get(e, "lines"), &want_lines);
+    json_as_u64(json_get(e, "tokens"), &want_tokens);
+    const char *want_fnv = json_get(e, "fnv") ? json_get(e, "fnv")->str : "";
+    TEST_CHECK(lines == want_lines && count == want_tokens && strcmp(hex, want_fnv) == 0,
+               "%s: %zu lines %zu tokens %s, reference %llu lines %llu tokens %s", key, lines, count, hex,
+               (unsigned long long)want_lines, (unsigned long long)want_tokens, want_fnv);
+    printf("  %s: %zu tokens, %.1f MB/s\n", key, count, len / dt / 1e6);
+    tok_ids_free(&v);
+    free(text);
+    json_free(&dd);
+    free(dbuf);
+}
+
+// GPT-2's tokenizer.json equivalent of encoder.json + vocab.bpe, built here so the fixture
+// budget stays small: vocab = encoder.json verbatim, merges = the lines of vocab.bpe.
+static char *gpt2_as_json(const char *dir) {
+    char *enc, *bpe, err[256];
+    size_t el, bl;
+    char *pe = path_join(dir, "encoder.json"), *pb = path_join(dir, "vocab.bpe");
+    CHECK(read_file_all(pe, 16u << 20, &enc, &el, err, sizeof err), "%s", err);
+    CHECK(read_file_all(pb, 16u << 20, &bpe, &bl, err, sizeof err), "%s", err);
+    size_t cap = el + bl * 3 + 4096, k = 0;
+    char *out = malloc(cap);
+    k += (size_t)sprintf(out + k,
+                         "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":50256,\"content\":\"<|endoftext|>\","
+                         "\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":true,\"special\":true}],"
+                         "\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
+                         "\"trim_offsets\":true,\"use_regex\":true},\"post_processor\":null,"
+                         "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":");
+    memcpy(out + k, enc, el);
+    k += el;
+    k += (size_t)sprintf(out + k, ",\"merges\":[");
+    int first = 1;
+    for (size_t p = 0; p < bl;) {
+        char *nl = memchr(bpe + p, '\n', bl - p);
+        size_t end = nl ? (size_t)(nl - bpe) : bl;
+        if (end > p && !(p == 0 && strncmp(bpe, "#version", 8) == 0)) {
+            if (!first) out[k++] = ',';
+            first = 0;
+            out[k++] = '"';
+            for (size_t i = p; i < end; i++) {
+                if (bpe[i] == '"' || bpe[i] == '\\') out[k++] = '\\';
+                out[k++] = bpe[i];
+            }
+            out[k++] = '"';
+        }
+        p = end + 1;
+    }
+    k += (size_t)sprintf(out + k, "]}}");
+    char *path = tmp_path("gpt2.tokenizer.json");
+    write_file(path, out, k);
+    free(out);
+    free(enc);
+    free(bpe);
+    free(pe);
+    free(pb);
+    return path;
+}
+
+// The Llama 3 tokenizer.json with the Qwen2 regex in its Split pre-tokenizer.
+static char *qwen2_variant(const char *llama3_json) {
+    char *text, err[256];
+    size_t len;
+    CHECK(read_file_all(llama3_json, 64u << 20, &text, &len, err, sizeof err), "%s", err);
+    const char *from = "\\\\p{N}{1,3}";
+    char *at = strstr(text, from);
+    CHECK(at, "Llama 3 regex not found in %s", llama3_json);
+    char *path = tmp_path("qwen2.tokenizer.json");
+    FILE *f = fopen(path, "wb");
+    fwrite(text, 1, (size_t)(at - text), f);
+    fputs("\\\\p{N}", f);
+    fputs(at + strlen(from), f);
+    fclose(f);
+    free(text);
+    return path;
+}
+
+// Writes the Llama 3 vocabulary as a tiktoken file (base64 bytes + rank = id).
+static char *llama3_as_tiktoken(const Tokenizer *t) {
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *path = tmp_path("llama3.tiktoken.model");
+    FILE *f = fopen(path, "wb");
+    for (int32_t id = 0; id < 128000; id++) {
+        size_t n;
+        const uint8_t *s = (const uint8_t *)tokenizer_token_bytes(t, id, &n);
+        for (size_t i = 0; i < n; i += 3) {
+            uint32_t x = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0) | (i + 2 < n ? s[i + 2] : 0);
+            fputc(b64[x >> 18], f);
+            fputc(b64[(x >> 12) & 63], f);
+            fputc(i + 1 < n ? b64[(x >> 6) & 63] : '=', f);
+            fputc(i + 2 < n ? b64[x & 63] : '=', f);
+        }
+        fprintf(f, " %d\n", (int)id);
+    }
+    fclose(f);
+    return path;
+}
+
+static void test_invalid_utf8_roundtrip(Tokenizer *t, const char *name) {
+    const char s[] = "ok \xff\xfe bad \xC3 half \xE2\x82 \xF0\x9F\x98 trunc \xED\xA0\x80 sur \xC0\xAF end\x80";
+    TokIds v = {0};
+    tokenizer_encode(t, s, sizeof s - 1, 0, &v);
+    size_t n;
+    char *d = tokenizer_decode(t, v.ids, v.n, 0, &n);
+    TEST_CHECK(n == sizeof s - 1 && memcmp(d, s, n) == 0, "%s: invalid UTF-8 round-trips byte-exactly", name);
+    free(d);
+    tok_ids_free(&v);
+}
+
+static void test_shared(void) {
+    const char *shared = shared_data_dir();
+    if (!shared) { test_skip("../shared/data absent: HF/sentencepiece exactness tests"); return; }
+    Texts tx;
+    tx.texts_doc = load_fixture("texts.json", &tx.texts_buf);
+    tx.texts = tx.texts_doc.root;
+    char dir[512];
+
+    snprintf(dir, sizeof dir, "%s/tokenizers/llama3", shared);
+    double t0 = now_s();
+    Tokenizer *l3 = tokenizer_load(dir);
+    double load_s = now_s() - t0;
+    printf("  llama3 tokenizer.json loaded in %.3f s\n", load_s);
+    TEST_CHECK(load_s < 1.5, "Llama 3 load took %.3f s", load_s);
+    TEST_CHECK(tokenizer_vocab_size(l3) == 128256, "llama3 vocab %d", tokenizer_vocab_size(l3));
+    TEST_CHECK(tokenizer_bos_id(l3) == 128000 && tokenizer_eos_id(l3) == 128001 && tokenizer_eot_id(l3) == 128009,
+               "llama3 bos/eos/eot");
+    TEST_CHECK(tokenizer_wants_bos(l3), "llama3 wants BOS");
+    check_fixture(l3, &tx, "llama3.json", TOK_ALLOW_SPECIAL, 1);
+    check_corpus(l3, shared, "austen", "llama3/austen", TOK_ALLOW_SPECIAL);
+    check_corpus(l3, shared, "brown", "llama3/brown", TOK_ALLOW_SPECIAL);
+    test_invalid_utf8_roundtrip(l3, "llama3");
+    {  // chat template: the rendered Jinja string encoded with specials
+        ChatMessage m[2] = {{"system", "  You are helpful.\n"}, {"user", "Hi there!"}};
+        TokIds a = {0}, b = {0};
+        tokenizer_chat_llama3(l3, m, 2, 1, &a);
+        const char *r = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are helpful.<|eot_id|>"
+                        "<|start_header_id|>user<|end_header_id|>\n\nHi there!<|eot_id|>"
+                        "<|start_header_id|>assistant<|end_header_id|>\n\n";
+        tokenizer_encode(l3, r, strlen(r), TOK_ALLOW_SPECIAL, &b);
+        TEST_CHECK(a.n == b.n && memcmp(a.ids, b.ids, a.n * sizeof *a.ids) == 0 && a.ids[0] == 128000 &&
+                       a.ids[a.n - 1] == 271,
+                   "chat template ids (n=%zu vs %zu)", a.n, b.n);
+        tok_ids_free(&a);
+        tok_ids_free(&b);
+    }
+    char *tk = llama3_as_tiktoken(l3);
+    t0 = now_s();
+    Tokenizer *tt = tokenizer_load(tk);
+    printf("  llama3 tiktoken loaded in %.3f s\n", now_s() - t0);
+    TEST_CHECK(tokenizer_token_id(tt, "<|eot_id|>") == 128009 && tokenizer_token_id(tt, "<|reserved_special_token_250|>") ==
+                                                                    128255,
+               "tiktoken special ids follow Meta's list");
+    check_fixture(tt, &tx, "llama3.json", TOK_ALLOW_SPECIAL, 1);
+    tokenizer_free(tt);
+    free(tk);
+    snprintf(dir, sizeof dir, "%s/tokenizers/llama3/tokenizer.json", shared);
+    char *qp = qwen2_variant(dir);
+    tokenizer_free(l3);
+    Tokenizer *qw = tokenizer_load(qp);
+    check_fixture(qw, &tx, "qwen2pat.json", TOK_ALLOW_SPECIAL, 1);
+    tokenizer_free(qw);
+    free(qp);
+
+    snprintf(dir, sizeof dir, "%s/tokenizers/gpt2", shared);
+    Tokenizer *g2 = tokenizer_load(dir);
+    TEST_CHECK(tokenizer_vocab_size(g2) == 50257 && tokenizer_eos_id(g2) == 50256 && !tokenizer_wants_bos(g2),
+               "gpt2 vocab/eos/bos");
+    check_fixture(g2, &tx, "gpt2.json", TOK_ALLOW_SPECIAL, 1);
+    check_corpus(g2, shared, "austen", "gpt2/austen", TOK_ALLOW_SPECIAL);
+    check_corpus(g2, shared, "brown", "gpt2/brown", TOK_ALLOW_SPECIAL);
+    test_invalid_utf8_roundtrip(g2, "gpt2");
+    tokenizer_free(g2);
+    char *gj = gpt2_as_json(dir);
+    Tokenizer *g2j = tokenizer_load(gj);
+    check_fixture(g2j, &tx, "gpt2.json", TOK_ALLOW_SPECIAL, 1);
+    tokenizer_free(g2j);
+    free(gj);
+
+    snprintf(dir, sizeof dir, "%s/tokenizers/llama2/tokenizer.model", shared);
+    Tokenizer *l2 = tokenizer_load(dir);
+    TEST_CHECK(tokenizer_vocab_size(l2) == 32000 && tokenizer_bos_id(l2) == 1 && tokenizer_eos_id(l2) == 2,
+               "llama2 vocab/bos/eos");
+    check_fixture(l2, &tx, "llama2_spm.json", 0, 0);
+    check_corpus(l2, shared, "austen", "llama2/austen", 0);
+    check_corpus(l2, shared, "brown", "llama2/brown", 0);
+    {  // sentencepiece drops the dummy-prefix space when decoding
+        TokIds v = {0};
+        tokenizer_encode(l2, "Hello  world \xE6\x97\xA5\xF0\x9F\x98\x80", 20, 0, &v);
+        size_t n;
+        char *d = tokenizer_decode(l2, v.ids, v.n, 0, &n);
+        TEST_CHECK(n == 20 && memcmp(d, "Hello  world \xE6\x97\xA5\xF0\x9F\x98\x80", 20) == 0, "llama2 round trip");
+        free(d);
+        tok_ids_free(&v);
+    }
+    tokenizer_free(l2);
+    json_free(&tx.texts_doc);
+    free(tx.texts_buf);
+}
+
+int main(void) {
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/ao_test_tok_XXXXXX");
+    CHECK(mkdtemp(g_tmp), "mkdtemp failed");
+    test_unicode();
+    test_pretok();
+    test_tiny();
+    test_bad_files();
+    test_shared();
+    tokenizer_free(g_tiny);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
+    if (system(cmd) != 0) printf("warning: could not remove %s\n", g_tmp);
+    return test_summary();
+}
