@@ -59,8 +59,18 @@ static void set_value(const Flag *f, const char *v) {
 }
 
 int flags_parse(const Flag *flags, int n, int argc, char **argv, const char *prog, const char *synopsis) {
+    return flags_parse_pos(flags, n, argc, argv, prog, synopsis, NULL, NULL);
+}
+
+int flags_parse_pos(const Flag *flags, int n, int argc, char **argv, const char *prog, const char *synopsis,
+                    char **pos, int *n_pos) {
+    if (n_pos) *n_pos = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (pos && (a[0] != '-' || !strcmp(a, "-"))) {
+            pos[(*n_pos)++] = argv[i];
+            continue;
+        }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             flags_usage(stdout, flags, n, prog, synopsis);
             return 0;

@@ -24,6 +24,10 @@ typedef struct {
 // Parses argv[1..]: flags may be "--name value", "--name=value", or a bare "--name" for
 // bools. Returns 0 when --help was given (usage printed), 1 otherwise; fails on errors.
 int flags_parse(const Flag *flags, int n, int argc, char **argv, const char *prog, const char *synopsis);
+// The same, collecting arguments that are not flags (no leading '-', or exactly "-")
+// into pos (room for argc entries) and their count into *n_pos.
+int flags_parse_pos(const Flag *flags, int n, int argc, char **argv, const char *prog, const char *synopsis,
+                    char **pos, int *n_pos);
 void flags_usage(FILE *f, const Flag *flags, int n, const char *prog, const char *synopsis);
 // Prints "name = value" for every flag.
 void flags_print(FILE *f, const Flag *flags, int n);

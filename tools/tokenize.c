@@ -12,62 +12,24 @@
 
 #include "../common/error.h"
 #include "../common/fileio.h"
+#include "../common/flags.h"
 #include "../data/corpus.h"
 #include "../data/tokenizer.h"
 
-typedef enum { F_STR, F_INT, F_DBL, F_BOOL } FlagType;
-typedef struct {
-    const char *name;
-    FlagType type;
-    void *dst;
-    const char *help;
-} Flag;
-
 static const char *g_tok, *g_out, *g_bench;
-static int g_ids, g_threads, g_help;
-static double g_val = 0.05;
+static int g_ids, g_threads;
+static float g_val = 0.05f;
 
 static const Flag FLAGS[] = {
-    {"-t", F_STR, &g_tok, "tokenizer: tokenizer.json, tokenizer.model, encoder.json or a directory"},
-    {"--ids", F_BOOL, &g_ids, "read lines on stdin, print each line's ids"},
-    {"-o", F_STR, &g_out, "output prefix for PREFIX_train.bin / PREFIX_val.bin"},
-    {"--val-fraction", F_DBL, &g_val, "fraction of each file (its end) that goes to the val shard"},
-    {"--threads", F_INT, &g_threads, "encoding threads for shards (0 = all cores)"},
-    {"--bench", F_STR, &g_bench, "measure single-thread encoding MB/s over the lines of this file"},
-    {"-h", F_BOOL, &g_help, "this help"},
+    {"-t", "--tokenizer", FLAG_STR, &g_tok, "tokenizer: tokenizer.json, tokenizer.model, encoder.json or a directory", 1, 0},
+    {"--ids", NULL, FLAG_BOOL, &g_ids, "read lines on stdin, print each line's ids", 1, 0},
+    {"-o", "--out", FLAG_STR, &g_out, "output prefix for PREFIX_train.bin / PREFIX_val.bin", 1, 0},
+    {"--val-fraction", NULL, FLAG_FLOAT, &g_val, "fraction of each file (its end) that goes to the val shard", 0, 1},
+    {"--threads", NULL, FLAG_INT, &g_threads, "encoding threads for shards (0 = all cores)", 0, 4096},
+    {"--bench", NULL, FLAG_STR, &g_bench, "measure single-thread encoding MB/s over the lines of this file", 1, 0},
 };
-#define N_FLAGS (sizeof FLAGS / sizeof FLAGS[0])
-
-static void usage(FILE *f) {
-    fprintf(f, "usage: tokenize -t TOKENIZER (--ids | --bench FILE | -o PREFIX FILE...)\n");
-    for (size_t i = 0; i < N_FLAGS; i++) fprintf(f, "  %-16s %s\n", FLAGS[i].name, FLAGS[i].help);
-}
-
-static size_t parse_flags(int argc, char **argv, char **pos) {
-    size_t np = 0;
-    for (int i = 1; i < argc; i++) {
-        if (argv[i][0] != '-' || strcmp(argv[i], "-") == 0) { pos[np++] = argv[i]; continue; }
-        const Flag *f = NULL;
-        for (size_t k = 0; k < N_FLAGS; k++)
-            if (strcmp(argv[i], FLAGS[k].name) == 0) f = &FLAGS[k];
-        if (!f) { usage(stderr); FAIL("unknown flag %s", argv[i]); }
-        if (f->type == F_BOOL) { *(int *)f->dst = 1; continue; }
-        CHECK(i + 1 < argc, "flag %s needs a value", argv[i]);
-        const char *v = argv[++i];
-        char *end;
-        if (f->type == F_STR) *(const char **)f->dst = v;
-        else if (f->type == F_INT) {
-            long x = strtol(v, &end, 10);
-            CHECK(*v && !*end && x >= 0 && x < 100000, "flag %s: \"%s\" is not a count", f->name, v);
-            *(int *)f->dst = (int)x;
-        } else {
-            double x = strtod(v, &end);
-            CHECK(*v && !*end, "flag %s: \"%s\" is not a number", f->name, v);
-            *(double *)f->dst = x;
-        }
-    }
-    return np;
-}
+#define N_FLAGS ((int)(sizeof FLAGS / sizeof FLAGS[0]))
+static const char *SYNOPSIS = "-t TOKENIZER (--ids | --bench FILE | -o PREFIX FILE...)";
 
 static void print_ids(const Tokenizer *tok) {
     char *line = NULL;
@@ -118,16 +80,19 @@ static void bench(const Tokenizer *tok, const char *path) {
 }
 
 int main(int argc, char **argv) {
-    char **pos = calloc((size_t)argc + 1, sizeof *pos);
-    size_t np = parse_flags(argc, argv, pos);
-    if (g_help) { usage(stdout); free(pos); return 0; }
-    if (!g_tok) { usage(stderr); FAIL("-t TOKENIZER is required"); }
+    char **pos = ao_calloc((size_t)argc + 1, sizeof *pos);
+    int np = 0;
+    if (!flags_parse_pos(FLAGS, N_FLAGS, argc, argv, "tokenize", SYNOPSIS, pos, &np)) { free(pos); return 0; }
+    if (!g_tok) { flags_usage(stderr, FLAGS, N_FLAGS, "tokenize", SYNOPSIS); FAIL("-t TOKENIZER is required"); }
     Tokenizer *tok = tokenizer_load(g_tok);
     if (g_ids) print_ids(tok);
     else if (g_bench) bench(tok, g_bench);
     else {
-        if (!g_out || np == 0) { usage(stderr); FAIL("give --ids, --bench FILE, or -o PREFIX and input files"); }
-        tokenize_files_to_shards(tok, (const char *const *)pos, np, g_out, g_val, g_threads, 1, NULL, NULL);
+        if (!g_out || np == 0) {
+            flags_usage(stderr, FLAGS, N_FLAGS, "tokenize", SYNOPSIS);
+            FAIL("give --ids, --bench FILE, or -o PREFIX and input files");
+        }
+        tokenize_files_to_shards(tok, (const char *const *)pos, (size_t)np, g_out, g_val, g_threads, 1, NULL, NULL);
     }
     tokenizer_free(tok);
     free(pos);
