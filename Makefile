@@ -95,7 +95,11 @@ train_llama: train_llama.cu $(CU_OBJ) $(LIB)
 	@test -n "$(NVCC)" || { echo "train_llama needs nvcc (CUDA Toolkit); none was found"; exit 1; }
 	$(NVCC) $(NVCCFLAGS) train_llama.cu $(CU_OBJ) $(LIB) -o $@ -Xcompiler -fopenmp $(CUDA_LIBS) -lm
 
-all: $(LIB) $(TEST_BIN) $(TOOL_BIN) $(if $(NVCC),cuda train_llama)
+# The inference program (C, CPU): ./infer_llama at the top level, as the README runs it.
+infer_llama: infer_llama.c $(LIB)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+
+all: $(LIB) $(TEST_BIN) $(TOOL_BIN) infer_llama $(if $(NVCC),cuda train_llama)
 
 cuda: $(CU_OBJ) $(GPU_TEST_OBJ)
 

@@ -51,3 +51,9 @@ int param_table_find(const ParamTable *t, const char *hf_name) {
         if (strcmp(t->p[i].hf_name, hf_name) == 0) return i;
     return -1;
 }
+
+int param_table_contiguous(const ParamTable *t, int i, int k) {
+    for (int j = i + 1; j < i + k; j++)
+        if (j >= t->n || t->p[j].offset != t->p[j - 1].offset + t->p[j - 1].numel) return 0;
+    return 1;
+}

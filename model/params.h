@@ -7,6 +7,9 @@
 //   hf_name  global: full name; layer: suffix after "model.layers.<i>."
 //   dim0/1   shape as expressions of `c` (a const LlamaConfig *); dim1 ignored if ndim 1
 //   present  whether the tensor exists for this config
+// Order matters: wq/wk/wv, bq/bk/bv and wg/wu are adjacent so that, when their sizes
+// keep the 16-element alignment, each group is one contiguous matrix and the GPU runs
+// one fused GEMM for it (param_table_contiguous tells).
 #ifndef LLAMA_AO_MODEL_PARAMS_H
 #define LLAMA_AO_MODEL_PARAMS_H
 
@@ -30,10 +33,10 @@ extern "C" {
 #define LLAMA_LAYER_PARAMS(X, A)                                                                   \
     X(A, ln1, "input_layernorm.weight", 1, c->hidden_size, 1, 1)                                     \
     X(A, wq, "self_attn.q_proj.weight", 2, P_QD(c), c->hidden_size, 1)                              \
-    X(A, bq, "self_attn.q_proj.bias", 1, P_QD(c), 1, c->qkv_bias)                                   \
     X(A, wk, "self_attn.k_proj.weight", 2, P_KVD(c), c->hidden_size, 1)                             \
-    X(A, bk, "self_attn.k_proj.bias", 1, P_KVD(c), 1, c->qkv_bias)                                  \
     X(A, wv, "self_attn.v_proj.weight", 2, P_KVD(c), c->hidden_size, 1)                             \
+    X(A, bq, "self_attn.q_proj.bias", 1, P_QD(c), 1, c->qkv_bias)                                   \
+    X(A, bk, "self_attn.k_proj.bias", 1, P_KVD(c), 1, c->qkv_bias)                                  \
     X(A, bv, "self_attn.v_proj.bias", 1, P_KVD(c), 1, c->qkv_bias)                                  \
     X(A, wo, "self_attn.o_proj.weight", 2, c->hidden_size, P_QD(c), 1)                              \
     X(A, ln2, "post_attention_layernorm.weight", 1, c->hidden_size, 1, 1)                           \
@@ -67,6 +70,8 @@ void param_table_init(ParamTable *t, const LlamaConfig *c);
 void param_table_free(ParamTable *t);
 // Index of the tensor with this HF name, or -1.
 int param_table_find(const ParamTable *t, const char *hf_name);
+// 1 when tensors i..i+k-1 follow each other with no padding between them.
+int param_table_contiguous(const ParamTable *t, int i, int k);
 
 // Weight structs for any element type T: LLAMA_DEFINE_WEIGHTS(float, LlamaWeights)
 // declares LlamaWeightsLayer and LlamaWeights, and LlamaWeights_point(w, base, tab, c)

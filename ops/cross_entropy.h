@@ -5,6 +5,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 // logits [N,V], targets [N]. losses [N] (may be NULL) = -log softmax(logits)[target], 0 for
 // ignored rows. Returns the mean over rows with target >= 0 (0 if none); *n_valid (may be
 // NULL) gets their count. Fails (CHECK) on target >= V.
@@ -14,5 +18,9 @@ float cross_entropy_forward_cpu(float *losses, const float *logits, const int32_
 // dloss is d(total loss)/d(row loss): 1/n_valid for the mean returned by forward.
 void cross_entropy_backward_cpu(float *dlogits, const float *logits, const int32_t *targets, int N, int V,
                                 float dloss);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -1,5 +1,6 @@
 #include "embedding.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "../common/error.h"
@@ -35,4 +36,26 @@ void embedding_backward_cpu(float *dwte, const float *dout, const int32_t *token
             for (int d = d0; d < d1; d++) dst[d] += src[d];
         }
     }
+}
+
+// Counting sort: O(N + V) and stable because positions are placed in increasing n.
+int embedding_buckets_cpu(int32_t *sorted_pos, int32_t *bucket_start, int32_t *bucket_token, const int32_t *tokens,
+                          int N, int V) {
+    CHECK(N >= 0 && V > 0, "embedding_buckets: bad shape N=%d V=%d", N, V);
+    check_tokens(tokens, N, V);
+    int32_t *next = ao_calloc((size_t)V, sizeof(int32_t));  // count, then next free slot
+    for (int n = 0; n < N; n++) next[tokens[n]]++;
+    int nb = 0, off = 0;
+    for (int v = 0; v < V; v++) {
+        int c = next[v];
+        if (c == 0) continue;
+        bucket_token[nb] = v;
+        bucket_start[nb++] = off;
+        next[v] = off;
+        off += c;
+    }
+    bucket_start[nb] = off;
+    for (int n = 0; n < N; n++) sorted_pos[next[tokens[n]]++] = n;
+    free(next);
+    return nb;
 }

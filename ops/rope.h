@@ -3,6 +3,10 @@
 #ifndef LLAMA_AO_OPS_ROPE_H
 #define LLAMA_AO_OPS_ROPE_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { ROPE_DEFAULT = 0, ROPE_LLAMA3 = 1 } RopeType;
 
 // theta = rope_theta; the rest is HF rope_scaling for "llama3" (ignored for ROPE_DEFAULT).
@@ -22,5 +26,9 @@ void rope_forward_cpu(float *out, const float *inp, const float *inv_freq, int B
 // Rotation by -angle (the transpose). WRITES dinp (does not accumulate); dinp may == dout.
 void rope_backward_cpu(float *dinp, const float *dout, const float *inv_freq, int B, int T, int n_heads, int head_dim,
                        int pos_offset);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -4,9 +4,17 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 // Elementwise over n values; silu(x) = x / (1 + exp(-x)) as torch computes it.
 void swiglu_forward_cpu(float *out, const float *gate, const float *up, size_t n);
 // Accumulates dgate and dup (both required).
 void swiglu_backward_cpu(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

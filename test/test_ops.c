@@ -146,6 +146,45 @@ static void test_embedding(void) {
     free(dout2), free(a), free(b);
 }
 
+// The GPU backward's host-side sort: buckets in token order, positions stable, and a
+// bucket-wise sum equals embedding_backward_cpu bitwise (same per-element add order).
+static void emb_buckets_fail_fn(void *p) {
+    EmbFailArg *a = p;
+    int32_t sp[16], bs[17], bt[16];
+    embedding_buckets_cpu(sp, bs, bt, a->tok, a->N, a->V);
+}
+
+static void test_embedding_buckets(void) {
+    enum { N = 12, V = 9, D = 5 };
+    int32_t tok[N] = {4, 8, 4, 0, 8, 8, 2, 4, 0, 7, 8, 4};
+    int32_t sp[N], bs[N + 1], bt[N];
+    int nb = embedding_buckets_cpu(sp, bs, bt, tok, N, V);
+    TEST_CHECK(nb == 5, "embedding buckets: %d buckets, expected 5", nb);
+    const int32_t want_tok[5] = {0, 2, 4, 7, 8}, want_start[6] = {0, 2, 3, 7, 8, 12};
+    const int32_t want_pos[N] = {3, 8, 6, 0, 2, 7, 11, 9, 1, 4, 5, 10};
+    TEST_CHECK(memcmp(bt, want_tok, sizeof want_tok) == 0, "embedding buckets: wrong bucket tokens");
+    TEST_CHECK(memcmp(bs, want_start, sizeof want_start) == 0, "embedding buckets: wrong bucket starts");
+    TEST_CHECK(memcmp(sp, want_pos, sizeof want_pos) == 0, "embedding buckets: positions not a stable sort");
+
+    float *dout = rand_f(N * D, 1), *a = zeros_f(V * D), *b = zeros_f(V * D);
+    embedding_backward_cpu(a, dout, tok, N, V, D);
+    for (int k = 0; k < nb; k++)
+        for (int i = bs[k]; i < bs[k + 1]; i++)
+            for (int d = 0; d < D; d++) b[bt[k] * D + d] += dout[sp[i] * D + d];
+    TEST_CHECK(memcmp(a, b, sizeof(float) * V * D) == 0, "embedding buckets: bucket sums differ from the CPU backward");
+
+    int32_t one = 3;
+    nb = embedding_buckets_cpu(sp, bs, bt, &one, 1, V);
+    TEST_CHECK(nb == 1 && bs[0] == 0 && bs[1] == 1 && bt[0] == 3 && sp[0] == 0, "embedding buckets: N=1");
+    nb = embedding_buckets_cpu(sp, bs, bt, tok, 0, V);
+    TEST_CHECK(nb == 0 && bs[0] == 0, "embedding buckets: N=0 gives %d buckets", nb);
+
+    tok[5] = V;
+    EmbFailArg fa = {tok, NULL, NULL, N, V, D};
+    TEST_EXPECT_FAIL("embedding buckets token >= V", emb_buckets_fail_fn, &fa, "token id 9 at position 5");
+    free(dout), free(a), free(b);
+}
+
 // ---------------------------------------------------------------------------- rmsnorm
 
 typedef struct { int N, D; double eps; double *x, *w; const float *R; } RmsCtx;
@@ -659,6 +698,7 @@ static void test_cross_entropy(void) {
 int main(void) {
     set_threads(max_threads());
     test_embedding();
+    test_embedding_buckets();
     test_rmsnorm();
     test_rope();
     test_attention();

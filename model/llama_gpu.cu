@@ -1,0 +1,396 @@
+#include "llama_gpu.cuh"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ops/cross_entropy.cuh"
+#include "../ops/embedding.cuh"
+#include "../ops/matmul.cuh"
+#include "../ops/rmsnorm.cuh"
+#include "../ops/rope.cuh"
+#include "../ops/swiglu.cuh"
+#include "../optim/adamw.cuh"
+extern "C" {
+#include "../ops/embedding.h"
+#include "../ops/rope.h"
+}
+
+// Shape names shared by the planner and the carving code.
+struct Dims {
+    size_t N, D, F, V, H, KV, HD, QD, KVD, QKVD, B, T;
+};
+static Dims dims(const LlamaConfig *c, int B, int T) {
+    Dims d;
+    d.B = (size_t)B;
+    d.T = (size_t)T;
+    d.N = d.B * d.T;
+    d.D = (size_t)c->hidden_size;
+    d.F = (size_t)c->intermediate_size;
+    d.V = (size_t)c->vocab_size;
+    d.H = (size_t)c->n_heads;
+    d.KV = (size_t)c->n_kv_heads;
+    d.HD = (size_t)c->head_dim;
+    d.QD = d.H * d.HD;
+    d.KVD = d.KV * d.HD;
+    d.QKVD = d.QD + 2 * d.KVD;
+    return d;
+}
+
+// A bump allocator over one device allocation: pass 1 (base == NULL) only counts bytes.
+struct Carver {
+    char *base;
+    size_t used;
+    template <typename T> T *take(size_t count) {
+        size_t off = (used + 255) & ~(size_t)255;  // 256-byte alignment for vector loads and cuBLASLt
+        used = off + count * sizeof(T);
+        return base ? (T *)(base + off) : nullptr;
+    }
+};
+
+static void carve_acts(LlamaGpu *m, Carver &cv) {
+    const LlamaConfig *c = &m->cfg;
+    Dims d = dims(c, m->B, m->T);
+    const GpuRunOpts *o = &m->opts;
+    bf16 *shared_ln1 = o->recompute_norm ? cv.take<bf16>(d.N * d.D) : nullptr;
+    bf16 *shared_ln2 = o->recompute_norm ? cv.take<bf16>(d.N * d.D) : nullptr;
+    bf16 *shared_act = o->recompute_swiglu ? cv.take<bf16>(d.N * d.F) : nullptr;
+    for (int l = 0; l < c->n_layers; l++) {
+        GpuLayerActs *L = m->layers ? &m->layers[l] : nullptr;
+        GpuLayerActs tmp;
+        if (!L) L = &tmp;
+        L->resid = cv.take<bf16>(d.N * d.D);
+        L->ln1 = o->recompute_norm ? shared_ln1 : cv.take<bf16>(d.N * d.D);
+        L->ln1_rstd = cv.take<float>(d.N);
+        L->qkv = cv.take<bf16>(d.N * d.QKVD);
+        L->attn = cv.take<bf16>(d.N * d.QD);
+        L->lse = cv.take<float>(d.B * d.H * d.T);
+        L->resid_mid = cv.take<bf16>(d.N * d.D);
+        L->ln2 = o->recompute_norm ? shared_ln2 : cv.take<bf16>(d.N * d.D);
+        L->ln2_rstd = cv.take<float>(d.N);
+        L->gu = cv.take<bf16>(d.N * 2 * d.F);
+        L->act = o->recompute_swiglu ? shared_act : cv.take<bf16>(d.N * d.F);
+    }
+    m->resid_final = cv.take<bf16>(d.N * d.D);
+    m->lnf = cv.take<bf16>(d.N * d.D);
+    m->lnf_rstd = cv.take<float>(d.N);
+    m->scratch_d = cv.take<bf16>(d.N * d.D);
+    m->losses = cv.take<float>(d.N);
+    m->d_resid = cv.take<bf16>(d.N * d.D);
+    m->d_ln = cv.take<bf16>(d.N * d.D);
+    m->d_attn = cv.take<bf16>(d.N * d.QD);
+    m->d_qkv = cv.take<bf16>(d.N * d.QKVD);
+    m->d_gu = cv.take<bf16>(d.N * 2 * d.F);
+    m->d_act = cv.take<bf16>(d.N * d.F);
+    size_t ns = rmsnorm_backward_scratch_floats((int)d.N, (int)d.D);
+    m->norm_scratch = cv.take<float>(ns);
+    m->inv_freq = cv.take<float>(d.HD / 2);
+    m->tokens = cv.take<int32_t>(d.N);
+    m->targets = cv.take<int32_t>(d.N);
+    m->emb_pos = cv.take<int32_t>(d.N);
+    m->emb_start = cv.take<int32_t>(d.N + 1);
+    m->emb_token = cv.take<int32_t>(d.N);
+    m->logits_f32 = cv.take<float>(d.V);
+}
+
+static size_t logits_rows(const GpuRunOpts *o, size_t N) {
+    size_t r = o->lm_chunk > 0 ? (size_t)o->lm_chunk : 2048;
+    return r < N ? r : N;
+}
+
+GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *opts) {
+    GpuMemPlan p;
+    ParamTable tab;
+    param_table_init(&tab, c);
+    p.params = tab.total * sizeof(bf16);
+    p.master = tab.total * sizeof(float);
+    p.grads = tab.total * sizeof(float);
+    p.moments = 2 * tab.total * sizeof(float);
+    param_table_free(&tab);
+    LlamaGpu m;
+    memset(&m, 0, sizeof m);
+    m.cfg = *c;
+    m.opts = *opts;
+    m.B = B;
+    m.T = T;
+    Carver cv = {nullptr, 0};
+    carve_acts(&m, cv);
+    p.activations = cv.used;
+    p.logits = logits_rows(opts, (size_t)B * T) * (size_t)c->vocab_size * sizeof(bf16);
+    return p;
+}
+
+void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int T, const GpuRunOpts *opts) {
+    memset(m, 0, sizeof *m);
+    m->cfg = cpu->cfg;
+    m->opts = *opts;
+    m->B = B;
+    m->T = T;
+    const LlamaConfig *c = &m->cfg;
+    param_table_init(&m->tab, c);
+    const size_t P = m->tab.total;
+    Carver pc = {nullptr, 0};
+    pc.take<bf16>(P);
+    for (int i = 0; i < 4; i++) pc.take<float>(P);
+    m->param_bytes = pc.used;
+    CUDA_CHECK(cudaMalloc(&m->param_mem, m->param_bytes));
+    pc = {(char *)m->param_mem, 0};
+    m->params = pc.take<bf16>(P);
+    m->master = pc.take<float>(P);
+    m->grads = pc.take<float>(P);
+    m->adam_m = pc.take<float>(P);
+    m->adam_v = pc.take<float>(P);
+    m->wl = (LlamaWeightsBf16Layer *)ao_calloc((size_t)c->n_layers, sizeof *m->wl);
+    m->gl = (LlamaWeightsLayer *)ao_calloc((size_t)c->n_layers, sizeof *m->gl);
+    LlamaWeightsBf16_point(&m->w, m->params, &m->tab, c, m->wl);
+    LlamaWeights_point(&m->g, m->grads, &m->tab, c, m->gl);
+    // Fused projections need the group's tensors back to back (see model/params.h).
+    int iq = param_table_find(&m->tab, "model.layers.0.self_attn.q_proj.weight");
+    int ig = param_table_find(&m->tab, "model.layers.0.mlp.gate_proj.weight");
+    int ib = param_table_find(&m->tab, "model.layers.0.self_attn.q_proj.bias");
+    m->fused_qkv = param_table_contiguous(&m->tab, iq, 3);
+    m->fused_gu = param_table_contiguous(&m->tab, ig, 2);
+    m->fused_qkv_bias = ib >= 0 && param_table_contiguous(&m->tab, ib, 3);
+
+    CUDA_CHECK(cudaMemcpy(m->master, cpu->params, P * sizeof(float), cudaMemcpyHostToDevice));
+    cast_f32_to_bf16(m->params, m->master, P, ctx->stream);
+    CUDA_CHECK(cudaMemsetAsync(m->grads, 0, P * sizeof(float), ctx->stream));
+    CUDA_CHECK(cudaMemsetAsync(m->adam_m, 0, P * sizeof(float), ctx->stream));
+    CUDA_CHECK(cudaMemsetAsync(m->adam_v, 0, P * sizeof(float), ctx->stream));
+
+    m->layers = (GpuLayerActs *)ao_calloc((size_t)c->n_layers, sizeof *m->layers);
+    Carver cv = {nullptr, 0};
+    carve_acts(m, cv);
+    Dims d = dims(c, B, T);
+    size_t lrows = logits_rows(opts, d.N);
+    size_t gn = grad_norm_scratch_floats(P) + 1;
+    m->act_bytes = cv.used + lrows * d.V * sizeof(bf16) + gn * sizeof(float) + 1024;
+    CUDA_CHECK(cudaMalloc(&m->act_mem, m->act_bytes));
+    cv = {(char *)m->act_mem, 0};
+    carve_acts(m, cv);
+    m->logits = cv.take<bf16>(lrows * d.V);
+    m->gn_scratch = cv.take<float>(gn);
+
+    float *h_inv = (float *)ao_malloc(d.HD / 2 * sizeof(float));
+    rope_inv_freq_cpu(h_inv, c->head_dim, &c->rope);
+    CUDA_CHECK(cudaMemcpy(m->inv_freq, h_inv, d.HD / 2 * sizeof(float), cudaMemcpyHostToDevice));
+    free(h_inv);
+    CUDA_CHECK(cudaMallocHost(&m->h_pos, (3 * d.N + 1) * sizeof(int32_t)));
+    m->h_start = m->h_pos + d.N;
+    m->h_token = m->h_start + d.N + 1;
+    CUDA_CHECK(cudaMallocHost(&m->h_losses, d.N * sizeof(float)));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+}
+
+void llama_gpu_free(LlamaGpu *m) {
+    if (m->param_mem) cudaFree(m->param_mem);
+    if (m->act_mem) cudaFree(m->act_mem);
+    if (m->h_pos) cudaFreeHost(m->h_pos);
+    if (m->h_losses) cudaFreeHost(m->h_losses);
+    free(m->wl);
+    free(m->gl);
+    free(m->layers);
+    param_table_free(&m->tab);
+    memset(m, 0, sizeof *m);
+}
+
+void llama_gpu_set_batch(LlamaGpu *m, GpuCtx *ctx, const int32_t *tokens, const int32_t *targets) {
+    const int N = m->B * m->T, V = m->cfg.vocab_size;
+    m->n_valid = 0;
+    for (int i = 0; i < N; i++) {
+        m->n_valid += targets && targets[i] >= 0;
+        CHECK(tokens[i] >= 0 && tokens[i] < V, "token id %d at position %d is outside the vocabulary [0, %d)", tokens[i],
+              i, V);
+        CHECK(!targets || targets[i] < V, "target id %d at position %d is outside the vocabulary [0, %d)", targets[i], i, V);
+    }
+    // The stream is in order, so the pinned staging buffers may be reused only once the
+    // previous batch's copies are done.
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    m->n_buckets = embedding_buckets_cpu(m->h_pos, m->h_start, m->h_token, tokens, N, V);
+    CUDA_CHECK(cudaMemcpyAsync(m->tokens, tokens, N * sizeof(int32_t), cudaMemcpyHostToDevice, ctx->stream));
+    if (targets) CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, N * sizeof(int32_t), cudaMemcpyHostToDevice, ctx->stream));
+    else CUDA_CHECK(cudaMemsetAsync(m->targets, 0xff, N * sizeof(int32_t), ctx->stream));  // -1: ignored
+    CUDA_CHECK(cudaMemcpyAsync(m->emb_pos, m->h_pos, N * sizeof(int32_t), cudaMemcpyHostToDevice, ctx->stream));
+    CUDA_CHECK(cudaMemcpyAsync(m->emb_start, m->h_start, (m->n_buckets + 1) * sizeof(int32_t), cudaMemcpyHostToDevice,
+                               ctx->stream));
+    CUDA_CHECK(cudaMemcpyAsync(m->emb_token, m->h_token, m->n_buckets * sizeof(int32_t), cudaMemcpyHostToDevice,
+                               ctx->stream));
+}
+
+// q/k/v (and gate/up) projections: one GEMM over the concatenated weights when they are
+// contiguous, else one GEMM per part writing into its columns of the packed output.
+static void qkv_forward(LlamaGpu *m, GpuCtx *ctx, int l, const bf16 *ln1, bf16 *qkv) {
+    Dims d = dims(&m->cfg, m->B, m->T);
+    const LlamaWeightsBf16Layer *W = &m->wl[l];
+    const int N = (int)d.N, D = (int)d.D, ld = (int)d.QKVD;
+    if (m->fused_qkv && (!W->bq || m->fused_qkv_bias)) {
+        matmul_forward(ctx, qkv, ln1, W->wq, W->bq, N, D, ld, ld);
+    } else {
+        matmul_forward(ctx, qkv, ln1, W->wq, W->bq, N, D, (int)d.QD, ld);
+        matmul_forward(ctx, qkv + d.QD, ln1, W->wk, W->bk, N, D, (int)d.KVD, ld);
+        matmul_forward(ctx, qkv + d.QD + d.KVD, ln1, W->wv, W->bv, N, D, (int)d.KVD, ld);
+    }
+}
+
+static void qkv_backward(LlamaGpu *m, GpuCtx *ctx, int l, const bf16 *ln1) {
+    Dims d = dims(&m->cfg, m->B, m->T);
+    const LlamaWeightsBf16Layer *W = &m->wl[l];
+    LlamaWeightsLayer *G = &m->gl[l];
+    const int N = (int)d.N, D = (int)d.D, ld = (int)d.QKVD;
+    if (m->fused_qkv && (!W->bq || m->fused_qkv_bias)) {
+        matmul_backward(ctx, m->d_ln, G->wq, G->bq, m->d_qkv, ld, ln1, W->wq, N, D, ld, 0);
+    } else {
+        matmul_backward(ctx, m->d_ln, G->wq, G->bq, m->d_qkv, ld, ln1, W->wq, N, D, (int)d.QD, 0);
+        matmul_backward(ctx, m->d_ln, G->wk, G->bk, m->d_qkv + d.QD, ld, ln1, W->wk, N, D, (int)d.KVD, 1);
+        matmul_backward(ctx, m->d_ln, G->wv, G->bv, m->d_qkv + d.QD + d.KVD, ld, ln1, W->wv, N, D, (int)d.KVD, 1);
+    }
+}
+
+static void gu_forward(LlamaGpu *m, GpuCtx *ctx, int l, const bf16 *ln2, bf16 *gu) {
+    Dims d = dims(&m->cfg, m->B, m->T);
+    const LlamaWeightsBf16Layer *W = &m->wl[l];
+    const int N = (int)d.N, D = (int)d.D, F = (int)d.F;
+    if (m->fused_gu) {
+        matmul_forward(ctx, gu, ln2, W->wg, nullptr, N, D, 2 * F, 2 * F);
+    } else {
+        matmul_forward(ctx, gu, ln2, W->wg, nullptr, N, D, F, 2 * F);
+        matmul_forward(ctx, gu + F, ln2, W->wu, nullptr, N, D, F, 2 * F);
+    }
+}
+
+static void gu_backward(LlamaGpu *m, GpuCtx *ctx, int l, const bf16 *ln2) {
+    Dims d = dims(&m->cfg, m->B, m->T);
+    const LlamaWeightsBf16Layer *W = &m->wl[l];
+    LlamaWeightsLayer *G = &m->gl[l];
+    const int N = (int)d.N, D = (int)d.D, F = (int)d.F;
+    if (m->fused_gu) {
+        matmul_backward(ctx, m->d_ln, G->wg, nullptr, m->d_gu, 2 * F, ln2, W->wg, N, D, 2 * F, 0);
+    } else {
+        matmul_backward(ctx, m->d_ln, G->wg, nullptr, m->d_gu, 2 * F, ln2, W->wg, N, D, F, 0);
+        matmul_backward(ctx, m->d_ln, G->wu, nullptr, m->d_gu + F, 2 * F, ln2, W->wu, N, D, F, 1);
+    }
+}
+
+double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
+    const LlamaConfig *c = &m->cfg;
+    Dims d = dims(c, m->B, m->T);
+    cudaStream_t s = ctx->stream;
+    const int N = (int)d.N, D = (int)d.D, B = m->B, T = m->T, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    const float eps = c->rms_norm_eps;
+    embedding_forward(m->layers[0].resid, m->tokens, m->w.wte, N, D, s);
+    rmsnorm_forward(m->layers[0].ln1, m->layers[0].ln1_rstd, m->layers[0].resid, m->wl[0].ln1, N, D, eps, s);
+    for (int l = 0; l < c->n_layers; l++) {
+        GpuLayerActs *L = &m->layers[l];
+        const LlamaWeightsBf16Layer *W = &m->wl[l];
+        qkv_forward(m, ctx, l, L->ln1, L->qkv);
+        rope_forward(L->qkv, m->inv_freq, B, T, H, KV, hd, 0, s);
+        attention_forward(ctx, L->attn, L->lse, L->qkv, B, T, H, KV, hd, m->opts.attn);
+        matmul_forward(ctx, m->scratch_d, L->attn, W->wo, nullptr, N, (int)d.QD, D, D);
+        residual_rmsnorm_forward(L->resid_mid, L->ln2, L->ln2_rstd, L->resid, m->scratch_d, W->ln2, N, D, eps, s);
+        gu_forward(m, ctx, l, L->ln2, L->gu);
+        swiglu_forward(L->act, L->gu, N, (int)d.F, s);
+        matmul_forward(ctx, m->scratch_d, L->act, W->wd, nullptr, N, (int)d.F, D, D);
+        if (l + 1 < c->n_layers) {
+            GpuLayerActs *Ln = &m->layers[l + 1];
+            residual_rmsnorm_forward(Ln->resid, Ln->ln1, Ln->ln1_rstd, L->resid_mid, m->scratch_d, m->wl[l + 1].ln1, N,
+                                     D, eps, s);
+        } else {
+            residual_rmsnorm_forward(m->resid_final, m->lnf, m->lnf_rstd, L->resid_mid, m->scratch_d, m->w.norm_f, N, D,
+                                     eps, s);
+        }
+    }
+    // LM head + cross-entropy, chunk by chunk over rows; with dloss the chunk's logits
+    // become dlogits in place and the head's backward runs right away.
+    const int V = (int)d.V, rows = (int)logits_rows(&m->opts, d.N);
+    for (int r0 = 0; r0 < N; r0 += rows) {
+        const int nr = N - r0 < rows ? N - r0 : rows;
+        const bf16 *x = m->lnf + (size_t)r0 * D;
+        matmul_forward(ctx, m->logits, x, m->w.lm_head, nullptr, nr, D, V, V);
+        cross_entropy_forward_backward(m->losses + r0, m->logits, m->targets + r0, nr, V, dloss, s);
+        if (dloss != 0.0f)
+            matmul_backward(ctx, m->d_ln + (size_t)r0 * D, m->g.lm_head, nullptr, m->logits, V, x, m->w.lm_head, nr, D,
+                            V, 0);
+    }
+    CUDA_CHECK(cudaMemcpyAsync(m->h_losses, m->losses, N * sizeof(float), cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    // Ignored rows have loss 0, so a fixed-order sum over all rows is the sum over valid ones.
+    double sum = 0;
+    for (int i = 0; i < N; i++) sum += m->h_losses[i];
+    if (n_valid) *n_valid = m->n_valid;
+    return sum;
+}
+
+void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
+    const LlamaConfig *c = &m->cfg;
+    Dims d = dims(c, m->B, m->T);
+    cudaStream_t s = ctx->stream;
+    const int N = (int)d.N, D = (int)d.D, F = (int)d.F, B = m->B, T = m->T, H = c->n_heads, KV = c->n_kv_heads,
+              hd = c->head_dim;
+    const float eps = c->rms_norm_eps;
+    // d_ln holds d loss / d lnf from the LM head.
+    rmsnorm_backward(m->d_resid, m->g.norm_f, m->norm_scratch, m->d_ln, nullptr, m->resid_final, m->w.norm_f,
+                     m->lnf_rstd, N, D, s);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        GpuLayerActs *L = &m->layers[l];
+        const LlamaWeightsBf16Layer *W = &m->wl[l];
+        LlamaWeightsLayer *G = &m->gl[l];
+        if (m->opts.recompute_norm) {
+            rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, W->ln2, N, D, eps, s);
+            rmsnorm_forward(L->ln1, L->ln1_rstd, L->resid, W->ln1, N, D, eps, s);
+        }
+        if (m->opts.recompute_swiglu) swiglu_forward(L->act, L->gu, N, F, s);
+        // MLP: out = resid_mid + down(silu(gate) * up)
+        matmul_backward(ctx, m->d_act, G->wd, nullptr, m->d_resid, D, L->act, W->wd, N, F, D, 0);
+        swiglu_backward(m->d_gu, m->d_act, L->gu, N, F, s);
+        gu_backward(m, ctx, l, L->ln2);
+        rmsnorm_backward(m->d_resid, G->ln2, m->norm_scratch, m->d_ln, m->d_resid, L->resid_mid, W->ln2, L->ln2_rstd, N,
+                         D, s);
+        // attention: resid_mid = resid + o_proj(attn(rope(qkv(ln1))))
+        matmul_backward(ctx, m->d_attn, G->wo, nullptr, m->d_resid, D, L->attn, W->wo, N, (int)d.QD, D, 0);
+        attention_backward(ctx, m->d_qkv, m->d_attn, L->qkv, L->attn, L->lse, B, T, H, KV, hd, m->opts.attn_bwd);
+        rope_backward(m->d_qkv, m->inv_freq, B, T, H, KV, hd, 0, s);
+        qkv_backward(m, ctx, l, L->ln1);
+        rmsnorm_backward(m->d_resid, G->ln1, m->norm_scratch, m->d_ln, m->d_resid, L->resid, W->ln1, L->ln1_rstd, N, D,
+                         s);
+    }
+    embedding_backward(m->g.wte, m->d_resid, m->emb_pos, m->emb_start, m->emb_token, m->n_buckets, D, s);
+}
+
+void llama_gpu_zero_grads(LlamaGpu *m, GpuCtx *ctx) {
+    CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->tab.total * sizeof(float), ctx->stream));
+}
+
+float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx) {
+    float *out = m->gn_scratch;
+    grad_norm_squared(out, m->gn_scratch + 1, m->grads, m->tab.total, ctx->stream);
+    float h;
+    CUDA_CHECK(cudaMemcpyAsync(&h, out, sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    return sqrtf(h);
+}
+
+void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
+                     float grad_scale) {
+    for (int i = 0; i < m->tab.n; i++) {
+        const ParamInfo *p = &m->tab.p[i];
+        const size_t o = p->offset;
+        adamw_update(m->master + o, m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, p->numel, lr, b1, b2, eps,
+                     p->kind == PARAM_MATRIX ? wd : 0.0f, step, grad_scale, ctx->stream);
+    }
+}
+
+void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(cpu->params, m->master, m->tab.total * sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
+    Dims d = dims(&m->cfg, m->B, m->T);
+    CHECK(b >= 0 && b < m->B && pos >= 0 && pos < m->T, "logits_at(%d, %d) outside the %d x %d batch", b, pos, m->B, m->T);
+    const int V = (int)d.V, D = (int)d.D;
+    const bf16 *x = m->lnf + ((size_t)b * m->T + pos) * D;
+    matmul_forward(ctx, m->logits, x, m->w.lm_head, nullptr, 1, D, V, V);
+    cast_bf16_to_f32(m->logits_f32, m->logits, (size_t)V, ctx->stream);
+    CUDA_CHECK(cudaMemcpyAsync(out, m->logits_f32, V * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+}

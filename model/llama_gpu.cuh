@@ -1,0 +1,100 @@
+// The Llama model on one GPU in bf16: parameters, fp32 master weights, fp32 gradients
+// and AdamW moments in one allocation carved by the parameter table; activations in a
+// second one. Forward and backward are assembled from the ops/*.cu kernels; every
+// linear goes through ops/matmul (cuBLASLt), attention through ops/attention.
+#pragma once
+
+#include "../common/gpu.h"
+#include "../ops/attention.cuh"
+#include "model.h"
+
+LLAMA_DEFINE_WEIGHTS(bf16, LlamaWeightsBf16)
+
+typedef struct {
+    int recompute_norm;    // re-run RMSNorm in backward instead of keeping ln1/ln2 per layer
+    int recompute_swiglu;  // re-run SwiGLU in backward instead of keeping its output per layer
+    AttnImpl attn;      // forward attention
+    AttnImpl attn_bwd;  // backward attention: ATTN_KERNEL is deterministic, cuDNN's is not
+    int lm_chunk;          // rows of logits materialised at once (bf16 [lm_chunk, V])
+} GpuRunOpts;
+
+// Per-layer activations kept for backward (bf16 unless marked), N = B*T rows.
+typedef struct {
+    bf16 *resid;     // [N, D] residual stream entering the layer
+    bf16 *ln1;       // [N, D] (shared scratch when recompute_norm)
+    float *ln1_rstd; // [N]
+    bf16 *qkv;       // [N, QD + 2 KVD] after RoPE
+    bf16 *attn;      // [N, QD] attention output (before o_proj)
+    float *lse;      // [B*H*T]
+    bf16 *resid_mid; // [N, D] residual after attention
+    bf16 *ln2;       // [N, D] (shared scratch when recompute_norm)
+    float *ln2_rstd; // [N]
+    bf16 *gu;        // [N, 2F] gate | up
+    bf16 *act;       // [N, F] (shared scratch when recompute_swiglu)
+} GpuLayerActs;
+
+typedef struct {
+    LlamaConfig cfg;
+    ParamTable tab;
+    GpuRunOpts opts;
+    int B, T;
+    // parameter memory (one cudaMalloc)
+    void *param_mem;
+    size_t param_bytes;
+    bf16 *params;   // working copy used by the matmuls
+    float *master;  // fp32 master weights
+    float *grads;   // fp32 gradients, accumulated over micro-batches
+    float *adam_m, *adam_v;
+    LlamaWeightsBf16 w;
+    LlamaWeightsBf16Layer *wl;
+    LlamaWeights g;  // gradient pointers (fp32)
+    LlamaWeightsLayer *gl;
+    int fused_qkv, fused_qkv_bias, fused_gu;
+    // activation memory (one cudaMalloc)
+    void *act_mem;
+    size_t act_bytes;
+    GpuLayerActs *layers;
+    bf16 *resid_final, *lnf;
+    float *lnf_rstd;
+    bf16 *scratch_d;   // [N, D] o_proj / down_proj outputs
+    bf16 *logits;      // [lm_chunk, V]
+    float *losses;     // [N]
+    bf16 *d_resid, *d_ln, *d_attn, *d_qkv, *d_gu, *d_act;
+    float *norm_scratch;  // rmsnorm dweight partials
+    float *gn_scratch;    // grad-norm partials + result
+    float *inv_freq;      // [hd/2]
+    int32_t *tokens, *targets;                       // [N] device
+    int32_t *emb_pos, *emb_start, *emb_token;        // embedding buckets (device)
+    int32_t *h_pos, *h_start, *h_token;              // host staging (pinned)
+    int n_buckets;
+    int n_valid;      // targets >= 0 in the batch set last
+    float *h_losses;  // [N] pinned
+    float *logits_f32;  // [V] one row of logits for sampling
+} LlamaGpu;
+
+// Uploads a CPU model (fp32) to the GPU: master = params, working bf16 copy, zeroed
+// gradients and moments. B x T is the micro-batch the activations are sized for.
+void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int T, const GpuRunOpts *opts);
+void llama_gpu_free(LlamaGpu *m);
+// Bytes each part holds, for the start-up memory table.
+typedef struct { size_t params, master, grads, moments, activations, logits; } GpuMemPlan;
+GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *opts);
+
+// Copies tokens/targets ([B*T], host) to the device; targets < 0 are ignored.
+void llama_gpu_set_batch(LlamaGpu *m, GpuCtx *ctx, const int32_t *tokens, const int32_t *targets);
+// Forward over the batch set last. With dloss != 0 the LM-head/cross-entropy backward
+// runs too (dlogits scaled by dloss) and the gradient of the final norm output is left
+// for llama_gpu_backward. Returns the SUM of per-token losses (host), valid count in *n_valid.
+double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid);
+// Accumulates gradients into m->grads (call after forward with dloss != 0).
+void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx);
+void llama_gpu_zero_grads(LlamaGpu *m, GpuCtx *ctx);
+// Global L2 norm of the gradients (synchronises).
+float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx);
+// One AdamW step over all tensors (weight decay on matrices only).
+void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
+                     float grad_scale);
+// Copies master weights back into a CPU model (for saving).
+void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu);
+// Logits at row b, position pos of the last forward, into host out[V] fp32 (sampling).
+void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out);

@@ -1,0 +1,398 @@
+// train_llama: pre-train a Llama-family model from scratch or fine-tune a Hugging Face
+// checkpoint on one GPU, in bf16 with fp32 master weights and AdamW.
+//   ./train_llama                          the bundled default: a ~50M model on data/
+//   ./train_llama -m HF_DIR --train 'a.bin,b.bin' --lr 2e-5 -n 1000
+//   ./train_llama --resume out/            continue bit-exactly from the latest checkpoint
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model/checkpoint.cuh"
+#include "model/llama_gpu.cuh"
+#include "ops/matmul.cuh"
+extern "C" {
+#include "common/fileio.h"
+#include "common/flags.h"
+#include "common/plot.h"
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "optim/schedule.h"
+}
+
+// ---- settings ----------------------------------------------------------------------------
+
+struct Settings {
+    const char *model = nullptr, *config = nullptr, *resume = nullptr, *out = "out";
+    const char *train = "data/shards/corpus_train.bin", *val = "data/shards/corpus_val.bin";
+    const char *tokenizer = "data/tokenizer/gpt2", *schedule = "cosine", *attn = "auto";
+    int B = 16, T = 512, total_batch = 0, steps = 3000, warmup = 100, seed = 1337;
+    float lr = 1e-3f, min_lr_frac = 0.1f, wd = 0.1f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, clip = 1.0f;
+    float decay_frac = 0.2f;
+    int eval_every = 250, eval_batches = 20, sample_every = 500, sample_tokens = 48, save_every = 0;
+    int save_final = 1;
+    int deterministic = 1;
+    int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
+};
+
+static Flag *make_flags(Settings *s, int *n) {
+    static Flag f[] = {
+        {"--model", "-m", FLAG_STR, &s->model, "Hugging Face model directory to fine-tune (omit to train from scratch)", 1, 0},
+        {"--config", nullptr, FLAG_STR, &s->config, "config.json for a model trained from scratch (default: built-in ~50M Llama)", 1, 0},
+        {"--resume", nullptr, FLAG_STR, &s->resume, "continue from a checkpoint directory or a run directory's latest", 1, 0},
+        {"--out", "-o", FLAG_STR, &s->out, "run directory: checkpoints, log.jsonl, loss.svg", 1, 0},
+        {"--train", nullptr, FLAG_STR, &s->train, "training token shards, comma-separated ('synthetic': random tokens, for benchmarks)", 1, 0},
+        {"--val", nullptr, FLAG_STR, &s->val, "validation token shards, comma-separated ('' to skip)", 1, 0},
+        {"--tokenizer", nullptr, FLAG_STR, &s->tokenizer, "tokenizer for samples and checkpoints (dir or file)", 1, 0},
+        {"--batch", "-b", FLAG_INT, &s->B, "micro-batch size (sequences)", 1, 4096},
+        {"--seq", "-t", FLAG_INT, &s->T, "sequence length", 1, 1 << 20},
+        {"--total-batch", nullptr, FLAG_INT, &s->total_batch, "tokens per optimizer step (multiple of b*t; 0 = b*t)", 0, 1 << 30},
+        {"--steps", "-n", FLAG_INT, &s->steps, "optimizer steps", 1, 1 << 30},
+        {"--lr", nullptr, FLAG_FLOAT, &s->lr, "peak learning rate", 0, 10},
+        {"--min-lr-frac", nullptr, FLAG_FLOAT, &s->min_lr_frac, "final learning rate as a fraction of --lr", 0, 1},
+        {"--warmup", nullptr, FLAG_INT, &s->warmup, "linear warmup steps", 0, 1 << 30},
+        {"--schedule", nullptr, FLAG_STR, &s->schedule, "cosine | linear | constant | wsd", 1, 0},
+        {"--decay-frac", nullptr, FLAG_FLOAT, &s->decay_frac, "wsd: fraction of steps spent decaying", 0, 1},
+        {"--wd", nullptr, FLAG_FLOAT, &s->wd, "AdamW weight decay (matrices only)", 0, 10},
+        {"--beta1", nullptr, FLAG_FLOAT, &s->beta1, "AdamW beta1", 0, 1},
+        {"--beta2", nullptr, FLAG_FLOAT, &s->beta2, "AdamW beta2", 0, 1},
+        {"--eps", nullptr, FLAG_FLOAT, &s->eps, "AdamW epsilon", 0, 1},
+        {"--clip", nullptr, FLAG_FLOAT, &s->clip, "global gradient-norm clip (0 = off)", 0, 1e6},
+        {"--seed", nullptr, FLAG_INT, &s->seed, "seed for initialisation and data order", 0, 2147483647},
+        {"--shuffle", nullptr, FLAG_BOOL, &s->shuffle, "shuffle training samples each epoch", 1, 0},
+        {"--eval-every", nullptr, FLAG_INT, &s->eval_every, "validation loss every N steps (0 = off)", 0, 1 << 30},
+        {"--eval-batches", nullptr, FLAG_INT, &s->eval_batches, "micro-batches per validation", 1, 1 << 20},
+        {"--sample-every", nullptr, FLAG_INT, &s->sample_every, "greedy sample every N steps (0 = off)", 0, 1 << 30},
+        {"--sample-tokens", nullptr, FLAG_INT, &s->sample_tokens, "tokens per sample", 1, 4096},
+        {"--save-every", nullptr, FLAG_INT, &s->save_every, "checkpoint every N steps (0 = only at the end)", 0, 1 << 30},
+        {"--save-final", nullptr, FLAG_BOOL, &s->save_final, "save a checkpoint when training ends", 1, 0},
+        {"--max-seconds", nullptr, FLAG_INT, &s->max_seconds, "stop (and save) after this much wall time (0 = no limit)", 0, 1 << 30},
+        {"--recompute-norm", nullptr, FLAG_BOOL, &s->recompute_norm, "recompute RMSNorm outputs in backward", 1, 0},
+        {"--recompute-swiglu", nullptr, FLAG_BOOL, &s->recompute_swiglu, "recompute SwiGLU outputs in backward", 1, 0},
+        {"--attn", nullptr, FLAG_STR, &s->attn, "attention: auto | cudnn | kernel", 1, 0},
+        {"--deterministic", nullptr, FLAG_BOOL, &s->deterministic,
+         "bit-reproducible runs: attention backward by our kernel (cuDNN's uses atomics)", 1, 0},
+        {"--lm-chunk", nullptr, FLAG_INT, &s->lm_chunk, "rows of logits materialised at once", 1, 1 << 20},
+    };
+    *n = (int)(sizeof f / sizeof f[0]);
+    return f;
+}
+
+// ---- helpers -----------------------------------------------------------------------------
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+// Splits a comma-separated list into a NULL-terminated array (one allocation).
+static char **split_list(const char *s, size_t *n) {
+    char *copy = ao_strdup(s);
+    size_t cap = 1;
+    for (const char *p = s; *p; p++) cap += *p == ',';
+    char **out = (char **)ao_calloc(cap + 1, sizeof(char *));
+    *n = 0;
+    for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) out[(*n)++] = tok;
+    if (*n == 0) free(copy);
+    return out;
+}
+static void free_list(char **l, size_t n) {
+    if (n) free(l[0]);
+    free(l);
+}
+
+static void default_config(LlamaConfig *c, int vocab) {
+    memset(c, 0, sizeof *c);
+    c->arch = ARCH_LLAMA;
+    c->vocab_size = (vocab + 63) / 64 * 64;  // padded for the GEMMs; ids >= the tokenizer's are never seen
+    c->hidden_size = 512;
+    c->intermediate_size = 1536;
+    c->n_layers = 8;
+    c->n_heads = 8;
+    c->n_kv_heads = 4;
+    c->head_dim = 64;
+    c->max_position_embeddings = 1024;
+    c->rms_norm_eps = 1e-5f;
+    c->rope.type = ROPE_DEFAULT;
+    c->rope.theta = 10000.0f;
+    c->tie_word_embeddings = 1;
+    c->bos_token_id = -1;
+    c->initializer_range = 0.02f;
+    snprintf(c->dtype, sizeof c->dtype, "bfloat16");
+}
+
+// Model FLOPs per token (forward + backward): 6 per matmul parameter (embedding gather
+// excluded, LM head included) plus causal attention, 6 * layers * (H * hd) * T.
+static double flops_per_token(const LlamaConfig *c, int T) {
+    double P = (double)config_num_params(c);
+    if (!c->tie_word_embeddings) P -= (double)c->vocab_size * c->hidden_size;
+    return 6.0 * P + 6.0 * c->n_layers * (double)c->n_heads * c->head_dim * T;
+}
+
+static void print_memory_table(const LlamaConfig *c, const Settings *s, const GpuRunOpts *o, const GpuCtx *ctx) {
+    size_t free_b, total_b;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    GpuMemPlan p = llama_gpu_plan(c, s->B, s->T, o);
+    const double G = 1024.0 * 1024 * 1024;
+    printf("GPU memory plan (%s, %.1f GiB total, %.1f GiB free):\n", ctx->prop.name, total_b / G, free_b / G);
+    printf("  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n", "parameters (bf16)", p.params / G,
+           "master weights (fp32)", p.master / G, "gradients (fp32)", p.grads / G, "AdamW moments (fp32)", p.moments / G);
+    printf("  %-28s %8.2f GiB  (micro-batch %d x %d)\n  %-28s %8.2f GiB\n", "activations", p.activations / G, s->B, s->T,
+           "logits chunk (bf16)", p.logits / G);
+    size_t fixed = p.params + p.master + p.grads + p.moments, best = 0;
+    for (int b = 1; b <= 1024; b *= 2) {
+        GpuMemPlan q = llama_gpu_plan(c, b, s->T, o);
+        if (fixed + q.activations + q.logits + (256u << 20) <= free_b) best = (size_t)b;
+    }
+    size_t need = fixed + p.activations + p.logits;
+    printf("  %-28s %8.2f GiB; largest power-of-two micro-batch that fits at t=%d: %zu\n", "total", need / G, s->T, best);
+    CHECK(need + (128u << 20) <= free_b,
+          "the run needs %.2f GiB but only %.2f GiB is free\n  HINT: lower -b (largest that fits: %zu), or use "
+          "--recompute-norm / --recompute-swiglu",
+          need / G, free_b / G, best);
+}
+
+// Mean validation loss over eval_batches micro-batches from the start of the val set.
+static double evaluate(LlamaGpu *m, GpuCtx *ctx, const Settings *s, char **paths, size_t n_paths, int32_t *tok,
+                       int32_t *tgt) {
+    DataLoader vl;
+    loader_init(&vl, (const char *const *)paths, n_paths, m->cfg.vocab_size, s->B, s->T, 0, 1, 0, 0);
+    double sum = 0;
+    long count = 0;
+    for (int i = 0; i < s->eval_batches; i++) {
+        loader_next(&vl, tok, tgt);
+        llama_gpu_set_batch(m, ctx, tok, tgt);
+        int nv = 0;
+        sum += llama_gpu_forward(m, ctx, 0.0f, &nv);
+        count += nv;
+    }
+    loader_free(&vl);
+    return count ? sum / count : NAN;
+}
+
+// Greedy continuation of the first tokens of `prompt_src`, decoded with the tokenizer.
+static void sample(LlamaGpu *m, GpuCtx *ctx, const Settings *s, const Tokenizer *tk, const int32_t *prompt_src,
+                   int32_t *tok) {
+    const int T = m->T, n_prompt = T < 8 ? 1 : 8, n_new = s->sample_tokens < T - n_prompt ? s->sample_tokens : T - n_prompt;
+    memset(tok, 0, (size_t)m->B * T * sizeof(int32_t));
+    memcpy(tok, prompt_src, n_prompt * sizeof(int32_t));
+    float *logits = (float *)ao_malloc((size_t)m->B * m->cfg.vocab_size * sizeof(float));
+    int n = n_prompt;
+    for (int i = 0; i < n_new; i++, n++) {
+        llama_gpu_set_batch(m, ctx, tok, nullptr);
+        int nv;
+        llama_gpu_forward(m, ctx, 0.0f, &nv);
+        llama_gpu_logits_at(m, ctx, 0, n - 1, logits);
+        int best = 0;
+        const int V = tk ? tokenizer_vocab_size(tk) : m->cfg.vocab_size;
+        for (int v = 1; v < V && v < m->cfg.vocab_size; v++)
+            if (logits[v] > logits[best]) best = v;
+        tok[n] = best;
+    }
+    free(logits);
+    if (!tk) return;
+    size_t len;
+    char *text = tokenizer_decode(tk, tok, (size_t)n, 0, &len);
+    printf("---- sample (greedy) ----\n%.*s\n-------------------------\n", (int)len, text);
+    free(text);
+}
+
+// ---- main --------------------------------------------------------------------------------
+
+int main(int argc, char **argv) {
+    Settings s;
+    int nflags;
+    Flag *flags = make_flags(&s, &nflags);
+    if (!flags_parse(flags, nflags, argc, argv, "train_llama", "[options]")) return 0;
+    int lr_kind = lr_kind_from_name(s.schedule);
+    CHECK(lr_kind >= 0, "--schedule %s: expected cosine, linear, constant or wsd", s.schedule);
+    AttnImpl attn = !strcmp(s.attn, "auto") ? ATTN_AUTO : !strcmp(s.attn, "cudnn") ? ATTN_CUDNN
+                    : !strcmp(s.attn, "kernel") ? ATTN_KERNEL : (AttnImpl)-1;
+    CHECK((int)attn >= 0, "--attn %s: expected auto, cudnn or kernel", s.attn);
+    if (s.total_batch == 0) s.total_batch = s.B * s.T;
+    CHECK(s.total_batch % (s.B * s.T) == 0, "--total-batch %d is not a multiple of b*t = %d", s.total_batch, s.B * s.T);
+    const int accum = s.total_batch / (s.B * s.T);
+
+    // tokenizer (optional: samples are skipped without one)
+    Tokenizer *tk = nullptr;
+    if (s.tokenizer && s.tokenizer[0] && (file_exists(s.tokenizer) || dir_exists(s.tokenizer))) tk = tokenizer_load(s.tokenizer);
+    else if (s.tokenizer && s.tokenizer[0]) ao_warn("tokenizer %s not found: samples will be skipped", s.tokenizer);
+
+    // model: resume > fine-tune > scratch
+    char err[2048];
+    LlamaModel cpu;
+    char *resume_dir = s.resume ? ckpt_resolve(s.resume) : nullptr;
+    const char *from = resume_dir ? resume_dir : s.model;
+    if (from) {
+        if (!model_load_hf(&cpu, from, err, sizeof err)) FAIL("%s", err);
+    } else {
+        LlamaConfig c;
+        if (s.config) {
+            if (!config_load(&c, s.config, err, sizeof err)) FAIL("%s", err);
+        } else {
+            CHECK(tk, "training from scratch with the built-in config needs a tokenizer for its vocabulary size\n"
+                      "  HINT: pass --tokenizer DIR or --config CONFIG_JSON");
+            default_config(&c, tokenizer_vocab_size(tk));
+        }
+        model_init(&cpu, &c);
+        model_init_random(&cpu, (uint64_t)s.seed);
+    }
+    const LlamaConfig *c = &cpu.cfg;
+    CHECK(s.T <= c->max_position_embeddings, "-t %d exceeds the model's max_position_embeddings %d", s.T,
+          c->max_position_embeddings);
+    CHECK(!tk || tokenizer_vocab_size(tk) <= c->vocab_size, "the tokenizer has %d tokens but the model only %d",
+          tokenizer_vocab_size(tk), c->vocab_size);
+    char desc[512];
+    config_describe(c, desc, sizeof desc);
+    printf("llama.ao train_llama\nmodel: %s%s%s\n", desc, from ? " from " : " (random init)", from ? from : "");
+    printf("settings:\n");
+    flags_print(stdout, flags, nflags);
+
+    GpuCtx ctx;
+    gpu_ctx_init(&ctx, 0);
+    GpuRunOpts o;
+    memset(&o, 0, sizeof o);
+    o.recompute_norm = s.recompute_norm;
+    o.recompute_swiglu = s.recompute_swiglu;
+    o.attn = attn;
+    o.attn_bwd = s.deterministic ? ATTN_KERNEL : attn;
+    o.lm_chunk = s.lm_chunk;
+    print_memory_table(c, &s, &o, &ctx);
+    LlamaGpu m;
+    llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
+
+    const int synthetic = !strcmp(s.train, "synthetic");
+    size_t n_train = 0, n_val = 0;
+    char **train_paths = split_list(synthetic ? "" : s.train, &n_train);
+    char **val_paths = split_list(synthetic ? "" : s.val, &n_val);
+    CHECK(synthetic || n_train > 0, "--train names no shard files");
+    for (size_t i = 0; i < n_train; i++)
+        CHECK(file_exists(train_paths[i]), "training shard %s does not exist\n  HINT: run `make data` to tokenize the bundled "
+                                           "corpus, or pass --train FILES made by build/tokenize", train_paths[i]);
+    DataLoader dl;
+    memset(&dl, 0, sizeof dl);
+    if (!synthetic)
+        loader_init(&dl, (const char *const *)train_paths, n_train, c->vocab_size, s.B, s.T, 0, 1, (uint64_t)s.seed, s.shuffle);
+    uint64_t synth_state = (uint64_t)s.seed * 0x9E3779B97F4A7C15ull + 1;
+    int step0 = 0;
+    if (resume_dir) {
+        CHECK(!synthetic, "--resume needs real training shards, not --train synthetic");
+        step0 = ckpt_load_optimizer(resume_dir, &m);
+        char *lp = path_join(resume_dir, "loader.state");
+        loader_load_state(&dl, lp);
+        free(lp);
+        printf("resumed from %s at step %d\n", resume_dir, step0);
+    }
+    CHECK(step0 < s.steps || step0 == s.steps, "checkpoint step %d is past --steps %d", step0, s.steps);
+
+    LrSchedule sched = {(LrKind)lr_kind, s.lr, s.lr * s.min_lr_frac, s.warmup, s.steps, s.decay_frac};
+    const size_t NT = (size_t)s.B * s.T;
+    int32_t *tok = (int32_t *)ao_malloc(NT * sizeof(int32_t)), *tgt = (int32_t *)ao_malloc(NT * sizeof(int32_t));
+    int32_t **mb_tok = (int32_t **)ao_calloc((size_t)accum, sizeof(int32_t *)), **mb_tgt = (int32_t **)ao_calloc((size_t)accum, sizeof(int32_t *));
+    for (int a = 0; a < accum; a++) {
+        mb_tok[a] = (int32_t *)ao_calloc(NT, sizeof(int32_t));  // zeros: a valid prompt before the first batch
+        mb_tgt[a] = (int32_t *)ao_malloc(NT * sizeof(int32_t));
+    }
+    CHECK(make_dirs(s.out), "cannot create run directory %s", s.out);
+    char *log_path = path_join(s.out, "log.jsonl"), *svg_path = path_join(s.out, "loss.svg");
+    FILE *logf = fopen(log_path, resume_dir ? "a" : "w");
+    CHECK(logf, "cannot open %s for writing", log_path);
+    const double fpt = flops_per_token(c, s.T), peak = gpu_peak_bf16_flops(&ctx);
+    printf("%d micro-batch%s of %d x %d per step (%d tokens), %.3g GFLOP/token, SOL against %.0f TFLOP/s bf16\n", accum,
+           accum > 1 ? "es" : "", s.B, s.T, s.total_batch, fpt / 1e9, peak / 1e12);
+
+    double *tr_x = (double *)ao_calloc((size_t)s.steps + 1, sizeof(double)), *tr_y = (double *)ao_calloc((size_t)s.steps + 1, sizeof(double));
+    double *va_x = (double *)ao_calloc((size_t)s.steps + 2, sizeof(double)), *va_y = (double *)ao_calloc((size_t)s.steps + 2, sizeof(double));
+    size_t n_tr = 0, n_va = 0;
+    double t_start = now_s(), t_steps = 0;
+    int steps_timed = 0, step = step0;
+    char trainer_json[1024];
+    for (; step <= s.steps; step++) {
+        const int last = step == s.steps;
+        const int stop_time = s.max_seconds > 0 && now_s() - t_start > s.max_seconds;
+        if (n_val && s.eval_every > 0 && (step % s.eval_every == 0 || last || stop_time)) {
+            double vl = evaluate(&m, &ctx, &s, val_paths, n_val, tok, tgt);
+            printf("[V] step %d | val loss %.4f\n", step, vl);
+            fprintf(logf, "{\"step\": %d, \"val_loss\": %.6f}\n", step, vl);
+            fflush(logf);
+            va_x[n_va] = step;
+            va_y[n_va++] = vl;
+            PlotSeries ps[2] = {{"train loss", "#1f77b4", tr_x, tr_y, n_tr}, {"val loss", "#d62728", va_x, va_y, n_va}};
+            if (!plot_svg(svg_path, "llama.ao training", "step", "loss", ps, 2, err, sizeof err)) ao_warn("%s", err);
+        }
+        if (tk && s.sample_every > 0 && step > 0 && (step % s.sample_every == 0 || last)) sample(&m, &ctx, &s, tk, mb_tok[0], tok);
+        if ((s.save_every > 0 && step > step0 && step % s.save_every == 0) || ((last || stop_time) && s.save_final)) {
+            snprintf(trainer_json, sizeof trainer_json,
+                     "{\"step\": %d, \"seed\": %d, \"batch\": %d, \"seq\": %d, \"total_batch\": %d, \"steps\": %d, "
+                     "\"lr\": %g, \"schedule\": \"%s\", \"warmup\": %d, \"wd\": %g, \"clip\": %g}\n",
+                     step, s.seed, s.B, s.T, s.total_batch, s.steps, s.lr, s.schedule, s.warmup, s.wd, s.clip);
+            ckpt_save(s.out, step, &m, &cpu, synthetic ? nullptr : &dl, s.tokenizer, trainer_json);
+            printf("[C] saved %s/ckpt_%06d\n", s.out, step);
+        }
+        if (last || stop_time) break;
+
+        double t0 = now_s();
+        int n_valid = 0;
+        for (int a = 0; a < accum; a++) {
+            if (synthetic) {  // uniform random ids below the tokenizer's (or model's) vocabulary
+                const uint32_t V = (uint32_t)(tk ? tokenizer_vocab_size(tk) : c->vocab_size);
+                for (size_t i = 0; i < NT; i++) {
+                    synth_state ^= synth_state << 13; synth_state ^= synth_state >> 7; synth_state ^= synth_state << 17;
+                    mb_tok[a][i] = (int32_t)(synth_state % V);
+                    mb_tgt[a][i] = (int32_t)((synth_state >> 32) % V);
+                }
+            } else {
+                loader_next(&dl, mb_tok[a], mb_tgt[a]);
+            }
+            for (size_t i = 0; i < NT; i++) n_valid += mb_tgt[a][i] >= 0;
+        }
+        llama_gpu_zero_grads(&m, &ctx);
+        double loss_sum = 0;
+        for (int a = 0; a < accum; a++) {
+            llama_gpu_set_batch(&m, &ctx, mb_tok[a], mb_tgt[a]);
+            int nv;
+            loss_sum += llama_gpu_forward(&m, &ctx, n_valid ? 1.0f / n_valid : 0.0f, &nv);
+            llama_gpu_backward(&m, &ctx);
+        }
+        const float loss = n_valid ? (float)(loss_sum / n_valid) : NAN;
+        const float norm = llama_gpu_grad_norm(&m, &ctx);
+        CHECK(isfinite(loss) && isfinite(norm), "step %d: loss %g, gradient norm %g: training diverged\n"
+              "  HINT: lower --lr, raise --warmup, or check the data", step, loss, norm);
+        const float scale = s.clip > 0 && norm > s.clip ? s.clip / norm : 1.0f;
+        const float lr = lr_at(&sched, step);
+        llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, scale);
+        CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+        const double dt = now_s() - t0;
+        if (step > step0) { t_steps += dt; steps_timed++; }  // the first step pays for warm-up
+        const double tps = s.total_batch / dt, sol = tps * fpt / peak;
+        const double avg = steps_timed ? t_steps / steps_timed : dt, eta = avg * (s.steps - step - 1);
+        printf("[T] step %5d/%d | loss %.4f | norm %7.4f | lr %.2e | %7.1f ms | %7.1fk tok/s | SOL %4.1f%% | ETA %dm%02ds\n",
+               step + 1, s.steps, loss, norm, lr, dt * 1e3, tps / 1e3, 100 * sol, (int)(eta / 60), (int)eta % 60);
+        fflush(stdout);
+        fprintf(logf, "{\"step\": %d, \"loss\": %.6f, \"norm\": %.6f, \"lr\": %.6e, \"ms\": %.3f, \"tok_s\": %.1f, \"sol\": %.4f}\n",
+                step + 1, loss, norm, lr, dt * 1e3, tps, sol);
+        tr_x[n_tr] = step + 1;
+        tr_y[n_tr++] = loss;
+    }
+    fclose(logf);
+    size_t free_b, total_b;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    if (steps_timed)
+        printf("done: %d steps, mean %.1f ms/step, %.1fk tok/s, SOL %.1f%%, GPU memory in use %.1f GiB\n", steps_timed,
+               1e3 * t_steps / steps_timed, s.total_batch * steps_timed / t_steps / 1e3,
+               100 * s.total_batch * steps_timed / t_steps * fpt / peak, (total_b - free_b) / 1073741824.0);
+    for (int a = 0; a < accum; a++) { free(mb_tok[a]); free(mb_tgt[a]); }
+    free(mb_tok); free(mb_tgt); free(tok); free(tgt);
+    free(tr_x); free(tr_y); free(va_x); free(va_y);
+    free(log_path); free(svg_path); free(resume_dir);
+    free_list(train_paths, n_train);
+    free_list(val_paths, n_val);
+    if (!synthetic) loader_free(&dl);
+    llama_gpu_free(&m);
+    gpu_ctx_free(&ctx);
+    model_free(&cpu);
+    if (tk) tokenizer_free(tk);
+    return 0;
+}
