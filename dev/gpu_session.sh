@@ -24,13 +24,33 @@ for job in "$@"; do
       echo "rc=$?" >> "$OUT/summary.txt"
       grep -E "^\[T\] step +(1|2|10|100|200|300)/|^\[V\]|^done|error|HINT" "$OUT/train.log" >> "$OUT/summary.txt"
       cp /tmp/run1/loss.svg "$OUT/" 2>/dev/null ;;
+    resume)
+      log "resume bit-exactness: 40 steps straight vs 20 + resume 20"
+      make data > /dev/null 2>&1
+      common="-n 40 --warmup 5 --eval-every 0 --sample-every 0 -b 8 -t 256"
+      ./train_llama $common --save-every 20 -o /tmp/straight > "$OUT/resume_a.log" 2>&1
+      ./train_llama $common --resume /tmp/straight/ckpt_000020 -o /tmp/resumed > "$OUT/resume_b.log" 2>&1
+      a=$(grep -E '^\[T\] step +(2[1-9]|3[0-9]|40)/' "$OUT/resume_a.log" | sed -E 's/\| +[0-9.]+ ms.*//')
+      b=$(grep -E '^\[T\] step +(2[1-9]|3[0-9]|40)/' "$OUT/resume_b.log" | sed -E 's/\| +[0-9.]+ ms.*//')
+      if [ -n "$a" ] && [ "$a" = "$b" ]; then echo "resume: steps 21-40 identical (loss, norm, lr)" >> "$OUT/summary.txt"
+      else echo "resume: MISMATCH" >> "$OUT/summary.txt"; diff <(echo "$a") <(echo "$b") | head >> "$OUT/summary.txt"; fi
+      cmp /tmp/straight/ckpt_000040/model.safetensors /tmp/resumed/ckpt_000040/model.safetensors \
+        && echo "resume: final weights bit-identical" >> "$OUT/summary.txt" || echo "resume: final weights DIFFER" >> "$OUT/summary.txt" ;;
+    realrun)
+      log "real run: ~114M Llama on the bundled corpus"
+      make data > /dev/null 2>&1
+      timeout 400 ./train_llama --config dev/configs/llama_114m.json -b 16 -t 512 -n 1500 --warmup 100 --lr 6e-4 \
+        --eval-every 100 --sample-every 500 -o /tmp/real > "$OUT/realrun.log" 2>&1
+      grep -E "^\[V\]|^done|sample" "$OUT/realrun.log" >> "$OUT/summary.txt"
+      cp /tmp/real/loss.svg "$OUT/realrun_loss.svg"; cp /tmp/real/log.jsonl "$OUT/realrun_log.jsonl" ;;
     hfload)
       log "transformers loads our checkpoints"
       python3 test/ref/check_hf_load.py 2>&1 | grep -E "ok|FAIL|passed|Error" >> "$OUT/summary.txt" ;;
     bench)
       log "bench: Qwen2.5-0.5B shape, Llama-3.2-1B shape"
-      for args in "test/fixtures/configs/qwen25_05b.json 8 2048" "test/fixtures/configs/llama32_1b_v5.json 4 2048"; do
-        timeout 400 bash dev/bench/bench_train.sh $args 20 >> "$OUT/bench.log" 2>&1
+      for args in "test/fixtures/configs/llama32_1b_v5.json 4 2048" "test/fixtures/configs/qwen25_05b.json 8 2048"; do
+        timeout 240 bash dev/bench/bench_train.sh $args 15 >> "$OUT/bench.log" 2>&1
+        timeout 60 bash dev/bench/bench_train.sh $args 15 --deterministic off --no-torch >> "$OUT/bench.log" 2>&1
       done
       grep RESULT "$OUT/bench.log" >> "$OUT/summary.txt" ;;
   esac

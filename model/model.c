@@ -34,17 +34,25 @@ static uint64_t splitmix(uint64_t *s) {
 
 void model_init_random(LlamaModel *m, uint64_t seed) {
     const float std = m->cfg.initializer_range > 0 ? m->cfg.initializer_range : 0.02f;
+    // Each block of 64k elements has its own stream seeded by (seed, tensor, block), so
+    // the result does not depend on the thread count.
+    const size_t BLK = 65536;
     for (int i = 0; i < m->tab.n; i++) {
         const ParamInfo *p = &m->tab.p[i];
         float *x = m->params + p->offset;
-        int is_norm = strstr(p->hf_name, "norm") != NULL;
-        uint64_t s = seed ^ (0xA5A5A5A5ull * (uint64_t)(i + 1));
-        for (size_t j = 0; j < p->numel; j++) {
-            if (p->kind == PARAM_VECTOR) { x[j] = is_norm ? 1.0f : 0.0f; continue; }
-            // Box-Muller from two 53-bit uniforms
-            double u1 = ((splitmix(&s) >> 11) + 1) * (1.0 / 9007199254740993.0);
-            double u2 = (splitmix(&s) >> 11) * (1.0 / 9007199254740992.0);
-            x[j] = (float)(std * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+        const int is_norm = strstr(p->hf_name, "norm") != NULL;
+        const size_t nblk = (p->numel + BLK - 1) / BLK;
+#pragma omp parallel for schedule(static)
+        for (size_t b = 0; b < nblk; b++) {
+            uint64_t s = seed ^ (0xA5A5A5A5ull * (uint64_t)(i + 1)) ^ (0x9E3779B97F4A7C15ull * (uint64_t)(b + 1));
+            const size_t end = (b + 1) * BLK < p->numel ? (b + 1) * BLK : p->numel;
+            for (size_t j = b * BLK; j < end; j++) {
+                if (p->kind == PARAM_VECTOR) { x[j] = is_norm ? 1.0f : 0.0f; continue; }
+                // Box-Muller from two 53-bit uniforms
+                double u1 = ((splitmix(&s) >> 11) + 1) * (1.0 / 9007199254740993.0);
+                double u2 = (splitmix(&s) >> 11) * (1.0 / 9007199254740992.0);
+                x[j] = (float)(std * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+            }
         }
     }
 }
