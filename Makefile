@@ -97,9 +97,9 @@ train_llama: train_llama.cu $(CU_OBJ) $(LIB)
 
 # The inference program (C, CPU): ./infer_llama at the top level, as the README runs it.
 infer_llama: infer_llama.c $(LIB)
-	$(CC) $(CFLAGS_BASE) $(CFLAGS) $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -MF $(BUILD)/infer_llama.d $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
 
-all: $(LIB) $(TEST_BIN) $(TOOL_BIN) infer_llama $(if $(NVCC),cuda train_llama)
+all: $(LIB) $(TEST_BIN) $(TOOL_BIN) $(if $(wildcard infer_llama.c),infer_llama) $(if $(NVCC),cuda train_llama)
 
 cuda: $(CU_OBJ) $(GPU_TEST_OBJ)
 
