@@ -43,6 +43,13 @@ for job in "$@"; do
         --eval-every 100 --sample-every 500 -o /tmp/real > "$OUT/realrun.log" 2>&1
       grep -E "^\[V\]|^done|sample" "$OUT/realrun.log" >> "$OUT/summary.txt"
       cp /tmp/real/loss.svg "$OUT/realrun_loss.svg"; cp /tmp/real/log.jsonl "$OUT/realrun_log.jsonl" ;;
+    profile)
+      log "per-kernel profile: one training step, Llama-3.2-1B shape, b=4 t=2048 (ncu)"
+      timeout 300 ncu --metrics gpu__time_duration.sum --csv --launch-skip 900 --launch-count 900 \
+        ./train_llama --config test/fixtures/configs/llama32_1b_v5.json --train synthetic --val '' --tokenizer '' \
+        -b 4 -t 2048 -n 3 --warmup 1 --eval-every 0 --sample-every 0 --save-final=off -o /tmp/prof > /tmp/ncu.csv 2>/dev/null
+      python3 dev/bench/profile_kernels.py /tmp/ncu.csv > "$OUT/profile.txt" 2>&1
+      head -30 "$OUT/profile.txt" >> "$OUT/summary.txt" ;;
     hfload)
       log "transformers loads our checkpoints"
       python3 test/ref/check_hf_load.py 2>&1 | grep -E "ok|FAIL|passed|Error" >> "$OUT/summary.txt" ;;
@@ -50,7 +57,7 @@ for job in "$@"; do
       log "bench: Qwen2.5-0.5B shape, Llama-3.2-1B shape"
       for args in "test/fixtures/configs/llama32_1b_v5.json 4 2048" "test/fixtures/configs/qwen25_05b.json 8 2048"; do
         timeout 240 bash dev/bench/bench_train.sh $args 15 >> "$OUT/bench.log" 2>&1
-        timeout 60 bash dev/bench/bench_train.sh $args 15 --deterministic off --no-torch >> "$OUT/bench.log" 2>&1
+        timeout 60 bash dev/bench/bench_train.sh $args 15 --deterministic=off --no-torch >> "$OUT/bench.log" 2>&1
       done
       grep RESULT "$OUT/bench.log" >> "$OUT/summary.txt" ;;
   esac
