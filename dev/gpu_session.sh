@@ -43,6 +43,11 @@ for job in "$@"; do
         --eval-every 100 --sample-every 500 -o /tmp/real > "$OUT/realrun.log" 2>&1
       grep -E "^\[V\]|^done|sample" "$OUT/realrun.log" >> "$OUT/summary.txt"
       cp /tmp/real/loss.svg "$OUT/realrun_loss.svg"; cp /tmp/real/log.jsonl "$OUT/realrun_log.jsonl" ;;
+    bench1b)
+      log "bench: Llama-3.2-1B shape"
+      timeout 240 bash dev/bench/bench_train.sh test/fixtures/configs/llama32_1b_v5.json 4 2048 15 >> "$OUT/bench.log" 2>&1
+      timeout 60 bash dev/bench/bench_train.sh test/fixtures/configs/llama32_1b_v5.json 4 2048 15 --no-torch --deterministic=off >> "$OUT/bench.log" 2>&1
+      grep RESULT "$OUT/bench.log" >> "$OUT/summary.txt" ;;
     profile)
       log "per-kernel profile: one training step, Llama-3.2-1B shape, b=4 t=2048 (ncu)"
       timeout 300 ncu --metrics gpu__time_duration.sum --csv --launch-skip 900 --launch-count 900 \

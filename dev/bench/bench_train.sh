@@ -8,7 +8,7 @@ torch_run=1; extra=()
 for a in "$@"; do if [ "$a" = "--no-torch" ]; then torch_run=0; else extra+=("$a"); fi; done
 name=$(basename "$cfg" .json)
 ours=$(./train_llama --config "$cfg" --train synthetic --val '' --tokenizer '' -b "$b" -t "$t" -n "$steps" \
-        --warmup 2 --eval-every 0 --sample-every 0 --save-final=off -o /tmp/bench_run "${extra[@]}" 2>&1 | tee /dev/stderr | grep '^done:')
+        --warmup 2 --eval-every 0 --sample-every 0 --save-final=off -o /tmp/bench_run "${extra[@]}" 2>&1 | tee -a /dev/stderr | grep '^done:')
 ours_tps=$(echo "$ours" | sed -E 's/.* ([0-9.]+)k tok\/s.*/\1/')
 ours_sol=$(echo "$ours" | sed -E 's/.*SOL ([0-9.]+)%.*/\1/')
 ours_mem=$(echo "$ours" | sed -E 's/.*in use ([0-9.]+) GiB.*/\1/')
