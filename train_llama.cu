@@ -16,6 +16,7 @@ extern "C" {
 #include "common/fileio.h"
 #include "common/flags.h"
 #include "common/plot.h"
+#include "data/corpus.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "optim/schedule.h"
@@ -23,9 +24,11 @@ extern "C" {
 
 // ---- settings ----------------------------------------------------------------------------
 
+static const char *DEFAULT_TRAIN = "data/shards/corpus_train.bin", *DEFAULT_VAL = "data/shards/corpus_val.bin";
+
 struct Settings {
     const char *model = nullptr, *config = nullptr, *resume = nullptr, *out = "out";
-    const char *train = "data/shards/corpus_train.bin", *val = "data/shards/corpus_val.bin";
+    const char *train = DEFAULT_TRAIN, *val = DEFAULT_VAL;
     const char *tokenizer = "data/tokenizer/gpt2", *schedule = "cosine", *attn = "auto";
     int B = 16, T = 512, total_batch = 0, steps = 3000, warmup = 100, seed = 1337;
     float lr = 1e-3f, min_lr_frac = 0.1f, wd = 0.1f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, clip = 1.0f;
@@ -33,6 +36,7 @@ struct Settings {
     int eval_every = 250, eval_batches = 20, sample_every = 500, sample_tokens = 48, save_every = 0;
     int save_final = 1;
     int deterministic = 1;
+    int recompute_ffn = 0, recompute_attn = 0;
     int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
 };
 
@@ -70,6 +74,8 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--max-seconds", nullptr, FLAG_INT, &s->max_seconds, "stop (and save) after this much wall time (0 = no limit)", 0, 1 << 30},
         {"--recompute-norm", nullptr, FLAG_BOOL, &s->recompute_norm, "recompute RMSNorm outputs in backward", 1, 0},
         {"--recompute-swiglu", nullptr, FLAG_BOOL, &s->recompute_swiglu, "recompute SwiGLU outputs in backward", 1, 0},
+        {"--recompute-ffn", nullptr, FLAG_BOOL, &s->recompute_ffn, "recompute the gate/up projection and SwiGLU in backward", 1, 0},
+        {"--recompute-attn", nullptr, FLAG_BOOL, &s->recompute_attn, "recompute q/k/v, RoPE and attention in backward", 1, 0},
         {"--attn", nullptr, FLAG_STR, &s->attn, "attention: auto | cudnn | kernel", 1, 0},
         {"--deterministic", nullptr, FLAG_BOOL, &s->deterministic,
          "bit-reproducible runs: attention backward by our kernel (cuDNN's uses atomics)", 1, 0},
@@ -150,7 +156,7 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
     printf("  %-28s %8.2f GiB; largest power-of-two micro-batch that fits at t=%d: %zu\n", "total", need / G, s->T, best);
     CHECK(need + (128u << 20) <= free_b,
           "the run needs %.2f GiB but only %.2f GiB is free\n  HINT: lower -b (largest that fits: %zu), or use "
-          "--recompute-norm / --recompute-swiglu",
+          "--recompute-norm / --recompute-swiglu / --recompute-ffn / --recompute-attn",
           need / G, free_b / G, best);
 }
 
@@ -256,6 +262,8 @@ int main(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     o.recompute_norm = s.recompute_norm;
     o.recompute_swiglu = s.recompute_swiglu;
+    o.recompute_ffn = s.recompute_ffn;
+    o.recompute_attn = s.recompute_attn;
     o.attn = attn;
     o.attn_bwd = s.deterministic ? ATTN_KERNEL : attn;
     o.lm_chunk = s.lm_chunk;
@@ -264,6 +272,18 @@ int main(int argc, char **argv) {
     llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
 
     const int synthetic = !strcmp(s.train, "synthetic");
+    // The first default run tokenizes the bundled corpus itself (what `make data` does).
+    if (!strcmp(s.train, DEFAULT_TRAIN) && !strcmp(s.val, DEFAULT_VAL) && (!file_exists(DEFAULT_TRAIN) || !file_exists(DEFAULT_VAL))) {
+        const char *corpus[] = {"data/corpus/austen.txt", "data/corpus/brown.txt"};
+        CHECK(tk && file_exists(corpus[0]) && file_exists(corpus[1]),
+              "the default shards are missing and the bundled corpus or tokenizer is not here\n"
+              "  HINT: run from the repository root, or pass --train/--val shards made by build/tokenize");
+        CHECK(make_dirs("data/shards"), "cannot create data/shards");
+        printf("tokenizing the bundled corpus (Austen + Brown) into data/shards/ ...\n");
+        size_t ntr = 0, nva = 0;
+        tokenize_files_to_shards(tk, corpus, 2, "data/shards/corpus", 0.05, 0, 1, &ntr, &nva);
+        printf("  %zu train + %zu val tokens\n", ntr, nva);
+    }
     size_t n_train = 0, n_val = 0;
     char **train_paths = split_list(synthetic ? "" : s.train, &n_train);
     char **val_paths = split_list(synthetic ? "" : s.val, &n_val);

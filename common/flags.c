@@ -21,7 +21,7 @@ void flags_usage(FILE *out, const Flag *flags, int n, const char *prog, const ch
     for (int i = 0; i < n; i++) {
         char names[64], def[256];
         snprintf(names, sizeof names, "%s%s%s%s", flags[i].alias ? flags[i].alias : "", flags[i].alias ? ", " : "",
-                 flags[i].name, flags[i].type == FLAG_BOOL ? "" : flags[i].type == FLAG_STR ? " S" : " N");
+                 flags[i].name, flags[i].type == FLAG_BOOL ? "[=off]" : flags[i].type == FLAG_STR ? " S" : " N");
         value_str(&flags[i], def, sizeof def);
         fprintf(out, "  %-26s %s (default: %s)\n", names, flags[i].help, def);
     }

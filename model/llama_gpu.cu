@@ -54,7 +54,12 @@ static void carve_acts(LlamaGpu *m, Carver &cv) {
     const GpuRunOpts *o = &m->opts;
     bf16 *shared_ln1 = o->recompute_norm ? cv.take<bf16>(d.N * d.D) : nullptr;
     bf16 *shared_ln2 = o->recompute_norm ? cv.take<bf16>(d.N * d.D) : nullptr;
-    bf16 *shared_act = o->recompute_swiglu ? cv.take<bf16>(d.N * d.F) : nullptr;
+    const int share_act = o->recompute_swiglu || o->recompute_ffn;
+    bf16 *shared_act = share_act ? cv.take<bf16>(d.N * d.F) : nullptr;
+    bf16 *shared_gu = o->recompute_ffn ? cv.take<bf16>(d.N * 2 * d.F) : nullptr;
+    bf16 *shared_qkv = o->recompute_attn ? cv.take<bf16>(d.N * d.QKVD) : nullptr;
+    bf16 *shared_attn = o->recompute_attn ? cv.take<bf16>(d.N * d.QD) : nullptr;
+    float *shared_lse = o->recompute_attn ? cv.take<float>(d.B * d.H * d.T) : nullptr;
     for (int l = 0; l < c->n_layers; l++) {
         GpuLayerActs *L = m->layers ? &m->layers[l] : nullptr;
         GpuLayerActs tmp;
@@ -62,14 +67,14 @@ static void carve_acts(LlamaGpu *m, Carver &cv) {
         L->resid = cv.take<bf16>(d.N * d.D);
         L->ln1 = o->recompute_norm ? shared_ln1 : cv.take<bf16>(d.N * d.D);
         L->ln1_rstd = cv.take<float>(d.N);
-        L->qkv = cv.take<bf16>(d.N * d.QKVD);
-        L->attn = cv.take<bf16>(d.N * d.QD);
-        L->lse = cv.take<float>(d.B * d.H * d.T);
+        L->qkv = o->recompute_attn ? shared_qkv : cv.take<bf16>(d.N * d.QKVD);
+        L->attn = o->recompute_attn ? shared_attn : cv.take<bf16>(d.N * d.QD);
+        L->lse = o->recompute_attn ? shared_lse : cv.take<float>(d.B * d.H * d.T);
         L->resid_mid = cv.take<bf16>(d.N * d.D);
         L->ln2 = o->recompute_norm ? shared_ln2 : cv.take<bf16>(d.N * d.D);
         L->ln2_rstd = cv.take<float>(d.N);
-        L->gu = cv.take<bf16>(d.N * 2 * d.F);
-        L->act = o->recompute_swiglu ? shared_act : cv.take<bf16>(d.N * d.F);
+        L->gu = o->recompute_ffn ? shared_gu : cv.take<bf16>(d.N * 2 * d.F);
+        L->act = share_act ? shared_act : cv.take<bf16>(d.N * d.F);
     }
     m->resid_final = cv.take<bf16>(d.N * d.D);
     m->lnf = cv.take<bf16>(d.N * d.D);
@@ -338,7 +343,15 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
             rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, W->ln2, N, D, eps, s);
             rmsnorm_forward(L->ln1, L->ln1_rstd, L->resid, W->ln1, N, D, eps, s);
         }
-        if (m->opts.recompute_swiglu) swiglu_forward(L->act, L->gu, N, F, s);
+        // Recompute what forward did not keep, exactly as forward computed it (every
+        // kernel involved is deterministic, so gradients do not change by a bit).
+        if (m->opts.recompute_ffn) gu_forward(m, ctx, l, L->ln2, L->gu);
+        if (m->opts.recompute_swiglu || m->opts.recompute_ffn) swiglu_forward(L->act, L->gu, N, F, s);
+        if (m->opts.recompute_attn) {
+            qkv_forward(m, ctx, l, L->ln1, L->qkv);
+            rope_forward(L->qkv, m->inv_freq, B, T, H, KV, hd, 0, s);
+            attention_forward(ctx, L->attn, L->lse, L->qkv, B, T, H, KV, hd, m->opts.attn);
+        }
         // MLP: out = resid_mid + down(silu(gate) * up)
         matmul_backward(ctx, m->d_act, G->wd, nullptr, m->d_resid, D, L->act, W->wd, N, F, D, 0);
         swiglu_backward(m->d_gu, m->d_act, L->gu, N, F, s);

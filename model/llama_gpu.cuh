@@ -13,6 +13,8 @@ LLAMA_DEFINE_WEIGHTS(bf16, LlamaWeightsBf16)
 typedef struct {
     int recompute_norm;    // re-run RMSNorm in backward instead of keeping ln1/ln2 per layer
     int recompute_swiglu;  // re-run SwiGLU in backward instead of keeping its output per layer
+    int recompute_ffn;     // re-run the gate/up projection and SwiGLU in backward
+    int recompute_attn;    // re-run the q/k/v projection, RoPE and attention forward in backward
     AttnImpl attn;      // forward attention
     AttnImpl attn_bwd;  // backward attention: ATTN_KERNEL is deterministic, cuDNN's is not
     int lm_chunk;          // rows of logits materialised at once (bf16 [lm_chunk, V])

@@ -113,7 +113,7 @@ static void check_fixture(GpuCtx *ctx, const char *name) {
     free_run(&b);
     // Recompute flags must not change a single bit.
     GpuRunOpts r = o;
-    r.recompute_norm = r.recompute_swiglu = 1;
+    r.recompute_norm = r.recompute_swiglu = r.recompute_ffn = r.recompute_attn = 1;
     b = run_gpu(ctx, &cpu, B, T, tok, tgt, r);
     TEST_CHECK(b.loss == a.loss && memcmp(a.grads, b.grads, cpu.tab.total * sizeof(float)) == 0,
                "%s: recompute changes the gradients", name);
