@@ -256,21 +256,6 @@ int main(int argc, char **argv) {
     printf("settings:\n");
     flags_print(stdout, flags, nflags);
 
-    GpuCtx ctx;
-    gpu_ctx_init(&ctx, 0);
-    GpuRunOpts o;
-    memset(&o, 0, sizeof o);
-    o.recompute_norm = s.recompute_norm;
-    o.recompute_swiglu = s.recompute_swiglu;
-    o.recompute_ffn = s.recompute_ffn;
-    o.recompute_attn = s.recompute_attn;
-    o.attn = attn;
-    o.attn_bwd = s.deterministic ? ATTN_KERNEL : attn;
-    o.lm_chunk = s.lm_chunk;
-    print_memory_table(c, &s, &o, &ctx);
-    LlamaGpu m;
-    llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
-
     const int synthetic = !strcmp(s.train, "synthetic");
     // The first default run tokenizes the bundled corpus itself (what `make data` does).
     if (!strcmp(s.train, DEFAULT_TRAIN) && !strcmp(s.val, DEFAULT_VAL) && (!file_exists(DEFAULT_TRAIN) || !file_exists(DEFAULT_VAL))) {
@@ -291,6 +276,21 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < n_train; i++)
         CHECK(file_exists(train_paths[i]), "training shard %s does not exist\n  HINT: run `make data` to tokenize the bundled "
                                            "corpus, or pass --train FILES made by build/tokenize", train_paths[i]);
+    GpuCtx ctx;
+    gpu_ctx_init(&ctx, 0);
+    GpuRunOpts o;
+    memset(&o, 0, sizeof o);
+    o.recompute_norm = s.recompute_norm;
+    o.recompute_swiglu = s.recompute_swiglu;
+    o.recompute_ffn = s.recompute_ffn;
+    o.recompute_attn = s.recompute_attn;
+    o.attn = attn;
+    o.attn_bwd = s.deterministic ? ATTN_KERNEL : attn;
+    o.lm_chunk = s.lm_chunk;
+    print_memory_table(c, &s, &o, &ctx);
+    LlamaGpu m;
+    llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
+
     DataLoader dl;
     memset(&dl, 0, sizeof dl);
     if (!synthetic)

@@ -88,7 +88,13 @@ int flags_parse_pos(const Flag *flags, int n, int argc, char **argv, const char 
             FAIL("unknown argument \"%s\" (see %s --help)", a, prog);
         }
         if (eq) set_value(f, eq + 1);
-        else if (f->type == FLAG_BOOL) *(int *)f->dst = 1;
+        else if (f->type == FLAG_BOOL) {
+            // "--flag off" reads as "--flag=off" when the next word is a boolean literal
+            const char *nx = i + 1 < argc ? argv[i + 1] : "";
+            if (!strcmp(nx, "on") || !strcmp(nx, "off") || !strcmp(nx, "true") || !strcmp(nx, "false"))
+                set_value(f, argv[++i]);
+            else *(int *)f->dst = 1;
+        }
         else {
             CHECK(i + 1 < argc, "%s needs a value (see %s --help)", f->name, prog);
             set_value(f, argv[++i]);

@@ -7,7 +7,7 @@ void gpu_ctx_init(GpuCtx *ctx, int device) {
     memset(ctx, 0, sizeof *ctx);
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
-    CHECK(e == cudaSuccess && n > 0, "no CUDA GPU is available (%s)\n  HINT: use -d cpu, or run on a machine with an NVIDIA GPU",
+    CHECK(e == cudaSuccess && n > 0, "no CUDA GPU is available (%s)\n  HINT: run on a machine with an NVIDIA GPU and its driver (infer_llama also runs with -d cpu)",
           e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
     CHECK(device >= 0 && device < n, "GPU %d does not exist (this machine has %d)", device, n);
     ctx->device = device;
