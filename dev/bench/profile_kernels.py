@@ -18,7 +18,7 @@ def main():
         if len(r) <= mv or r[mn] != "gpu__time_duration.sum":
             continue
         v = float(r[mv].replace(",", ""))
-        scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(r[unit], 1.0)
+        scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}[r[unit]]
         name = r[kn].split("(")[0][:70]
         tot[name] += v * scale
         cnt[name] += 1
