@@ -93,7 +93,7 @@ $(SHARDS) &: $(BUILD)/tokenize data/corpus/austen.txt data/corpus/brown.txt
 # The training program (CUDA): ./train_llama at the top level, as the README runs it.
 train_llama: train_llama.cu $(CU_OBJ) $(LIB)
 	@test -n "$(NVCC)" || { echo "train_llama needs nvcc (CUDA Toolkit); none was found"; exit 1; }
-	$(NVCC) $(NVCCFLAGS) train_llama.cu $(CU_OBJ) $(LIB) -o $@ -Xcompiler -fopenmp $(CUDA_LIBS) -lm
+	$(NVCC) $(NVCCFLAGS) -MF $(BUILD)/train_llama.d train_llama.cu $(CU_OBJ) $(LIB) -o $@ -Xcompiler -fopenmp $(CUDA_LIBS) -lm
 
 # The inference program (C, CPU): ./infer_llama at the top level, as the README runs it.
 infer_llama: infer_llama.c $(LIB)
