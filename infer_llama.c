@@ -467,6 +467,7 @@ int main(int argc, char **argv) {
         }
         infer_state_free(&s);
     }
+    fflush(stdout);  // the stats go to stderr after the text, also when stdout is a pipe
     if (!a.quiet && (a.prompt || a.chat))
         fprintf(stderr, "prompt: %ld tokens, %.1f tok/s | generation: %ld tokens, %.1f tok/s | peak RSS %.0f MiB\n",
                 st.prompt_tok, st.prompt_s > 0 ? st.prompt_tok / st.prompt_s : 0.0, st.gen_tok,
