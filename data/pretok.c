@@ -151,9 +151,22 @@ static size_t next_llama3(const uint8_t *s, size_t n, size_t i, int max_digits) 
     return ws_tail(s, n, i, 1);
 }
 
+// Digits(individual_digits=true) splits first (Rust char::is_numeric = \p{N}); the GPT-2
+// regex then runs on each run between digits as on a string of its own, so its lookahead
+// (\s+(?!\S)) sees the run's end as the end of the text.
+static size_t next_gpt2_digits(const uint8_t *s, size_t n, size_t i) {
+    int l;
+    uint32_t cp;
+    if (IS_N(cls_at(s, n, i, &l, &cp))) return i + (size_t)l;
+    size_t seg = i;
+    while (seg < n && !IS_N(cls_at(s, n, seg, &l, &cp))) seg += (size_t)l;
+    return next_gpt2(s, seg, i);
+}
+
 size_t pretok_next(PretokKind kind, const uint8_t *s, size_t n, size_t i) {
     switch (kind) {
         case PRETOK_GPT2: return next_gpt2(s, n, i);
+        case PRETOK_GPT2_DIGITS: return next_gpt2_digits(s, n, i);
         case PRETOK_LLAMA3: return next_llama3(s, n, i, 3);
         case PRETOK_QWEN2: return next_llama3(s, n, i, 1);
         case PRETOK_NONE: break;

@@ -13,6 +13,8 @@ typedef enum {
     PRETOK_GPT2,      // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
     PRETOK_LLAMA3,    // cl100k: (?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|...
     PRETOK_QWEN2,     // the Llama 3 pattern with \p{N} (single digits)
+    PRETOK_GPT2_DIGITS,  // HF Sequence[Digits(individual_digits), ByteLevel(use_regex)]: every
+                         // \p{N} character alone, the GPT-2 pattern within the runs between (SmolLM)
 } PretokKind;
 
 // The regex sources as they appear in tokenizer.json, to recognise a Split pre-tokenizer.

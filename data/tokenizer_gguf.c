@@ -89,12 +89,8 @@ Tokenizer *tokenizer_from_gguf(const GgufFile *g) {
         else if (!strcmp(pname, "qwen2")) t->pretok = PRETOK_QWEN2;
         else if (!strcmp(pname, "gpt-2") || !strcmp(pname, "default") || !strcmp(pname, "gpt2")) t->pretok = PRETOK_GPT2;
         else if (!strcmp(pname, "smollm")) {
-            // SmolLM's tokenizer.json is Digits(individual_digits) then the GPT-2 ByteLevel regex.
-            // The digit pre-split is not implemented in data/pretok.c: text with digits may
-            // tokenize differently from HF (numbers become " 123" pieces, HF splits each digit).
-            t->pretok = PRETOK_GPT2;
-            ao_warn("%s: pre-tokenizer \"smollm\" is read as GPT-2's (digits are not split one by one as HF does)",
-                    g->path);
+            // SmolLM's tokenizer.json: Digits(individual_digits) then the GPT-2 ByteLevel regex.
+            t->pretok = PRETOK_GPT2_DIGITS;
         } else FAIL("%s: pre-tokenizer \"%s\" is not supported (llama-bpe, qwen2, gpt-2, smollm)", g->path, pname);
         t->add_prefix_space = opt_bool(g, "tokenizer.ggml.add_space_prefix", 0);
         for (int32_t i = 0; i < n; i++) {

@@ -298,6 +298,16 @@ static void test_smollm2(void) {
             int32_t *p = ao_malloc(in->n * sizeof *p);
             int64_t v;
             for (size_t i = 0; i < in->n; i++) p[i] = json_as_i64(&in->items[i], &v) ? (int32_t)v : 0;
+            // our tokenizer, built from the GGUF's own metadata, must give HF's prompt ids
+            const JsonValue *pr = json_get(&cs->items[c], "prompt");
+            if (pr && pr->type == JSON_STRING) {
+                TokIds mine = {0};
+                tokenizer_encode(tok, pr->str, pr->str_len, TOK_ALLOW_SPECIAL, &mine);
+                TEST_CHECK(mine.n == in->n && !memcmp(mine.ids, p, in->n * sizeof *p),
+                           "SmolLM2 case %zu: our ids for \"%s\" differ from HF's (%zu vs %zu tokens)", c, pr->str,
+                           mine.n, in->n);
+                tok_ids_free(&mine);
+            }
             infer_state_init(&s, &im, (int)(in->n + ref->n + 1), 64);
             lg = infer_forward(&im, &s, p, (int)in->n, 0);
             size_t same = 0;

@@ -26,6 +26,7 @@ PROMPTS = [
     "def fibonacci(n):",
     "The three primary colors are",
     "Water boils at a temperature of",
+    "In 1969, 3 astronauts flew 384,400 km; x = 12.5 + 0.75 ×²",  # digits: SmolLM splits each one
 ]
 
 
