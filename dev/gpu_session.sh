@@ -55,6 +55,20 @@ for job in "$@"; do
         -b 4 -t 2048 -n 3 --warmup 1 --eval-every 0 --sample-every 0 --save-final=off -o /tmp/prof > /tmp/ncu.csv 2>/dev/null
       python3 dev/bench/profile_kernels.py /tmp/ncu.csv > "$OUT/profile.txt" 2>&1
       head -30 "$OUT/profile.txt" >> "$OUT/summary.txt" ;;
+    mainjob)
+      log "README main job: ./train_llama (defaults), then ./infer_llama on its checkpoint"
+      rm -rf data/shards out
+      timeout 200 ./train_llama > "$OUT/mainjob.log" 2>&1; echo "train rc=$?" >> "$OUT/summary.txt"
+      grep -E "^tokenizing|^\[V\]|^done|^\[C\]|error" "$OUT/mainjob.log" | tail -8 >> "$OUT/summary.txt"
+      timeout 60 ./infer_llama -m out/ckpt_003000 -i "It is a truth universally acknowledged" -n 40 >> "$OUT/summary.txt" 2>&1
+      timeout 60 ./infer_llama -m out/ckpt_003000 -q int4 -g 64 -i "It is a truth universally acknowledged" -n 40 --quiet >> "$OUT/summary.txt" 2>&1
+      log "fine-tune from the HF-format checkpoint (-m)"
+      timeout 120 ./train_llama -m out/ckpt_003000 -n 30 --lr 1e-4 --warmup 5 --eval-every 15 --sample-every 0 -o /tmp/ft > "$OUT/finetune.log" 2>&1
+      echo "finetune rc=$?" >> "$OUT/summary.txt"; grep -E "^\[V\]|^done|error" "$OUT/finetune.log" >> "$OUT/summary.txt"
+      python3 -c "
+from transformers import AutoModelForCausalLM; import torch
+m = AutoModelForCausalLM.from_pretrained('out/ckpt_003000', dtype=torch.float32)
+print('transformers loads out/ckpt_003000:', type(m).__name__, sum(p.numel() for p in m.parameters()), 'params')" >> "$OUT/summary.txt" 2>&1 ;;
     hfload)
       log "transformers loads our checkpoints"
       python3 test/ref/check_hf_load.py 2>&1 | grep -E "ok|FAIL|passed|Error" >> "$OUT/summary.txt" ;;
