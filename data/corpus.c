@@ -11,6 +11,7 @@
 #include "../common/error.h"
 #include "../common/fileio.h"
 #include "shard.h"
+#include "tokenizer_internal.h"
 
 #define CHUNK_BYTES ((size_t)1 << 18)
 
@@ -18,16 +19,24 @@ static int is_alnum_ascii(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
-// Chunk ends: after CHUNK_BYTES, the next position p with s[p-1] == '\n' and s[p] an ASCII
-// letter or digit. There the preceding whitespace run ends and no pattern lets a piece
-// start before a '\n' and continue into a letter, so the pieces are the same either way.
-static size_t chunk_ends(const char *s, size_t n, size_t **ends) {
+// Chunk ends: after CHUNK_BYTES, the next position p with s[p-2] a visible ASCII character,
+// s[p-1] == '\n' and s[p] an ASCII letter or digit, where tok_newline_cut_safe() says the ids
+// are the same either way (later chunks are encoded with TOK_INTERNAL_CONTINUE); one chunk
+// when it does not. Why a lone '\n': GPT-2's \s+(?!\S) takes "  \n" or "\n\n" whole at the end
+// of a chunk but leaves the '\n' to a piece of its own before a letter.
+static size_t chunk_ends(const Tokenizer *tok, const char *s, size_t n, size_t **ends) {
     size_t cap = n / CHUNK_BYTES + 2, k = 0;
     *ends = ao_malloc(cap * sizeof **ends);
+    if (!tok_newline_cut_safe(tok)) {
+        if (n) (*ends)[k++] = n;
+        return k;
+    }
     size_t p = 0;
     while (p < n) {
         size_t e = p + CHUNK_BYTES;
-        while (e < n && !(s[e - 1] == '\n' && is_alnum_ascii(s[e]))) e++;
+        while (e < n && !(s[e - 1] == '\n' && is_alnum_ascii(s[e]) && (uint8_t)s[e - 2] > ' ' &&
+                          (uint8_t)s[e - 2] < 0x7F))
+            e++;
         if (e > n) e = n;
         if (k == cap) cap *= 2, *ends = ao_realloc(*ends, cap * sizeof **ends);
         (*ends)[k++] = e;
@@ -46,13 +55,13 @@ static double now_s(void) {
 static size_t encode_doc(const Tokenizer *tok, const char *s, size_t n, ShardWriter *w, int threads,
                          size_t *done_bytes, size_t total_bytes, double t0, int progress) {
     size_t *ends;
-    size_t nc = chunk_ends(s, n, &ends);
+    size_t nc = chunk_ends(tok, s, n, &ends);
     TokIds *out = ao_calloc(nc ? nc : 1, sizeof *out);
     (void)threads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (size_t c = 0; c < nc; c++) {
         size_t b = c ? ends[c - 1] : 0;
-        tokenizer_encode(tok, s + b, ends[c] - b, TOK_ALLOW_SPECIAL, &out[c]);
+        tokenizer_encode(tok, s + b, ends[c] - b, TOK_ALLOW_SPECIAL | (c ? TOK_INTERNAL_CONTINUE : 0), &out[c]);
     }
     size_t total = 0;
     for (size_t c = 0; c < nc; c++) {

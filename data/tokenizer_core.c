@@ -312,6 +312,54 @@ void tok_ids_free(TokIds *v) {
     v->n = v->cap = 0;
 }
 
+// ---- chunking -------------------------------------------------------------------------------
+static int is_alnum_ascii(uint8_t c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+int tok_newline_cut_safe(const Tokenizer *t) {
+    // Added tokens: a match across the cut would contain the '\n'; an lstrip token starting
+    // with the letter/digit would swallow the '\n' in the whole text only. (single_word sees
+    // '\n' before it in the whole text and the start of text in the chunk: both non-word;
+    // rstrip stops at the letter either way.)
+    for (size_t i = 0; i < t->n_added; i++) {
+        const AddedTok *a = &t->added[i];
+        if (memchr(t->blob + a->off, '\n', a->len)) return 0;
+        if (a->lstrip && is_alnum_ascii((uint8_t)t->blob[a->off])) return 0;
+    }
+    switch (t->model) {
+        case TOKM_BYTE_BPE:
+            // The GPT-2 (with or without the digit split), Llama 3 and Qwen2 regexes all make a
+            // lone '\n' between a visible character and a letter or digit a piece of its own,
+            // whether the text ends after it or goes on; NFC regions end at ASCII too.
+            return t->pretok == PRETOK_GPT2 || t->pretok == PRETOK_GPT2_DIGITS || t->pretok == PRETOK_LLAMA3 ||
+                   t->pretok == PRETOK_QWEN2;
+        case TOKM_CHAR_BPE:
+        case TOKM_SPM_BPE: {
+            // One BPE word runs across the cut. Its '\n' symbol never merges when no vocabulary
+            // string contains '\n' and no merge takes the '\n' fallback token; merges on either
+            // side then happen as they would alone (priority order within a side is unchanged).
+            // Not safe: ignore_merges (a chunk's word could be looked up whole), '\n' as unk
+            // (fuse_unk), unused sentencepiece pieces (their re-split uses proposals from the
+            // whole text).
+            for (int32_t id = 0; id < t->n_vocab; id++) {
+                if (!(t->tok_attr[id] & TOKA_MODEL)) continue;
+                if (memchr(t->blob + t->tok_off[id], '\n', t->tok_len[id])) return 0;
+                if (t->tok_attr[id] & TOKA_UNUSED) return 0;
+            }
+            if (t->ignore_merges) return 0;
+            int32_t nl = t->byte_fallback ? t->byte_id['\n'] : -1;
+            if (nl < 0) return 0;
+            for (size_t h = 0; t->mkeys && h <= t->mmask; h++) {
+                uint64_t k = t->mkeys[h];
+                if (k != UINT64_MAX && ((int32_t)(k >> 32) == nl || (int32_t)(uint32_t)k == nl)) return 0;
+            }
+            return 1;
+        }
+    }
+    return 0;
+}
+
 // ---- decoding ----------------------------------------------------------------------------
 static int strips_leading_space(const Tokenizer *t) { return t->model != TOKM_BYTE_BPE && t->spm_prefix; }
 

@@ -34,6 +34,8 @@ typedef struct {
     size_t cap, hcap;
     uint8_t *text;  // normalized text for sentencepiece-style models
     size_t tcap;
+    uint8_t *nfc;  // NFC of the segment, when it is not NFC already
+    size_t ncap;
 } Scratch;
 
 static void scratch_reserve(Scratch *sc, size_t n) {
@@ -57,6 +59,7 @@ static void scratch_free(Scratch *sc) {
     free(sc->heap);
     free(sc->heap_mg);
     free(sc->text);
+    free(sc->nfc);
 }
 
 static void heap_push(Scratch *sc, size_t *hn, uint64_t key, int32_t mg) {
@@ -213,11 +216,16 @@ static void text_reserve(Scratch *sc, size_t n) {
     sc->text = ao_realloc(sc->text, sc->tcap);
 }
 
-static void encode_segment(const Tokenizer *t, Scratch *sc, const uint8_t *s, size_t n, int at_start, TokIds *out) {
+// at_start: the segment begins the text; cont: it continues a text (TOK_INTERNAL_CONTINUE), so
+// no prefix of any kind goes before it.
+static void encode_segment(const Tokenizer *t, Scratch *sc, const uint8_t *s, size_t n, int at_start, int cont,
+                           TokIds *out) {
     if (n == 0) return;
-    if (t->model == TOKM_SPM_BPE) { spm_encode_segment(t, s, n, at_start, out); return; }
+    if (t->model == TOKM_SPM_BPE) { spm_encode_segment(t, s, n, at_start && !cont, out); return; }
+    size_t nn;
+    if (t->nfc && utf8_nfc(s, n, NFC_HF, &sc->nfc, &sc->ncap, &nn)) s = sc->nfc, n = nn;
     if (t->model == TOKM_BYTE_BPE) {
-        if (t->add_prefix_space && s[0] != ' ') {
+        if (t->add_prefix_space && s[0] != ' ' && !cont) {
             text_reserve(sc, n + 1);
             sc->text[0] = ' ';
             memcpy(sc->text + 1, s, n);
@@ -238,7 +246,7 @@ static void encode_segment(const Tokenizer *t, Scratch *sc, const uint8_t *s, si
     uint8_t *d = sc->text;
     size_t k = 0;
     int starts_meta = n >= 3 && memcmp(s, "\xE2\x96\x81", 3) == 0;
-    int prefix = t->spm_prefix == SPM_PREFIX_ALWAYS || (t->spm_prefix == SPM_PREFIX_FIRST && at_start);
+    int prefix = !cont && (t->spm_prefix == SPM_PREFIX_ALWAYS || (t->spm_prefix == SPM_PREFIX_FIRST && at_start));
     if (prefix && !(t->spm_prefix_check && (starts_meta || (t->spm_escape_ws && s[0] == ' ')))) {
         memcpy(d, "\xE2\x96\x81", 3);
         k = 3;
@@ -298,7 +306,7 @@ void tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int flag
     Scratch sc = {0};
     if ((flags & TOK_ADD_BOS) && t->bos_id >= 0) tok_ids_push(out, t->bos_id);
     size_t seg = 0;
-    int allow = !!(flags & TOK_ALLOW_SPECIAL);
+    int allow = !!(flags & TOK_ALLOW_SPECIAL), cont = !!(flags & TOK_INTERNAL_CONTINUE);
     if (t->n_added) {
         for (size_t i = 0; i < len; i++) {
             if (t->added_bucket[s[i]] == t->added_bucket[s[i] + 1]) continue;
@@ -319,13 +327,13 @@ void tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int flag
                 int l;
                 while (e < len && ws_at(s, len, e, &l)) e += (size_t)l;
             }
-            encode_segment(t, &sc, s + seg, b - seg, seg == 0, out);
+            encode_segment(t, &sc, s + seg, b - seg, seg == 0, seg == 0 && cont, out);
             tok_ids_push(out, a->id);
             seg = e;
             i = e - 1;
         }
     }
-    encode_segment(t, &sc, s + seg, len - seg, seg == 0, out);
+    encode_segment(t, &sc, s + seg, len - seg, seg == 0, seg == 0 && cont, out);
     if ((flags & TOK_ADD_EOS) && t->eos_id >= 0) tok_ids_push(out, t->eos_id);
     scratch_free(&sc);
 }

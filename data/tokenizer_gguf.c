@@ -35,23 +35,6 @@ static float arr_f32(const GgufKV *kv, uint64_t i) {
     return f;
 }
 
-// Byte-level spelling -> raw bytes (strings with a character outside the map stay as they are).
-static size_t bl_raw(const char *s, size_t n, char *out) {
-    size_t k = 0;
-    for (size_t i = 0; i < n;) {
-        int l;
-        uint32_t cp = utf8_decode((const uint8_t *)s, n, i, &l);
-        int b = cp == UTF8_INVALID ? -1 : bytelevel_byte(cp);
-        if (b < 0) {
-            memcpy(out, s, n);
-            return n;
-        }
-        out[k++] = (char)b;
-        i += (size_t)l;
-    }
-    return k;
-}
-
 static int opt_bool(const GgufFile *g, const char *key, int dflt) {
     const GgufKV *kv = gguf_find(g, key);
     return kv && kv->type == GGUF_T_BOOL ? kv->data[0] != 0 : dflt;
@@ -98,7 +81,7 @@ Tokenizer *tokenizer_from_gguf(const GgufFile *g) {
             if (s.n > cap) cap = (size_t)s.n * 2, buf = ao_realloc(buf, cap);
             int ty = types ? arr_i32(types, (uint64_t)i) : 1;
             if (ty == 3 || ty == 4) tok_set_bytes(t, i, s.p, (size_t)s.n);
-            else tok_set_bytes(t, i, buf, bl_raw(s.p, (size_t)s.n, buf));
+            else tok_set_bytes(t, i, buf, bytelevel_to_raw(s.p, (size_t)s.n, buf));
         }
         tok_build_vocab_hash(t);
         const GgufKV *merges = need_arr(g, "tokenizer.ggml.merges", GGUF_T_STRING, 0);
@@ -112,7 +95,7 @@ Tokenizer *tokenizer_from_gguf(const GgufFile *g) {
                   "%s: merge %llu is not two tokens separated by a space", g->path, (unsigned long long)r);
             size_t an = (size_t)(sp - s.p), bn = (size_t)s.n - an - 1;
             if (s.n > cap) cap = (size_t)s.n * 2, buf = ao_realloc(buf, cap);
-            size_t ra = bl_raw(s.p, an, buf), rb = bl_raw(sp + 1, bn, buf + ra);
+            size_t ra = bytelevel_to_raw(s.p, an, buf), rb = bytelevel_to_raw(sp + 1, bn, buf + ra);
             int32_t ia = tok_vocab_find(t, buf, ra), ib = tok_vocab_find(t, buf + ra, rb),
                     im = tok_vocab_find(t, buf, ra + rb);
             CHECK(ia >= 0 && ib >= 0 && im >= 0, "%s: merge %llu uses a token missing from the vocabulary", g->path,
@@ -144,6 +127,7 @@ Tokenizer *tokenizer_from_gguf(const GgufFile *g) {
             t->scores[i] = arr_f32(scores, (uint64_t)i);
             int ty = arr_i32(types, (uint64_t)i);
             if (ty != 1 && ty != 4 && ty != 5) t->tok_attr[i] &= (uint8_t)~TOKA_MODEL;  // merged pieces only
+            if (ty == 5) t->tok_attr[i] |= TOKA_UNUSED;  // re-split like sentencepiece's unused pieces
         }
         tok_build_vocab_hash(t);
         for (int32_t i = 0; i < n; i++) {

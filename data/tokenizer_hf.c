@@ -24,7 +24,7 @@ static int jbool(const JsonValue *v, int dflt) { return v && v->type == JSON_BOO
 
 // Byte-level token string -> raw bytes. A string with a character outside the byte map
 // keeps its UTF-8 bytes, as HF's ByteLevel decoder does.
-static size_t bytelevel_to_raw(const char *s, size_t n, char *out) {
+size_t bytelevel_to_raw(const char *s, size_t n, char *out) {
     size_t k = 0;
     for (size_t i = 0; i < n;) {
         int l;
@@ -181,9 +181,7 @@ static void parse_normalizer(Tokenizer *t, const JsonValue *n, const char *path)
               "%s: only the Replace(\" \" -> \"\xE2\x96\x81\") normalizer is supported", path);
         t->spm_escape_ws = 1;
     } else if (strcmp(type, "NFC") == 0) {
-        // Qwen2 ships NFC. We do not carry composition tables; text that is already NFC
-        // (nearly all text in practice) encodes identically.
-        ao_warn("%s: normalizer NFC is not applied; input is assumed to be NFC already", path);
+        t->nfc = 1;  // Qwen2; HF's NFC has Unicode 9.0 data (utf8_nfc NFC_HF)
     } else FAIL("%s: normalizer type \"%s\" is not supported", path, type);
 }
 

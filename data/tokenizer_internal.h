@@ -62,6 +62,7 @@ struct Tokenizer {
     uint32_t added_bucket[257];  // added[added_bucket[b] .. added_bucket[b+1]) start with byte b
     int32_t bos_id, eos_id, eot_id;
     int wants_bos;
+    int nfc;  // normalizer NFC (HF's: unicode_nfc NFC_HF) on each segment between added tokens
 };
 
 static inline size_t hash_u64(uint64_t k) { return (size_t)((k * 0x9E3779B97F4A7C15ull) >> 20); }
@@ -90,6 +91,9 @@ void tok_finish(Tokenizer *t);
 // GPT-2's bytes_to_unicode: the printable character each byte is shown as in byte-level
 // vocabularies, and the inverse (-1 for code points that are not byte stand-ins).
 uint32_t bytelevel_char(uint8_t b);
+// Byte-level token spelling -> raw bytes into out (room for n); a spelling with a character
+// outside the byte map keeps its UTF-8 bytes, as HF's ByteLevel decoder does. Returns the length.
+size_t bytelevel_to_raw(const char *s, size_t n, char *out);
 int bytelevel_byte(uint32_t cp);
 
 // --- loaders ---
@@ -101,6 +105,14 @@ Tokenizer *tok_load_tiktoken(const char *path, const char *data, size_t size);
 void tok_apply_config(Tokenizer *t, const char *dir);
 
 // --- encoding pieces ---
+// tokenizer_encode flag: the text continues a document right after a '\n' (corpus.c's chunks):
+// no dummy prefix / Prepend / Metaspace / ByteLevel prefix space at its start.
+#define TOK_INTERNAL_CONTINUE 0x100
+// Whether cutting a text right after a '\n' that follows a visible ASCII character and is
+// followed by an ASCII letter or digit, and encoding the second part with
+// TOK_INTERNAL_CONTINUE, always gives the ids of the whole text (encoded with
+// TOK_ALLOW_SPECIAL). See tokenizer_core.c for the argument.
+int tok_newline_cut_safe(const Tokenizer *t);
 // sentencepiece BPE by scores over one segment (tokenizer_spm.c); at_start: the segment
 // begins the text (the dummy prefix goes there only).
 void spm_encode_segment(const Tokenizer *t, const uint8_t *s, size_t n, int at_start, TokIds *out);

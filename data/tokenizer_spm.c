@@ -1,6 +1,7 @@
 // sentencepiece tokenizer.model (Llama 2): the ModelProto protobuf read directly, and the
 // BPE encoder of sentencepiece's bpe_model.cc (merge the adjacent pair whose concatenation
-// is the highest-scoring piece, leftmost first; unknown pieces fall back to <0xNN> bytes).
+// is the highest-scoring piece, leftmost first; unused pieces are split again into the pair
+// they were last proposed from; unknown pieces fall back to <0xNN> bytes).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,7 +136,6 @@ Tokenizer *tok_load_spm_model(const char *path, const unsigned char *data, size_
     t->spm_escape_ws = escape_ws;
     t->spm_collapse_ws = remove_ws;
     t->byte_fallback = byte_fallback;
-    int unused = 0;
     for (size_t i = 0; i < np; i++) {
         tok_set_bytes(t, (int32_t)i, (const char *)pieces[i].s, pieces[i].n);
         t->scores[i] = pieces[i].score;
@@ -143,9 +143,8 @@ Tokenizer *tok_load_spm_model(const char *path, const unsigned char *data, size_
         // Only normal, user-defined and unused pieces take part in merges (pieces_ in
         // sentencepiece); the others are looked up by id only.
         if (ty != SP_NORMAL && ty != SP_USER_DEFINED && ty != SP_UNUSED) t->tok_attr[i] &= (uint8_t)~TOKA_MODEL;
-        unused += ty == SP_UNUSED;
+        if (ty == SP_UNUSED) t->tok_attr[i] |= TOKA_UNUSED;
     }
-    if (unused) ao_warn("%s: %d unused pieces are merged like normal ones (no resegmentation)", path, unused);
     tok_build_vocab_hash(t);
     char *buf = NULL;
     size_t bcap = 0;
@@ -282,12 +281,65 @@ typedef struct {
     int32_t prev, next;
 } SpSym;
 
-static void maybe_pair(const Tokenizer *t, const uint8_t *d, const SpSym *sym, int32_t l, int32_t r, SpHeap *h) {
+// sentencepiece's reverse merges for unused pieces: piece id -> the pair (left piece at start,
+// then right piece) that was last proposed to form it. Few entries; a list is enough.
+typedef struct {
+    int32_t id;
+    uint32_t start, llen, rlen;
+} SpRev;
+
+typedef struct {
+    SpRev *r;
+    size_t n, cap;
+} SpRevs;
+
+static void maybe_pair(const Tokenizer *t, const uint8_t *d, const SpSym *sym, int32_t l, int32_t r, SpHeap *h,
+                       SpRevs *rev) {
     if (l < 0 || r < 0) return;
     uint32_t size = sym[l].len + sym[r].len;
     int32_t id = tok_vocab_find(t, (const char *)d + sym[l].start, size);
     if (id < 0) return;
     sph_push(h, pair_key(t->scores[id], (uint32_t)l), size);
+    if (t->tok_attr[id] & TOKA_UNUSED) {  // remember it, overwriting an earlier proposal
+        size_t k = 0;
+        while (k < rev->n && rev->r[k].id != id) k++;
+        if (k == rev->n) {
+            if (rev->n == rev->cap) {
+                rev->cap = rev->cap ? rev->cap * 2 : 16;
+                rev->r = ao_realloc(rev->r, rev->cap * sizeof *rev->r);
+            }
+            rev->n++;
+        }
+        rev->r[k] = (SpRev){id, sym[l].start, sym[l].len, sym[r].len};
+    }
+}
+
+// Emits the piece d[start..start+len): its id; an unused piece as the pair it was last
+// proposed from (recursively), or, never proposed (a single character), as unknown; an unknown
+// piece as its bytes (byte_fallback) or unk, a run of unknown pieces as one unk.
+static void spm_emit(const Tokenizer *t, const uint8_t *d, uint32_t start, uint32_t len, const SpRevs *rev,
+                     int *prev_unk, TokIds *out) {
+    const char *p = (const char *)d + start;
+    int32_t id = tok_vocab_find(t, p, len);
+    if (id >= 0 && (t->tok_attr[id] & TOKA_UNUSED)) {
+        size_t k = 0;
+        while (k < rev->n && rev->r[k].id != id) k++;
+        if (k < rev->n) {  // the stored pair spells the same string, maybe elsewhere in the text
+            spm_emit(t, d, rev->r[k].start, rev->r[k].llen, rev, prev_unk, out);
+            spm_emit(t, d, rev->r[k].start + rev->r[k].llen, rev->r[k].rlen, rev, prev_unk, out);
+            return;
+        }
+        id = -1;
+    }
+    if (id >= 0) {
+        tok_ids_push(out, id);
+        *prev_unk = 0;
+    } else if (t->byte_fallback) {
+        for (uint32_t k = 0; k < len; k++) tok_ids_push(out, t->byte_id[(uint8_t)p[k]]);
+    } else {
+        if (!*prev_unk) tok_ids_push(out, t->unk_id);
+        *prev_unk = 1;
+    }
 }
 
 void spm_encode_segment(const Tokenizer *t, const uint8_t *s, size_t n, int at_start, TokIds *out) {
@@ -306,7 +358,8 @@ void spm_encode_segment(const Tokenizer *t, const uint8_t *s, size_t n, int at_s
         i += (size_t)l;
     }
     SpHeap h = {0};
-    for (int32_t i = 1; i < ns; i++) maybe_pair(t, d, sym, i - 1, i, &h);
+    SpRevs rev = {0};
+    for (int32_t i = 1; i < ns; i++) maybe_pair(t, d, sym, i - 1, i, &h, &rev);
     while (h.n) {
         uint64_t key;
         uint32_t size;
@@ -317,17 +370,13 @@ void spm_encode_segment(const Tokenizer *t, const uint8_t *s, size_t n, int at_s
         sym[l].next = sym[r].next;
         if (sym[r].next >= 0) sym[sym[r].next].prev = l;
         sym[r].len = 0;
-        maybe_pair(t, d, sym, sym[l].prev, l, &h);
-        maybe_pair(t, d, sym, l, sym[l].next, &h);
+        maybe_pair(t, d, sym, sym[l].prev, l, &h, &rev);
+        maybe_pair(t, d, sym, l, sym[l].next, &h, &rev);
     }
-    for (int32_t i = ns ? 0 : -1; i >= 0; i = sym[i].next) {
-        const char *p = (const char *)d + sym[i].start;
-        int32_t id = tok_vocab_find(t, p, sym[i].len);
-        if (id >= 0) tok_ids_push(out, id);
-        else if (t->byte_fallback)
-            for (uint32_t k = 0; k < sym[i].len; k++) tok_ids_push(out, t->byte_id[(uint8_t)p[k]]);
-        else tok_ids_push(out, t->unk_id);
-    }
+    int prev_unk = 0;
+    for (int32_t i = ns ? 0 : -1; i >= 0; i = sym[i].next)
+        spm_emit(t, d, sym[i].start, sym[i].len, &rev, &prev_unk, out);
+    free(rev.r);
     free(h.key);
     free(h.size);
     free(sym);

@@ -51,4 +51,13 @@ extern const uint8_t *ucat_bmp;  // set up by unicode_init()
 void unicode_init(void);         // thread-safe, idempotent; tokenizer_load calls it
 static inline unsigned ucat(uint32_t cp) { return cp < 0x10000 ? ucat_bmp[cp] : ucat_slow(cp); }
 
+// Unicode NFC normalization (UAX #15). Returns 0, writing nothing, when s[0..n) is already NFC
+// by the quick check (ASCII and NFC text cost one scan); otherwise writes the normalized text
+// to *buf (grown with realloc; *cap is its size), its length to *out_len, and returns 1.
+// NFC_UNICODE: Unicode 16.0 (unicode_nfc_tables.h). NFC_HF: as Hugging Face tokenizers'
+// NFC normalizer does, whose data is Unicode 9.0: characters assigned since are left alone.
+// Invalid UTF-8 bytes are kept byte-exact and block composition, like any starter.
+enum { NFC_UNICODE = 0, NFC_HF = 1 };
+int utf8_nfc(const uint8_t *s, size_t n, int mode, uint8_t **buf, size_t *cap, size_t *out_len);
+
 #endif

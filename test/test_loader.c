@@ -15,19 +15,6 @@
 #include "../data/tokenizer.h"
 #include "test.h"
 
-// An expected failure longjmps out of a half-built object (in real runs ao_fail exits), so
-// what it had allocated is unreachable by design; keep LeakSanitizer from counting it.
-#ifdef __SANITIZE_ADDRESS__
-#include <sanitizer/lsan_interface.h>
-#define EXPECT_FAIL(...)            \
-    do {                            \
-        __lsan_disable();           \
-        TEST_EXPECT_FAIL(__VA_ARGS__); \
-        __lsan_enable();            \
-    } while (0)
-#else
-#define EXPECT_FAIL(...) TEST_EXPECT_FAIL(__VA_ARGS__)
-#endif
 
 static char g_tmp[256];
 static char *tmp(const char *name) { return path_join(g_tmp, name); }
@@ -117,7 +104,7 @@ static void test_corrupt_shards(void) {
         char *p = tmp(cases[i].name);
         corrupt(good, p, cases[i].off, cases[i].bytes, cases[i].n, cases[i].trunc);
         OpenArg a = {p, cases[i].vocab};
-        EXPECT_FAIL(cases[i].name, open_shard, &a, cases[i].needle);
+        TEST_EXPECT_FAIL(cases[i].name, open_shard, &a, cases[i].needle);
         TEST_CHECK(strstr(test_last_fail_message(), cases[i].name) != NULL, "error names the file: %s",
                    test_last_fail_message());
         free(p);
@@ -247,15 +234,15 @@ static void test_bad_state(void) {
     loader_save_state(&dl, sp);
     loader_init(&other, pp, 1, V, B, T + 1, 0, 1, 5, 1);
     StateArg a = {&other, sp};
-    EXPECT_FAIL("state layout mismatch", load_state, &a, "saved with B=3 T=16");
+    TEST_EXPECT_FAIL("state layout mismatch", load_state, &a, "saved with B=3 T=16");
     loader_free(&other);
     loader_init(&other, pp, 1, V, B, T, 0, 1, 6, 1);
-    EXPECT_FAIL("state seed mismatch", load_state, &a, "seed 5");
+    TEST_EXPECT_FAIL("state seed mismatch", load_state, &a, "seed 5");
     loader_free(&other);
     char *bad = tmp("bad.state");
     corrupt(sp, bad, 0, "ZZ", 2, -1);
     StateArg c = {&dl, bad};
-    EXPECT_FAIL("corrupt state file", load_state, &c, "not a loader state file");
+    TEST_EXPECT_FAIL("corrupt state file", load_state, &c, "not a loader state file");
     loader_free(&dl);
     free(bad);
     free(sp);
