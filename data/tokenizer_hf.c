@@ -109,7 +109,7 @@ static void fill_merges(Tokenizer *t, const JsonValue *merges, int byte_level, c
 }
 
 typedef struct {
-    int byte_level, regex_stages, has_metaspace;
+    int byte_level, regex_stages, has_metaspace, digits;
     PretokKind kind;
     int add_prefix_space;
     int meta_prefix, meta_split;
@@ -146,6 +146,11 @@ static void parse_pretok(const JsonValue *p, PretokCfg *c, const char *path) {
               "%s: Split pre_tokenizer: only behavior Isolated without invert is supported", path);
         c->kind = regex_kind(re, path);
         c->regex_stages++;
+    } else if (strcmp(type, "Digits") == 0) {
+        // SmolLM: Digits(individual_digits) ahead of the GPT-2 regex = PRETOK_GPT2_DIGITS
+        CHECK(jbool(json_get(p, "individual_digits"), 0) && c->regex_stages == 0,
+              "%s: a Digits pre-tokenizer is supported only with individual_digits, before the regex stage", path);
+        c->digits = 1;
     } else if (strcmp(type, "Metaspace") == 0) {
         const char *rep = jstr(json_get(p, "replacement"));
         CHECK(rep && strcmp(rep, "\xE2\x96\x81") == 0, "%s: Metaspace replacement must be \xE2\x96\x81", path);
@@ -160,6 +165,11 @@ static void parse_pretok(const JsonValue *p, PretokCfg *c, const char *path) {
         c->meta_split = jbool(json_get(p, "split"), 1);
     } else FAIL("%s: pre_tokenizer type \"%s\" is not supported", path, type);
     CHECK(c->regex_stages <= 1, "%s: more than one regex pre-tokenizer stage is not supported", path);
+    if (c->digits && c->regex_stages) {
+        CHECK(c->kind == PRETOK_GPT2 || c->kind == PRETOK_GPT2_DIGITS,
+              "%s: Digits is supported only ahead of the GPT-2 pattern", path);
+        c->kind = PRETOK_GPT2_DIGITS;
+    }
 }
 
 static void parse_normalizer(Tokenizer *t, const JsonValue *n, const char *path) {
@@ -198,8 +208,9 @@ Tokenizer *tok_load_hf_json(const char *path) {
     const JsonValue *vocab = json_get(model, "vocab"), *merges = json_get(model, "merges");
     CHECK(vocab && vocab->type == JSON_OBJECT, "%s: model.vocab is not an object", path);
     CHECK(merges && merges->type == JSON_ARRAY, "%s: model.merges is not an array", path);
-    CHECK(!jstr(json_get(model, "continuing_subword_prefix")) && !jstr(json_get(model, "end_of_word_suffix")),
-          "%s: BPE continuing_subword_prefix / end_of_word_suffix are not supported", path);
+    const char *csp = jstr(json_get(model, "continuing_subword_prefix")), *ews = jstr(json_get(model, "end_of_word_suffix"));
+    CHECK((!csp || !*csp) && (!ews || !*ews), "%s: BPE continuing_subword_prefix / end_of_word_suffix are not supported",
+          path);
     const JsonValue *added = json_get(root, "added_tokens");
     CHECK(!added || added->type == JSON_ARRAY || added->type == JSON_NULL, "%s: added_tokens is not an array", path);
 

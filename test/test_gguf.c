@@ -278,6 +278,38 @@ static void test_smollm2(void) {
         gen[i] = best;
         lg = infer_forward(&im, &s, &best, 1, 0);
     }
+    // HF's ids for the 775 tokenizer test texts with this GGUF's vocabulary
+    // (test/ref/gguf_vocab_fixture.py): the tokenizer built from GGUF metadata must agree.
+    char *vf = path_join(test_dir(), "fixtures/tokenizer/smollm2_gguf.json"), *tf = path_join(test_dir(), "fixtures/tokenizer/texts.json");
+    char *vtext = NULL, *ttext = NULL, verr[256];
+    size_t vlen, tlen;
+    JsonDoc vdoc, tdoc;
+    if (read_file_all(vf, 1 << 24, &vtext, &vlen, verr, sizeof verr) && json_parse(vtext, vlen, &vdoc, verr, sizeof verr)) {
+        if (read_file_all(tf, 1 << 24, &ttext, &tlen, verr, sizeof verr) && json_parse(ttext, tlen, &tdoc, verr, sizeof verr)) {
+            size_t bad = 0, n_texts = tdoc.root->n;
+            TEST_CHECK(vdoc.root->type == JSON_ARRAY && vdoc.root->n == n_texts, "smollm2_gguf.json: one id list per text");
+            for (size_t i = 0; i < n_texts && i < vdoc.root->n; i++) {
+                const JsonValue *ref = &vdoc.root->items[i], *txt = &tdoc.root->items[i];
+                TokIds mine = {0};
+                tokenizer_encode(tok, txt->str, txt->str_len, TOK_ALLOW_SPECIAL, &mine);
+                int same = mine.n == ref->n;
+                for (size_t k = 0; same && k < mine.n; k++) {
+                    int64_t v;
+                    same = json_as_i64(&ref->items[k], &v) && v == mine.ids[k];
+                }
+                if (!same && bad++ < 3) printf("  SmolLM2 GGUF vocab differs from HF on text %zu\n", i);
+                tok_ids_free(&mine);
+            }
+            TEST_CHECK(bad == 0, "SmolLM2 GGUF tokenizer: %zu of %zu texts differ from HF", bad, n_texts);
+            printf("  SmolLM2 GGUF tokenizer: %zu/%zu texts equal HF's ids\n", n_texts - bad, n_texts);
+            json_free(&tdoc);
+        } else TEST_CHECK(0, "%s", verr);
+        json_free(&vdoc);
+    } else test_skip("test/fixtures/tokenizer/smollm2_gguf.json absent (test/ref/gguf_vocab_fixture.py makes it)");
+    free(vtext);
+    free(ttext);
+    free(vf);
+    free(tf);
     char *out = tokenizer_decode(tok, gen, 16, 1, &len);
     TEST_CHECK(strstr(out, "Paris") != NULL, "SmolLM2 greedy continuation of \"%s\" lacks Paris: \"%s\"", text, out);
     printf("  SmolLM2 greedy: %s|%s\n", text, out);
