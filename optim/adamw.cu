@@ -4,34 +4,20 @@
 
 #include "../common/cuda_utils.cuh"
 #include "adamw.cuh"
+#include "adamw_cpu.h"
 
-// Scalars precomputed on the host in double, rounded to fp32 once, as torch's
-// _single_tensor_adamw passes Python floats to fp32 kernels.
-struct AdamScalars {
-    float decay;      // 1 - lr * wd
-    float one_m_b1;   // 1 - b1 (lerp weight)
-    float b2, one_m_b2;
-    float step_size;  // lr / (1 - b1^t)
-    float bc2_sqrt;   // sqrt(1 - b2^t)
-    float eps, grad_scale;
-};
-
-// torch order: p.mul_(1-lr*wd); m.lerp_(g, 1-b1) = m + w*(g-m) (w < 0.5 branch);
-// v.mul_(b2).addcmul_(g, g, 1-b2); denom = sqrt(v)/sqrt(bc2) + eps; p.addcdiv_(m, denom, -step).
-__device__ __forceinline__ void adamw_one(float &p, float g, float &m, float &v, const AdamScalars &a) {
-    g *= a.grad_scale;
-    p *= a.decay;
-    m = m + a.one_m_b1 * (g - m);
-    v = v * a.b2 + a.one_m_b2 * g * g;
-    float denom = sqrtf(v) / a.bc2_sqrt + a.eps;
-    p = p - a.step_size * (m / denom);
+// The element update and its host scalars come from adamw_cpu.h (adamw_elem, adamw_scalars):
+// every rounding is explicit (__fmul_rn, __fmaf_rn, ...), so nvcc cannot place FMAs
+// differently per call site, and the CPU offload step (adamw_update_cpu) gives the same bits.
+__device__ __forceinline__ void adamw_one(float &p, float g, float &m, float &v, const AdamwScalars &a) {
+    p = adamw_elem(p, g, &m, &v, &a);
 }
 
 // One thread per 4 elements; VEC = 4 moves them as float4 (all fp32 arrays 16-byte and
 // param 8-byte aligned), VEC = 1 element by element. The last n % 4 go element by element.
 template <int VEC>
 __global__ void adamw_kernel(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n,
-                             AdamScalars a) {
+                             AdamwScalars a) {
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (i >= n) return;
     if (VEC == 4 && i + 4 <= n) {
@@ -57,18 +43,8 @@ __global__ void adamw_kernel(float *master, bf16 *param, const float *grad, floa
 
 void adamw_update(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n, float lr, float b1,
                   float b2, float eps, float wd, int step, float grad_scale, cudaStream_t s) {
-    CHECK(step >= 1, "adamw_update: step must be >= 1 (bias correction), got %d", step);
+    const AdamwScalars a = adamw_scalars(lr, b1, b2, eps, wd, step, grad_scale);  // CHECKs step >= 1
     if (n == 0) return;
-    AdamScalars a;
-    double bc1 = 1.0 - pow((double)b1, step), bc2 = 1.0 - pow((double)b2, step);
-    a.decay = (float)(1.0 - (double)lr * wd);
-    a.one_m_b1 = (float)(1.0 - (double)b1);
-    a.b2 = b2;
-    a.one_m_b2 = (float)(1.0 - (double)b2);
-    a.step_size = (float)(lr / bc1);
-    a.bc2_sqrt = (float)sqrt(bc2);
-    a.eps = eps;
-    a.grad_scale = grad_scale;
     unsigned grid = (unsigned)ceil_div_sz(ceil_div_sz(n, 4), 256);
     bool vec = is_aligned16(master) && is_aligned16(grad) && is_aligned16(m) && is_aligned16(v) &&
                ((uintptr_t)param & 7) == 0;
