@@ -29,7 +29,7 @@ static const char *DEFAULT_TRAIN = "data/shards/corpus_train.bin", *DEFAULT_VAL 
 struct Settings {
     const char *model = nullptr, *config = nullptr, *resume = nullptr, *out = "out";
     const char *train = DEFAULT_TRAIN, *val = DEFAULT_VAL;
-    const char *tokenizer = "data/tokenizer/gpt2", *schedule = "cosine", *attn = "auto";
+    const char *tokenizer = "data/tokenizer/gpt2", *schedule = "cosine", *attn = "auto", *optim = "adamw";
     int B = 16, T = 512, total_batch = 0, steps = 3000, warmup = 100, seed = 1337;
     float lr = 1e-3f, min_lr_frac = 0.1f, wd = 0.1f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, clip = 1.0f;
     float decay_frac = 0.2f;
@@ -58,6 +58,8 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--warmup", nullptr, FLAG_INT, &s->warmup, "linear warmup steps", 0, 1 << 30},
         {"--schedule", nullptr, FLAG_STR, &s->schedule, "cosine | linear | constant | wsd", 1, 0},
         {"--decay-frac", nullptr, FLAG_FLOAT, &s->decay_frac, "wsd: fraction of steps spent decaying", 0, 1},
+        {"--optim", nullptr, FLAG_STR, &s->optim,
+         "adamw (fp32 states) | adamw8bit | adamw4bit | adamwfp8 (torchao's block-quantized states)", 1, 0},
         {"--wd", nullptr, FLAG_FLOAT, &s->wd, "AdamW weight decay (matrices only)", 0, 10},
         {"--beta1", nullptr, FLAG_FLOAT, &s->beta1, "AdamW beta1", 0, 1},
         {"--beta2", nullptr, FLAG_FLOAT, &s->beta2, "AdamW beta2", 0, 1},
@@ -144,7 +146,7 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
     const double G = 1024.0 * 1024 * 1024;
     printf("GPU memory plan (%s, %.1f GiB total, %.1f GiB free):\n", ctx->prop.name, total_b / G, free_b / G);
     printf("  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n", "parameters (bf16)", p.params / G,
-           "master weights (fp32)", p.master / G, "gradients (fp32)", p.grads / G, "AdamW moments (fp32)", p.moments / G);
+           "master weights (fp32)", p.master / G, "gradients (fp32)", p.grads / G, "AdamW states", p.moments / G);
     printf("  %-28s %8.2f GiB  (micro-batch %d x %d)\n  %-28s %8.2f GiB\n", "activations", p.activations / G, s->B, s->T,
            "logits chunk (bf16)", p.logits / G);
     size_t fixed = p.params + p.master + p.grads + p.moments, best = 0;
@@ -217,6 +219,10 @@ int main(int argc, char **argv) {
     AttnImpl attn = !strcmp(s.attn, "auto") ? ATTN_AUTO : !strcmp(s.attn, "cudnn") ? ATTN_CUDNN
                     : !strcmp(s.attn, "kernel") ? ATTN_KERNEL : (AttnImpl)-1;
     CHECK((int)attn >= 0, "--attn %s: expected auto, cudnn or kernel", s.attn);
+    const LowbitFormat optim = !strcmp(s.optim, "adamw") ? LOWBIT_F32 : !strcmp(s.optim, "adamw8bit") ? LOWBIT_8BIT
+                               : !strcmp(s.optim, "adamw4bit") ? LOWBIT_4BIT : !strcmp(s.optim, "adamwfp8") ? LOWBIT_FP8
+                               : (LowbitFormat)-1;
+    CHECK((int)optim >= 0, "--optim %s: expected adamw, adamw8bit, adamw4bit or adamwfp8", s.optim);
     if (s.total_batch == 0) s.total_batch = s.B * s.T;
     CHECK(s.total_batch % (s.B * s.T) == 0, "--total-batch %d is not a multiple of b*t = %d", s.total_batch, s.B * s.T);
     const int accum = s.total_batch / (s.B * s.T);
@@ -287,6 +293,8 @@ int main(int argc, char **argv) {
     o.attn = attn;
     o.attn_bwd = s.deterministic ? ATTN_KERNEL : attn;
     o.lm_chunk = s.lm_chunk;
+    o.optim = optim;
+    o.seed = (uint64_t)s.seed;
     print_memory_table(c, &s, &o, &ctx);
     LlamaGpu m;
     llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
@@ -346,8 +354,8 @@ int main(int argc, char **argv) {
         if ((s.save_every > 0 && step > step0 && step % s.save_every == 0) || ((last || stop_time) && s.save_final)) {
             snprintf(trainer_json, sizeof trainer_json,
                      "{\"step\": %d, \"seed\": %d, \"batch\": %d, \"seq\": %d, \"total_batch\": %d, \"steps\": %d, "
-                     "\"lr\": %g, \"schedule\": \"%s\", \"warmup\": %d, \"wd\": %g, \"clip\": %g}\n",
-                     step, s.seed, s.B, s.T, s.total_batch, s.steps, s.lr, s.schedule, s.warmup, s.wd, s.clip);
+                     "\"lr\": %g, \"schedule\": \"%s\", \"warmup\": %d, \"wd\": %g, \"clip\": %g, \"optim\": \"%s\"}\n",
+                     step, s.seed, s.B, s.T, s.total_batch, s.steps, s.lr, s.schedule, s.warmup, s.wd, s.clip, s.optim);
             ckpt_save(s.out, step, &m, &cpu, synthetic ? nullptr : &dl, s.tokenizer, trainer_json);
             printf("[C] saved %s/ckpt_%06d\n", s.out, step);
         }

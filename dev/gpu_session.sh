@@ -55,6 +55,18 @@ for job in "$@"; do
         -b 4 -t 2048 -n 3 --warmup 1 --eval-every 0 --sample-every 0 --save-final=off -o /tmp/prof > /tmp/ncu.csv 2>/dev/null
       python3 dev/bench/profile_kernels.py /tmp/ncu.csv > "$OUT/profile.txt" 2>&1
       head -30 "$OUT/profile.txt" >> "$OUT/summary.txt" ;;
+    optims)
+      log "optimizers: the default ~51M model, 1000 steps each (val loss at the end)"
+      for o in adamw adamw8bit adamw4bit adamwfp8; do
+        timeout 100 ./train_llama --optim $o -n 1000 --eval-every 1000 --sample-every 0 --save-final=off -o /tmp/opt_$o \
+          > "$OUT/optim_$o.log" 2>&1
+        echo "$o rc=$? $(grep -E '^\[V\] step 1000' "$OUT/optim_$o.log") $(grep -E 'AdamW states' "$OUT/optim_$o.log" | tr -s ' ') $(grep -E '^done' "$OUT/optim_$o.log")" >> "$OUT/summary.txt"
+      done
+      common="-n 30 --warmup 5 --eval-every 0 --sample-every 0 -b 8 -t 256 --optim adamw8bit"
+      ./train_llama $common --save-every 15 -o /tmp/s8 > /tmp/s8a.log 2>&1
+      ./train_llama $common --resume /tmp/s8/ckpt_000015 -o /tmp/r8 > /tmp/s8b.log 2>&1
+      cmp /tmp/s8/ckpt_000030/model.safetensors /tmp/r8/ckpt_000030/model.safetensors \
+        && echo "resume adamw8bit: final weights bit-identical" >> "$OUT/summary.txt" || echo "resume adamw8bit: DIFFER" >> "$OUT/summary.txt" ;;
     mainjob)
       log "README main job: ./train_llama (defaults), then ./infer_llama on its checkpoint"
       rm -rf data/shards out

@@ -81,20 +81,30 @@ void ckpt_save(const char *out_dir, int step, LlamaGpu *m, LlamaModel *cpu, cons
     CHECK(make_dirs(tmp), "cannot create %s", tmp);
     llama_gpu_download(m, cpu);
     if (!model_save_hf(cpu, tmp, 0, err, sizeof err)) FAIL("checkpoint: %s", err);
-    // optimizer moments
+    // optimizer moments: fp32 m and v, or the low-bit state regions as they are in memory
     const size_t P = m->tab.total;
-    float *hm = (float *)ao_malloc(P * sizeof(float)), *hv = (float *)ao_malloc(P * sizeof(float));
-    CUDA_CHECK(cudaMemcpy(hm, m->adam_m, P * sizeof(float), cudaMemcpyDeviceToHost));
-    CUDA_CHECK(cudaMemcpy(hv, m->adam_v, P * sizeof(float), cudaMemcpyDeviceToHost));
-    StWriteTensor t[2] = {{"adam_m", ST_F32, 1, {(int64_t)P}, hm}, {"adam_v", ST_F32, 1, {(int64_t)P}, hv}};
-    char step_s[32];
+    char step_s[32], fmt_s[8];
     snprintf(step_s, sizeof step_s, "%d", step);
-    const char *mk[] = {"format", "step"}, *mv[] = {"llama.ao-adamw-v1", step_s};
+    snprintf(fmt_s, sizeof fmt_s, "%d", (int)m->opts.optim);
     char *op = path_join(tmp, "optimizer.safetensors");
-    if (!st_write(op, t, 2, mk, mv, 2, err, sizeof err)) FAIL("checkpoint: %s", err);
+    if (m->opts.optim == LOWBIT_F32) {
+        float *hm = (float *)ao_malloc(P * sizeof(float)), *hv = (float *)ao_malloc(P * sizeof(float));
+        CUDA_CHECK(cudaMemcpy(hm, m->adam_m, P * sizeof(float), cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(hv, m->adam_v, P * sizeof(float), cudaMemcpyDeviceToHost));
+        StWriteTensor t[2] = {{"adam_m", ST_F32, 1, {(int64_t)P}, hm}, {"adam_v", ST_F32, 1, {(int64_t)P}, hv}};
+        const char *mk[] = {"format", "step"}, *mv[] = {"llama.ao-adamw-v1", step_s};
+        if (!st_write(op, t, 2, mk, mv, 2, err, sizeof err)) FAIL("checkpoint: %s", err);
+        free(hm);
+        free(hv);
+    } else {
+        unsigned char *hs = (unsigned char *)ao_malloc(m->state_bytes);
+        CUDA_CHECK(cudaMemcpy(hs, m->state_mem, m->state_bytes, cudaMemcpyDeviceToHost));
+        StWriteTensor t[1] = {{"lowbit_state", ST_U8, 1, {(int64_t)m->state_bytes}, hs}};
+        const char *mk[] = {"format", "step", "lowbit_format"}, *mv[] = {"llama.ao-adamw-lowbit-v1", step_s, fmt_s};
+        if (!st_write(op, t, 1, mk, mv, 3, err, sizeof err)) FAIL("checkpoint: %s", err);
+        free(hs);
+    }
     free(op);
-    free(hm);
-    free(hv);
     if (dl) {
         char *lp = path_join(tmp, "loader.state");
         loader_save_state(dl, lp);
@@ -153,18 +163,32 @@ int ckpt_load_optimizer(const char *dir, LlamaGpu *m) {
     SafeTensors st;
     if (!st_open(&st, op, err, sizeof err)) FAIL("resume: %s", err);
     free(op);
-    const StTensor *tm = st_find(&st, "adam_m"), *tv = st_find(&st, "adam_v");
     const char *fmt = st_meta(&st, "format"), *step_s = st_meta(&st, "step");
-    CHECK(fmt && !strcmp(fmt, "llama.ao-adamw-v1"), "resume: %s/optimizer.safetensors is not an AdamW state of this version",
-          dir);
-    CHECK(tm && tv && tm->dtype == ST_F32 && tv->dtype == ST_F32 && tm->numel == m->tab.total && tv->numel == m->tab.total,
-          "resume: optimizer state in %s does not match the model (%zu parameters expected)", dir, m->tab.total);
     CHECK(step_s, "resume: optimizer state lacks its step");
     char *end;
     long step = strtol(step_s, &end, 10);
     CHECK(*end == 0 && step >= 0 && step < 2147483647L, "resume: bad step \"%s\" in optimizer state", step_s);
-    CUDA_CHECK(cudaMemcpy(m->adam_m, tm->data, tm->nbytes, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(m->adam_v, tv->data, tv->nbytes, cudaMemcpyHostToDevice));
+    if (m->opts.optim == LOWBIT_F32) {
+        CHECK(fmt && !strcmp(fmt, "llama.ao-adamw-v1"),
+              "resume: %s/optimizer.safetensors is not an fp32 AdamW state (resume with the --optim it was trained with)", dir);
+        const StTensor *tm = st_find(&st, "adam_m"), *tv = st_find(&st, "adam_v");
+        CHECK(tm && tv && tm->dtype == ST_F32 && tv->dtype == ST_F32 && tm->numel == m->tab.total &&
+                  tv->numel == m->tab.total,
+              "resume: optimizer state in %s does not match the model (%zu parameters expected)", dir, m->tab.total);
+        CUDA_CHECK(cudaMemcpy(m->adam_m, tm->data, tm->nbytes, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(m->adam_v, tv->data, tv->nbytes, cudaMemcpyHostToDevice));
+    } else {
+        const char *lf = st_meta(&st, "lowbit_format");
+        char want[8];
+        snprintf(want, sizeof want, "%d", (int)m->opts.optim);
+        CHECK(fmt && !strcmp(fmt, "llama.ao-adamw-lowbit-v1") && lf && !strcmp(lf, want),
+              "resume: %s/optimizer.safetensors holds another optimizer's state (resume with the --optim it was "
+              "trained with)", dir);
+        const StTensor *ts = st_find(&st, "lowbit_state");
+        CHECK(ts && ts->dtype == ST_U8 && ts->nbytes == m->state_bytes,
+              "resume: low-bit optimizer state in %s is not the %zu bytes this model needs", dir, m->state_bytes);
+        CUDA_CHECK(cudaMemcpy(m->state_mem, ts->data, ts->nbytes, cudaMemcpyHostToDevice));
+    }
     st_close(&st);
     return (int)step;
 }

@@ -11,6 +11,7 @@
 #include "../ops/rope.cuh"
 #include "../ops/swiglu.cuh"
 #include "../optim/adamw.cuh"
+#include "../optim/adamw_lowbit.cuh"
 extern "C" {
 #include "../ops/embedding.h"
 #include "../ops/rope.h"
@@ -110,7 +111,10 @@ GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *
     p.params = tab.total * sizeof(bf16);
     p.master = tab.total * sizeof(float);
     p.grads = tab.total * sizeof(float);
-    p.moments = 2 * tab.total * sizeof(float);
+    p.moments = 0;
+    if (opts->optim == LOWBIT_F32) p.moments = 2 * tab.total * sizeof(float);
+    else
+        for (int i = 0; i < tab.n; i++) p.moments += lowbit_layout(opts->optim, tab.p[i].numel, LOWBIT_MASTER_F32).bytes;
     param_table_free(&tab);
     LlamaGpu m;
     memset(&m, 0, sizeof m);
@@ -134,17 +138,37 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     const LlamaConfig *c = &m->cfg;
     param_table_init(&m->tab, c);
     const size_t P = m->tab.total;
+    const int lowbit = opts->optim != LOWBIT_F32;
     Carver pc = {nullptr, 0};
     pc.take<bf16>(P);
-    for (int i = 0; i < 4; i++) pc.take<float>(P);
+    for (int i = 0; i < (lowbit ? 2 : 4); i++) pc.take<float>(P);
     m->param_bytes = pc.used;
     CUDA_CHECK(cudaMalloc(&m->param_mem, m->param_bytes));
     pc = {(char *)m->param_mem, 0};
     m->params = pc.take<bf16>(P);
     m->master = pc.take<float>(P);
     m->grads = pc.take<float>(P);
-    m->adam_m = pc.take<float>(P);
-    m->adam_v = pc.take<float>(P);
+    if (!lowbit) {
+        m->adam_m = pc.take<float>(P);
+        m->adam_v = pc.take<float>(P);
+    } else {
+        // One region per tensor, laid out by torchao's rule (lowbit_layout): quantized
+        // blocks for tensors of >= 4096 elements in whole blocks, fp32 states otherwise.
+        LowbitLayout *lay = (LowbitLayout *)ao_malloc((size_t)m->tab.n * sizeof *lay);
+        for (int i = 0; i < m->tab.n; i++) {
+            lay[i] = lowbit_layout(opts->optim, m->tab.p[i].numel, LOWBIT_MASTER_F32);
+            m->state_bytes += lay[i].bytes;
+        }
+        CUDA_CHECK(cudaMalloc(&m->state_mem, m->state_bytes));
+        CUDA_CHECK(cudaMemsetAsync(m->state_mem, 0, m->state_bytes, ctx->stream));  // zeros = fresh states
+        m->states = (LowbitState *)ao_malloc((size_t)m->tab.n * sizeof *m->states);
+        size_t off = 0;
+        for (int i = 0; i < m->tab.n; i++) {
+            m->states[i] = lowbit_state_at(&lay[i], (char *)m->state_mem + off);
+            off += lay[i].bytes;
+        }
+        free(lay);
+    }
     m->wl = (LlamaWeightsBf16Layer *)ao_calloc((size_t)c->n_layers, sizeof *m->wl);
     m->gl = (LlamaWeightsLayer *)ao_calloc((size_t)c->n_layers, sizeof *m->gl);
     LlamaWeightsBf16_point(&m->w, m->params, &m->tab, c, m->wl);
@@ -160,8 +184,10 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     CUDA_CHECK(cudaMemcpy(m->master, cpu->params, P * sizeof(float), cudaMemcpyHostToDevice));
     cast_f32_to_bf16(m->params, m->master, P, ctx->stream);
     CUDA_CHECK(cudaMemsetAsync(m->grads, 0, P * sizeof(float), ctx->stream));
-    CUDA_CHECK(cudaMemsetAsync(m->adam_m, 0, P * sizeof(float), ctx->stream));
-    CUDA_CHECK(cudaMemsetAsync(m->adam_v, 0, P * sizeof(float), ctx->stream));
+    if (!lowbit) {
+        CUDA_CHECK(cudaMemsetAsync(m->adam_m, 0, P * sizeof(float), ctx->stream));
+        CUDA_CHECK(cudaMemsetAsync(m->adam_v, 0, P * sizeof(float), ctx->stream));
+    }
 
     m->layers = (GpuLayerActs *)ao_calloc((size_t)c->n_layers, sizeof *m->layers);
     Carver cv = {nullptr, 0};
@@ -190,6 +216,8 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
 void llama_gpu_free(LlamaGpu *m) {
     if (m->param_mem) cudaFree(m->param_mem);
     if (m->act_mem) cudaFree(m->act_mem);
+    if (m->state_mem) cudaFree(m->state_mem);
+    free(m->states);
     if (m->h_pos) cudaFreeHost(m->h_pos);
     if (m->h_losses) cudaFreeHost(m->h_losses);
     free(m->wl);
@@ -387,8 +415,14 @@ void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, flo
     for (int i = 0; i < m->tab.n; i++) {
         const ParamInfo *p = &m->tab.p[i];
         const size_t o = p->offset;
-        adamw_update(m->master + o, m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, p->numel, lr, b1, b2, eps,
-                     p->kind == PARAM_MATRIX ? wd : 0.0f, step, grad_scale, ctx->stream);
+        const float wd_i = p->kind == PARAM_MATRIX ? wd : 0.0f;
+        if (m->opts.optim == LOWBIT_F32) {
+            adamw_update(m->master + o, m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, p->numel, lr, b1, b2,
+                         eps, wd_i, step, grad_scale, ctx->stream);
+        } else {
+            LowbitStep ls = {lr, b1, b2, eps, wd_i, step, grad_scale, LOWBIT_MASTER_F32, m->opts.seed, o};
+            adamw_lowbit_update(m->master + o, m->params + o, m->states[i], m->grads + o, &ls, ctx->stream);
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 #include "../common/gpu.h"
 #include "../ops/attention.cuh"
+#include "../optim/lowbit.h"
 #include "model.h"
 
 LLAMA_DEFINE_WEIGHTS(bf16, LlamaWeightsBf16)
@@ -18,6 +19,8 @@ typedef struct {
     AttnImpl attn;      // forward attention
     AttnImpl attn_bwd;  // backward attention: ATTN_KERNEL is deterministic, cuDNN's is not
     int lm_chunk;          // rows of logits materialised at once (bf16 [lm_chunk, V])
+    LowbitFormat optim;    // AdamW state format: LOWBIT_F32 (fp32 m, v), _8BIT, _4BIT, _FP8 (torchao's)
+    uint64_t seed;         // stochastic-rounding seed of the low-bit optimizers
 } GpuRunOpts;
 
 // Per-layer activations kept for backward (bf16 unless marked), N = B*T rows.
@@ -46,7 +49,10 @@ typedef struct {
     bf16 *params;   // working copy used by the matmuls
     float *master;  // fp32 master weights
     float *grads;   // fp32 gradients, accumulated over micro-batches
-    float *adam_m, *adam_v;
+    float *adam_m, *adam_v;    // fp32 moments (opts.optim == LOWBIT_F32)
+    void *state_mem;           // low-bit moments, one region per tensor (other formats)
+    size_t state_bytes;
+    LowbitState *states;       // [tab.n] device pointers into state_mem
     LlamaWeightsBf16 w;
     LlamaWeightsBf16Layer *wl;
     LlamaWeights g;  // gradient pointers (fp32)
