@@ -1,0 +1,53 @@
+// CUDA casts bf16 -> fp8 for the float8 training recipes (docs/FP8.md): fused amax + scale + cast
+// for tensor, per-row, per-column (transposed output), DeepSeek-V3 1x128 / 128x128 blocks and
+// MX (32-element blocks, e8m0). The element arithmetic is quant/fp8.h and quant/mx.h, shared with
+// the CPU reference, so every kernel gives the CPU reference's bits (test/gpu_test_fp8.cu).
+// Deterministic: maxima are exact in any order, and no kernel uses atomics.
+//
+// Layouts. A cast reads a stored row-major bf16 tensor x [rows, cols] and writes the GEMM
+// operand: transposed = 0 -> q [rows, cols]; transposed = 1 -> q [cols, rows] = x^T (the W^T, g^T,
+// x^T operands of the backward GEMMs, written directly so that no separate transpose runs).
+// "Operand rows" are the rows of q. Scales are dequantization scales scale_inv = 1 / scale
+// (fp32), what cuBLASLt's A/B_SCALE_POINTER and torch._scaled_mm take:
+//   tensor    scale_inv[0]
+//   axis      scale_inv[orows]                       one per operand row (OUTER_VEC_32F)
+//   1x128     scale_inv[b * orows + r]               operand row r, block b (VEC128_32F layout)
+//   128x128   scale_inv[rb * ld + cb]                ld >= ceil(ocols / 128) (BLK128x128_32F:
+//                                                    ld rounded up to 4, see fp8_scale_count)
+//   MX        e8m0[r * ceil(ocols / 32) + b]         naive layout as torchao's to_mx (cuBLASLt
+//                                                    VEC32_UE8M0 wants the swizzled 128x4 one)
+// Any rows / cols (tails are partial groups); 16-byte vector paths when sizes and pointers allow.
+#pragma once
+#include "../common/gpu.h"
+#include "fp8.h"
+#include "mx.h"
+
+// Floats of workspace fp8_amax_tensor needs for its per-block partial maxima.
+#define FP8_AMAX_PARTIALS 1024
+
+// *amax (device) = max |x| over n elements, NaN ignored: per-block partials, then one block.
+// Separate from the cast so that a distributed run can all-reduce it (torchao reduce_amax) and
+// so that x_fwd and x_gw (tensorwise) share one reduction.
+void fp8_amax_tensor(float *amax, float *partials, const bf16 *x, size_t n, cudaStream_t stream);
+
+// Tensor scaling (tensor_amax = device pointer from fp8_amax_tensor) or axis scaling
+// (tensor_amax = NULL: one scale per operand row, from that row's amax).
+void fp8_cast(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, const float *tensor_amax, Fp8Dtype dt,
+              int pow2, int transposed, cudaStream_t stream);
+
+// DeepSeek-V3 blocks (e4m3, no pow2, torchao blockwise_fp8_training numerics).
+void fp8_cast_block1x128(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, int transposed,
+                         cudaStream_t stream);
+void fp8_cast_block128x128(uint8_t *q, float *scale_inv, int ld, const bf16 *x, int rows, int cols, int transposed,
+                           cudaStream_t stream);
+
+// MX: blocks of 32 along operand rows (transposed = 0 is torchao "dim0", 1 is "dim1").
+void mx_cast(uint8_t *q, uint8_t *e8m0, const bf16 *x, int rows, int cols, Fp8Dtype dt, MxMode mode, int transposed,
+             cudaStream_t stream);
+
+// One operand of a recipe (spec = fp8_recipe_cast(recipe, operand)), dispatched to the casts
+// above. scale_inv (fp32 scalings) or e8m0 (MX) receives the scales, sized by fp8_scale_count;
+// amax_ws holds FP8_AMAX_PARTIALS + 1 floats (tensor scaling only; the amax lands in the last).
+// FP8_SCALE_NONE operands are not cast (the GEMM reads the bf16 tensor): refused here.
+void fp8_cast_operand(uint8_t *q, float *scale_inv, uint8_t *e8m0, const bf16 *x, int rows, int cols, Fp8CastSpec spec,
+                      float *amax_ws, cudaStream_t stream);

@@ -1,0 +1,235 @@
+// fp8 / MX cast kernels (quant/fp8_cast.cu) against the CPU reference (quant/fp8.c, quant/mx.c),
+// bit for bit: fp8 bytes, fp32 dequantization scales, e8m0 bytes. Odd shapes (tails of every
+// tile and block), aligned shapes (the vector paths), a misaligned input (the scalar paths),
+// inputs with zero rows / columns / blocks, tiny and huge values, and NaN / inf (our rule for
+// NaN codes, which the GPU must follow explicitly since it makes +NaN where x86 makes -NaN).
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../quant/fp8_cast.cuh"
+extern "C" {
+#include "test.h"
+}
+
+static uint64_t g_rng = 0xF8F8ull;
+static GpuCtx g_ctx;
+static cudaStream_t g_s;
+
+static float bf16r(float x) { return __bfloat162float(__float2bfloat16(x)); }
+template <class T>
+static T *dalloc(size_t n) {
+    T *p;
+    CUDA_CHECK(cudaMalloc(&p, (n ? n : 1) * sizeof(T) + 64));
+    return p;
+}
+static void h2d(void *d, const void *h, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_s));
+    CUDA_CHECK(cudaStreamSynchronize(g_s));
+}
+static void d2h(void *h, const void *d, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_s));
+    CUDA_CHECK(cudaStreamSynchronize(g_s));
+}
+// First differing index (n when equal).
+static size_t first_diff(const void *a, const void *b, size_t n, size_t elem) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp((const char *)a + i * elem, (const char *)b + i * elem, elem)) return i;
+    return n;
+}
+static void check_same(const char *what, const void *got, const void *ref, size_t n, size_t elem) {
+    size_t i = first_diff(got, ref, n, elem);
+    uint32_t a = 0, b = 0;
+    if (i < n) memcpy(&a, (const char *)got + i * elem, elem), memcpy(&b, (const char *)ref + i * elem, elem);
+    TEST_CHECK(i == n, "%s: element %zu of %zu differs: gpu %08x cpu %08x", what, i, n, a, b);
+}
+
+// bf16 test input [rows, cols] with the cases that matter: a zero row and column, a tiny row
+// (amax below EPS), a huge row, a block of e4m3-subnormal values, and NaN / inf when asked.
+static float *make_input(int rows, int cols, int specials) {
+    size_t n = (size_t)rows * cols;
+    float *x = (float *)ao_malloc((n + 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = bf16r(2.0f * test_rand_uniform(&g_rng));
+    if (rows > 3) {
+        memset(x + (size_t)1 * cols, 0, cols * sizeof(float));
+        for (int c = 0; c < cols; c++) x[(size_t)2 * cols + c] = bf16r(1e-30f * test_rand_uniform(&g_rng));
+        for (int c = 0; c < cols; c++)
+            x[(size_t)3 * cols + c] *= 3.0e4f, x[(size_t)3 * cols + c] = bf16r(x[(size_t)3 * cols + c]);
+    }
+    if (cols > 2)
+        for (int r = 0; r < rows; r++) x[(size_t)r * cols + 2] = 0.0f;
+    if (rows > 4 && cols > 40)
+        for (int c = 0; c < 40; c++) x[(size_t)4 * cols + c] = bf16r(x[(size_t)4 * cols + c] * (c ? 1e-3f : 1.0f));
+    if (specials && n > 10) {
+        x[n / 2] = NAN, x[n / 3] = -NAN, x[n - 1] = INFINITY, x[n / 5] = -INFINITY;
+    }
+    return x;
+}
+static bf16 *to_device(const float *x, size_t n, int offset) {
+    bf16 *h = (bf16 *)ao_malloc((n + 1) * sizeof(bf16));
+    for (size_t i = 0; i < n; i++) h[i] = __float2bfloat16(x[i]);
+    bf16 *d = dalloc<bf16>(n + 8);
+    h2d(d + offset, h, n * sizeof(bf16));
+    free(h);
+    return d;
+}
+
+static void test_shape(int rows, int cols, int specials, int offset) {
+    char w[160];
+    const size_t n = (size_t)rows * cols;
+    float *x = make_input(rows, cols, specials);
+    bf16 *dbase = to_device(x, n, offset), *dx = dbase + offset;
+    uint8_t *dq = dalloc<uint8_t>(n + 16) + offset, *q = (uint8_t *)ao_malloc(n + 1), *rq = (uint8_t *)ao_malloc(n + 1);
+    const size_t ns = n / 32 + rows + cols + 1024;  // bounds every scale count (MX: n/32 + rows)
+    float *ds = dalloc<float>(ns), *s = (float *)ao_malloc(ns * 4), *rs = (float *)ao_malloc(ns * 4);
+    float *ws = dalloc<float>(FP8_AMAX_PARTIALS + 1);
+    uint8_t *de = dalloc<uint8_t>(ns), *e = (uint8_t *)ao_malloc(ns), *re = (uint8_t *)ao_malloc(ns);
+
+    // Tensor amax.
+    fp8_amax_tensor(ws + FP8_AMAX_PARTIALS, ws, dx, n, g_s);
+    float amax, ramax = fp8_amax_cpu(x, n);
+    d2h(&amax, ws + FP8_AMAX_PARTIALS, 4);
+    snprintf(w, sizeof w, "amax %dx%d specials=%d offset=%d", rows, cols, specials, offset);
+    check_same(w, &amax, &ramax, 1, 4);
+
+    // Tensor and axis scaling, both dtypes, pow2 on and off, direct and transposed.
+    for (int axis = 0; axis < 2; axis++)
+        for (int dt = 0; dt < 2; dt++)
+            for (int pow2 = 0; pow2 < 2; pow2++)
+                for (int tr = 0; tr < 2; tr++) {
+                    fp8_cast(dq, ds, dx, rows, cols, axis ? NULL : ws + FP8_AMAX_PARTIALS, (Fp8Dtype)dt, pow2, tr, g_s);
+                    fp8_cast_cpu(rq, rs, x, rows, cols, (Fp8Dtype)dt, axis, pow2, tr);
+                    size_t nsc = axis ? (size_t)(tr ? cols : rows) : 1;
+                    for (size_t i = 0; i < nsc; i++) rs[i] = fp8_scale_inv(rs[i]);
+                    d2h(q, dq, n), d2h(s, ds, nsc * 4);
+                    snprintf(w, sizeof w, "%s %s pow2=%d tr=%d %dx%d sp=%d off=%d: codes", axis ? "axis" : "tensor",
+                             dt ? "e5m2" : "e4m3", pow2, tr, rows, cols, specials, offset);
+                    check_same(w, q, rq, n, 1);
+                    snprintf(w, sizeof w, "%s %s pow2=%d tr=%d %dx%d: scale_inv", axis ? "axis" : "tensor",
+                             dt ? "e5m2" : "e4m3", pow2, tr, rows, cols);
+                    check_same(w, s, rs, nsc, 4);
+                }
+
+    // DeepSeek-V3 blocks.
+    for (int tr = 0; tr < 2; tr++) {
+        int orows = tr ? cols : rows, ocols = tr ? rows : cols;
+        size_t nsc = (size_t)orows * ((ocols + 127) / 128);
+        fp8_cast_block1x128(dq, ds, dx, rows, cols, tr, g_s);
+        fp8_block1x128_cpu(rq, rs, x, rows, cols, tr);
+        d2h(q, dq, n), d2h(s, ds, nsc * 4);
+        snprintf(w, sizeof w, "1x128 tr=%d %dx%d sp=%d off=%d: codes", tr, rows, cols, specials, offset);
+        check_same(w, q, rq, n, 1);
+        snprintf(w, sizeof w, "1x128 tr=%d %dx%d: scale_inv", tr, rows, cols);
+        check_same(w, s, rs, nsc, 4);
+
+        int ld = ((ocols + 127) / 128 + 3) / 4 * 4;
+        size_t nsb = (size_t)ld * ((orows + 127) / 128);
+        for (size_t i = 0; i < nsb; i++) rs[i] = 1.0f;  // padding entries: left as they were
+        h2d(ds, rs, nsb * 4);
+        fp8_cast_block128x128(dq, ds, ld, dx, rows, cols, tr, g_s);
+        fp8_block128x128_cpu(rq, rs, ld, x, rows, cols, tr);
+        d2h(q, dq, n), d2h(s, ds, nsb * 4);
+        snprintf(w, sizeof w, "128x128 tr=%d %dx%d sp=%d off=%d: codes", tr, rows, cols, specials, offset);
+        check_same(w, q, rq, n, 1);
+        snprintf(w, sizeof w, "128x128 tr=%d %dx%d: scale_inv (ld %d)", tr, rows, cols, ld);
+        check_same(w, s, rs, nsb, 4);
+    }
+
+    // MX, both modes and dtypes, dim0 and dim1.
+    for (int tr = 0; tr < 2; tr++)
+        for (int dt = 0; dt < 2; dt++)
+            for (int mode = 0; mode < 2; mode++) {
+                int orows = tr ? cols : rows, ocols = tr ? rows : cols;
+                size_t nsc = (size_t)orows * ((ocols + 31) / 32);
+                mx_cast(dq, de, dx, rows, cols, (Fp8Dtype)dt, (MxMode)mode, tr, g_s);
+                mx_quantize_cpu(rq, re, x, rows, cols, (Fp8Dtype)dt, (MxMode)mode, tr);
+                d2h(q, dq, n), d2h(e, de, nsc);
+                snprintf(w, sizeof w, "mx %s %s tr=%d %dx%d sp=%d off=%d: codes", dt ? "e5m2" : "e4m3",
+                         mode ? "rceil" : "floor", tr, rows, cols, specials, offset);
+                check_same(w, q, rq, n, 1);
+                snprintf(w, sizeof w, "mx %s %s tr=%d %dx%d: e8m0", dt ? "e5m2" : "e4m3", mode ? "rceil" : "floor", tr,
+                         rows, cols);
+                check_same(w, e, re, nsc, 1);
+            }
+    printf("  casts %5d x %-5d specials=%d offset=%d checked\n", rows, cols, specials, offset);
+    free(x), free(q), free(rq), free(s), free(rs), free(e), free(re);
+    cudaFree(dbase), cudaFree(dq - offset), cudaFree(ds), cudaFree(ws), cudaFree(de);
+}
+
+// Every operand of every recipe through fp8_cast_operand, against the CPU cast of the same spec.
+static void test_recipes(int N, int K, int M) {
+    char w[160];
+    float *x = make_input(N, K, 0), *wt = make_input(M, K, 0), *g = make_input(N, M, 0);
+    int mx = N > M ? N : M, kx = K > M ? K : M;
+    size_t cap = (size_t)mx * kx;
+    bf16 *dxs[3] = {to_device(x, (size_t)N * K, 0), to_device(wt, (size_t)M * K, 0), to_device(g, (size_t)N * M, 0)};
+    uint8_t *dq = dalloc<uint8_t>(cap), *q = (uint8_t *)ao_malloc(cap), *rq = (uint8_t *)ao_malloc(cap);
+    const size_t ns = cap / 16 + 4096;  // bounds every scale count
+    uint8_t *de = dalloc<uint8_t>(ns), *e = (uint8_t *)ao_malloc(ns), *re = (uint8_t *)ao_malloc(ns);
+    float *ds = dalloc<float>(ns), *s = (float *)ao_malloc(ns * 4), *rs = (float *)ao_malloc(ns * 4);
+    float *ws = dalloc<float>(FP8_AMAX_PARTIALS + 1);
+    for (int r = 0; r < FP8_NRECIPES; r++)
+        for (int op = 0; op < FP8_NOPERANDS; op++) {
+            Fp8CastSpec sp = fp8_recipe_cast((Fp8Recipe)r, (Fp8Operand)op);
+            if (sp.scaling == FP8_SCALE_NONE) continue;
+            int which = (op == FP8_X_FWD || op == FP8_X_GW) ? 0 : (op == FP8_W_FWD || op == FP8_W_GI) ? 1 : 2;
+            const float *h = which == 0 ? x : which == 1 ? wt : g;
+            int rows = which == 1 ? M : N, cols = which == 2 ? M : K, ld = 0;
+            size_t n = (size_t)rows * cols, nsc = fp8_scale_count(sp, rows, cols, &ld);
+            fp8_cast_operand(dq, ds, de, dxs[which], rows, cols, sp, ws, g_s);
+            switch (sp.scaling) {
+                case FP8_SCALE_TENSOR:
+                case FP8_SCALE_AXIS:
+                    fp8_cast_cpu(rq, rs, h, rows, cols, sp.dtype, sp.scaling == FP8_SCALE_AXIS, sp.pow2, sp.transposed);
+                    for (size_t i = 0; i < nsc; i++) rs[i] = fp8_scale_inv(rs[i]);
+                    break;
+                case FP8_SCALE_1X128: fp8_block1x128_cpu(rq, rs, h, rows, cols, sp.transposed); break;
+                case FP8_SCALE_128X128:
+                    for (size_t i = 0; i < nsc; i++) rs[i] = 1.0f;
+                    h2d(ds, rs, nsc * 4);
+                    fp8_cast_operand(dq, ds, de, dxs[which], rows, cols, sp, ws, g_s);
+                    fp8_block128x128_cpu(rq, rs, ld, h, rows, cols, sp.transposed);
+                    break;
+                case FP8_SCALE_MX32:
+                    mx_quantize_cpu(rq, re, h, rows, cols, sp.dtype, sp.mx_rceil ? MX_RCEIL : MX_FLOOR, sp.transposed);
+                    break;
+                default: break;
+            }
+            d2h(q, dq, n);
+            snprintf(w, sizeof w, "recipe %s %s (N=%d K=%d M=%d): codes", fp8_recipe_name((Fp8Recipe)r),
+                     fp8_operand_name((Fp8Operand)op), N, K, M);
+            check_same(w, q, rq, n, 1);
+            snprintf(w, sizeof w, "recipe %s %s: scales", fp8_recipe_name((Fp8Recipe)r),
+                     fp8_operand_name((Fp8Operand)op));
+            if (sp.scaling == FP8_SCALE_MX32) {
+                d2h(e, de, nsc);
+                check_same(w, e, re, nsc, 1);
+            } else {
+                d2h(s, ds, nsc * 4);
+                check_same(w, s, rs, nsc, 4);
+            }
+        }
+    printf("  recipes N=%d K=%d M=%d checked\n", N, K, M);
+    free(x), free(wt), free(g), free(q), free(rq), free(e), free(re), free(s), free(rs);
+    for (int i = 0; i < 3; i++) cudaFree(dxs[i]);
+    cudaFree(dq), cudaFree(de), cudaFree(ds), cudaFree(ws);
+}
+
+int main(void) {
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        test_skip("gpu_test_fp8: no CUDA GPU");
+        return test_summary();
+    }
+    gpu_ctx_init(&g_ctx, 0);
+    g_s = g_ctx.stream;
+    printf("device: %s\n", g_ctx.prop.name);
+    const int shapes[][2] = {{1, 1}, {7, 13}, {37, 200}, {129, 257}, {64, 256}, {256, 384}, {300, 1000}, {1024, 4096}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) test_shape(shapes[i][0], shapes[i][1], 0, 0);
+    test_shape(37, 200, 1, 0), test_shape(256, 384, 1, 0);  // NaN / inf
+    test_shape(64, 256, 0, 1), test_shape(129, 257, 1, 3);  // misaligned: the scalar paths
+    test_recipes(37, 200, 72), test_recipes(256, 512, 384);
+    gpu_ctx_free(&g_ctx);
+    return test_summary();
+}
