@@ -30,7 +30,7 @@ struct Settings {
     const char *model = nullptr, *config = nullptr, *resume = nullptr, *out = "out";
     const char *train = DEFAULT_TRAIN, *val = DEFAULT_VAL;
     const char *tokenizer = "data/tokenizer/gpt2", *schedule = "cosine", *attn = "auto", *optim = "adamw";
-    int B = 16, T = 512, total_batch = 0, steps = 3000, warmup = 100, seed = 1337;
+    int B = 16, T = 512, total_batch = 0, steps = 1500, warmup = 100, seed = 1337;
     float lr = 1e-3f, min_lr_frac = 0.1f, wd = 0.1f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, clip = 1.0f;
     float decay_frac = 0.2f;
     int eval_every = 250, eval_batches = 20, sample_every = 500, sample_tokens = 48, save_every = 0;
@@ -409,8 +409,8 @@ int main(int argc, char **argv) {
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     if (steps_timed)
         printf("done: %d steps, mean %.1f ms/step, %.1fk tok/s, SOL %.1f%%, GPU memory in use %.1f GiB\n", steps_timed,
-               1e3 * t_steps / steps_timed, s.total_batch * steps_timed / t_steps / 1e3,
-               100 * s.total_batch * steps_timed / t_steps * fpt / peak, (total_b - free_b) / 1073741824.0);
+               1e3 * t_steps / steps_timed, (double)s.total_batch * steps_timed / t_steps / 1e3,
+               100.0 * s.total_batch * steps_timed / t_steps * fpt / peak, (total_b - free_b) / 1073741824.0);
     for (int a = 0; a < accum; a++) { free(mb_tok[a]); free(mb_tgt[a]); }
     free(mb_tok); free(mb_tgt); free(tok); free(tgt);
     free(tr_x); free(tr_y); free(va_x); free(va_y);

@@ -72,15 +72,15 @@ for job in "$@"; do
       rm -rf data/shards out
       timeout 200 ./train_llama > "$OUT/mainjob.log" 2>&1; echo "train rc=$?" >> "$OUT/summary.txt"
       grep -E "^tokenizing|^\[V\]|^done|^\[C\]|error" "$OUT/mainjob.log" | tail -8 >> "$OUT/summary.txt"
-      timeout 60 ./infer_llama -m out/ckpt_003000 -i "It is a truth universally acknowledged" -n 40 >> "$OUT/summary.txt" 2>&1
-      timeout 60 ./infer_llama -m out/ckpt_003000 -q int4 -g 64 -i "It is a truth universally acknowledged" -n 40 --quiet >> "$OUT/summary.txt" 2>&1
+      timeout 60 ./infer_llama -m out/ckpt_001500 -i "It is a truth universally acknowledged" -n 40 >> "$OUT/summary.txt" 2>&1
+      timeout 60 ./infer_llama -m out/ckpt_001500 -q int4 -g 64 -i "It is a truth universally acknowledged" -n 40 --quiet >> "$OUT/summary.txt" 2>&1
       log "fine-tune from the HF-format checkpoint (-m)"
-      timeout 120 ./train_llama -m out/ckpt_003000 -n 30 --lr 1e-4 --warmup 5 --eval-every 15 --sample-every 0 -o /tmp/ft > "$OUT/finetune.log" 2>&1
+      timeout 120 ./train_llama -m out/ckpt_001500 -n 30 --lr 1e-4 --warmup 5 --eval-every 15 --sample-every 0 -o /tmp/ft > "$OUT/finetune.log" 2>&1
       echo "finetune rc=$?" >> "$OUT/summary.txt"; grep -E "^\[V\]|^done|error" "$OUT/finetune.log" >> "$OUT/summary.txt"
       python3 -c "
 from transformers import AutoModelForCausalLM; import torch
-m = AutoModelForCausalLM.from_pretrained('out/ckpt_003000', dtype=torch.float32)
-print('transformers loads out/ckpt_003000:', type(m).__name__, sum(p.numel() for p in m.parameters()), 'params')" >> "$OUT/summary.txt" 2>&1 ;;
+m = AutoModelForCausalLM.from_pretrained('out/ckpt_001500', dtype=torch.float32)
+print('transformers loads out/ckpt_001500:', type(m).__name__, sum(p.numel() for p in m.parameters()), 'params')" >> "$OUT/summary.txt" 2>&1 ;;
     hfload)
       log "transformers loads our checkpoints"
       python3 test/ref/check_hf_load.py 2>&1 | grep -E "ok|FAIL|passed|Error" >> "$OUT/summary.txt" ;;
