@@ -43,6 +43,8 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "../common/bits.h"
 #include <string.h>
 
 #ifdef __cplusplus
@@ -71,24 +73,6 @@ extern "C" {
 #define OPT_FMA(a, b, c) fmaf((a), (b), (c))
 #endif
 
-OPT_HD uint32_t opt_f2u(float f) {
-#if defined(__CUDA_ARCH__)
-    return __float_as_uint(f);
-#else
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-#endif
-}
-OPT_HD float opt_u2f(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-    return __uint_as_float(u);
-#else
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-#endif
-}
 
 // ---- formats and layout -------------------------------------------------------------------
 typedef enum { LOWBIT_F32 = 0, LOWBIT_8BIT = 1, LOWBIT_4BIT = 2, LOWBIT_FP8 = 3, LOWBIT_BF16 = 4 } LowbitFormat;
@@ -277,12 +261,12 @@ OPT_HD uint8_t lowbit_code4(float x, const float *q) {
 // fp32 -> float8_e4m3fn as torch's cast (c10 fp8e4m3fn_from_fp32_value); the same algorithm
 // as quant/quant.c's quant_f32_to_e4m3 (test_optim checks them equal), here for the GPU too.
 OPT_HD uint8_t lowbit_e4m3(float f) {
-    uint32_t b = opt_f2u(f), sign = b & 0x80000000u;
+    uint32_t b = ao_f2u(f), sign = b & 0x80000000u;
     b ^= sign;
     uint8_t r;
     if (b >= 0x43F00000u) r = 0x7F;  // >= 480 (rounds past 448) and NaN: no infinity in e4m3fn
     else if (b < 0x3C800000u)        // below 2^-6: adding 2^14 makes the FPU round on the 2^-9 grid
-        r = (uint8_t)(opt_f2u(OPT_ADD(opt_u2f(b), 16384.0f)) - 0x46800000u);
+        r = (uint8_t)(ao_f2u(OPT_ADD(ao_u2f(b), 16384.0f)) - 0x46800000u);
     else {  // normal: rebias 127 -> 7, round the 20 dropped bits to nearest even
         b = b - ((uint32_t)(127 - 7) << 23) + 0x7FFFFu + ((b >> 20) & 1u);
         r = (uint8_t)(b >> 20);
@@ -290,24 +274,24 @@ OPT_HD uint8_t lowbit_e4m3(float f) {
     return (uint8_t)(r | (sign >> 24));
 }
 OPT_HD float lowbit_e4m3_to_f32(uint8_t v) {
-    if ((v & 0x7F) == 0x7F) return opt_u2f((v & 0x80) ? 0xFFC00000u : 0x7FC00000u);
-    float f = OPT_MUL(opt_u2f((uint32_t)(v & 0x7F) << 20), 0x1p120f);  // exact
+    if ((v & 0x7F) == 0x7F) return ao_u2f((v & 0x80) ? 0xFFC00000u : 0x7FC00000u);
+    float f = OPT_MUL(ao_u2f((uint32_t)(v & 0x7F) << 20), 0x1p120f);  // exact
     return (v & 0x80) ? -f : f;
 }
 
 // bf16 round to nearest even as c10::BFloat16 (NaN -> 0x7FC0).
 OPT_HD uint16_t lowbit_bf16_rne(float f) {
-    uint32_t u = opt_f2u(f);
+    uint32_t u = ao_f2u(f);
     if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
-OPT_HD float lowbit_bf16_to_f32(uint16_t h) { return opt_u2f((uint32_t)h << 16); }
+OPT_HD float lowbit_bf16_to_f32(uint16_t h) { return ao_u2f((uint32_t)h << 16); }
 
 // torchao _fp32_to_bf16_sr given its 16 random bits r (torch.randint(0, 1 << 16)): away from
 // zero when r < the 16 dropped bits, else toward zero; the int32 add wraps as torch's does
 // (unsigned here, same bits); the result converts to bf16 exactly, NaN -> 0x7FC0.
 OPT_HD uint16_t lowbit_bf16_sr(float f, uint32_t r) {
-    uint32_t u = opt_f2u(f), t = (u & 0xFFFF0000u) + ((r & 0xFFFFu) < (u & 0xFFFFu) ? 0x10000u : 0u);
+    uint32_t u = ao_f2u(f), t = (u & 0xFFFF0000u) + ((r & 0xFFFFu) < (u & 0xFFFFu) ? 0x10000u : 0u);
     if ((t & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
     return (uint16_t)(t >> 16);
 }

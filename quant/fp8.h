@@ -27,6 +27,8 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "../common/bits.h"
 #include <string.h>
 
 // The element functions below are compiled for the host and, under nvcc, for the device.
@@ -52,38 +54,20 @@ typedef enum { FP8_E4M3 = 0, FP8_E5M2 = 1 } Fp8Dtype;
 
 FP8_HD float fp8_max(Fp8Dtype dt) { return dt == FP8_E4M3 ? FP8_E4M3_MAX : FP8_E5M2_MAX; }
 
-FP8_HD uint32_t fp8_f2u(float f) {
-#ifdef __CUDA_ARCH__
-    return __float_as_uint(f);
-#else
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-#endif
-}
-FP8_HD float fp8_u2f(uint32_t u) {
-#ifdef __CUDA_ARCH__
-    return __uint_as_float(u);
-#else
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-#endif
-}
 
 // fp32 -> float8_e4m3fn as c10's fp8e4m3fn_from_fp32_value: round to nearest even, subnormals
 // kept, |x| >= 480 and NaN -> 0x7F | sign. The CPU reference uses quant/quant.h's
 // quant_f32_to_e4m3 (the same function, written for inference); this twin runs on the device,
 // and test_fp8.c checks that the two agree on every bf16 value and every tie.
 FP8_HD uint8_t fp8_e4m3_from_f32(float f) {
-    uint32_t b = fp8_f2u(f), sign = b & 0x80000000u, a = b ^ sign;
+    uint32_t b = ao_f2u(f), sign = b & 0x80000000u, a = b ^ sign;
     uint8_t r;
     if (a >= 0x43F00000u) {  // 480 and above round past 448; NaN too (no infinity in e4m3fn)
         r = 0x7F;
     } else if (a < 0x3C800000u) {
         // Below 2^-6 (the smallest normal): adding 2^14, whose ulp is 2^-9 = the subnormal
         // step, lets the FPU round to nearest even; the low bits are then the code.
-        r = (uint8_t)(fp8_f2u(fp8_u2f(a) + 16384.0f) - 0x46800000u);
+        r = (uint8_t)(ao_f2u(ao_u2f(a) + 16384.0f) - 0x46800000u);
     } else {  // normal: rebias 127 -> 7, round the 20 dropped bits to nearest even
         a += ((uint32_t)(7 - 127) << 23) + 0x7FFFFu + ((a >> 20) & 1u);
         r = (uint8_t)(a >> 20);
@@ -94,12 +78,12 @@ FP8_HD uint8_t fp8_e4m3_from_f32(float f) {
 // fp32 -> float8_e5m2 as c10's fp8e5m2_from_fp32_value: RNE, >= 65536 (and ties past 57344)
 // -> inf 0x7C, NaN -> 0x7F | sign. Callers clamp first, as torchao does, so inf never appears.
 FP8_HD uint8_t fp8_e5m2_from_f32(float f) {
-    uint32_t b = fp8_f2u(f), sign = b & 0x80000000u, a = b ^ sign;
+    uint32_t b = ao_f2u(f), sign = b & 0x80000000u, a = b ^ sign;
     uint8_t r;
     if (a >= 0x47800000u) {
         r = a > 0x7F800000u ? 0x7F : 0x7C;
     } else if (a < 0x38800000u) {  // below 2^-14: 128.0 has ulp 2^-16, the subnormal step
-        r = (uint8_t)(fp8_f2u(fp8_u2f(a) + 128.0f) - 0x43000000u);
+        r = (uint8_t)(ao_f2u(ao_u2f(a) + 128.0f) - 0x43000000u);
     } else {  // rebias 127 -> 15, round the 21 dropped bits to nearest even
         a += ((uint32_t)(15 - 127) << 23) + 0xFFFFFu + ((a >> 21) & 1u);
         r = (uint8_t)(a >> 21);
@@ -110,14 +94,14 @@ FP8_HD uint8_t fp8_e5m2_from_f32(float f) {
 FP8_HD float fp8_e4m3_to_f32(uint8_t v) {
     // Exponent and mantissa moved into an fp32 (an fp32 subnormal for e4m3 subnormals) and
     // multiplied by 2^(127-7): exact.
-    if ((v & 0x7F) == 0x7F) return fp8_u2f(0x7FC00000u | ((uint32_t)(v & 0x80) << 24));
-    float f = fp8_u2f((uint32_t)(v & 0x7F) << 20) * 0x1p120f;
+    if ((v & 0x7F) == 0x7F) return ao_u2f(0x7FC00000u | ((uint32_t)(v & 0x80) << 24));
+    float f = ao_u2f((uint32_t)(v & 0x7F) << 20) * 0x1p120f;
     return (v & 0x80) ? -f : f;
 }
 FP8_HD float fp8_e5m2_to_f32(uint8_t v) {
     uint32_t sign = (uint32_t)(v & 0x80) << 24;
-    if ((v & 0x7C) == 0x7C) return fp8_u2f(sign | ((v & 3) ? 0x7FC00000u : 0x7F800000u));
-    return fp8_u2f(fp8_f2u(fp8_u2f((uint32_t)(v & 0x7F) << 21) * 0x1p112f) | sign);
+    if ((v & 0x7C) == 0x7C) return ao_u2f(sign | ((v & 3) ? 0x7FC00000u : 0x7F800000u));
+    return ao_u2f(ao_f2u(ao_u2f((uint32_t)(v & 0x7F) << 21) * 0x1p112f) | sign);
 }
 FP8_HD float fp8_to_f32(uint8_t v, Fp8Dtype dt) { return dt == FP8_E4M3 ? fp8_e4m3_to_f32(v) : fp8_e5m2_to_f32(v); }
 
@@ -127,7 +111,7 @@ FP8_HD float fp8_to_f32(uint8_t v, Fp8Dtype dt) { return dt == FP8_E4M3 ? fp8_e4
 // operation (inf * 0, inf / inf) is the negative default NaN. A GPU would make +NaN, hence the
 // explicit rule.
 FP8_HD uint8_t fp8_nan_code(float x, float y) {
-    uint32_t s = y != y ? fp8_f2u(y) : x != x ? fp8_f2u(x) : 0x80000000u;  // v != v: isnan
+    uint32_t s = y != y ? ao_f2u(y) : x != x ? ao_f2u(x) : 0x80000000u;  // v != v: isnan
     return (uint8_t)(0x7F | ((s >> 24) & 0x80));
 }
 

@@ -40,7 +40,7 @@ typedef struct {
 // max(m, |x|) with NaN winning, as torch.amax.
 FP8_HD float mx_amax_step(float m, float x) {
     float a = fabsf(x);
-    return (a != a || m != m) ? fp8_u2f(0x7FC00000u) : (a > m ? a : m);
+    return (a != a || m != m) ? ao_u2f(0x7FC00000u) : (a > m ? a : m);
 }
 
 FP8_HD MxScale mx_scale_from_amax(float amax, Fp8Dtype dt, MxMode mode) {
@@ -48,10 +48,10 @@ FP8_HD MxScale mx_scale_from_amax(float amax, Fp8Dtype dt, MxMode mode) {
     if (mode == MX_FLOOR) {
         // The exponent field of amax (biased 0 for zero and fp32 subnormals, 255 for inf/NaN)
         // minus the largest power of two of the element type: X = 2^(floor(log2 amax) - emax).
-        int e = (int)((fp8_f2u(amax) >> 23) & 0xFF) - 127 - (dt == FP8_E4M3 ? 8 : 15);
+        int e = (int)((ao_f2u(amax) >> 23) & 0xFF) - 127 - (dt == FP8_E4M3 ? 8 : 15);
         e = e < -127 ? -127 : e > 128 ? 128 : e;
         int biased = amax != amax ? MX_E8M0_NAN : e + 127;
-        float f = fp8_u2f((uint32_t)biased << 23);
+        float f = ao_u2f((uint32_t)biased << 23);
         s.e8m0 = (uint8_t)biased;
         s.divide = 1;
         s.factor = f < 0x1p-126f ? 0x1p-126f : f;  // torchao clamps the fp32 scale to min normal
@@ -86,7 +86,7 @@ FP8_HD uint8_t mx_quantize(float x, MxScale s, Fp8Dtype dt) {
 }
 
 // get_fp_scale: 2^(e-127) (2^-127 is an fp32 subnormal, exact), NaN for 255.
-FP8_HD float mx_e8m0_to_f32(uint8_t e) { return e == MX_E8M0_NAN ? fp8_u2f(0x7FC00000u) : ldexpf(1.0f, (int)e - 127); }
+FP8_HD float mx_e8m0_to_f32(uint8_t e) { return e == MX_E8M0_NAN ? ao_u2f(0x7FC00000u) : ldexpf(1.0f, (int)e - 127); }
 
 // ---- CPU reference ----------------------------------------------------------------------
 // x [rows, cols] (fp32: bf16 values or any fp32). transposed = 0: blocks of 32 along each row

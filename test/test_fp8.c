@@ -17,8 +17,8 @@
 #include "../quant/quant.h"
 #include "test.h"
 
-static uint32_t f2u(float f) { return fp8_f2u(f); }
-static float u2f(uint32_t u) { return fp8_u2f(u); }
+static uint32_t f2u(float f) { return ao_f2u(f); }
+static float u2f(uint32_t u) { return ao_u2f(u); }
 static size_t count_diff(const void *a, const void *b, size_t n, size_t elem) {
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) bad += memcmp((const char *)a + i * elem, (const char *)b + i * elem, elem) != 0;

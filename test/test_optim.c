@@ -25,7 +25,7 @@ static size_t diff_f32(const char *what, const float *got, const float *ref, siz
     for (size_t i = 0; i < n; i++)
         if (!same_bits(got[i], ref[i]) && bad++ == 0)
             printf("  %s: first difference at [%zu]: got %.9g (%08x) ref %.9g (%08x)\n", what, i, got[i],
-                   opt_f2u(got[i]), ref[i], opt_f2u(ref[i]));
+                   ao_f2u(got[i]), ref[i], ao_f2u(ref[i]));
     return bad;
 }
 static size_t diff_u8(const char *what, const uint8_t *got, const uint8_t *ref, size_t n) {
@@ -191,7 +191,7 @@ static void test_sr_fixture(void) {
             // NaN: torch's vectorized float->bf16 gives 0xFFFF, its scalar one 0x7FC0 (ours): any NaN passes
             if ((got & 0x7FFF) > 0x7F80 && (ref & 0x7FFF) > 0x7F80) continue;
             if (got != ref && bad++ == 0)
-                printf("  sr: [%zu] x=%08x r=%d got %04x torchao %04x\n", i, opt_f2u(x[i]), r[i], got, out[i]);
+                printf("  sr: [%zu] x=%08x r=%d got %04x torchao %04x\n", i, ao_f2u(x[i]), r[i], got, out[i]);
         }
     TEST_CHECK(x && r && out && bad == 0,
                "bf16 stochastic rounding equals torchao's _fp32_to_bf16_sr given its bits "
@@ -459,7 +459,7 @@ static void test_torch_adamw_fixture(void) {
                 size_t same = 0, maxulp = 0;
                 for (size_t i = 0; i < n; i++) {
                     same += same_bits(got[k][i], r[i]);
-                    size_t d = (size_t)labs((long)opt_f2u(got[k][i]) - (long)opt_f2u(r[i]));
+                    size_t d = (size_t)labs((long)ao_f2u(got[k][i]) - (long)ao_f2u(r[i]));
                     if (d > maxulp) maxulp = d;
                 }
                 char what[128];
