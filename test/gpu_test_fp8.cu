@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_test.cuh"
 #include "../quant/fp8_cast.cuh"
 extern "C" {
 #include "test.h"
@@ -16,23 +17,7 @@ extern "C" {
 
 static uint64_t g_rng = 0xF8F8ull;
 static GpuCtx g_ctx;
-static cudaStream_t g_s;
 
-static float bf16r(float x) { return __bfloat162float(__float2bfloat16(x)); }
-template <class T>
-static T *dalloc(size_t n) {
-    T *p;
-    CUDA_CHECK(cudaMalloc(&p, (n ? n : 1) * sizeof(T) + 64));
-    return p;
-}
-static void h2d(void *d, const void *h, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_s));
-    CUDA_CHECK(cudaStreamSynchronize(g_s));
-}
-static void d2h(void *h, const void *d, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_s));
-    CUDA_CHECK(cudaStreamSynchronize(g_s));
-}
 // First differing index (n when equal).
 static size_t first_diff(const void *a, const void *b, size_t n, size_t elem) {
     for (size_t i = 0; i < n; i++)

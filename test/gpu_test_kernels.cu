@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_test.cuh"
 #include "../ops/cross_entropy.cuh"
 #include "../ops/embedding.cuh"
 #include "../ops/matmul.cuh"
@@ -26,10 +27,8 @@ extern "C" {
 
 static uint64_t g_rng = 0xC0FFEEull;
 static GpuCtx g_ctx;
-static cudaStream_t g_s;
 
 // ---------------------------------------------------------------- host/device helpers
-static float bf16r(float x) { return __bfloat162float(__float2bfloat16(x)); }
 static float *hrand(size_t n, float scale) {  // bf16-representable values
     float *x = (float *)ao_malloc((n ? n : 1) * sizeof(float));
     for (size_t i = 0; i < n; i++) x[i] = bf16r(scale * test_rand_uniform(&g_rng));
@@ -40,21 +39,6 @@ static float *hcopy(const float *x, size_t n) {
     float *y = (float *)ao_malloc((n ? n : 1) * sizeof(float));
     memcpy(y, x, n * sizeof(float));
     return y;
-}
-template <class T> static T *dalloc(size_t n) {
-    T *p;
-    CUDA_CHECK(cudaMalloc(&p, (n ? n : 1) * sizeof(T)));
-    return p;
-}
-// Copies go through the compute stream (created non-blocking: it does not order with the
-// legacy default stream) and are complete when these return.
-static void h2d(void *d, const void *h, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_s));
-    CUDA_CHECK(cudaStreamSynchronize(g_s));
-}
-static void d2h(void *h, const void *d, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_s));
-    CUDA_CHECK(cudaStreamSynchronize(g_s));
 }
 static void up_bf16(bf16 *d, const float *h, size_t n) {
     bf16 *t = (bf16 *)ao_malloc((n ? n : 1) * sizeof(bf16));

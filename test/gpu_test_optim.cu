@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_test.cuh"
 #include "../optim/adamw.cuh"
 #include "../optim/adamw_lowbit.cuh"
 extern "C" {
@@ -17,22 +18,7 @@ extern "C" {
 }
 
 static uint64_t g_rng = 0x5EEDull;
-static cudaStream_t g_s;
 
-template <class T>
-static T *dalloc(size_t n) {
-    T *p;
-    CUDA_CHECK(cudaMalloc(&p, (n ? n : 1) * sizeof(T)));
-    return p;
-}
-static void h2d(void *d, const void *h, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_s));
-    CUDA_CHECK(cudaStreamSynchronize(g_s));
-}
-static void d2h(void *h, const void *d, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_s));
-    CUDA_CHECK(cudaStreamSynchronize(g_s));
-}
 static size_t diff_bytes(const void *a, const void *b, size_t n, size_t *first) {
     const uint8_t *x = (const uint8_t *)a, *y = (const uint8_t *)b;
     size_t bad = 0;

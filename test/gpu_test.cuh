@@ -1,0 +1,24 @@
+// Helpers shared by the GPU test programs: one compute stream, device allocation, and
+// copies that go through that stream (created non-blocking, so it does not order with the
+// legacy default stream) and are complete when they return.
+#pragma once
+#include "../common/gpu.h"
+
+static cudaStream_t g_s;  // set by each program's main to its context's stream
+
+// n elements plus 64 bytes of slack, so tests can offset pointers to misalign them.
+template <class T> static T *dalloc(size_t n) {
+    T *p;
+    CUDA_CHECK(cudaMalloc(&p, (n ? n : 1) * sizeof(T) + 64));
+    return p;
+}
+static inline void h2d(void *d, const void *h, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_s));
+    CUDA_CHECK(cudaStreamSynchronize(g_s));
+}
+static inline void d2h(void *h, const void *d, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_s));
+    CUDA_CHECK(cudaStreamSynchronize(g_s));
+}
+// The bf16 rounding of x, as a float (inputs are made bf16-exact so both sides see them).
+static inline float bf16r(float x) { return __bfloat162float(__float2bfloat16(x)); }
