@@ -26,12 +26,11 @@ Tensors (inputs are bf16 values stored as F32, except the *.f32 cases which are 
                   (e4m3, e5m2), MODE in (floor, rceil); mx.f32.x (fp32 rows, amax/448 just above
                   2^k) -> mx.f32.e8m0, mx.f32.data (RCEIL, e4m3)
 """
-import json
 import os
-import struct
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torchao.float8.config import Float8LinearConfig, ScalingGranularity, ScalingType
 from torchao.float8.float8_scaling_utils import get_maybe_axiswise_dim, hp_tensor_to_float8_dynamic
 from torchao.float8.float8_training_tensor import GemmInputRole, LinearMMConfig
@@ -206,17 +205,7 @@ def mx_cases():
 
 
 def save(path, ts, meta):
-    header, off, blobs = {"__metadata__": meta}, 0, []
-    names = {torch.float32: "F32", torch.uint8: "U8"}
-    for k in sorted(ts):
-        b = ts[k].contiguous().numpy().tobytes()
-        header[k] = {"dtype": names[ts[k].dtype], "shape": list(ts[k].shape), "data_offsets": [off, off + len(b)]}
-        off += len(b)
-        blobs.append(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    save_file({k: v.contiguous() for k, v in ts.items()}, path, metadata=meta)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ on inputs that sit on map values and on midpoints between them (the tie rule). "
 _fp32_to_bf16_sr's inputs, the random bits torch drew for them (captured) and its bf16 output.
 "qmap.{s8,u8,s4,u4}" are torchao's four maps. "torch_adamw.*" is torch.optim.AdamW (fp32).
 """
-import json
 import os
-import struct
 
 import torch
+from safetensors.torch import save_file
 
 import torchao.optim.quant_utils as qu
 from torchao.optim import AdamW4bit, AdamW8bit, AdamWFp8
@@ -176,17 +175,7 @@ def torch_adamw_case(n, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, wd=0.1):
 
 
 def save(path, ts, md):
-    header, off, blobs = {"__metadata__": md}, 0, []
-    names = {torch.float32: "F32", torch.int32: "I32", torch.uint8: "U8"}
-    for k in sorted(ts):
-        b = ts[k].contiguous().numpy().tobytes()
-        header[k] = {"dtype": names[ts[k].dtype], "shape": list(ts[k].shape), "data_offsets": [off, off + len(b)]}
-        off += len(b)
-        blobs.append(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    save_file({k: v.contiguous() for k, v in ts.items()}, path, metadata=md)
 
 
 if __name__ == "__main__":

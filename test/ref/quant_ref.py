@@ -14,11 +14,10 @@ Each case "MODE_gG_MxK" stores:
 Formulas come from torchao.quantization.quant_primitives, called directly with the arguments
 the configs use (quant_api.py), so the fixture follows whatever torchao version is installed.
 """
-import json
 import os
-import struct
 
 import torch
+from safetensors.torch import save_file
 import torch.nn.functional as F
 from torchao.quantization.quant_primitives import (
     MappingType, choose_qparams_affine, quantize_affine, dequantize_affine, _choose_qparams_affine_tinygemm,
@@ -100,17 +99,7 @@ def fp8_case(M, K, N):
 
 
 def save(path, ts, meta):
-    header, off, blobs = {"__metadata__": meta}, 0, []
-    names = {torch.float32: "F32", torch.int32: "I32"}
-    for k in sorted(ts):
-        b = ts[k].contiguous().numpy().tobytes()
-        header[k] = {"dtype": names[ts[k].dtype], "shape": list(ts[k].shape), "data_offsets": [off, off + len(b)]}
-        off += len(b)
-        blobs.append(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    save_file({k: v.contiguous() for k, v in ts.items()}, path, metadata=meta)
 
 
 if __name__ == "__main__":
