@@ -35,7 +35,7 @@ struct Settings {
     float decay_frac = 0.2f;
     int eval_every = 250, eval_batches = 20, sample_every = 500, sample_tokens = 48, save_every = 0;
     int save_final = 1;
-    int deterministic = 1;
+    int deterministic = 1, offload = 0;
     int recompute_ffn = 0, recompute_attn = 0;
     int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
 };
@@ -60,6 +60,8 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--decay-frac", nullptr, FLAG_FLOAT, &s->decay_frac, "wsd: fraction of steps spent decaying", 0, 1},
         {"--optim", nullptr, FLAG_STR, &s->optim,
          "adamw (fp32 states) | adamw8bit | adamw4bit | adamwfp8 (torchao's block-quantized states)", 1, 0},
+        {"--offload", nullptr, FLAG_BOOL, &s->offload,
+         "master weights and optimizer states in host memory, AdamW step on the CPU (same bits)", 1, 0},
         {"--wd", nullptr, FLAG_FLOAT, &s->wd, "AdamW weight decay (matrices only)", 0, 10},
         {"--beta1", nullptr, FLAG_FLOAT, &s->beta1, "AdamW beta1", 0, 1},
         {"--beta2", nullptr, FLAG_FLOAT, &s->beta2, "AdamW beta2", 0, 1},
@@ -149,6 +151,13 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
            "master weights (fp32)", p.master / G, "gradients (fp32)", p.grads / G, "AdamW states", p.moments / G);
     printf("  %-28s %8.2f GiB  (micro-batch %d x %d)\n  %-28s %8.2f GiB\n", "activations", p.activations / G, s->B, s->T,
            "logits chunk (bf16)", p.logits / G);
+    if (o->offload) {
+        GpuRunOpts on = *o;
+        on.offload = 0;
+        GpuMemPlan q = llama_gpu_plan(c, s->B, s->T, &on);
+        printf("  %-28s %8.2f GiB  (master weights + optimizer states, pinned)\n", "host memory (--offload)",
+               (q.master + q.moments + q.grads + q.params) / G);
+    }
     size_t fixed = p.params + p.master + p.grads + p.moments, best = 0;
     for (int b = 1; b <= 1024; b *= 2) {
         GpuMemPlan q = llama_gpu_plan(c, b, s->T, o);
@@ -294,6 +303,7 @@ int main(int argc, char **argv) {
     o.attn_bwd = s.deterministic ? ATTN_KERNEL : attn;
     o.lm_chunk = s.lm_chunk;
     o.optim = optim;
+    o.offload = s.offload;
     o.seed = (uint64_t)s.seed;
     print_memory_table(c, &s, &o, &ctx);
     LlamaGpu m;

@@ -67,6 +67,19 @@ for job in "$@"; do
       ./train_llama $common --resume /tmp/s8/ckpt_000015 -o /tmp/r8 > /tmp/s8b.log 2>&1
       cmp /tmp/s8/ckpt_000030/model.safetensors /tmp/r8/ckpt_000030/model.safetensors \
         && echo "resume adamw8bit: final weights bit-identical" >> "$OUT/summary.txt" || echo "resume adamw8bit: DIFFER" >> "$OUT/summary.txt" ;;
+    offload)
+      log "offload: AdamW on the CPU vs on the GPU (same seed, data, 200 steps), bits and cost"
+      make data > /dev/null 2>&1
+      for o in "" "--optim adamw8bit"; do
+        common="-n 200 --warmup 20 --eval-every 0 --sample-every 0 $o"
+        ./train_llama $common -o /tmp/gpu_opt > /tmp/og.log 2>&1
+        ./train_llama $common --offload -o /tmp/cpu_opt > /tmp/oc.log 2>&1
+        cmp /tmp/gpu_opt/ckpt_000200/model.safetensors /tmp/cpu_opt/ckpt_000200/model.safetensors \
+          && echo "offload ${o:-adamw}: final weights bit-identical to the on-GPU optimizer" >> "$OUT/summary.txt" \
+          || echo "offload ${o:-adamw}: weights DIFFER" >> "$OUT/summary.txt"
+        echo "  on GPU:  $(grep -E '^done' /tmp/og.log)" >> "$OUT/summary.txt"
+        echo "  offload: $(grep -E '^done' /tmp/oc.log) | $(grep 'host memory' /tmp/oc.log | tr -s ' ')" >> "$OUT/summary.txt"
+      done ;;
     mainjob)
       log "README main job: ./train_llama (defaults), then ./infer_llama on its checkpoint"
       rm -rf data/shards out

@@ -89,8 +89,8 @@ void ckpt_save(const char *out_dir, int step, LlamaGpu *m, LlamaModel *cpu, cons
     char *op = path_join(tmp, "optimizer.safetensors");
     if (m->opts.optim == LOWBIT_F32) {
         float *hm = (float *)ao_malloc(P * sizeof(float)), *hv = (float *)ao_malloc(P * sizeof(float));
-        CUDA_CHECK(cudaMemcpy(hm, m->adam_m, P * sizeof(float), cudaMemcpyDeviceToHost));
-        CUDA_CHECK(cudaMemcpy(hv, m->adam_v, P * sizeof(float), cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(hm, m->adam_m, P * sizeof(float), cudaMemcpyDefault));
+        CUDA_CHECK(cudaMemcpy(hv, m->adam_v, P * sizeof(float), cudaMemcpyDefault));
         StWriteTensor t[2] = {{"adam_m", ST_F32, 1, {(int64_t)P}, hm}, {"adam_v", ST_F32, 1, {(int64_t)P}, hv}};
         const char *mk[] = {"format", "step"}, *mv[] = {"llama.ao-adamw-v1", step_s};
         if (!st_write(op, t, 2, mk, mv, 2, err, sizeof err)) FAIL("checkpoint: %s", err);
@@ -98,7 +98,7 @@ void ckpt_save(const char *out_dir, int step, LlamaGpu *m, LlamaModel *cpu, cons
         free(hv);
     } else {
         unsigned char *hs = (unsigned char *)ao_malloc(m->state_bytes);
-        CUDA_CHECK(cudaMemcpy(hs, m->state_mem, m->state_bytes, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(hs, m->state_mem, m->state_bytes, cudaMemcpyDefault));
         StWriteTensor t[1] = {{"lowbit_state", ST_U8, 1, {(int64_t)m->state_bytes}, hs}};
         const char *mk[] = {"format", "step", "lowbit_format"}, *mv[] = {"llama.ao-adamw-lowbit-v1", step_s, fmt_s};
         if (!st_write(op, t, 1, mk, mv, 3, err, sizeof err)) FAIL("checkpoint: %s", err);
@@ -175,8 +175,8 @@ int ckpt_load_optimizer(const char *dir, LlamaGpu *m) {
         CHECK(tm && tv && tm->dtype == ST_F32 && tv->dtype == ST_F32 && tm->numel == m->tab.total &&
                   tv->numel == m->tab.total,
               "resume: optimizer state in %s does not match the model (%zu parameters expected)", dir, m->tab.total);
-        CUDA_CHECK(cudaMemcpy(m->adam_m, tm->data, tm->nbytes, cudaMemcpyHostToDevice));
-        CUDA_CHECK(cudaMemcpy(m->adam_v, tv->data, tv->nbytes, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(m->adam_m, tm->data, tm->nbytes, cudaMemcpyDefault));
+        CUDA_CHECK(cudaMemcpy(m->adam_v, tv->data, tv->nbytes, cudaMemcpyDefault));
     } else {
         const char *lf = st_meta(&st, "lowbit_format");
         char want[8];
@@ -187,7 +187,7 @@ int ckpt_load_optimizer(const char *dir, LlamaGpu *m) {
         const StTensor *ts = st_find(&st, "lowbit_state");
         CHECK(ts && ts->dtype == ST_U8 && ts->nbytes == m->state_bytes,
               "resume: low-bit optimizer state in %s is not the %zu bytes this model needs", dir, m->state_bytes);
-        CUDA_CHECK(cudaMemcpy(m->state_mem, ts->data, ts->nbytes, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(m->state_mem, ts->data, ts->nbytes, cudaMemcpyDefault));
     }
     st_close(&st);
     return (int)step;

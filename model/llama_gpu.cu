@@ -11,6 +11,7 @@
 #include "../ops/rope.cuh"
 #include "../ops/swiglu.cuh"
 #include "../optim/adamw.cuh"
+#include "../optim/adamw_cpu.h"
 #include "../optim/adamw_lowbit.cuh"
 extern "C" {
 #include "../ops/embedding.h"
@@ -109,10 +110,11 @@ GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *
     ParamTable tab;
     param_table_init(&tab, c);
     p.params = tab.total * sizeof(bf16);
-    p.master = tab.total * sizeof(float);
+    p.master = opts->offload ? 0 : tab.total * sizeof(float);
     p.grads = tab.total * sizeof(float);
     p.moments = 0;
-    if (opts->optim == LOWBIT_F32) p.moments = 2 * tab.total * sizeof(float);
+    if (opts->offload) p.moments = 0;
+    else if (opts->optim == LOWBIT_F32) p.moments = 2 * tab.total * sizeof(float);
     else
         for (int i = 0; i < tab.n; i++) p.moments += lowbit_layout(opts->optim, tab.p[i].numel, LOWBIT_MASTER_F32).bytes;
     param_table_free(&tab);
@@ -138,19 +140,33 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     const LlamaConfig *c = &m->cfg;
     param_table_init(&m->tab, c);
     const size_t P = m->tab.total;
-    const int lowbit = opts->optim != LOWBIT_F32;
+    const int lowbit = opts->optim != LOWBIT_F32, off = opts->offload;
+    // On the GPU: bf16 params and fp32 grads always; fp32 master and moments unless offloaded.
     Carver pc = {nullptr, 0};
     pc.take<bf16>(P);
-    for (int i = 0; i < (lowbit ? 2 : 4); i++) pc.take<float>(P);
+    for (int i = 0; i < (off ? 1 : lowbit ? 2 : 4); i++) pc.take<float>(P);
     m->param_bytes = pc.used;
     CUDA_CHECK(cudaMalloc(&m->param_mem, m->param_bytes));
     pc = {(char *)m->param_mem, 0};
     m->params = pc.take<bf16>(P);
-    m->master = pc.take<float>(P);
+    if (!off) m->master = pc.take<float>(P);
     m->grads = pc.take<float>(P);
+    // --offload: master weights and optimizer states live in pinned host memory, where the
+    // AdamW step runs (optim/adamw_cpu.h, the same bits as the GPU kernels); the pointers
+    // below are host pointers then, and copies use cudaMemcpyDefault (unified addressing).
+    if (off) {
+        CUDA_CHECK(cudaMallocHost(&m->master, P * sizeof(float)));
+        CUDA_CHECK(cudaMallocHost(&m->h_grads, P * sizeof(float)));
+        CUDA_CHECK(cudaMallocHost(&m->h_params, P * sizeof(uint16_t)));
+    }
     if (!lowbit) {
-        m->adam_m = pc.take<float>(P);
-        m->adam_v = pc.take<float>(P);
+        if (off) {
+            CUDA_CHECK(cudaMallocHost(&m->adam_m, P * sizeof(float)));
+            CUDA_CHECK(cudaMallocHost(&m->adam_v, P * sizeof(float)));
+        } else {
+            m->adam_m = pc.take<float>(P);
+            m->adam_v = pc.take<float>(P);
+        }
     } else {
         // One region per tensor, laid out by torchao's rule (lowbit_layout): quantized
         // blocks for tensors of >= 4096 elements in whole blocks, fp32 states otherwise.
@@ -159,13 +175,18 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
             lay[i] = lowbit_layout(opts->optim, m->tab.p[i].numel, LOWBIT_MASTER_F32);
             m->state_bytes += lay[i].bytes;
         }
-        CUDA_CHECK(cudaMalloc(&m->state_mem, m->state_bytes));
-        CUDA_CHECK(cudaMemsetAsync(m->state_mem, 0, m->state_bytes, ctx->stream));  // zeros = fresh states
+        if (off) {
+            CUDA_CHECK(cudaMallocHost(&m->state_mem, m->state_bytes));
+            memset(m->state_mem, 0, m->state_bytes);  // zeros = fresh states
+        } else {
+            CUDA_CHECK(cudaMalloc(&m->state_mem, m->state_bytes));
+            CUDA_CHECK(cudaMemsetAsync(m->state_mem, 0, m->state_bytes, ctx->stream));
+        }
         m->states = (LowbitState *)ao_malloc((size_t)m->tab.n * sizeof *m->states);
-        size_t off = 0;
+        size_t so = 0;
         for (int i = 0; i < m->tab.n; i++) {
-            m->states[i] = lowbit_state_at(&lay[i], (char *)m->state_mem + off);
-            off += lay[i].bytes;
+            m->states[i] = lowbit_state_at(&lay[i], (char *)m->state_mem + so);
+            so += lay[i].bytes;
         }
         free(lay);
     }
@@ -181,12 +202,21 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     m->fused_gu = param_table_contiguous(&m->tab, ig, 2);
     m->fused_qkv_bias = ib >= 0 && param_table_contiguous(&m->tab, ib, 3);
 
-    CUDA_CHECK(cudaMemcpy(m->master, cpu->params, P * sizeof(float), cudaMemcpyHostToDevice));
-    cast_f32_to_bf16(m->params, m->master, P, ctx->stream);
+    // The working bf16 copy is cast on the GPU from the fp32 weights (staged in the gradient
+    // buffer when the master lives on the host), so it equals what the optimizer writes.
+    float *stage = off ? m->grads : m->master;
+    CUDA_CHECK(cudaMemcpy(stage, cpu->params, P * sizeof(float), cudaMemcpyHostToDevice));
+    if (off) memcpy(m->master, cpu->params, P * sizeof(float));
+    cast_f32_to_bf16(m->params, stage, P, ctx->stream);
     CUDA_CHECK(cudaMemsetAsync(m->grads, 0, P * sizeof(float), ctx->stream));
     if (!lowbit) {
-        CUDA_CHECK(cudaMemsetAsync(m->adam_m, 0, P * sizeof(float), ctx->stream));
-        CUDA_CHECK(cudaMemsetAsync(m->adam_v, 0, P * sizeof(float), ctx->stream));
+        if (off) {
+            memset(m->adam_m, 0, P * sizeof(float));
+            memset(m->adam_v, 0, P * sizeof(float));
+        } else {
+            CUDA_CHECK(cudaMemsetAsync(m->adam_m, 0, P * sizeof(float), ctx->stream));
+            CUDA_CHECK(cudaMemsetAsync(m->adam_v, 0, P * sizeof(float), ctx->stream));
+        }
     }
 
     m->layers = (GpuLayerActs *)ao_calloc((size_t)c->n_layers, sizeof *m->layers);
@@ -216,7 +246,14 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
 void llama_gpu_free(LlamaGpu *m) {
     if (m->param_mem) cudaFree(m->param_mem);
     if (m->act_mem) cudaFree(m->act_mem);
-    if (m->state_mem) cudaFree(m->state_mem);
+    if (m->opts.offload) {
+        if (m->master) cudaFreeHost(m->master);
+        if (m->h_grads) cudaFreeHost(m->h_grads);
+        if (m->h_params) cudaFreeHost(m->h_params);
+        if (m->adam_m) cudaFreeHost(m->adam_m);
+        if (m->adam_v) cudaFreeHost(m->adam_v);
+        if (m->state_mem) cudaFreeHost(m->state_mem);
+    } else if (m->state_mem) cudaFree(m->state_mem);
     free(m->states);
     if (m->h_pos) cudaFreeHost(m->h_pos);
     if (m->h_losses) cudaFreeHost(m->h_losses);
@@ -412,23 +449,37 @@ float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx) {
 
 void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
                      float grad_scale) {
+    const int off = m->opts.offload;
+    if (off) {  // gradients to the host; the step runs there; the bf16 weights come back
+        CUDA_CHECK(cudaMemcpyAsync(m->h_grads, m->grads, m->tab.total * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
+        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    }
     for (int i = 0; i < m->tab.n; i++) {
         const ParamInfo *p = &m->tab.p[i];
         const size_t o = p->offset;
         const float wd_i = p->kind == PARAM_MATRIX ? wd : 0.0f;
+        LowbitStep ls = {lr, b1, b2, eps, wd_i, step, grad_scale, LOWBIT_MASTER_F32, m->opts.seed, o};
         if (m->opts.optim == LOWBIT_F32) {
-            adamw_update(m->master + o, m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, p->numel, lr, b1, b2,
-                         eps, wd_i, step, grad_scale, ctx->stream);
+            if (off)
+                adamw_update_cpu(m->master + o, m->h_params + o, m->h_grads + o, m->adam_m + o, m->adam_v + o, p->numel, lr,
+                                 b1, b2, eps, wd_i, step, grad_scale);
+            else
+                adamw_update(m->master + o, m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, p->numel, lr, b1,
+                             b2, eps, wd_i, step, grad_scale, ctx->stream);
+        } else if (off) {
+            adamw_lowbit_update_cpu(m->master + o, m->h_params + o, &m->states[i], m->h_grads + o, &ls);
         } else {
-            LowbitStep ls = {lr, b1, b2, eps, wd_i, step, grad_scale, LOWBIT_MASTER_F32, m->opts.seed, o};
             adamw_lowbit_update(m->master + o, m->params + o, m->states[i], m->grads + o, &ls, ctx->stream);
         }
     }
+    if (off)
+        CUDA_CHECK(cudaMemcpyAsync(m->params, m->h_params, m->tab.total * sizeof(uint16_t), cudaMemcpyHostToDevice,
+                                   ctx->stream));
 }
 
 void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu) {
     CUDA_CHECK(cudaDeviceSynchronize());
-    CUDA_CHECK(cudaMemcpy(cpu->params, m->master, m->tab.total * sizeof(float), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(cpu->params, m->master, m->tab.total * sizeof(float), cudaMemcpyDefault));
 }
 
 void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {

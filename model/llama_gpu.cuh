@@ -21,6 +21,7 @@ typedef struct {
     int lm_chunk;          // rows of logits materialised at once (bf16 [lm_chunk, V])
     LowbitFormat optim;    // AdamW state format: LOWBIT_F32 (fp32 m, v), _8BIT, _4BIT, _FP8 (torchao's)
     uint64_t seed;         // stochastic-rounding seed of the low-bit optimizers
+    int offload;           // master weights + optimizer states in pinned host memory, AdamW on the CPU
 } GpuRunOpts;
 
 // Per-layer activations kept for backward (bf16 unless marked), N = B*T rows.
@@ -47,12 +48,14 @@ typedef struct {
     void *param_mem;
     size_t param_bytes;
     bf16 *params;   // working copy used by the matmuls
-    float *master;  // fp32 master weights
+    float *master;  // fp32 master weights (pinned host memory with opts.offload)
     float *grads;   // fp32 gradients, accumulated over micro-batches
     float *adam_m, *adam_v;    // fp32 moments (opts.optim == LOWBIT_F32)
     void *state_mem;           // low-bit moments, one region per tensor (other formats)
     size_t state_bytes;
-    LowbitState *states;       // [tab.n] device pointers into state_mem
+    LowbitState *states;       // [tab.n] pointers into state_mem (host memory with offload)
+    float *h_grads;            // offload: pinned host copy of the gradients
+    uint16_t *h_params;        // offload: bf16 weights written by the host step
     LlamaWeightsBf16 w;
     LlamaWeightsBf16Layer *wl;
     LlamaWeights g;  // gradient pointers (fp32)
