@@ -1,3 +1,4 @@
+#define _XOPEN_SOURCE 700
 #include "test.h"
 
 #include <math.h>
@@ -5,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../common/error.h"
 
@@ -92,7 +95,24 @@ void test_expect_fail_(const char *what, void (*fn)(void *), void *arg, const ch
                 needle);
 }
 
+static char g_tmpdir[256];
+
+const char *test_tmpdir(const char *tag) {
+    if (!g_tmpdir[0]) {
+        snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/llama_ao_%s_XXXXXX", tag);
+        CHECK(mkdtemp(g_tmpdir), "cannot create a temporary directory under /tmp");
+    }
+    return g_tmpdir;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
 int test_summary(void) {
+    if (g_tmpdir[0] && nftw(g_tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        printf("warning: could not remove %s\n", g_tmpdir);
     if (test_skipped) printf("%d passed, %d failed, %d skipped\n", test_passed, test_failed, test_skipped);
     else printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;

@@ -41,6 +41,10 @@ const char *shared_data_dir(void);
 void test_skip(const char *why);
 extern int test_skipped;
 
+// A fresh private directory /tmp/llama_ao_<tag>_XXXXXX for the test's files; it and
+// everything in it are removed by test_summary().
+const char *test_tmpdir(const char *tag);
+
 // Deterministic random numbers for tests (xorshift).
 uint64_t test_rand_u64(uint64_t *state);
 float test_rand_uniform(uint64_t *state);  // [-1, 1)

@@ -289,15 +289,11 @@ static void test_corpus_shards(void) {
 }
 
 int main(void) {
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/ao_test_loader_XXXXXX");
-    CHECK(mkdtemp(g_tmp), "mkdtemp failed");
+    snprintf(g_tmp, sizeof g_tmp, "%s", test_tmpdir("loader"));
     test_shard_format();
     test_corrupt_shards();
     test_loader();
     test_bad_state();
     test_corpus_shards();
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
-    if (system(cmd) != 0) printf("warning: could not remove %s\n", g_tmp);
     return test_summary();
 }

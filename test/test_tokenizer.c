@@ -923,8 +923,7 @@ static void test_shared(void) {
 }
 
 int main(void) {
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/ao_test_tok_XXXXXX");
-    CHECK(mkdtemp(g_tmp), "mkdtemp failed");
+    snprintf(g_tmp, sizeof g_tmp, "%s", test_tmpdir("tok"));
     test_unicode();
     test_pretok();
     test_nfc();
@@ -932,8 +931,5 @@ int main(void) {
     test_bad_files();
     test_shared();
     tokenizer_free(g_tiny);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
-    if (system(cmd) != 0) printf("warning: could not remove %s\n", g_tmp);
     return test_summary();
 }
