@@ -21,7 +21,7 @@
 
 typedef struct {
     const char *model, *quant, *prompt, *eval, *out, *device, *system;
-    int group, n_new, top_k, seed, chat, ctx, batch, eval_tokens, quiet;
+    int group, n_new, top_k, seed, chat, ctx, batch, eval_tokens, quiet, hqq;
     float temp, top_p;
 } Args;
 
@@ -390,6 +390,7 @@ int main(int argc, char **argv) {
         {"--model", "-m", FLAG_STR, &a.model, "HF model directory, GGUF file, or a directory written by -o", 1, 0},
         {"--quant", "-q", FLAG_STR, &a.quant, "quantization: none | int8 | int4 | 8da4w | fp8 (torchao numerics)", 1, 0},
         {"--group", "-g", FLAG_INT, &a.group, "group size for int4 / 8da4w: 32, 64, 128 or 256", 32, 256},
+        {"--hqq", NULL, FLAG_BOOL, &a.hqq, "int4: HQQ scale/zero (torchao int4_choose_qparams_algorithm=\"hqq\")", 1, 0},
         {"--prompt", "-i", FLAG_STR, &a.prompt, "prompt to complete", 1, 0},
         {"--n-new", "-n", FLAG_INT, &a.n_new, "maximum number of new tokens", 0, 1 << 30},
         {"--temp", NULL, FLAG_FLOAT, &a.temp, "sampling temperature (0 = greedy)", 0, 100},
@@ -419,6 +420,8 @@ int main(int argc, char **argv) {
     CHECK(mode >= 0, "-q %s: unknown mode (none, int8, int4, 8da4w, fp8)", a.quant);
     CHECK(!quant_mode_grouped((QuantMode)mode) || quant_group_ok(a.group), "-g %d: the group size must be 32, 64, 128 "
           "or 256", a.group);
+    CHECK(!a.hqq || mode == QUANT_INT4, "--hqq applies to -q int4 only (got -q %s)", a.quant);
+    quant_set_int4_hqq(a.hqq);
     int jobs = !!a.prompt + !!a.chat + !!a.eval;
     CHECK(jobs <= 1, "-i, -c and -e are exclusive: give one");
     CHECK(jobs == 1 || a.out, "nothing to do: give -i PROMPT, -c, -e FILE or -o DIR");

@@ -4,6 +4,9 @@
 // the result to bf16, which bf() below reproduces op by op.
 #include "quant.h"
 
+// torch runs each op separately, rounding each result: no a*b+c may become an fma here.
+#pragma GCC optimize("fp-contract=off")
+
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -181,6 +184,159 @@ static void quant_int4_group(uint8_t *row, int k0, float *scale, float *zero, co
     *zero = z;
 }
 
+// ---- int4 with HQQ qparams ---------------------------------------------------------------------
+// torchao 0.18 Int4WeightOnlyConfig(int4_choose_qparams_algorithm="hqq"), tile_packed_to_4d:
+// _choose_qparams_and_quantize_affine_hqq(W_bf16, nbits=4, group_size=G, axis=1,
+// compute_dtype=bf16, optimize=True) with its default optimizer optimize_weights_proximal_legacy
+// (lp_norm 0.7, beta 10, kappa 1.01, 20 iterations, early stopping), then
+// _convert_to_affinequantized_format to the tinygemm convention. On the CPU every intermediate
+// is fp32 (W = bf16 weights .to(fp32); the optimizer's dtype is fp32 off CUDA) and each torch op
+// is one IEEE fp32 operation, rounded once; eager torch fuses nothing, so neither do we
+// (fp-contract off at the top). Step by step, per group of G (w = bf16 weights as fp32):
+//   scale = min(fp32(1/(max - min)) * 15, 2e4)  (15 / t is t.reciprocal() * 15 in torch; an
+//           all-zero or constant group has 1/0 = inf and clamps to 2e4)
+//   zero  = rint(-min * scale)
+//   for it in 0..19 (beta = 10 * 1.01^it in double, as the Python float evolves):
+//     Wq = clamp(rint(w * scale + zero), 0, 15); Wr = (Wq - zero) / scale; x = w - Wr
+//     We = sign(x) * relu(|x| - fp32(1/beta) * pow(|x|, fp32(0.7 - 1)))
+//     zero = sum_G(Wq - (w - We) * scale) / G, the fp32 sum in torch's CPU order (hqq_sum)
+//     err = mean |w - Wr| over the WHOLE matrix (all groups advance together): stop after
+//           this iteration's zero update unless err < the best error so far
+//   codes = clamp(rint(w * scale + zero), 0, 15); s = 1 / scale; z = (8 - zero) * s
+//   stored: codes, bf16(s), bf16(z)  (dequantized w ~ (q - 8) * s + z, as plain int4)
+// Two steps are not bit-for-bit torch's: pow, where torch's vectorized kernel (Sleef, within
+// 1 ulp) differs from the correctly rounded value in ~2% of inputs and we use
+// (float)pow((double)a, (double)e); and err, which torch sums in fp32 (in an order that
+// depends on its thread count) and we sum in double. pow enters only through We inside the
+// group mean, where a 1-ulp change of one term rarely moves the fp32 mean (it would matter:
+// z = (8 - zero) * s cancels, so a 1-ulp change of zero can change bf16(z)); err only decides
+// when to stop, and flips only if two iterations' errors agree to ~1e-7. test_quant compares
+// with torchao's own output on 6 matrices (57k weights): all equal; replacing torch's pow by
+// the correctly rounded one in torchao itself also left its outputs unchanged.
+#define HQQ_ITERS 20
+// Lanes of torch's Vectorized<float> in its CPU sum kernel: 8 (the AVX2 kernel, which torch
+// 2.x also runs on AVX-512 CPUs for sums: checked against torch.sum on random rows).
+#define HQQ_V 8
+
+// torch's CPU sum over a contiguous row of G fp32 values (SumKernel.cpp vectorized_inner_sum
+// + row_sum): HQQ_V-lane vectors, 4 interleaved vector accumulators (vector i goes to i % 4
+// while 4 whole vectors remain, the rest to accumulator 0), accumulators folded 0+1+2+3, then
+// the lanes added in order. G <= 256 keeps row_sum's cascade levels (16 steps) unused.
+static float hqq_sum(const float *x, int G) {
+    float acc[4][HQQ_V];
+    memset(acc, 0, sizeof acc);
+    int nvec = G / HQQ_V, nilp = nvec / 4, v = 0;
+    for (int i = 0; i < nilp; i++)
+        for (int a = 0; a < 4; a++, v++)
+            for (int l = 0; l < HQQ_V; l++) acc[a][l] += x[v * HQQ_V + l];
+    for (; v < nvec; v++)
+        for (int l = 0; l < HQQ_V; l++) acc[0][l] += x[v * HQQ_V + l];
+    for (int a = 1; a < 4; a++)
+        for (int l = 0; l < HQQ_V; l++) acc[0][l] += acc[a][l];
+    float s = 0.0f;
+    for (int k = nvec * HQQ_V; k < G; k++) s += x[k];  // tail (none for G % 16 == 0)
+    for (int l = 0; l < HQQ_V; l++) s += acc[0][l];
+    return s;
+}
+
+static inline float hqq_code(float w, float scale, float zero) {
+    float t = w * scale;
+    float r = rintf(t + zero);
+    return r < 0.0f ? 0.0f : r > 15.0f ? 15.0f : r;
+}
+
+// One optimizer iteration on a group: updates *zero, returns sum |w - Wr| (double).
+static double hqq_step(const float *w, float *tmp, int G, float scale, float *zero, float cb, float e) {
+    double err = 0.0;
+    float z = *zero;
+    for (int i = 0; i < G; i++) {
+        float wq = hqq_code(w[i], scale, z);
+        float wr = (wq - z) / scale;
+        float x = w[i] - wr;
+        float a = fabsf(x);
+        float p = (float)pow((double)a, (double)e);  // pow(0, e < 0) = inf -> relu gives 0
+        float m = cb * p;
+        float d = a - m;
+        float relu = d > 0.0f ? d : 0.0f;
+        float sg = x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : 0.0f;
+        float we = sg * relu;
+        float t = (w[i] - we) * scale;
+        tmp[i] = wq - t;
+        err += (double)a;
+    }
+    *zero = hqq_sum(tmp, G) / (float)G;
+    return err;
+}
+
+static void quant_int4_hqq(QTensor *t, const float *w) {
+    const int M = t->rows, K = t->cols, G = t->group, ng = K / G;
+    const size_t nsc = (size_t)M * (size_t)ng;
+    float *sc = ao_malloc(nsc * sizeof(float)), *zr = ao_malloc(nsc * sizeof(float));
+    double *rowerr = ao_malloc((size_t)M * sizeof(double));
+    const float e = (float)(0.7 - 1.0);  // lp_norm - 1 as a Python float, cast to fp32 by pow
+    int done = 0;
+    double best = 1e4 * (double)M * (double)K;  // best_error = 1e4, compared as sums
+    double beta = 1e1;
+#pragma omp parallel
+    {
+        float *wb = ao_malloc((size_t)K * sizeof(float)), *tmp = ao_malloc((size_t)G * sizeof(float));
+#pragma omp for schedule(static)
+        for (int r = 0; r < M; r++) {
+            for (int k = 0; k < K; k++) wb[k] = bf(w[(size_t)r * K + k]);
+            for (int g = 0; g < ng; g++) {
+                const float *x = wb + g * G;
+                float mn = x[0], mx = x[0];
+                for (int i = 1; i < G; i++) mn = fminf(mn, x[i]), mx = fmaxf(mx, x[i]);
+                float inv = 1.0f / (mx - mn);
+                float s = inv * 15.0f;
+                if (s > 2e4f) s = 2e4f;
+                float mnn = -mn;
+                sc[(size_t)r * ng + g] = s;
+                zr[(size_t)r * ng + g] = rintf(mnn * s);
+            }
+        }
+        for (int it = 0; it < HQQ_ITERS && !done; it++) {
+            const float cb = (float)(1.0 / beta);
+#pragma omp for schedule(static)
+            for (int r = 0; r < M; r++) {
+                for (int k = 0; k < K; k++) wb[k] = bf(w[(size_t)r * K + k]);
+                double er = 0.0;
+                for (int g = 0; g < ng; g++) {
+                    size_t si = (size_t)r * ng + g;
+                    er += hqq_step(wb + g * G, tmp, G, sc[si], &zr[si], cb, e);
+                }
+                rowerr[r] = er;
+            }
+#pragma omp single
+            {
+                beta *= 1.01;
+                double err = 0.0;
+                for (int r = 0; r < M; r++) err += rowerr[r];  // fixed order: thread-count free
+                if (err < best) best = err;
+                else done = 1;
+            }
+        }
+#pragma omp for schedule(static)
+        for (int r = 0; r < M; r++) {
+            uint8_t *row = t->q + (size_t)r * (size_t)(K / 2);
+            for (int k = 0; k < K; k++) wb[k] = bf(w[(size_t)r * K + k]);
+            for (int g = 0; g < ng; g++) {
+                size_t si = (size_t)r * ng + g;
+                for (int i = 0; i < G; i++) put_nibble(row, g * G + i, (int)hqq_code(wb[g * G + i], sc[si], zr[si]));
+                float s = 1.0f / sc[si];
+                float d = 8.0f - zr[si];  // mid_point (15 + 0 + 1) / 2
+                t->scale[si] = bf(s);
+                t->zero[si] = bf(d * s);
+            }
+        }
+        free(wb);
+        free(tmp);
+    }
+    free(sc);
+    free(zr);
+    free(rowerr);
+}
+
 static void quant_8da4w_group(uint8_t *row, int k0, float *scale, const float *w, int G) {
     float mn = 0.0f, mx = 0.0f;
     for (int i = 0; i < G; i++) mn = fminf(mn, w[i]), mx = fmaxf(mx, w[i]);
@@ -232,7 +388,16 @@ float quant_act_int8_asym(int8_t *q, int32_t *zp, const float *x, int K) {
     return s;
 }
 
+static int g_int4_hqq;
+void quant_set_int4_hqq(int on) { g_int4_hqq = !!on; }
+int quant_get_int4_hqq(void) { return g_int4_hqq; }
+
 void quant_quantize(QTensor *t, QuantMode m, const float *w, int rows, int cols, int group) {
+    quant_quantize_int4(t, m, w, rows, cols, group, m == QUANT_INT4 && g_int4_hqq);
+}
+
+void quant_quantize_int4(QTensor *t, QuantMode m, const float *w, int rows, int cols, int group, int hqq) {
+    CHECK(!hqq || m == QUANT_INT4, "HQQ applies to int4 only, not %s", quant_mode_name(m));
     if (m == QUANT_NONE) {
         quant_wrap_f32(t, ao_malloc((size_t)rows * (size_t)cols * sizeof(float)), rows, cols);
         memcpy(t->w, w, (size_t)rows * (size_t)cols * sizeof(float));
@@ -247,6 +412,10 @@ void quant_quantize(QTensor *t, QuantMode m, const float *w, int rows, int cols,
     CHECK(bad == n, "weight [%zu, %zu] is not finite (%g): refusing to quantize", bad / (size_t)cols,
           bad % (size_t)cols, (double)w[bad < n ? bad : 0]);
     quant_alloc(t, m, rows, cols, group);
+    if (hqq) {
+        quant_int4_hqq(t, w);
+        return;
+    }
     int G = t->group;
 #pragma omp parallel
     {

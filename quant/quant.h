@@ -13,6 +13,8 @@
 //                                                     z = min + s * 8,
 //                                                     q = clamp(round((w - (z - s*8)) / s), 0, 15),
 //                                                     w ~ (q - 8) * s + z
+//   int4   Int4WeightOnlyConfig(int4_choose_       the same layout; scale and zero from HQQ's
+//   +hqq   qparams_algorithm="hqq")               optimizer in fp32 (see quant_int4_hqq)
 //   8da4w  Int8DynamicActivationInt4WeightConfig      int4 symmetric per group: s = max|w| / 7.5,
 //                                                     q = clamp(round(w * (1/s)), -8, 7); activations
 //                                                     int8 per token asymmetric (dynamic):
@@ -80,6 +82,13 @@ int quant_compatible(QuantMode m, int rows, int cols, int group, char *why, size
 // Quantizes fp32 W [rows, cols] into t (allocates). Fails (CHECK) on a shape the mode
 // cannot take (cols % group != 0 is refused, never truncated) or a non-finite weight.
 void quant_quantize(QTensor *t, QuantMode m, const float *w, int rows, int cols, int group);
+// The same with int4's qparams algorithm chosen: hqq = 1 is torchao's
+// Int4WeightOnlyConfig(int4_choose_qparams_algorithm="hqq") (half-quadratic optimizer, the
+// same tinygemm codes/scale/zero layout; quant.c documents each step). hqq needs m = INT4.
+void quant_quantize_int4(QTensor *t, QuantMode m, const float *w, int rows, int cols, int group, int hqq);
+// Process-wide default for quant_quantize's int4 (infer_llama --hqq); off at start.
+void quant_set_int4_hqq(int on);
+int quant_get_int4_hqq(void);
 // Wraps fp32 weights without copying (mode NONE).
 void quant_wrap_f32(QTensor *t, float *w, int rows, int cols);
 // Allocates an empty tensor of the mode and shape (for loading).

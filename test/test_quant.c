@@ -364,11 +364,12 @@ static void test_torchao_fixture(void) {
     char buf[4096];
     snprintf(buf, sizeof buf, "%s", cases ? cases : "");
     for (char *c = strtok(buf, ","); c; c = strtok(NULL, ",")) {
-        // case name: MODE_gG_MxK (e.g. int4_g64_48x128)
+        // case name: MODE_gG_MxK (e.g. int4_g64_48x128); int4hqq = int4 with HQQ qparams
         char mname[16], key[256];
         int G, M, K;
         if (sscanf(c, "%15[^_]_g%d_%dx%d", mname, &G, &M, &K) != 4) { TEST_CHECK(0, "bad case name %s", c); continue; }
-        QuantMode m = (QuantMode)quant_mode_from_name(mname);
+        int hqq = strcmp(mname, "int4hqq") == 0;
+        QuantMode m = hqq ? QUANT_INT4 : (QuantMode)quant_mode_from_name(mname);
         snprintf(key, sizeof key, "%s.w", c);
         const StTensor *tw = need(&st, key);
         snprintf(key, sizeof key, "%s.x", c);
@@ -377,7 +378,18 @@ static void test_torchao_fixture(void) {
         float *w = as_f32(tw), *x = as_f32(tx);
         int N = (int)tx->shape[0];
         QTensor t;
-        quant_quantize(&t, m, w, M, K, G);
+        if (hqq) {
+            // both entry points: the explicit flag and the process-wide default (--hqq)
+            quant_set_int4_hqq(1);
+            quant_quantize(&t, m, w, M, K, G);
+            quant_set_int4_hqq(0);
+            QTensor t2;
+            quant_quantize_int4(&t2, m, w, M, K, G, 1);
+            size_t ns = quant_n_scales(m, M, K, G);
+            TEST_CHECK(!memcmp(t.q, t2.q, quant_q_bytes(m, M, K)) && !memcmp(t.scale, t2.scale, ns * 4) &&
+                           !memcmp(t.zero, t2.zero, ns * 4), "%s: quant_quantize_int4(hqq=1) differs from --hqq", c);
+            quant_free(&t2);
+        } else quant_quantize(&t, m, w, M, K, G);
         snprintf(key, sizeof key, "%s.qdata", c);  // int32 [M,K] torchao's integers (fp8: uint8 bits)
         const StTensor *tq = need(&st, key);
         if (tq) {

@@ -10,6 +10,9 @@ Each case "MODE_gG_MxK" stores:
   .x      fp32 [N,K] activations (bf16-representable)
   .qdata  int32 [M,K] torchao's integers (int4: 0..15 tinygemm codes; 8da4w: -8..7; int8; fp8: e4m3 bits)
   .scale  fp32 (bf16 values for int4), .zero (int4) as torchao computes them
+Cases "int4hqq_gG_MxK" are int4 with int4_choose_qparams_algorithm="hqq" (the same tinygemm
+convention for codes, scale and zero), run on CPU torch: quant.c follows the order of torch's
+CPU fp32 sum kernel (8-lane vectors, the AVX2 kernel torch uses on AVX2 and AVX-512 CPUs).
   .y      fp32 [N,M] = torchao's dequantized linear in fp32 (F.linear of dequantize_affine outputs)
 Formulas come from torchao.quantization.quant_primitives, called directly with the arguments
 the configs use (quant_api.py), so the fixture follows whatever torchao version is installed.
@@ -21,7 +24,7 @@ from safetensors.torch import save_file
 import torch.nn.functional as F
 from torchao.quantization.quant_primitives import (
     MappingType, choose_qparams_affine, quantize_affine, dequantize_affine, _choose_qparams_affine_tinygemm,
-    _quantize_affine_tinygemm, _dequantize_affine_tinygemm)
+    _quantize_affine_tinygemm, _dequantize_affine_tinygemm, _choose_qparams_and_quantize_affine_hqq)
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "quant")
 torch.manual_seed(0)
@@ -69,6 +72,29 @@ def int4_case(M, K, N, G):
     add(f"int4_g{G}_{M}x{K}", w, x, q, s, z, F.linear(x, dq))
 
 
+def int4_hqq_case(M, K, N, G):
+    # Int4WeightOnlyConfig(int4_packing_format="tile_packed_to_4d", int4_choose_qparams_algorithm="hqq"):
+    # int4_tile_packed_to_4d_tensor.py pads the bf16 weight to in_features % 1024 == 0 and
+    # out_features % 8 == 0 with zeros, then calls the HQQ quantizer with these arguments. The
+    # padding matters only through the optimizer's global early-stopping error (a mean over the
+    # padded tensor); the rows/columns we keep are sliced back out.
+    w, x = bf16_exact(M, K, scale=0.05), bf16_exact(N, K)
+    w[0, :G].zero_()  # all-zero group: scale clamps to 2e4
+    w[1, G:2 * G] = 0.01  # constant group (max == min)
+    wb = w.to(torch.bfloat16)
+    Kp, Mp = (K + 1023) // 1024 * 1024, (M + 7) // 8 * 8
+    wp = F.pad(wb, (0, Kp - K, 0, Mp - M))
+    q, s, z, _ = _choose_qparams_and_quantize_affine_hqq(wp, nbits=4, group_size=G, axis=1,
+                                                         compute_dtype=wp.dtype, device=wp.device,
+                                                         verbose=False, raw_output=False)
+    q = q.to(torch.int32)[:M, :K]
+    s = s.reshape(Mp, Kp // G)[:M, :K // G]
+    z = z.reshape(Mp, Kp // G)[:M, :K // G]
+    bs = (1, G)
+    dq = _dequantize_affine_tinygemm(q, bs, s, z, torch.int32, 0, 15, output_dtype=torch.float32)
+    add(f"int4hqq_g{G}_{M}x{K}", w, x, q, s, z, F.linear(x, dq))
+
+
 def a8w4_case(M, K, N, G):
     w, x = bf16_exact(M, K, scale=0.05), bf16_exact(N, K)
     w[0, :G].zero_()
@@ -109,6 +135,9 @@ if __name__ == "__main__":
         int4_case(24, 512, 4, G)
         a8w4_case(24, 512, 4, G)
     fp8_case(32, 256, 4)
+    for G in (32, 64, 128):
+        int4_hqq_case(24, 512, 4, G)
+        int4_hqq_case(20, 1024, 3, G)
     os.makedirs(OUT, exist_ok=True)
     save(os.path.join(OUT, "torchao.safetensors"), tensors, {"cases": ",".join(cases)})
     print("wrote", len(cases), "cases to", OUT)
