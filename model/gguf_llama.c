@@ -4,12 +4,14 @@
 //   gguf row h*hd + 2*i + j  =  HF row h*hd + j*(hd/2) + i     (i < hd/2, j in {0, 1})
 // with h running over n_heads for q and n_kv_heads for k. We undo it on load. Qwen2 is not
 // permuted by the converter.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../common/error.h"
 #include "gguf.h"
+#include "../ops/rope.h"
 
 static const GgufKV *kv_arch(const GgufFile *g, const char *arch, const char *suffix) {
     char key[160];
@@ -48,6 +50,70 @@ static void unpermute(float *w, int n_head, int hd, int cols) {
     free(tmp);
 }
 
+// llama.cpp stores Llama 3.1/3.2 rope scaling as rope_freqs: per-frequency divisors f_i of the
+// default inverse frequencies, made by HF's llama3 rule from (factor, low_freq_factor,
+// high_freq_factor, original_max_position_embeddings). The factors fix those four only up to
+// a common scale of (orig, low, high), so with low = 1: factor = max f_i, and the blended band
+// gives s_i = (1/f_i - 1/factor) / (1 - 1/factor) = (orig/wavelen_i - 1) / (high - 1), linear
+// in 1/wavelen_i; two blended entries give high and orig. The recovered rule must reproduce
+// every f_i, or the file is refused.
+static void rope_from_factors(LlamaConfig *c, const GgufTensor *rf, const char *path) {
+    const int half = c->head_dim / 2;
+    char err[256];
+    CHECK(rf->ndim == 1 && rf->ne[0] == (uint64_t)half, "%s: rope_freqs.weight has %llu entries, expected head_dim/2 = %d",
+          path, (unsigned long long)rf->ne[0], half);
+    float *f = ao_malloc((size_t)half * sizeof(float)), *inv_d = ao_malloc((size_t)half * sizeof(float)),
+          *inv = ao_malloc((size_t)half * sizeof(float));
+    CHECK(gguf_dequantize(rf, f, err, sizeof err), "%s: rope_freqs.weight: %s", path, err);
+    RopeParams d = {ROPE_DEFAULT, c->rope.theta, 0, 0, 0, 0};
+    rope_inv_freq_cpu(inv_d, c->head_dim, &d);
+    double factor = 1;
+    for (int i = 0; i < half; i++) {
+        CHECK(f[i] >= 1.0f && f[i] < 1e6f, "%s: rope_freqs.weight[%d] = %g is not a llama3 divisor (>= 1)", path, i, f[i]);
+        if (f[i] > factor) factor = f[i];
+    }
+    // Band edges the rule must respect (low = 1: orig is the low-band edge wavelength).
+    double max_nonlo = 0, min_lo = INFINITY, max_hi = 0, min_nonhi = INFINITY, s_b = -1, w_b = 0;
+    for (int i = 0; i < half; i++) {
+        const double w = 2 * M_PI / inv_d[i];
+        const int hi = f[i] <= 1.0f + 1e-6f, lo = f[i] >= factor * (1 - 1e-6);
+        if (lo) min_lo = fmin(min_lo, w);
+        else max_nonlo = fmax(max_nonlo, w);
+        if (hi) max_hi = fmax(max_hi, w);
+        else min_nonhi = fmin(min_nonhi, w);
+        if (!hi && !lo && s_b < 0) {  // first blended entry: s = (orig/w - 1) / (high - 1)
+            s_b = (1 / (double)f[i] - 1 / factor) / (1 - 1 / factor);
+            w_b = w;
+        }
+    }
+    const double lo_end = fmin(min_lo, 1e7);
+    int found = 0;
+    // Meta's Llama 3.x use high_freq_factor 4: try the original length that implies first
+    // (the same frequencies result either way; this only picks the conventional numbers).
+    const double orig4 = s_b > 0 ? floor(w_b * (3 * s_b + 1) + 0.5) : 8192;
+    for (double k = -1, orig = orig4; !found && orig <= lo_end; orig = fmax(1, ceil(max_nonlo)) + ++k) {
+        double high = s_b > 0 ? 1 + (orig / w_b - 1) / s_b : orig / (0.5 * (max_hi + fmin(min_nonhi, orig)));
+        if (k < 0 && s_b <= 0) high = 4;
+        if (!(high > 1 && high < 1e6)) continue;
+        c->rope.type = ROPE_LLAMA3;
+        c->rope.factor = (float)factor;
+        c->rope.low_freq_factor = 1.0f;
+        c->rope.high_freq_factor = (float)high;
+        c->rope.original_max_position_embeddings = (int)orig;
+        rope_inv_freq_cpu(inv, c->head_dim, &c->rope);
+        found = 1;
+        for (int i = 0; i < half && found; i++) {
+            double want = (double)inv_d[i] / f[i];
+            found = fabs(inv[i] - want) <= 1e-5 * want;
+        }
+    }
+    CHECK(found, "%s: rope_freqs.weight (factor %g) is not reproduced by llama3 rope scaling with any "
+          "original_max_position_embeddings; this scaling is not supported", path, factor);
+    free(f);
+    free(inv_d);
+    free(inv);
+}
+
 void gguf_load_llama(const char *path, LlamaModel *m, Tokenizer **tok, char **chat_template) {
     GgufFile g;
     char err[1024];
@@ -59,8 +125,6 @@ void gguf_load_llama(const char *path, LlamaModel *m, Tokenizer **tok, char **ch
     snprintf(arch, sizeof arch, "%.*s", (int)(as.n < 31 ? as.n : 31), as.p);
     CHECK(!strcmp(arch, "llama") || !strcmp(arch, "qwen2"), "%s: architecture \"%s\" is not supported (llama, qwen2)",
           path, arch);
-    CHECK(!gguf_find_tensor(&g, "rope_freqs.weight"),
-          "%s: carries rope_freqs (Llama 3.1 rope scaling), which the GGUF importer does not support yet", path);
     const GgufKV *rs = kv_arch(&g, arch, "rope.scaling.type");
     if (rs) {
         GgufStr s = gguf_kv_str(rs, 0);
@@ -82,6 +146,8 @@ void gguf_load_llama(const char *path, LlamaModel *m, Tokenizer **tok, char **ch
     c.rms_norm_eps = (float)get_f(&g, arch, "attention.layer_norm_rms_epsilon", 1e-5);
     c.rope.type = ROPE_DEFAULT;
     c.rope.theta = (float)get_f(&g, arch, "rope.freq_base", 10000.0);
+    const GgufTensor *rf = gguf_find_tensor(&g, "rope_freqs.weight");
+    if (rf) rope_from_factors(&c, rf, path);
     const GgufTensor *emb = gguf_find_tensor(&g, "token_embd.weight");
     CHECK(emb && emb->ndim == 2, "%s: token_embd.weight is missing or not 2-D", path);
     c.vocab_size = (int)emb->ne[1];
@@ -135,6 +201,7 @@ void gguf_load_llama(const char *path, LlamaModel *m, Tokenizer **tok, char **ch
         used++;
     }
     // Every tensor in the file must have been taken (an unknown one means an unknown model).
+    used += rf != NULL;  // rope_freqs was read into the config
     CHECK((uint64_t)used == g.n_tensors, "%s: %llu tensors in the file are not part of a %s model", path, (unsigned long long)(g.n_tensors - (uint64_t)used), arch);
     LlamaWeights_point(&m->w, m->params, &m->tab, &m->cfg, m->layers);
     if (tok) *tok = tokenizer_from_gguf(&g);

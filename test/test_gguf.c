@@ -17,6 +17,7 @@
 #include "../model/gguf.h"
 #include "../model/infer_cpu.h"
 #include "../model/model.h"
+#include "../ops/rope.h"
 #include "test.h"
 
 // ---- a tiny GGUF writer with knobs to break one thing at a time ------------------------------
@@ -223,6 +224,17 @@ static void test_llama_conversion(void) {
     TEST_CHECK(gm.tab.total == hm.tab.total && !memcmp(gm.params, hm.params, hm.tab.total * sizeof(float)),
                "GGUF (q/k permuted as llama.cpp does) does not load back to the HF weights bit for bit");
     TEST_CHECK(gm.cfg.n_kv_heads == 2 && gm.cfg.head_dim == 12 && !gm.cfg.tie_word_embeddings, "GGUF config");
+    // llama3 rope scaling came as llama.cpp's rope_freqs: the rule recovered from it must give
+    // the HF config's frequencies (factor 8, low 1, high 4, original 64 in the fixture).
+    float inv_g[6], inv_h[6];
+    rope_inv_freq_cpu(inv_g, 12, &gm.cfg.rope);
+    rope_inv_freq_cpu(inv_h, 12, &hm.cfg.rope);
+    TEST_CHECK(gm.cfg.rope.type == ROPE_LLAMA3, "rope_freqs in the GGUF gives llama3 rope scaling");
+    TEST_CLOSE("rope frequencies recovered from rope_freqs.weight", inv_g, inv_h, 6, 1e-6);
+    printf("  GGUF rope_freqs -> llama3 factor %g, low %g, high %g, original %d (HF: %g, %g, %g, %d)\n", gm.cfg.rope.factor,
+           gm.cfg.rope.low_freq_factor, gm.cfg.rope.high_freq_factor, gm.cfg.rope.original_max_position_embeddings,
+           hm.cfg.rope.factor, hm.cfg.rope.low_freq_factor, hm.cfg.rope.high_freq_factor,
+           hm.cfg.rope.original_max_position_embeddings);
     model_free(&gm);
     model_free(&hm);
     free(path);

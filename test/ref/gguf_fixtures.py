@@ -101,6 +101,23 @@ def llama3():
     w.add_rope_dimension_count(cfg["head_dim"])
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    # llama3 rope scaling travels as rope_freqs.weight: per-frequency divisors, computed as
+    # llama.cpp's converter does (float64, stored as float32)
+    rp, hd = cfg["rope_parameters"], cfg["head_dim"]
+    base, factor, lo, hi, orig = (rp["rope_theta"], rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"],
+                                  rp["original_max_position_embeddings"])
+    freqs = 1.0 / (base ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    lo_wl, hi_wl, factors = orig / lo, orig / hi, []
+    for f in freqs:
+        wl = 2 * np.pi / f
+        if wl < hi_wl:
+            factors.append(1.0)
+        elif wl > lo_wl:
+            factors.append(factor)
+        else:
+            sm = (orig / wl - lo) / (hi - lo)
+            factors.append(1 / ((1 - sm) / factor + sm))
+    w.add_tensor("rope_freqs.weight", np.array(factors, dtype=np.float32))
     names = {"input_layernorm.weight": "attn_norm.weight", "self_attn.q_proj.weight": "attn_q.weight",
              "self_attn.k_proj.weight": "attn_k.weight", "self_attn.v_proj.weight": "attn_v.weight",
              "self_attn.o_proj.weight": "attn_output.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
