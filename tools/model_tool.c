@@ -8,36 +8,23 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "../common/flags.h"
 #include "../model/model.h"
 #include "../model/safetensors.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: model_tool COMMAND ...\n"
-            "  info DIR                               config summary and tensor table of a model directory\n"
-            "  convert IN_DIR OUT_DIR [--dtype D]     load, validate and re-save (D: float32 | bfloat16; default float32)\n"
-            "  init CONFIG_JSON OUT_DIR [--seed N] [--dtype D]\n"
-            "                                         random Llama-style initialisation for a config.json\n");
-}
-
-// Parses the optional flags after the positional arguments.
-static void parse_opts(int argc, char **argv, int first, int *bf16, unsigned long long *seed) {
-    for (int i = first; i < argc; i++) {
-        if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
-            const char *d = argv[++i];
-            if (!strcmp(d, "bfloat16") || !strcmp(d, "bf16")) *bf16 = 1;
-            else if (!strcmp(d, "float32") || !strcmp(d, "f32") || !strcmp(d, "fp32")) *bf16 = 0;
-            else FAIL("--dtype %s: expected float32 or bfloat16", d);
-        } else if (!strcmp(argv[i], "--seed") && i + 1 < argc && seed) {
-            char *end;
-            *seed = strtoull(argv[++i], &end, 10);
-            CHECK(*end == 0, "--seed %s: expected a non-negative integer", argv[i]);
-        } else {
-            usage(stderr);
-            FAIL("unknown or incomplete option \"%s\"", argv[i]);
-        }
-    }
-}
+static const char *SYNOPSIS =
+    "COMMAND ...\n"
+    "  info DIR                               config summary and tensor table of a model directory\n"
+    "  convert IN_DIR OUT_DIR [--dtype D]     load, validate and re-save (D: float32 | bfloat16)\n"
+    "  init CONFIG_JSON OUT_DIR [--seed N] [--dtype D]\n"
+    "                                         random Llama-style initialisation for a config.json";
+static const char *g_dtype = "float32";
+static int g_seed = -1;
+static const Flag FLAGS[] = {
+    {"--dtype", NULL, FLAG_STR, &g_dtype, "weights to write: float32 (f32, fp32) or bfloat16 (bf16)", 1, 0},
+    {"--seed", NULL, FLAG_INT, &g_seed, "init: random seed (default 1337)", 0, 2147483647},
+};
+#define N_FLAGS ((int)(sizeof FLAGS / sizeof FLAGS[0]))
 
 static int cmd_info(const char *dir) {
     char err[2048], desc[512];
@@ -62,36 +49,44 @@ static int cmd_info(const char *dir) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 1 : 0;
+    char **pos = ao_calloc((size_t)argc + 1, sizeof *pos);
+    int np = 0;
+    if (!flags_parse_pos(FLAGS, N_FLAGS, argc, argv, "model_tool", SYNOPSIS, pos, &np)) { free(pos); return 0; }
+    if (np < 1) {
+        flags_usage(stderr, FLAGS, N_FLAGS, "model_tool", SYNOPSIS);
+        FAIL("give a command: info, convert or init");
     }
     char err[2048];
-    const char *cmd = argv[1];
-    if (!strcmp(cmd, "info")) {
-        CHECK(argc == 3, "info takes one model directory (see model_tool --help)");
-        return cmd_info(argv[2]);
-    }
+    const char *cmd = pos[0];
     int bf16 = 0;
-    unsigned long long seed = 1337;
+    if (!strcmp(g_dtype, "bfloat16") || !strcmp(g_dtype, "bf16")) bf16 = 1;
+    else CHECK(!strcmp(g_dtype, "float32") || !strcmp(g_dtype, "f32") || !strcmp(g_dtype, "fp32"),
+               "--dtype %s: expected float32 or bfloat16", g_dtype);
+    CHECK(g_seed < 0 || !strcmp(cmd, "init"), "--seed applies to init only");
+    int rc = 0;
+    if (!strcmp(cmd, "info")) {
+        CHECK(np == 2, "info takes one model directory (see model_tool --help)");
+        rc = cmd_info(pos[1]);
+        free(pos);
+        return rc;
+    }
     LlamaModel m;
     if (!strcmp(cmd, "convert")) {
-        CHECK(argc >= 4, "convert takes IN_DIR OUT_DIR (see model_tool --help)");
-        parse_opts(argc, argv, 4, &bf16, NULL);
-        if (!model_load_hf(&m, argv[2], err, sizeof err)) FAIL("%s", err);
+        CHECK(np == 3, "convert takes IN_DIR OUT_DIR (see model_tool --help)");
+        if (!model_load_hf(&m, pos[1], err, sizeof err)) FAIL("%s", err);
     } else if (!strcmp(cmd, "init")) {
-        CHECK(argc >= 4, "init takes CONFIG_JSON OUT_DIR (see model_tool --help)");
-        parse_opts(argc, argv, 4, &bf16, &seed);
+        CHECK(np == 3, "init takes CONFIG_JSON OUT_DIR (see model_tool --help)");
         LlamaConfig c;
-        if (!config_load(&c, argv[2], err, sizeof err)) FAIL("%s", err);
+        if (!config_load(&c, pos[1], err, sizeof err)) FAIL("%s", err);
         model_init(&m, &c);
-        model_init_random(&m, seed);
+        model_init_random(&m, (uint64_t)(g_seed < 0 ? 1337 : g_seed));
     } else {
-        usage(stderr);
+        flags_usage(stderr, FLAGS, N_FLAGS, "model_tool", SYNOPSIS);
         FAIL("unknown command \"%s\"", cmd);
     }
-    if (!model_save_hf(&m, argv[3], bf16, err, sizeof err)) FAIL("%s", err);
-    printf("wrote %s (%zu parameters, %s)\n", argv[3], config_num_params(&m.cfg), bf16 ? "bfloat16" : "float32");
+    if (!model_save_hf(&m, pos[2], bf16, err, sizeof err)) FAIL("%s", err);
+    printf("wrote %s (%zu parameters, %s)\n", pos[2], config_num_params(&m.cfg), bf16 ? "bfloat16" : "float32");
     model_free(&m);
-    return 0;
+    free(pos);
+    return rc;
 }
