@@ -76,12 +76,15 @@ CU_OBJ := $(patsubst %.cu,$(BUILD)/cuda/%.o,$(CU_SRC))
 GPU_TEST_SRC := $(wildcard test/gpu_test_*.cu)
 GPU_TEST_OBJ := $(patsubst test/%.cu,$(BUILD)/cuda/test/%.o,$(GPU_TEST_SRC))
 GPU_TEST_BIN := $(patsubst test/%.cu,$(BUILD)/test/%,$(GPU_TEST_SRC))
+# GPU benchmarks: dev/bench/<name>.cu -> $(BUILD)/bench/<name> (make bench)
+BENCH_SRC := $(wildcard dev/bench/*.cu)
+BENCH_BIN := $(patsubst dev/bench/%.cu,$(BUILD)/bench/%,$(BENCH_SRC))
 
 NVCCFLAGS := -O3 -g -std=c++17 -arch=$(GPU_ARCH) --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-fopenmp -MMD -MP \
 	$(if $(CUDNN_H),-DLLAMA_AO_CUDNN)
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart $(if $(CUDNN_H),-lcudnn)
 
-.PHONY: all cuda test test-gpu clean data
+.PHONY: all cuda test test-gpu clean data bench
 
 # Tokenized bundled corpus (Austen + Brown, GPT-2 BPE) for the default training run.
 SHARDS := data/shards/corpus_train.bin data/shards/corpus_val.bin
@@ -101,7 +104,9 @@ infer_llama: infer_llama.c $(LIB)
 
 all: $(LIB) $(TEST_BIN) $(TOOL_BIN) $(if $(wildcard infer_llama.c),infer_llama) $(if $(NVCC),cuda train_llama)
 
-cuda: $(CU_OBJ) $(GPU_TEST_OBJ)
+cuda: $(CU_OBJ) $(GPU_TEST_OBJ) $(patsubst dev/bench/%.cu,$(BUILD)/cuda/dev/bench/%.o,$(BENCH_SRC))
+
+bench: $(BENCH_BIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -129,6 +134,10 @@ $(BUILD)/cuda/%.o: %.cu
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 $(BUILD)/test/gpu_test_%: $(BUILD)/cuda/test/gpu_test_%.o $(CU_OBJ) $(LIB) $(TEST_HARNESS)
+	$(NVCC) -arch=$(GPU_ARCH) $^ -o $@ -Xcompiler -fopenmp $(CUDA_LIBS) -lm
+
+$(BUILD)/bench/%: $(BUILD)/cuda/dev/bench/%.o $(CU_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
 	$(NVCC) -arch=$(GPU_ARCH) $^ -o $@ -Xcompiler -fopenmp $(CUDA_LIBS) -lm
 
 test: $(LIB) $(TEST_BIN) $(TOOL_BIN)
