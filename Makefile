@@ -80,9 +80,16 @@ GPU_TEST_BIN := $(patsubst test/%.cu,$(BUILD)/test/%,$(GPU_TEST_SRC))
 BENCH_SRC := $(wildcard dev/bench/*.cu)
 BENCH_BIN := $(patsubst dev/bench/%.cu,$(BUILD)/bench/%,$(BENCH_SRC))
 
+# dist/ (multi-GPU) uses NCCL and MPI when they are found; without them train_llama runs on one GPU
+# and says so when started with more ranks. MPI's directories come from OpenMPI's mpicc.
+MPI_INCDIRS := $(or $(if $(MPICC),$(shell $(MPICC) --showme:incdirs 2>/dev/null)),$(if $(MPI_H),$(patsubst %/,%,$(dir $(MPI_H)))))
+MPI_LIBDIRS := $(if $(MPICC),$(shell $(MPICC) --showme:libdirs 2>/dev/null))
+MPI_OK := $(firstword $(wildcard $(addsuffix /mpi.h,$(MPI_INCDIRS))))
 NVCCFLAGS := -O3 -g -std=c++17 -arch=$(GPU_ARCH) --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-fopenmp -MMD -MP \
-	$(if $(CUDNN_H),-DLLAMA_AO_CUDNN)
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart $(if $(CUDNN_H),-lcudnn)
+	$(if $(CUDNN_H),-DLLAMA_AO_CUDNN) $(if $(NCCL_H),-DLLAMA_AO_NCCL) \
+	$(if $(MPI_OK),-DLLAMA_AO_MPI $(addprefix -I,$(MPI_INCDIRS)))
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart $(if $(CUDNN_H),-lcudnn) $(if $(NCCL_H),-lnccl) \
+	$(if $(MPI_OK),$(addprefix -L,$(MPI_LIBDIRS)) -lmpi)
 
 .PHONY: all cuda test test-gpu clean data bench
 

@@ -1,20 +1,24 @@
 // train_llama: pre-train a Llama-family model from scratch or fine-tune a Hugging Face
-// checkpoint on one GPU, in bf16 with fp32 master weights and AdamW.
+// checkpoint on one GPU or many, in bf16 with fp32 master weights and AdamW.
 //   ./train_llama                          the bundled default: a ~50M model on data/
 //   ./train_llama -m HF_DIR --train 'a.bin,b.bin' --lr 2e-5 -n 1000
 //   ./train_llama --resume out/            continue bit-exactly from the latest checkpoint
+//   mpirun -np 8 ./train_llama --zero 1    data parallel, optimizer states sharded (dist/)
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "dist/dist.cuh"
+#include "dist/zero_comm.cuh"
 #include "model/checkpoint.cuh"
 #include "model/llama_gpu.cuh"
 #include "ops/matmul.cuh"
 extern "C" {
 #include "common/fileio.h"
 #include "common/flags.h"
+#include "common/json.h"
 #include "common/plot.h"
 #include "data/corpus.h"
 #include "data/loader.h"
@@ -38,6 +42,8 @@ struct Settings {
     int deterministic = 1, offload = 0;
     int recompute_ffn = 0, recompute_attn = 0;
     int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
+    int zero = 0;
+    float dist_timeout = 600;
 };
 
 static Flag *make_flags(Settings *s, int *n) {
@@ -51,7 +57,8 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--tokenizer", nullptr, FLAG_STR, &s->tokenizer, "tokenizer for samples and checkpoints (dir or file)", 1, 0},
         {"--batch", "-b", FLAG_INT, &s->B, "micro-batch size (sequences)", 1, 4096},
         {"--seq", "-t", FLAG_INT, &s->T, "sequence length", 1, 1 << 20},
-        {"--total-batch", nullptr, FLAG_INT, &s->total_batch, "tokens per optimizer step (multiple of b*t; 0 = b*t)", 0, 1 << 30},
+        {"--total-batch", nullptr, FLAG_INT, &s->total_batch,
+         "tokens per optimizer step over all ranks (multiple of b*t*ranks; 0 = b*t*ranks)", 0, 1 << 30},
         {"--steps", "-n", FLAG_INT, &s->steps, "optimizer steps", 1, 1 << 30},
         {"--lr", nullptr, FLAG_FLOAT, &s->lr, "peak learning rate", 0, 10},
         {"--min-lr-frac", nullptr, FLAG_FLOAT, &s->min_lr_frac, "final learning rate as a fraction of --lr", 0, 1},
@@ -84,6 +91,11 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--deterministic", nullptr, FLAG_BOOL, &s->deterministic,
          "bit-reproducible runs: attention backward by our kernel (cuDNN's uses atomics)", 1, 0},
         {"--lm-chunk", nullptr, FLAG_INT, &s->lm_chunk, "rows of logits materialised at once", 1, 1 << 20},
+        {"--zero", nullptr, FLAG_INT, &s->zero,
+         "data parallel over the ranks of mpirun (or LLAMA_AO_*): 1 = master weights and optimizer states sharded, "
+         "gradients all-reduced; 2 = gradients reduce-scattered too; 0 = one GPU", 0, 2},
+        {"--dist-timeout", nullptr, FLAG_FLOAT, &s->dist_timeout,
+         "seconds a rank waits for the others (start-up, each communication) before it aborts and exits", 1, 1e6},
     };
     *n = (int)(sizeof f / sizeof f[0]);
     return f;
@@ -158,6 +170,10 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
         printf("  %-28s %8.2f GiB  (master weights + optimizer states, pinned)\n", "host memory (--offload)",
                (q.master + q.moments + q.grads + q.params) / G);
     }
+    if (o->zero)
+        printf("  ZeRO-%d over %d ranks: this rank keeps master weights and optimizer states of %zu of %zu parameters "
+               "(%.1f%%)\n", o->zero->level, o->zero->world, o->zero->end - o->zero->begin, o->zero->total,
+               100.0 * (o->zero->end - o->zero->begin) / (o->zero->total ? o->zero->total : 1));
     size_t fixed = p.params + p.master + p.grads + p.moments, best = 0;
     for (int b = 1; b <= 1024; b *= 2) {
         GpuMemPlan q = llama_gpu_plan(c, b, s->T, o);
@@ -171,22 +187,55 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
           need / G, free_b / G, best);
 }
 
-// Mean validation loss over eval_batches micro-batches from the start of the val set.
+// Mean validation loss over eval_batches micro-batches from the start of the val set; with
+// several ranks, rank r evaluates micro-batches r, r + world, ... and the sums are added.
 static double evaluate(LlamaGpu *m, GpuCtx *ctx, const Settings *s, char **paths, size_t n_paths, int32_t *tok,
-                       int32_t *tgt) {
+                       int32_t *tgt, Dist *dist) {
     DataLoader vl;
     loader_init(&vl, (const char *const *)paths, n_paths, m->cfg.vocab_size, s->B, s->T, 0, 1, 0, 0);
     double sum = 0;
     long count = 0;
     for (int i = 0; i < s->eval_batches; i++) {
         loader_next(&vl, tok, tgt);
+        if (i % dist->world != dist->rank) continue;
         llama_gpu_set_batch(m, ctx, tok, tgt);
         int nv = 0;
         sum += llama_gpu_forward(m, ctx, 0.0f, &nv);
         count += nv;
     }
     loader_free(&vl);
-    return count ? sum / count : NAN;
+    double v[2] = {sum, (double)count};
+    dist_allreduce_host(dist, v, 2, "the validation loss sums");
+    return v[1] > 0 ? v[0] / v[1] : NAN;
+}
+
+// Reads the loader position of a checkpoint written by any micro-batch size and number of
+// ranks. The state counts samples of the one global stream (data/loader.h); B and world only
+// say how the following samples are dealt out, so the file's own B and world are given to
+// loader_load_state's layout check and this run's restored after.
+static void resume_loader(DataLoader *dl, const char *dir) {
+    char *tp = path_join(dir, "trainer.json"), *text, err[512];
+    size_t n;
+    int B = dl->B, world = 1;
+    if (read_file_all(tp, 1 << 16, &text, &n, err, sizeof err)) {
+        JsonDoc doc;
+        if (json_parse(text, n, &doc, err, sizeof err)) {
+            uint64_t v;
+            if (json_as_u64(json_get(doc.root, "batch"), &v) && v > 0 && v < 1u << 20) B = (int)v;
+            if (json_as_u64(json_get(doc.root, "world"), &v) && v > 0 && v < 1u << 20) world = (int)v;
+            json_free(&doc);
+        }
+        free(text);
+    }
+    free(tp);
+    const int my_B = dl->B, my_world = dl->world;
+    dl->B = B, dl->world = world;
+    char *lp = path_join(dir, "loader.state");
+    loader_load_state(dl, lp);
+    free(lp);
+    dl->B = my_B, dl->world = my_world;
+    if (B != my_B || world != my_world)
+        printf("data: resumed a stream dealt as %d ranks x %d sequences, now %d x %d\n", world, B, my_world, my_B);
 }
 
 // Greedy continuation of the first tokens of `prompt_src`, decoded with the tokenizer.
@@ -223,6 +272,14 @@ int main(int argc, char **argv) {
     int nflags;
     Flag *flags = make_flags(&s, &nflags);
     if (!flags_parse(flags, nflags, argc, argv, "train_llama", "[options]")) return 0;
+    // Ranks from mpirun or LLAMA_AO_* (dist/dist.cuh); one process otherwise. Only rank 0 prints
+    // the run's progress; every rank's errors go to stderr and name the rank.
+    Dist dist;
+    dist_init(&dist, s.dist_timeout);
+    const int W = dist.world, rank = dist.rank;
+    CHECK(W == 1 || s.zero > 0, "%d ranks but --zero 0\n  HINT: multi-GPU training is data parallel with sharded "
+          "optimizer states: pass --zero 1 or --zero 2", W);
+    if (rank != 0) CHECK(freopen("/dev/null", "w", stdout), "cannot silence stdout of rank %d", rank);
     int lr_kind = lr_kind_from_name(s.schedule);
     CHECK(lr_kind >= 0, "--schedule %s: expected cosine, linear, constant or wsd", s.schedule);
     AttnImpl attn = !strcmp(s.attn, "auto") ? ATTN_AUTO : !strcmp(s.attn, "cudnn") ? ATTN_CUDNN
@@ -232,9 +289,10 @@ int main(int argc, char **argv) {
                                : !strcmp(s.optim, "adamw4bit") ? LOWBIT_4BIT : !strcmp(s.optim, "adamwfp8") ? LOWBIT_FP8
                                : (LowbitFormat)-1;
     CHECK((int)optim >= 0, "--optim %s: expected adamw, adamw8bit, adamw4bit or adamwfp8", s.optim);
-    if (s.total_batch == 0) s.total_batch = s.B * s.T;
-    CHECK(s.total_batch % (s.B * s.T) == 0, "--total-batch %d is not a multiple of b*t = %d", s.total_batch, s.B * s.T);
-    const int accum = s.total_batch / (s.B * s.T);
+    if (s.total_batch == 0) s.total_batch = s.B * s.T * W;
+    CHECK(s.total_batch % (s.B * s.T * W) == 0, "--total-batch %d is not a multiple of b*t*ranks = %d*%d*%d", s.total_batch,
+          s.B, s.T, W);
+    const int accum = s.total_batch / (s.B * s.T * W);
 
     // tokenizer (optional: samples are skipped without one)
     Tokenizer *tk = nullptr;
@@ -274,6 +332,8 @@ int main(int argc, char **argv) {
     const int synthetic = !strcmp(s.train, "synthetic");
     // The first default run tokenizes the bundled corpus itself (what `make data` does).
     if (!strcmp(s.train, DEFAULT_TRAIN) && !strcmp(s.val, DEFAULT_VAL) && (!file_exists(DEFAULT_TRAIN) || !file_exists(DEFAULT_VAL))) {
+        CHECK(W == 1, "the default shards %s and %s are missing\n  HINT: run `make data` once before a multi-GPU run "
+              "(ranks do not tokenize the corpus concurrently)", DEFAULT_TRAIN, DEFAULT_VAL);
         const char *corpus[] = {"data/corpus/austen.txt", "data/corpus/brown.txt"};
         CHECK(tk && file_exists(corpus[0]) && file_exists(corpus[1]),
               "the default shards are missing and the bundled corpus or tokenizer is not here\n"
@@ -292,7 +352,13 @@ int main(int argc, char **argv) {
         CHECK(file_exists(train_paths[i]), "training shard %s does not exist\n  HINT: run `make data` to tokenize the bundled "
                                            "corpus, or pass --train FILES made by build/tokenize", train_paths[i]);
     GpuCtx ctx;
-    gpu_ctx_init(&ctx, 0);
+    gpu_ctx_init(&ctx, dist_device(&dist));
+    dist_comm_init(&dist);
+    if (W > 1) printf("%d ranks (%s), NCCL communicator ready, timeout %g s\n", W,
+                      dist.launch == DIST_LAUNCH_MPI ? "MPI" : "LLAMA_AO_* variables", s.dist_timeout);
+    ZeroPlan zplan;
+    memset(&zplan, 0, sizeof zplan);
+    if (s.zero) zero_plan_init(&zplan, &cpu.tab, c->n_layers, s.zero, rank, W);
     GpuRunOpts o;
     memset(&o, 0, sizeof o);
     o.recompute_norm = s.recompute_norm;
@@ -305,22 +371,29 @@ int main(int argc, char **argv) {
     o.optim = optim;
     o.offload = s.offload;
     o.seed = (uint64_t)s.seed;
+    o.zero = s.zero ? &zplan : nullptr;
     print_memory_table(c, &s, &o, &ctx);
     LlamaGpu m;
     llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
+    ZeroComm zc;
+    memset(&zc, 0, sizeof zc);
+    if (s.zero) zero_comm_init(&zc, &dist, &zplan, m.grads, m.params, ctx.stream);
+    if (W > 1) {  // every wait of the model polls for failed peers
+        m.sync = dist_sync_hook;
+        m.sync_arg = &dist;
+    }
 
     DataLoader dl;
     memset(&dl, 0, sizeof dl);
     if (!synthetic)
-        loader_init(&dl, (const char *const *)train_paths, n_train, c->vocab_size, s.B, s.T, 0, 1, (uint64_t)s.seed, s.shuffle);
+        loader_init(&dl, (const char *const *)train_paths, n_train, c->vocab_size, s.B, s.T, rank, W, (uint64_t)s.seed,
+                    s.shuffle);
     uint64_t synth_state = (uint64_t)s.seed * 0x9E3779B97F4A7C15ull + 1;
     int step0 = 0;
     if (resume_dir) {
         CHECK(!synthetic, "--resume needs real training shards, not --train synthetic");
         step0 = ckpt_load_optimizer(resume_dir, &m);
-        char *lp = path_join(resume_dir, "loader.state");
-        loader_load_state(&dl, lp);
-        free(lp);
+        resume_loader(&dl, resume_dir);
         printf("resumed from %s at step %d\n", resume_dir, step0);
     }
     CHECK(step0 < s.steps || step0 == s.steps, "checkpoint step %d is past --steps %d", step0, s.steps);
@@ -335,56 +408,77 @@ int main(int argc, char **argv) {
     }
     CHECK(make_dirs(s.out), "cannot create run directory %s", s.out);
     char *log_path = path_join(s.out, "log.jsonl"), *svg_path = path_join(s.out, "loss.svg");
-    FILE *logf = fopen(log_path, resume_dir ? "a" : "w");
+    FILE *logf = rank == 0 ? fopen(log_path, resume_dir ? "a" : "w") : fopen("/dev/null", "w");  // rank 0 keeps the log
     CHECK(logf, "cannot open %s for writing", log_path);
-    const double fpt = flops_per_token(c, s.T), peak = gpu_peak_bf16_flops(&ctx);
-    printf("%d micro-batch%s of %d x %d per step (%d tokens), %.3g GFLOP/token, SOL against %.0f TFLOP/s bf16\n", accum,
-           accum > 1 ? "es" : "", s.B, s.T, s.total_batch, fpt / 1e9, peak / 1e12);
+    // SOL is against the peak of all the run's GPUs
+    const double fpt = flops_per_token(c, s.T), peak = gpu_peak_bf16_flops(&ctx) * W;
+    printf("%d micro-batch%s of %d x %d per step%s (%d tokens), %.3g GFLOP/token, SOL against %.0f TFLOP/s bf16\n", accum,
+           accum > 1 ? "es" : "", s.B, s.T, W > 1 ? " on each rank" : "", s.total_batch, fpt / 1e9, peak / 1e12);
 
     double *tr_x = (double *)ao_calloc((size_t)s.steps + 1, sizeof(double)), *tr_y = (double *)ao_calloc((size_t)s.steps + 1, sizeof(double));
     double *va_x = (double *)ao_calloc((size_t)s.steps + 2, sizeof(double)), *va_y = (double *)ao_calloc((size_t)s.steps + 2, sizeof(double));
     size_t n_tr = 0, n_va = 0;
     double t_start = now_s(), t_steps = 0;
     int steps_timed = 0, step = step0;
-    char trainer_json[1024];
+    char trainer_json[1024], dp_json[96] = "";
+    if (s.zero) snprintf(dp_json, sizeof dp_json, ", \"world\": %d, \"zero\": %d", W, s.zero);
     for (; step <= s.steps; step++) {
         const int last = step == s.steps;
-        const int stop_time = s.max_seconds > 0 && now_s() - t_start > s.max_seconds;
+        int stop_time = s.max_seconds > 0 && now_s() - t_start > s.max_seconds;
+        if (W > 1 && s.max_seconds > 0) {  // every rank stops at the same step
+            double st = stop_time;
+            dist_allreduce_host(&dist, &st, 1, "the ranks' stop decision (--max-seconds)");
+            stop_time = st > 0;
+        }
         if (n_val && s.eval_every > 0 && (step % s.eval_every == 0 || last || stop_time)) {
-            double vl = evaluate(&m, &ctx, &s, val_paths, n_val, tok, tgt);
+            double vl = evaluate(&m, &ctx, &s, val_paths, n_val, tok, tgt, &dist);
             printf("[V] step %d | val loss %.4f\n", step, vl);
             fprintf(logf, "{\"step\": %d, \"val_loss\": %.6f}\n", step, vl);
             fflush(logf);
             va_x[n_va] = step;
             va_y[n_va++] = vl;
             PlotSeries ps[2] = {{"train loss", "#1f77b4", tr_x, tr_y, n_tr}, {"val loss", "#d62728", va_x, va_y, n_va}};
-            if (!plot_svg(svg_path, "llama.ao training", "step", "loss", ps, 2, err, sizeof err)) ao_warn("%s", err);
+            if (rank == 0 && !plot_svg(svg_path, "llama.ao training", "step", "loss", ps, 2, err, sizeof err))
+                ao_warn("%s", err);
         }
-        if (tk && s.sample_every > 0 && step > 0 && (step % s.sample_every == 0 || last)) sample(&m, &ctx, &s, tk, mb_tok[0], tok);
+        if (rank == 0 && tk && s.sample_every > 0 && step > 0 && (step % s.sample_every == 0 || last))
+            sample(&m, &ctx, &s, tk, mb_tok[0], tok);
         if ((s.save_every > 0 && step > step0 && step % s.save_every == 0) || ((last || stop_time) && s.save_final)) {
             snprintf(trainer_json, sizeof trainer_json,
                      "{\"step\": %d, \"seed\": %d, \"batch\": %d, \"seq\": %d, \"total_batch\": %d, \"steps\": %d, "
-                     "\"lr\": %g, \"schedule\": \"%s\", \"warmup\": %d, \"wd\": %g, \"clip\": %g, \"optim\": \"%s\"}\n",
-                     step, s.seed, s.B, s.T, s.total_batch, s.steps, s.lr, s.schedule, s.warmup, s.wd, s.clip, s.optim);
-            ckpt_save(s.out, step, &m, &cpu, synthetic ? nullptr : &dl, s.tokenizer, trainer_json);
+                     "\"lr\": %g, \"schedule\": \"%s\", \"warmup\": %d, \"wd\": %g, \"clip\": %g, \"optim\": \"%s\"%s}\n",
+                     step, s.seed, s.B, s.T, s.total_batch, s.steps, s.lr, s.schedule, s.warmup, s.wd, s.clip, s.optim,
+                     dp_json);
+            ckpt_save(s.out, step, &m, &ctx, &cpu, synthetic ? nullptr : &dl, s.tokenizer, trainer_json, &dist);
             printf("[C] saved %s/ckpt_%06d\n", s.out, step);
         }
         if (last || stop_time) break;
 
+        dist_fault_point(&dist, step);
         double t0 = now_s();
         int n_valid = 0;
+        // The step's global batch is accum x W micro-batches; micro-batch a of rank r is number
+        // a * W + r of the stream (the loader deals samples that way), so one GPU accumulating
+        // accum * W micro-batches sees the same data.
         for (int a = 0; a < accum; a++) {
             if (synthetic) {  // uniform random ids below the tokenizer's (or model's) vocabulary
                 const uint32_t V = (uint32_t)(tk ? tokenizer_vocab_size(tk) : c->vocab_size);
-                for (size_t i = 0; i < NT; i++) {
-                    synth_state ^= synth_state << 13; synth_state ^= synth_state >> 7; synth_state ^= synth_state << 17;
-                    mb_tok[a][i] = (int32_t)(synth_state % V);
-                    mb_tgt[a][i] = (int32_t)((synth_state >> 32) % V);
-                }
+                for (int r = 0; r < W; r++)
+                    for (size_t i = 0; i < NT; i++) {
+                        synth_state ^= synth_state << 13; synth_state ^= synth_state >> 7; synth_state ^= synth_state << 17;
+                        if (r != rank) continue;
+                        mb_tok[a][i] = (int32_t)(synth_state % V);
+                        mb_tgt[a][i] = (int32_t)((synth_state >> 32) % V);
+                    }
             } else {
                 loader_next(&dl, mb_tok[a], mb_tgt[a]);
             }
             for (size_t i = 0; i < NT; i++) n_valid += mb_tgt[a][i] >= 0;
+        }
+        if (W > 1) {  // the loss is the mean over the global batch's target tokens
+            double nv = n_valid;
+            dist_allreduce_host(&dist, &nv, 1, "the target-token count of the step");
+            n_valid = (int)nv;
         }
         llama_gpu_zero_grads(&m, &ctx);
         double loss_sum = 0;
@@ -392,16 +486,29 @@ int main(int argc, char **argv) {
             llama_gpu_set_batch(&m, &ctx, mb_tok[a], mb_tgt[a]);
             int nv;
             loss_sum += llama_gpu_forward(&m, &ctx, n_valid ? 1.0f / n_valid : 0.0f, &nv);
+            if (s.zero && a == accum - 1) {  // reduce each layer's gradients as soon as they are final
+                m.grads_ready = zero_grads_ready;
+                m.grads_ready_arg = &zc;
+            }
             llama_gpu_backward(&m, &ctx);
+            m.grads_ready = nullptr;
+        }
+        float norm;
+        if (s.zero) {
+            zero_grads_wait(&zc);
+            dist_allreduce_host(&dist, &loss_sum, 1, "the loss sums of the step");
+            norm = zero_grad_norm(&zc);
+        } else {
+            norm = llama_gpu_grad_norm(&m, &ctx);
         }
         const float loss = n_valid ? (float)(loss_sum / n_valid) : NAN;
-        const float norm = llama_gpu_grad_norm(&m, &ctx);
         CHECK(isfinite(loss) && isfinite(norm), "step %d: loss %g, gradient norm %g: training diverged\n"
               "  HINT: lower --lr, raise --warmup, or check the data", step, loss, norm);
         const float scale = s.clip > 0 && norm > s.clip ? s.clip / norm : 1.0f;
         const float lr = lr_at(&sched, step);
         llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, scale);
-        CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+        if (s.zero) zero_params_gather(&zc);
+        dist_wait(&dist, ctx.stream, "the optimizer step and the parameter all-gather");
         const double dt = now_s() - t0;
         if (step > step0) { t_steps += dt; steps_timed++; }  // the first step pays for warm-up
         const double tps = s.total_batch / dt, sol = tps * fpt / peak;
@@ -417,10 +524,15 @@ int main(int argc, char **argv) {
     fclose(logf);
     size_t free_b, total_b;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    if (steps_timed)
+    if (steps_timed && W == 1)
         printf("done: %d steps, mean %.1f ms/step, %.1fk tok/s, SOL %.1f%%, GPU memory in use %.1f GiB\n", steps_timed,
                1e3 * t_steps / steps_timed, (double)s.total_batch * steps_timed / t_steps / 1e3,
                100.0 * s.total_batch * steps_timed / t_steps * fpt / peak, (total_b - free_b) / 1073741824.0);
+    else if (steps_timed)  // the last number is per GPU, as bench_train.sh reads it
+        printf("done: %d steps, mean %.1f ms/step, %d GPUs, SOL %.1f%%, GPU memory in use %.1f GiB (rank 0), "
+               "%.1fk tok/s in all, %.1fk tok/s per GPU\n", steps_timed, 1e3 * t_steps / steps_timed, W,
+               100.0 * s.total_batch * steps_timed / t_steps * fpt / peak, (total_b - free_b) / 1073741824.0,
+               (double)s.total_batch * steps_timed / t_steps / 1e3, (double)s.total_batch * steps_timed / t_steps / 1e3 / W);
     for (int a = 0; a < accum; a++) { free(mb_tok[a]); free(mb_tgt[a]); }
     free(mb_tok); free(mb_tgt); free(tok); free(tgt);
     free(tr_x); free(tr_y); free(va_x); free(va_y);
@@ -428,7 +540,10 @@ int main(int argc, char **argv) {
     free_list(train_paths, n_train);
     free_list(val_paths, n_val);
     if (!synthetic) loader_free(&dl);
+    if (s.zero) zero_comm_free(&zc);
     llama_gpu_free(&m);
+    if (s.zero) zero_plan_free(&zplan);
+    dist_free(&dist);
     gpu_ctx_free(&ctx);
     model_free(&cpu);
     if (tk) tokenizer_free(tk);

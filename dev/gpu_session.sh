@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session: build, GPU tests, and whichever jobs are named, with every log
 # under $OUT (what comes back from the device tool). Usage:
-#   bash dev/gpu_session.sh [tests] [train] [hfload] [bench] [bench1b] [realrun]
+#   bash dev/gpu_session.sh [tests] [train] [hfload] [bench] [bench1b] [realrun] [dist]
 set -uo pipefail
 OUT=${OUT:-/tmp/llama_ao_out}
 mkdir -p "$OUT"
@@ -97,6 +97,30 @@ print('transformers loads out/ckpt_001500:', type(m).__name__, sum(p.numel() for
     hfload)
       log "transformers loads our checkpoints"
       python3 test/ref/check_hf_load.py 2>&1 | grep -E "ok|FAIL|passed|Error" >> "$OUT/summary.txt" ;;
+    dist)
+      # needs 2+ GPUs; NVLink multicast stays off (shared machines)
+      export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+      log "dist: multi-GPU tests, $(nvidia-smi -L | grep -c '^GPU') GPUs (test/dist_test.sh; logs in dist_test.log)"
+      make -j16 build/test/gpu_test_dist > "$OUT/dist_build.log" 2>&1 || tail -20 "$OUT/dist_build.log" >> "$OUT/summary.txt"
+      make data > /dev/null 2>&1
+      timeout 900 bash test/dist_test.sh build > "$OUT/dist_test.log" 2>&1
+      echo "dist_test rc=$?" >> "$OUT/summary.txt"
+      grep -E "^(PASS|FAIL)|passed, [0-9]+ failed|mpirun" "$OUT/dist_test.log" >> "$OUT/summary.txt"
+      log "dist: throughput, 1 GPU vs 2 GPUs, Llama-3.2-1B shape, b=4 t=2048 per GPU, synthetic tokens, 15 steps"
+      bargs=(--config test/fixtures/configs/llama32_1b_v5.json --train synthetic --val "" --tokenizer "" -b 4 -t 2048
+             -n 15 --warmup 2 --eval-every 0 --sample-every 0 --save-final=off)
+      one=$(timeout 300 ./train_llama "${bargs[@]}" -o /tmp/dbench1 2>&1 | tee "$OUT/dist_bench_1gpu.log" | grep '^done:')
+      echo "  1 GPU:            $one" >> "$OUT/summary.txt"
+      t1=$(echo "$one" | sed -n -E 's/.* ([0-9.]+)k tok\/s.*/\1/p')
+      for z in 1 2; do
+        two=$(timeout 300 bash dist/launch_local.sh 2 ./train_llama "${bargs[@]}" --zero $z -o /tmp/dbench2 2>&1 \
+              | tee "$OUT/dist_bench_2gpu_zero$z.log" | grep '^done:')
+        t2=$(echo "$two" | sed -n -E 's/.* ([0-9.]+)k tok\/s per GPU.*/\1/p')
+        echo "  2 GPUs --zero $z: $two" >> "$OUT/summary.txt"
+        echo "  RESULT dist 1B b=4 t=2048: 1 GPU ${t1:-?}k tok/s | 2 GPUs --zero $z ${t2:-?}k tok/s per GPU | weak-scaling" \
+             "efficiency $(awk -v a="${t1:-0}" -v b="${t2:-0}" 'BEGIN { if (a > 0) printf "%.1f%%", 100 * b / a; else print "?" }')" \
+             >> "$OUT/summary.txt"
+      done ;;
     bench)
       log "bench: Qwen2.5-0.5B shape, Llama-3.2-1B shape"
       timeout 240 bash dev/bench/bench_train.sh test/fixtures/configs/llama32_1b_v5.json 4 2048 15 >> "$OUT/bench.log" 2>&1

@@ -105,18 +105,31 @@ static size_t logits_rows(const GpuRunOpts *o, size_t N) {
     return r < N ? r : N;
 }
 
+// Bytes of the low-bit states of a shard's pieces.
+static size_t lowbit_state_bytes(const ParamTable *tab, const ZeroPlan *z, LowbitFormat optim) {
+    size_t b = 0;
+    for (int i = 0; i < z->n_pieces; i++)
+        b += zero_piece_layout(optim, tab->p[z->pieces[i].tensor].numel, z->pieces[i].n).bytes;
+    return b;
+}
+
 GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *opts) {
     GpuMemPlan p;
     ParamTable tab;
     param_table_init(&tab, c);
+    ZeroPlan whole;
+    const ZeroPlan *z = opts->zero;
+    if (!z) zero_plan_init(&whole, &tab, c->n_layers, 0, 0, 1);
+    const ZeroPlan *zp = z ? z : &whole;
+    const size_t S = zp->end - zp->begin;
     p.params = tab.total * sizeof(bf16);
-    p.master = opts->offload ? 0 : tab.total * sizeof(float);
+    p.master = opts->offload ? 0 : S * sizeof(float);
     p.grads = tab.total * sizeof(float);
     p.moments = 0;
     if (opts->offload) p.moments = 0;
-    else if (opts->optim == LOWBIT_F32) p.moments = 2 * tab.total * sizeof(float);
-    else
-        for (int i = 0; i < tab.n; i++) p.moments += lowbit_layout(opts->optim, tab.p[i].numel, LOWBIT_MASTER_F32).bytes;
+    else if (opts->optim == LOWBIT_F32) p.moments = 2 * S * sizeof(float);
+    else p.moments = lowbit_state_bytes(&tab, zp, opts->optim);
+    if (!z) zero_plan_free(&whole);
     param_table_free(&tab);
     LlamaGpu m;
     memset(&m, 0, sizeof m);
@@ -141,50 +154,66 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     param_table_init(&m->tab, c);
     const size_t P = m->tab.total;
     const int lowbit = opts->optim != LOWBIT_F32, off = opts->offload;
-    // On the GPU: bf16 params and fp32 grads always; fp32 master and moments unless offloaded.
+    // The optimizer's shard: the plan given (ZeRO), or the whole model, one piece per tensor.
+    if (opts->zero) {
+        CHECK(opts->zero->total == P, "ZeRO plan for %zu parameters, model has %zu", opts->zero->total, P);
+        m->plan = opts->zero;
+    } else {
+        zero_plan_init(&m->own_plan, &m->tab, c->n_layers, 0, 0, 1);
+        m->plan = &m->own_plan;
+    }
+    const ZeroPlan *z = m->plan;
+    const size_t S = z->end - z->begin;
+    m->shard_n = S;
+    // On the GPU: bf16 params and fp32 grads always (all parameters); fp32 master and moments
+    // of the shard unless offloaded.
     Carver pc = {nullptr, 0};
     pc.take<bf16>(P);
-    for (int i = 0; i < (off ? 1 : lowbit ? 2 : 4); i++) pc.take<float>(P);
+    if (!off) pc.take<float>(S);
+    pc.take<float>(P);
+    if (!off && !lowbit) pc.take<float>(S), pc.take<float>(S);
     m->param_bytes = pc.used;
     CUDA_CHECK(cudaMalloc(&m->param_mem, m->param_bytes));
     pc = {(char *)m->param_mem, 0};
     m->params = pc.take<bf16>(P);
-    if (!off) m->master = pc.take<float>(P);
+    if (!off) m->master = pc.take<float>(S);
     m->grads = pc.take<float>(P);
     // --offload: master weights and optimizer states live in pinned host memory, where the
     // AdamW step runs (optim/adamw_cpu.h, the same bits as the GPU kernels); the pointers
     // below are host pointers then, and copies use cudaMemcpyDefault (unified addressing).
     if (off) {
-        CUDA_CHECK(cudaMallocHost(&m->master, P * sizeof(float)));
-        CUDA_CHECK(cudaMallocHost(&m->h_grads, P * sizeof(float)));
-        CUDA_CHECK(cudaMallocHost(&m->h_params, P * sizeof(uint16_t)));
+        CUDA_CHECK(cudaMallocHost(&m->master, (S ? S : 1) * sizeof(float)));
+        CUDA_CHECK(cudaMallocHost(&m->h_grads, (S ? S : 1) * sizeof(float)));
+        CUDA_CHECK(cudaMallocHost(&m->h_params, (S ? S : 1) * sizeof(uint16_t)));
     }
     if (!lowbit) {
         if (off) {
-            CUDA_CHECK(cudaMallocHost(&m->adam_m, P * sizeof(float)));
-            CUDA_CHECK(cudaMallocHost(&m->adam_v, P * sizeof(float)));
+            CUDA_CHECK(cudaMallocHost(&m->adam_m, (S ? S : 1) * sizeof(float)));
+            CUDA_CHECK(cudaMallocHost(&m->adam_v, (S ? S : 1) * sizeof(float)));
         } else {
-            m->adam_m = pc.take<float>(P);
-            m->adam_v = pc.take<float>(P);
+            m->adam_m = pc.take<float>(S);
+            m->adam_v = pc.take<float>(S);
         }
     } else {
-        // One region per tensor, laid out by torchao's rule (lowbit_layout): quantized
-        // blocks for tensors of >= 4096 elements in whole blocks, fp32 states otherwise.
-        LowbitLayout *lay = (LowbitLayout *)ao_malloc((size_t)m->tab.n * sizeof *lay);
-        for (int i = 0; i < m->tab.n; i++) {
-            lay[i] = lowbit_layout(opts->optim, m->tab.p[i].numel, LOWBIT_MASTER_F32);
+        // One region per piece (per tensor without ZeRO), laid out by torchao's rule
+        // (lowbit_layout): quantized blocks for tensors of >= 4096 elements in whole blocks,
+        // fp32 states otherwise; a piece keeps its whole tensor's format.
+        const int np = z->n_pieces;
+        LowbitLayout *lay = (LowbitLayout *)ao_malloc((size_t)(np ? np : 1) * sizeof *lay);
+        for (int i = 0; i < np; i++) {
+            lay[i] = zero_piece_layout(opts->optim, m->tab.p[z->pieces[i].tensor].numel, z->pieces[i].n);
             m->state_bytes += lay[i].bytes;
         }
         if (off) {
-            CUDA_CHECK(cudaMallocHost(&m->state_mem, m->state_bytes));
+            CUDA_CHECK(cudaMallocHost(&m->state_mem, m->state_bytes ? m->state_bytes : 16));
             memset(m->state_mem, 0, m->state_bytes);  // zeros = fresh states
         } else {
-            CUDA_CHECK(cudaMalloc(&m->state_mem, m->state_bytes));
+            CUDA_CHECK(cudaMalloc(&m->state_mem, m->state_bytes ? m->state_bytes : 16));
             CUDA_CHECK(cudaMemsetAsync(m->state_mem, 0, m->state_bytes, ctx->stream));
         }
-        m->states = (LowbitState *)ao_malloc((size_t)m->tab.n * sizeof *m->states);
+        m->states = (LowbitState *)ao_malloc((size_t)(np ? np : 1) * sizeof *m->states);
         size_t so = 0;
-        for (int i = 0; i < m->tab.n; i++) {
+        for (int i = 0; i < np; i++) {
             m->states[i] = lowbit_state_at(&lay[i], (char *)m->state_mem + so);
             so += lay[i].bytes;
         }
@@ -203,19 +232,22 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     m->fused_qkv_bias = ib >= 0 && param_table_contiguous(&m->tab, ib, 3);
 
     // The working bf16 copy is cast on the GPU from the fp32 weights (staged in the gradient
-    // buffer when the master lives on the host), so it equals what the optimizer writes.
-    float *stage = off ? m->grads : m->master;
+    // buffer when the master lives on the host or holds only a shard), so it equals what the
+    // optimizer writes. Every rank holds the same CPU model, so the shards agree.
+    float *stage = off || S != P ? m->grads : m->master;
     CUDA_CHECK(cudaMemcpy(stage, cpu->params, P * sizeof(float), cudaMemcpyHostToDevice));
-    if (off) memcpy(m->master, cpu->params, P * sizeof(float));
+    if (off) memcpy(m->master, cpu->params + z->begin, S * sizeof(float));
+    else if (stage != m->master)  // on the compute stream, before the memset below reuses the stage
+        CUDA_CHECK(cudaMemcpyAsync(m->master, stage + z->begin, S * sizeof(float), cudaMemcpyDeviceToDevice, ctx->stream));
     cast_f32_to_bf16(m->params, stage, P, ctx->stream);
     CUDA_CHECK(cudaMemsetAsync(m->grads, 0, P * sizeof(float), ctx->stream));
     if (!lowbit) {
         if (off) {
-            memset(m->adam_m, 0, P * sizeof(float));
-            memset(m->adam_v, 0, P * sizeof(float));
+            memset(m->adam_m, 0, S * sizeof(float));
+            memset(m->adam_v, 0, S * sizeof(float));
         } else {
-            CUDA_CHECK(cudaMemsetAsync(m->adam_m, 0, P * sizeof(float), ctx->stream));
-            CUDA_CHECK(cudaMemsetAsync(m->adam_v, 0, P * sizeof(float), ctx->stream));
+            CUDA_CHECK(cudaMemsetAsync(m->adam_m, 0, S * sizeof(float), ctx->stream));
+            CUDA_CHECK(cudaMemsetAsync(m->adam_v, 0, S * sizeof(float), ctx->stream));
         }
     }
 
@@ -260,8 +292,16 @@ void llama_gpu_free(LlamaGpu *m) {
     free(m->wl);
     free(m->gl);
     free(m->layers);
+    if (m->plan == &m->own_plan) zero_plan_free(&m->own_plan);
     param_table_free(&m->tab);
     memset(m, 0, sizeof *m);
+}
+
+// Waits for the compute stream: through the multi-GPU hook when one is set (it polls for
+// failed peers), else plainly.
+static void gpu_sync(LlamaGpu *m, GpuCtx *ctx, const char *what) {
+    if (m->sync) m->sync(m->sync_arg, ctx->stream, what);
+    else CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
 }
 
 void llama_gpu_set_batch(LlamaGpu *m, GpuCtx *ctx, const int32_t *tokens, const int32_t *targets) {
@@ -275,7 +315,7 @@ void llama_gpu_set_batch(LlamaGpu *m, GpuCtx *ctx, const int32_t *tokens, const 
     }
     // The stream is in order, so the pinned staging buffers may be reused only once the
     // previous batch's copies are done.
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    gpu_sync(m, ctx, "the previous batch's copies (compute stream)");
     m->n_buckets = embedding_buckets_cpu(m->h_pos, m->h_start, m->h_token, tokens, N, V);
     CUDA_CHECK(cudaMemcpyAsync(m->tokens, tokens, N * sizeof(int32_t), cudaMemcpyHostToDevice, ctx->stream));
     if (targets) CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, N * sizeof(int32_t), cudaMemcpyHostToDevice, ctx->stream));
@@ -382,7 +422,7 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
                             V, 0);
     }
     CUDA_CHECK(cudaMemcpyAsync(m->h_losses, m->losses, N * sizeof(float), cudaMemcpyDeviceToHost, s));
-    CUDA_CHECK(cudaStreamSynchronize(s));
+    gpu_sync(m, ctx, "the forward pass's losses (compute stream)");
     // Ignored rows have loss 0, so a fixed-order sum over all rows is the sum over valid ones.
     double sum = 0;
     for (int i = 0; i < N; i++) sum += m->h_losses[i];
@@ -430,8 +470,10 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
         qkv_backward(m, ctx, l, L->ln1);
         rmsnorm_backward(m->d_resid, G->ln1, m->norm_scratch, m->d_ln, m->d_resid, L->resid, W->ln1, L->ln1_rstd, N, D,
                          s);
+        if (m->grads_ready) m->grads_ready(m->grads_ready_arg, l);
     }
     embedding_backward(m->g.wte, m->d_resid, m->emb_pos, m->emb_start, m->emb_token, m->n_buckets, D, s);
+    if (m->grads_ready) m->grads_ready(m->grads_ready_arg, -1);
 }
 
 void llama_gpu_zero_grads(LlamaGpu *m, GpuCtx *ctx) {
@@ -443,43 +485,69 @@ float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx) {
     grad_norm_squared(out, m->gn_scratch + 1, m->grads, m->tab.total, ctx->stream);
     float h;
     CUDA_CHECK(cudaMemcpyAsync(&h, out, sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    gpu_sync(m, ctx, "the gradient norm (compute stream)");
     return sqrtf(h);
+}
+
+LowbitState llama_gpu_piece_state(const LlamaGpu *m, int i) {
+    const ZeroPlan *z = m->plan;
+    CHECK(i >= 0 && i < z->n_pieces, "piece %d of %d", i, z->n_pieces);
+    if (m->opts.optim != LOWBIT_F32) return m->states[i];
+    const size_t so = z->pieces[i].offset - z->begin;
+    LowbitState st;
+    memset(&st, 0, sizeof st);
+    st.fmt = LOWBIT_F32;
+    st.n = z->pieces[i].n;
+    st.m = m->adam_m + so;
+    st.v = m->adam_v + so;
+    return st;
 }
 
 void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
                      float grad_scale) {
     const int off = m->opts.offload;
-    if (off) {  // gradients to the host; the step runs there; the bf16 weights come back
-        CUDA_CHECK(cudaMemcpyAsync(m->h_grads, m->grads, m->tab.total * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
-        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    const ZeroPlan *z = m->plan;
+    const size_t S = m->shard_n, b0 = z->begin;
+    if (off) {  // the shard's gradients to the host; the step runs there; its bf16 weights come back
+        CUDA_CHECK(cudaMemcpyAsync(m->h_grads, m->grads + b0, S * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
+        gpu_sync(m, ctx, "the gradients for the host optimizer step (compute stream)");
     }
-    for (int i = 0; i < m->tab.n; i++) {
-        const ParamInfo *p = &m->tab.p[i];
-        const size_t o = p->offset;
+    // A piece is a whole tensor without ZeRO; o is its flat offset (params, grads, and the
+    // stochastic-rounding index), so = o - b0 its index into the shard's arrays.
+    for (int i = 0; i < z->n_pieces; i++) {
+        const ZeroPiece *pc = &z->pieces[i];
+        const ParamInfo *p = &m->tab.p[pc->tensor];
+        const size_t o = pc->offset, so = o - b0, n = pc->n;
         const float wd_i = p->kind == PARAM_MATRIX ? wd : 0.0f;
         LowbitStep ls = {lr, b1, b2, eps, wd_i, step, grad_scale, LOWBIT_MASTER_F32, m->opts.seed, o};
         if (m->opts.optim == LOWBIT_F32) {
             if (off)
-                adamw_update_cpu(m->master + o, m->h_params + o, m->h_grads + o, m->adam_m + o, m->adam_v + o, p->numel, lr,
-                                 b1, b2, eps, wd_i, step, grad_scale);
+                adamw_update_cpu(m->master + so, m->h_params + so, m->h_grads + so, m->adam_m + so, m->adam_v + so, n,
+                                 lr, b1, b2, eps, wd_i, step, grad_scale);
             else
-                adamw_update(m->master + o, m->params + o, m->grads + o, m->adam_m + o, m->adam_v + o, p->numel, lr, b1,
-                             b2, eps, wd_i, step, grad_scale, ctx->stream);
+                adamw_update(m->master + so, m->params + o, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2,
+                             eps, wd_i, step, grad_scale, ctx->stream);
         } else if (off) {
-            adamw_lowbit_update_cpu(m->master + o, m->h_params + o, &m->states[i], m->h_grads + o, &ls);
+            adamw_lowbit_update_cpu(m->master + so, m->h_params + so, &m->states[i], m->h_grads + so, &ls);
         } else {
-            adamw_lowbit_update(m->master + o, m->params + o, m->states[i], m->grads + o, &ls, ctx->stream);
+            adamw_lowbit_update(m->master + so, m->params + o, m->states[i], m->grads + o, &ls, ctx->stream);
         }
     }
     if (off)
-        CUDA_CHECK(cudaMemcpyAsync(m->params, m->h_params, m->tab.total * sizeof(uint16_t), cudaMemcpyHostToDevice,
-                                   ctx->stream));
+        CUDA_CHECK(cudaMemcpyAsync(m->params + b0, m->h_params, S * sizeof(uint16_t), cudaMemcpyHostToDevice, ctx->stream));
 }
 
 void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu) {
+    CHECK(m->plan->begin == 0 && m->shard_n == m->tab.total,
+          "llama_gpu_download: this process holds only a shard of the master weights (gather them first)");
     CUDA_CHECK(cudaDeviceSynchronize());
     CUDA_CHECK(cudaMemcpy(cpu->params, m->master, m->tab.total * sizeof(float), cudaMemcpyDefault));
+}
+
+void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst) {
+    if (m->shard_n)
+        CUDA_CHECK(cudaMemcpyAsync(dst + m->plan->begin, m->master, m->shard_n * sizeof(float), cudaMemcpyDefault,
+                                   ctx->stream));
 }
 
 void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
@@ -490,5 +558,5 @@ void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
     matmul_forward(ctx, m->logits, x, m->w.lm_head, nullptr, 1, D, V, V);
     cast_bf16_to_f32(m->logits_f32, m->logits, (size_t)V, ctx->stream);
     CUDA_CHECK(cudaMemcpyAsync(out, m->logits_f32, V * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    gpu_sync(m, ctx, "the sampled logits (compute stream)");
 }

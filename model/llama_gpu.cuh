@@ -1,10 +1,13 @@
 // The Llama model on one GPU in bf16: parameters, fp32 master weights, fp32 gradients
 // and AdamW moments in one allocation carved by the parameter table; activations in a
 // second one. Forward and backward are assembled from the ops/*.cu kernels; every
-// linear goes through ops/matmul (cuBLASLt), attention through ops/attention.
+// linear goes through ops/matmul (cuBLASLt), attention through ops/attention. With ZeRO
+// (GpuRunOpts.zero, dist/zero.cuh) the master weights and moments are those of this
+// rank's shard only; parameters and gradients are always whole.
 #pragma once
 
 #include "../common/gpu.h"
+#include "../dist/zero.cuh"
 #include "../ops/attention.cuh"
 #include "../optim/lowbit.h"
 #include "model.h"
@@ -22,6 +25,8 @@ typedef struct {
     LowbitFormat optim;    // AdamW state format: LOWBIT_F32 (fp32 m, v), _8BIT, _4BIT, _FP8 (torchao's)
     uint64_t seed;         // stochastic-rounding seed of the low-bit optimizers
     int offload;           // master weights + optimizer states in pinned host memory, AdamW on the CPU
+    const ZeroPlan *zero;  // ZeRO shard this process steps (dist/zero.cuh); NULL: all of it (one GPU).
+                           // Must outlive the model.
 } GpuRunOpts;
 
 // Per-layer activations kept for backward (bf16 unless marked), N = B*T rows.
@@ -39,6 +44,7 @@ typedef struct {
     bf16 *act;       // [N, F] (shared scratch when recompute_swiglu)
 } GpuLayerActs;
 
+// Not copyable by value: plan may point at own_plan inside it.
 typedef struct {
     LlamaConfig cfg;
     ParamTable tab;
@@ -47,15 +53,28 @@ typedef struct {
     // parameter memory (one cudaMalloc)
     void *param_mem;
     size_t param_bytes;
-    bf16 *params;   // working copy used by the matmuls
-    float *master;  // fp32 master weights (pinned host memory with opts.offload)
-    float *grads;   // fp32 gradients, accumulated over micro-batches
+    bf16 *params;   // working copy used by the matmuls (all parameters, on every rank)
+    float *grads;   // fp32 gradients, accumulated over micro-batches (all parameters)
+    // Optimizer side: only the shard [plan->begin, plan->end) of the flat parameter vector,
+    // indexed by (flat offset - plan->begin); the whole vector without ZeRO.
+    const ZeroPlan *plan;      // opts.zero, or own_plan
+    ZeroPlan own_plan;         // the whole model, one piece per tensor (no ZeRO)
+    size_t shard_n;            // plan->end - plan->begin
+    float *master;  // fp32 master weights of the shard (pinned host memory with opts.offload)
     float *adam_m, *adam_v;    // fp32 moments (opts.optim == LOWBIT_F32)
-    void *state_mem;           // low-bit moments, one region per tensor (other formats)
+    void *state_mem;           // low-bit moments, one region per piece (other formats)
     size_t state_bytes;
-    LowbitState *states;       // [tab.n] pointers into state_mem (host memory with offload)
-    float *h_grads;            // offload: pinned host copy of the gradients
-    uint16_t *h_params;        // offload: bf16 weights written by the host step
+    LowbitState *states;       // [plan->n_pieces] pointers into state_mem (host memory with offload)
+    float *h_grads;            // offload: pinned host copy of the shard's gradients
+    uint16_t *h_params;        // offload: bf16 weights of the shard written by the host step
+    // Hooks (NULL: one GPU). sync replaces cudaStreamSynchronize on the compute stream, so a
+    // multi-GPU run can poll for failed peers while it waits (dist_sync_hook); grads_ready is
+    // called from llama_gpu_backward once layer l's gradients are queued (l = n_layers-1 .. 0)
+    // and with l = -1 once the global tensors' are, so their reduction can overlap the rest.
+    void (*sync)(void *arg, cudaStream_t s, const char *what);
+    void *sync_arg;
+    void (*grads_ready)(void *arg, int layer);
+    void *grads_ready_arg;
     LlamaWeightsBf16 w;
     LlamaWeightsBf16Layer *wl;
     LlamaWeights g;  // gradient pointers (fp32)
@@ -102,10 +121,16 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx);
 void llama_gpu_zero_grads(LlamaGpu *m, GpuCtx *ctx);
 // Global L2 norm of the gradients (synchronises).
 float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx);
-// One AdamW step over all tensors (weight decay on matrices only).
+// One AdamW step over the shard's pieces (all tensors without ZeRO; weight decay on matrices
+// only). With ZeRO the other ranks' parameters are left as they were: all-gather them after.
 void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
                      float grad_scale);
-// Copies master weights back into a CPU model (for saving).
+// The optimizer state of piece i of the shard (fp32 moments are viewed as a LOWBIT_F32 state).
+LowbitState llama_gpu_piece_state(const LlamaGpu *m, int i);
+// Copies master weights back into a CPU model (for saving; without ZeRO).
 void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu);
+// Copies the shard's master weights to dst[plan->begin, plan->end) (device memory of the
+// flat size), queued on the compute stream.
+void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst);
 // Logits at row b, position pos of the last forward, into host out[V] fp32 (sampling).
 void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out);

@@ -1,0 +1,40 @@
+// The communication of one ZeRO-1/2 data-parallel step, on the model's flat buffers (bf16
+// parameters and fp32 gradients in parameter-table order, all parameters on every rank):
+//
+//   backward of the last micro-batch   as each layer's gradients are queued (LlamaGpu's
+//                                      grads_ready hook), they are reduced on the communication
+//                                      stream while the layers below run their backward:
+//                                      ZeRO-1 all-reduces the layer's range, ZeRO-2 reduces it
+//                                      onto the ranks that own each part (reduce-scatter with
+//                                      uneven ranges); the global tensors go last
+//   zero_grads_wait                    the compute stream waits for those reductions
+//   zero_grad_norm                     global L2 norm: ZeRO-1 over the whole all-reduced
+//                                      gradient (the same kernel and the same number as one GPU);
+//                                      ZeRO-2 from each rank's shard, the squares summed over ranks
+//   (optimizer step on the own shard)
+//   zero_params_gather                 every rank's updated bf16 parameters to every rank
+//
+// The loss is scaled by the global number of target tokens, so the reduction is a sum.
+#pragma once
+#include "dist.cuh"
+#include "zero.cuh"
+
+typedef struct {
+    Dist *dist;
+    const ZeroPlan *plan;
+    float *grads;  // [plan->total] device
+    bf16 *params;  // [plan->total] device
+    cudaStream_t compute;
+    float *norm_scratch;  // device: result + grad_norm_squared's partials
+    float *h_norm;        // pinned
+} ZeroComm;
+
+void zero_comm_init(ZeroComm *zc, Dist *d, const ZeroPlan *z, float *grads, bf16 *params, cudaStream_t compute);
+void zero_comm_free(ZeroComm *zc);
+// LlamaGpu.grads_ready hook, arg = ZeroComm *: reduces layer l's gradients, or the global
+// tensors' for l = -1.
+void zero_grads_ready(void *arg, int layer);
+void zero_grads_wait(ZeroComm *zc);
+// Synchronises (through dist_wait) and returns the global gradient norm.
+float zero_grad_norm(ZeroComm *zc);
+void zero_params_gather(ZeroComm *zc);

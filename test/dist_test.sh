@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Multi-GPU tests of train_llama (issue 9), on one machine with 2 or more GPUs:
+#   bash test/dist_test.sh [BUILD_DIR]     (default: build; needs ./train_llama and BUILD_DIR/test/gpu_test_dist)
+# Ranks are started by dist/launch_local.sh (the LLAMA_AO_* variables) and, where OpenMPI's
+# mpirun is installed, by mpirun too. Every check prints one PASS or FAIL line with its numbers;
+# the last line is "N passed, N failed" (exit status non-zero when any failed).
+#
+#   1. collectives and sharded steps: gpu_test_dist on 2 ranks
+#   2. 1 GPU accumulating 2 micro-batches vs 2 GPUs with one each (same global batch, same data):
+#      ZeRO-1 must give the same bits (losses, norms, final model.safetensors): with 2 ranks every
+#      gradient sum is one fp32 addition, the model here is untied and one LM-head chunk per
+#      micro-batch, so each gradient is accumulated exactly as on 1 GPU. ZeRO-2 computes the
+#      global norm from shard partials (another fp32 summation order), so the clip scale may
+#      differ in its last bit: losses within LOSS_TOL. Same for adamw4bit (block-aligned shards).
+#   3. resume on 2 GPUs (bit-exact), re-shard 2 -> 1 and 1 -> 2 (ZeRO and not): within LOSS_TOL,
+#      and the line says whether the logs and final weights came out identical
+#   4. faults: one rank exits or hangs at step 5; every rank must exit non-zero within the
+#      timeout (20 s) plus start-up; the surviving rank names itself and what it waited for
+set -u
+build=${1:-build}
+TL=./train_llama
+GT=$build/test/gpu_test_dist
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}  # no NVLink multicast on shared machines
+LOSS_TOL=2e-3  # relative, worst step, for runs that are not expected to be bit-identical
+pass=0; fail=0
+ok() { echo "PASS $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit $?; }
+
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if [ "$ngpu" -lt 2 ]; then bad "this machine has $ngpu GPUs; the tests need 2"; finish; fi
+for f in "$TL" "$GT"; do [ -x "$f" ] || { bad "$f is not built (make train_llama $GT)"; finish; }; done
+LOCAL="bash dist/launch_local.sh 2"
+MPI=""
+if command -v mpirun > /dev/null; then
+  MPI="mpirun -np 2 --bind-to none -x NCCL_NVLS_ENABLE"
+  [ "$(id -u)" = 0 ] && MPI="$MPI --allow-run-as-root"
+  echo "mpirun: $(command -v mpirun)"
+else
+  echo "mpirun not found: the mpirun variants are skipped (launcher-free start only)"
+fi
+T=$(mktemp -d /tmp/llama_ao_dist.XXXXXX)
+echo "work directory: $T"
+make data > "$T/make_data.log" 2>&1 || bad "make data (see $T/make_data.log)"
+
+# ---- 1. collectives ------------------------------------------------------------------------
+gt_check() {  # label, command...
+  local label=$1; shift
+  timeout 600 "$@" > "$T/gt_$label.log" 2>&1; local rc=$?
+  local lines; lines=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$T/gt_$label.log")
+  if [ $rc -eq 0 ] && [ "$(echo "$lines" | grep -c ' 0 failed')" -eq 2 ]; then ok "gpu_test_dist on 2 ranks ($label): $(echo $lines)"
+  else bad "gpu_test_dist on 2 ranks ($label): rc $rc: $(echo $lines) (log $T/gt_$label.log)"; grep -E "FAIL|error" "$T/gt_$label.log" | head -10; fi
+}
+gt_check local $LOCAL "$GT"
+[ -n "$MPI" ] && gt_check mpirun $MPI "$GT"
+
+# ---- 2. one GPU vs two ---------------------------------------------------------------------
+cat > "$T/cfg.json" <<'EOF'
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 50304, "hidden_size": 256,
+ "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+ "head_dim": 64, "max_position_embeddings": 1024, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+ "tie_word_embeddings": false, "hidden_act": "silu", "initializer_range": 0.02, "torch_dtype": "bfloat16"}
+EOF
+N=24
+common="--config $T/cfg.json -b 4 -t 256 --total-batch 2048 -n $N --warmup 4 --lr 2e-3 --eval-every 12 --eval-batches 4 --sample-every 0 --save-every 12 --dist-timeout 120"
+run() {  # name, launcher (or ""), extra flags...
+  local name=$1 launcher=$2; shift 2
+  timeout 600 $launcher $TL $common "$@" -o "$T/$name" > "$T/$name.log" 2>&1
+  local rc=$?
+  [ $rc -eq 0 ] || { bad "run $name exited $rc (log $T/$name.log)"; tail -5 "$T/$name.log"; }
+}
+# "step loss norm" per training step from log.jsonl (steps >= $2)
+losses() { awk -v from="${2:-1}" -F'[:,}]' '/"loss"/ { gsub(/ /, ""); if ($2 + 0 >= from) print $2, $4, $6 }' "$T/$1/log.jsonl"; }
+vals() { awk -F'[:,}]' '/"val_loss"/ { gsub(/ /, ""); print $2, $4 }' "$T/$1/log.jsonl"; }
+# compare A B MODE LABEL [FROM_STEP]: MODE bitwise = identical logs and final weights; tol = losses within LOSS_TOL
+compare() {
+  local a=$1 b=$2 mode=$3 label=$4 from=${5:-1}
+  local la lb; la=$(losses "$a" "$from"); lb=$(losses "$b" "$from")
+  if [ -z "$la" ] || [ "$(echo "$la" | wc -l)" != "$(echo "$lb" | wc -l)" ]; then bad "$label: step counts differ or no steps"; return; fi
+  local worst; worst=$(paste <(echo "$la") <(echo "$lb") | awk '{ d = ($2 - $5) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
+  local first; first=$(paste <(echo "$la") <(echo "$lb") | head -1 | awk '{ print ($2 == $5) ? "equal" : "DIFFERENT" }')
+  local same_w="differ"; cmp -s "$T/$a/ckpt_0000$N/model.safetensors" "$T/$b/ckpt_0000$N/model.safetensors" && same_w="identical"
+  local same_log="differ"; [ "$la" = "$lb" ] && [ "$(vals "$a" | tail -1)" = "$(vals "$b" | tail -1)" ] && same_log="identical"
+  local info="worst loss rel diff $worst, step-$from loss $first, logs $same_log, final weights $same_w"
+  if [ "$mode" = bitwise ]; then
+    if [ "$same_log" = identical ] && [ "$same_w" = identical ]; then ok "$label: bit-identical ($info)"; else bad "$label: expected bit-identical ($info)"; fi
+  else
+    if awk -v w="$worst" -v t="$LOSS_TOL" 'BEGIN { exit !(w <= t) }' && [ "$first" = equal ]; then ok "$label: within $LOSS_TOL ($info)"
+    else bad "$label: beyond $LOSS_TOL or step-$from loss differs ($info)"; fi
+  fi
+}
+run one ""
+run w1z1 "" --zero 1
+run z1 "$LOCAL" --zero 1
+run z2 "$LOCAL" --zero 2
+run one4 "" --optim adamw4bit
+run z1_4 "$LOCAL" --zero 1 --optim adamw4bit
+run z2_8 "$LOCAL" --zero 2 --optim adamw8bit
+run one8 "" --optim adamw8bit
+compare one w1z1 bitwise "1 GPU vs --zero 1 on 1 GPU (sharded code path, world 1)"
+compare one z1 bitwise "1 GPU vs 2 GPUs --zero 1 (adamw)"
+compare one z2 tol "1 GPU vs 2 GPUs --zero 2 (adamw)"
+compare one4 z1_4 bitwise "1 GPU vs 2 GPUs --zero 1 (adamw4bit)"
+compare one8 z2_8 tol "1 GPU vs 2 GPUs --zero 2 (adamw8bit)"
+if [ -n "$MPI" ]; then
+  run z1_mpi "$MPI" --zero 1
+  compare z1 z1_mpi bitwise "2 GPUs --zero 1: launch_local vs mpirun"
+fi
+grep -E "ZeRO-|NCCL communicator ready" "$T/z2.log" | head -3
+
+# ---- 3. resume and re-shard ------------------------------------------------------------------
+resume() {  # name, launcher, checkpoint, extra flags...
+  local name=$1 launcher=$2 ck=$3; shift 3
+  run "$name" "$launcher" --resume "$T/$ck" "$@"
+}
+resume z1_r "$LOCAL" z1/ckpt_000012 --zero 1
+compare z1 z1_r bitwise "resume on 2 GPUs --zero 1 from step 12" 13
+resume z2_r "$LOCAL" z2/ckpt_000012 --zero 2
+compare z2 z2_r bitwise "resume on 2 GPUs --zero 2 from step 12" 13
+resume z1_to1 "" z1/ckpt_000012 --zero 1
+compare z1 z1_to1 tol "re-shard 2 GPUs (--zero 1) -> 1 GPU (--zero 1)" 13
+resume z2_to1 "" z2/ckpt_000012
+compare z2 z2_to1 tol "re-shard 2 GPUs (--zero 2) -> 1 GPU without ZeRO" 13
+resume one_to2 "$LOCAL" one/ckpt_000012 --zero 2
+compare one one_to2 tol "re-shard 1 GPU (no ZeRO) -> 2 GPUs (--zero 2)" 13
+resume z1_4_to1 "" z1_4/ckpt_000012 --optim adamw4bit
+compare one4 z1_4_to1 tol "re-shard adamw4bit 2 GPUs (--zero 1) -> 1 GPU without ZeRO" 13
+ls "$T/z1/ckpt_000012" | tr '\n' ' '; echo
+
+# ---- 4. faults -------------------------------------------------------------------------------
+TMO=20
+LIMIT=$((TMO + 90))  # timeout + start-up and 5 steps, generously
+fault() {  # label, launcher kind (local|mpi), kind (exit|hang)
+  local label=$1 how=$2 kind=$3
+  local log="$T/fault_${how}_$kind.log" t0 t1 rc
+  t0=$(date +%s)
+  if [ "$how" = local ]; then
+    LLAMA_AO_FAULT=1:5:$kind timeout 300 $LOCAL $TL $common --dist-timeout $TMO --zero 1 -o "$T/f_$how$kind" > "$log" 2>&1
+  else
+    timeout 300 $MPI -x LLAMA_AO_FAULT=1:5:$kind $TL $common --dist-timeout $TMO --zero 1 -o "$T/f_$how$kind" > "$log" 2>&1
+  fi
+  rc=$?; t1=$(date +%s)
+  local el=$((t1 - t0)) r0 r1 named
+  named=$(grep -E "rank 0/2.*(timed out|NCCL)" "$log" | head -1 | sed -E 's/^error: //' | cut -c1-200)
+  if [ "$how" = local ]; then
+    r0=$(sed -n -E 's/^launch_local: rank 0 exit ([0-9]+)/\1/p' "$log"); r1=$(sed -n -E 's/^launch_local: rank 1 exit ([0-9]+)/\1/p' "$log")
+    if [ $rc -ne 124 ] && [ "${r0:-0}" -ne 0 ] && [ "${r1:-0}" -ne 0 ] && [ $el -le $LIMIT ] && [ -n "$named" ]; then
+      ok "$label: rank 0 exit $r0, rank 1 exit $r1, after $el s (limit $LIMIT): $named"
+    else bad "$label: rc $rc, rank 0 exit ${r0:-?}, rank 1 exit ${r1:-?}, after $el s (limit $LIMIT), message: ${named:-none} (log $log)"; fi
+  else
+    if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $el -le $LIMIT ]; then ok "$label: mpirun exit $rc after $el s (limit $LIMIT) ${named:+: $named}"
+    else bad "$label: mpirun exit $rc after $el s (limit $LIMIT) (log $log)"; fi
+  fi
+}
+fault "rank 1 dies at step 5 (launch_local)" local exit
+fault "rank 1 hangs at step 5 (launch_local)" local hang
+if [ -n "$MPI" ]; then
+  fault "rank 1 dies at step 5 (mpirun)" mpi exit
+  fault "rank 1 hangs at step 5 (mpirun)" mpi hang
+fi
+# bad start-ups fail fast and name the cause
+timeout 120 $LOCAL $TL $common -o "$T/nozero" > "$T/nozero.log" 2>&1
+if [ $? -ne 0 ] && [ "$(grep -c 'pass --zero 1 or --zero 2' "$T/nozero.log")" -eq 2 ]; then ok "2 ranks without --zero: both refuse"
+else bad "2 ranks without --zero (log $T/nozero.log)"; fi
+echo stale > "$T/stale_init"
+t0=$(date +%s)
+LLAMA_AO_INIT_FILE="$T/stale_init" timeout 120 $LOCAL $TL $common --zero 1 --dist-timeout 10 -o "$T/stale" > "$T/stale.log" 2>&1
+rc=$?; el=$(($(date +%s) - t0))
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "already exists" "$T/stale.log" && [ "$(grep -c 'exit [1-9]' "$T/stale.log")" -eq 2 ]; then
+  ok "stale init file: both ranks exit non-zero after $el s, rank 0 names the file"
+else bad "stale init file: rc $rc after $el s (log $T/stale.log)"; fi
+
+finish
