@@ -1,13 +1,35 @@
 // fp8 / MX cast kernels (interface and layouts in fp8_cast.cuh). Every element goes through the
 // shared functions of fp8.h / mx.h (fp8_quantize, fp8_scale_from_amax, mx_scale_from_amax, ...),
 // so results equal the CPU reference bit for bit; the kernels only choose who loads what.
-// Memory-bound: each kernel reads x once for the amax and once for the cast (the second read
-// mostly from L1/L2 or registers), writes one byte per element.
+//
+// Memory-bound: a bf16 -> fp8 cast must read 2 bytes and write 1 per element; tensor scaling reads
+// x once more in its amax pass (the scale must exist before the first code is written). The kernels
+// are shaped so that DRAM sees no more than that:
+//   - 16-byte loads of 8 bf16, coalesced along the rows of x (a warp load covers whole 32-byte
+//     sectors: 64 to 512 contiguous bytes); codes leave in 8- or 16-byte stores;
+//   - amax and cast fused wherever a scaling group fits one CTA (a row, 1x128, 128x128, the columns
+//     of a 512-row stripe): the values stay in registers between the reduction and the cast, so x
+//     is read once;
+//   - transposed outputs (W^T, g^T, x^T) go through a shared-memory tile of 32-bit words (4 codes
+//     of one column) with an XOR swizzle, so that each operand row is written 16 bytes per thread,
+//     128 or 512 contiguous bytes per CTA, and the tile's stores are free of bank conflicts;
+//   - the per-column amax of axis scaling (a column spans every row) is combined across a cluster
+//     of up to 8 CTAs through distributed shared memory (sm_90 thread block clusters): no
+//     workspace, no atomics, no second pass over x in DRAM;
+//   - 2 to 8 loads in flight per thread, so that a few warps per SM cover the DRAM latency.
+// Work per element: fp8_quantize is ~20 instructions (software RNE, the CPU reference's bits);
+// that is about as long as the element's memory time on H100/H200, so nothing else per element
+// (scales are computed once per group, the float64 division included).
+#include <algorithm>
+#include <cooperative_groups.h>
+
 #include "../common/cuda_utils.cuh"
 #include "fp8_cast.cuh"
 
 static_assert(FP8_BLOCK == 128 && MX_BLOCK == 32, "the tile shapes below assume 128 / 32 element blocks");
 static_assert(sizeof(bf16) == 2 && sizeof(x128) == 16, "8 bf16 per 16-byte load");
+
+namespace cg = cooperative_groups;
 
 namespace {
 
@@ -21,38 +43,90 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-// Max over a block of kThreads threads; every thread gets it. red holds kThreads / 32 floats.
+// Max over the CTA (blockDim.x a multiple of 32, at most 1024); every thread gets it. red: 32 floats.
 __device__ __forceinline__ float block_max(float v, float *red) {
     v = warp_max(v);
     if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
     __syncthreads();
     float m = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kThreads / 32; w++) m = fmaxf(m, red[w]);
+    for (int w = 0; w < (int)blockDim.x / 32; w++) m = fmaxf(m, red[w]);
     __syncthreads();
+    return m;
+}
+// fp8_amax_step over 8 values.
+__device__ __forceinline__ float amax8(float m, const x128 &v) {
+#pragma unroll
+    for (int j = 0; j < 8; j++) m = fp8_amax_step(m, bf(v[j]));
     return m;
 }
 
 // 8 fp8 codes of 8 bf16 at one scale, packed for one 8-byte store.
-__device__ __forceinline__ uint2 quant8(const x128 &v, float s, Fp8Dtype dt) {
+template <Fp8Dtype DT>
+__device__ __forceinline__ uint2 quant8(const x128 &v, float s) {
     uint32_t w[2] = {0, 0};
 #pragma unroll
-    for (int j = 0; j < 8; j++) w[j / 4] |= (uint32_t)fp8_quantize(bf(v[j]), s, dt) << (8 * (j % 4));
+    for (int j = 0; j < 8; j++) w[j / 4] |= (uint32_t)fp8_quantize(bf(v[j]), s, DT) << (8 * (j % 4));
     return make_uint2(w[0], w[1]);
 }
 
-// ---- tensor amax ---------------------------------------------------------------------------------
-__global__ void __launch_bounds__(kThreads) fp8_amax_partial_kernel(float *partials, const bf16 *x, size_t n, int vec) {
-    __shared__ float red[kThreads / 32];
-    float m = 0.0f;
-    size_t tid = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads, done = 0;
-    if (vec) {
-        done = n / 8 * 8;
-        for (size_t i = tid; i < n / 8; i += stride) {
-            x128 v = load128cs(x + i * 8);
+// The 8 bf16 of row r, columns c .. c + 7 of x [rows, cols] (zeros past the edges). vl: 16-byte
+// loads allowed (x 16-byte aligned, cols % 8 == 0, c % 8 == 0); stream: read once (evict-first).
+__device__ __forceinline__ x128 load_row8(const bf16 *x, int rows, int cols, int r, int c, bool vl, bool stream) {
+    x128 v;
+    if (r < rows && vl && c < cols) {
+        const bf16 *p = x + (size_t)r * cols + c;
+        return stream ? load128cs(p) : load128(p);
+    }
 #pragma unroll
-            for (int j = 0; j < 8; j++) m = fp8_amax_step(m, bf(v[j]));
+    for (int j = 0; j < 8; j++)
+        v[j] = (r < rows && c + j < cols) ? x[(size_t)r * cols + c + j] : __ushort_as_bfloat16((unsigned short)0);
+    return v;
+}
+// The first n (>= 1) of 8 codes to dst: one 8-byte store when allowed (vs: dst 8-byte aligned) and whole.
+__device__ __forceinline__ void store8(uint8_t *dst, uint2 p, int n, bool vs) {
+    if (vs && n >= 8) {
+        *reinterpret_cast<uint2 *>(dst) = p;
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        if (j < n) dst[j] = (uint8_t)((j < 4 ? p.x : p.y) >> (8 * (j % 4)));
+}
+// The first n (>= 1) of 16 codes to dst: one 16-byte store when allowed (vs: dst 16-byte aligned) and whole.
+__device__ __forceinline__ void store16(uint8_t *dst, uint4 p, int n, bool vs) {
+    if (vs && n >= 16) {
+        *reinterpret_cast<uint4 *>(dst) = p;
+        return;
+    }
+    const uint32_t w[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+        if (j < n) dst[j] = (uint8_t)(w[j / 4] >> (8 * (j % 4)));
+}
+// Shared transpose tiles hold 32-bit words (4 codes of consecutive rows of one column of x) in rows
+// of a multiple of 32 words, one row per operand row. Word i of operand row o is stored at
+// i ^ (((o >> 3) & 3) << 3): the lanes of a warp that write the same word index for the four
+// operand rows 8 apart (the 4 column groups of a warp) land in 4 different banks, and groups of 4
+// words (16 bytes) stay together for the vector reads.
+__device__ __forceinline__ int swz(int orow, int word) { return word ^ (((orow >> 3) & 3) << 3); }
+
+// ---- tensor amax ---------------------------------------------------------------------------------
+// Grid-stride over 16-byte vectors, four loads in flight per thread; one partial per CTA.
+__global__ void __launch_bounds__(kThreads) fp8_amax_partial_kernel(float *partials, const bf16 *x, size_t n, int vec) {
+    __shared__ float red[32];
+    float m = 0.0f;
+    const size_t tid = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
+    size_t done = 0;
+    if (vec) {
+        const size_t nv = n / 8;
+        done = nv * 8;
+        size_t i = tid;
+        for (; i + 3 * stride < nv; i += 4 * stride) {
+            const x128 a = load128cs(x + 8 * i), b = load128cs(x + 8 * (i + stride));
+            const x128 c = load128cs(x + 8 * (i + 2 * stride)), d = load128cs(x + 8 * (i + 3 * stride));
+            m = amax8(amax8(amax8(amax8(m, a), b), c), d);
         }
+        for (; i < nv; i += stride) m = amax8(m, load128cs(x + 8 * i));
     }
     for (size_t i = done + tid; i < n; i += stride) m = fp8_amax_step(m, bf(x[i]));
     m = block_max(m, red);
@@ -60,228 +134,357 @@ __global__ void __launch_bounds__(kThreads) fp8_amax_partial_kernel(float *parti
 }
 
 __global__ void __launch_bounds__(kThreads) fp8_amax_final_kernel(float *amax, const float *partials, int np) {
-    __shared__ float red[kThreads / 32];
+    __shared__ float red[32];
     float m = 0.0f;
     for (int i = threadIdx.x; i < np; i += kThreads) m = fmaxf(m, partials[i]);
     m = block_max(m, red);
     if (threadIdx.x == 0) *amax = m;
 }
 
-// ---- tensor / axis scaling, direct layout: one CUDA block per row ----------------------------------
-template <int VEC>
-__global__ void __launch_bounds__(kThreads) fp8_cast_rows_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int cols,
-                                                                 const float *tensor_amax, Fp8Dtype dt, int pow2) {
-    __shared__ float red[kThreads / 32];
+// ---- tensor scaling, direct layout ----------------------------------------------------------------
+// Rows are contiguous, so the tensor is one flat array whatever its shape: two 16-byte vectors per
+// thread (vec: x 16-byte and q 8-byte aligned), the last CTA also takes the n % 8 tail.
+template <Fp8Dtype DT>
+__global__ void __launch_bounds__(kThreads)
+    fp8_cast_tensor_kernel(uint8_t *q, float *scale_inv, const bf16 *x, size_t n, const float *tensor_amax, int pow2,
+                           int vec) {
+    const float s = fp8_scale_from_amax(*tensor_amax, DT, pow2);
+    if (blockIdx.x == 0 && threadIdx.x == 0) scale_inv[0] = fp8_scale_inv(s);
+    if (!vec) {
+        for (size_t i = (size_t)blockIdx.x * kThreads + threadIdx.x; i < n; i += (size_t)gridDim.x * kThreads)
+            q[i] = fp8_quantize(bf(x[i]), s, DT);
+        return;
+    }
+    const size_t nv = n / 8, i0 = (size_t)blockIdx.x * (2 * kThreads) + threadIdx.x, i1 = i0 + kThreads;
+    x128 a, b;
+    if (i0 < nv) a = load128cs(x + 8 * i0);
+    if (i1 < nv) b = load128cs(x + 8 * i1);
+    if (i0 < nv) *reinterpret_cast<uint2 *>(q + 8 * i0) = quant8<DT>(a, s);
+    if (i1 < nv) *reinterpret_cast<uint2 *>(q + 8 * i1) = quant8<DT>(b, s);
+    if (blockIdx.x == gridDim.x - 1 && threadIdx.x < n - nv * 8)
+        q[nv * 8 + threadIdx.x] = fp8_quantize(bf(x[nv * 8 + threadIdx.x]), s, DT);
+}
+
+// ---- axis scaling, direct layout: one CTA per row ---------------------------------------------------
+// Vector path (cols % 8 == 0, x 16-byte and q 8-byte aligned): the launcher sizes the CTA so that
+// each thread holds about two 16-byte vectors; up to kRowVec stay in registers between the row's
+// amax and its cast (rows up to 32768 with 1024 threads), a longer row's remainder is read again
+// (from L1 / L2, it was just read).
+constexpr int kRowVec = 4;
+template <Fp8Dtype DT>
+__global__ void __launch_bounds__(1024) fp8_cast_rows_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int cols,
+                                                             int pow2) {
+    __shared__ float red[32];
     const size_t row = blockIdx.x;
     const bf16 *xr = x + row * cols;
     uint8_t *qr = q + row * cols;
-    float amax;
-    if (tensor_amax) {
-        amax = *tensor_amax;
-    } else {
-        float m = 0.0f;
-        if (VEC == 8) {
-            for (int c = threadIdx.x * 8; c < cols; c += kThreads * 8) {
-                x128 v = load128(xr + c);
+    const int nv = cols / 8, nt = blockDim.x;
+    x128 v[kRowVec];
+    float m = 0.0f;
 #pragma unroll
-                for (int j = 0; j < 8; j++) m = fp8_amax_step(m, bf(v[j]));
+    for (int i = 0; i < kRowVec; i++) {
+        const int c = threadIdx.x + i * nt;
+        if (c < nv) v[i] = load128cs(xr + 8 * c), m = amax8(m, v[i]);
+    }
+    for (int c = threadIdx.x + kRowVec * nt; c < nv; c += nt) m = amax8(m, load128(xr + 8 * c));
+    const float s = fp8_scale_from_amax(block_max(m, red), DT, pow2);
+    if (threadIdx.x == 0) scale_inv[row] = fp8_scale_inv(s);
+#pragma unroll
+    for (int i = 0; i < kRowVec; i++) {
+        const int c = threadIdx.x + i * nt;
+        if (c < nv) *reinterpret_cast<uint2 *>(qr + 8 * c) = quant8<DT>(v[i], s);
+    }
+    for (int c = threadIdx.x + kRowVec * nt; c < nv; c += nt)
+        *reinterpret_cast<uint2 *>(qr + 8 * c) = quant8<DT>(load128(xr + 8 * c), s);
+}
+// Any shape or alignment: element by element.
+template <Fp8Dtype DT>
+__global__ void __launch_bounds__(kThreads)
+    fp8_cast_rows_scalar_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int cols, int pow2) {
+    __shared__ float red[32];
+    const size_t row = blockIdx.x;
+    const bf16 *xr = x + row * cols;
+    uint8_t *qr = q + row * cols;
+    float m = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += kThreads) m = fp8_amax_step(m, bf(xr[c]));
+    const float s = fp8_scale_from_amax(block_max(m, red), DT, pow2);
+    if (threadIdx.x == 0) scale_inv[row] = fp8_scale_inv(s);
+    for (int c = threadIdx.x; c < cols; c += kThreads) qr[c] = fp8_quantize(bf(xr[c]), s, DT);
+}
+
+// ---- transposed casts: tensor, axis (per column of x), 1x128 (128-row blocks down each column) -------
+// A CTA owns a stripe of kTW = 32 columns of x (= 32 operand rows) and walks its rows kSub = 512 at a
+// time. Thread t: columns 8k .. 8k + 7 of the stripe (k = t % 4) in rows 4 rl + l + 256 j of the
+// sub-chunk (rl = t / 4, l < 4, j < 2): eight 16-byte loads in flight, 64 values in registers; one
+// warp load reads 8 rows x 64 contiguous bytes (whole sectors). The codes of rows 4 rl .. 4 rl + 3
+// of one column form word 64 j + rl of that operand row in the tile [32][512 bytes]; the tile leaves
+// as 16-byte stores, 32 threads per 512-byte piece of an operand row.
+// Scales:
+//   TM_TENSOR  from *tensor_amax; grid.y = ceil(rows / 512), one sub-chunk per CTA.
+//   TM_B1X128  the 4 blocks of 128 rows x 1 column in the CTA's 512 rows (grid.y as above); block
+//              2j + h of a sub-chunk is held by warps 4h .. 4h + 3.
+//   TM_AXIS    the whole column: grid.y = the cluster size cs (the launcher's choice, <= 8), CTA y
+//              takes rows [y rpc, (y + 1) rpc); each CTA reduces its 32 columns, the cluster combines
+//              the maxima of its CTAs through distributed shared memory. With rpc <= 512 (rows <=
+//              4096) the values stay in registers from the amax to the cast; a longer share (8192
+//              tokens: 1024 rows, 64 KiB per CTA) is walked twice, the second time from L1 / L2
+//              (2 CTAs per SM x 64 KiB: the whole grid's shares in flight are ~17 MB, well inside
+//              L2), so DRAM still sees x once. Before sm_90 (no clusters) cs = 1.
+enum { TM_TENSOR = 0, TM_AXIS = 1, TM_B1X128 = 2 };
+constexpr int kTW = 32, kSub = 512, kJ = kSub / 256;
+
+__device__ __forceinline__ void load_sub(x128 (&v)[kJ][4], const bf16 *x, int re, int cols, int rs, int rl, int c,
+                                         bool vl, bool stream) {
+#pragma unroll
+    for (int j = 0; j < kJ; j++)
+#pragma unroll
+        for (int l = 0; l < 4; l++) v[j][l] = load_row8(x, re, cols, rs + 256 * j + 4 * rl + l, c, vl, stream);
+}
+
+template <int MODE, Fp8Dtype DT>
+__global__ void __launch_bounds__(kThreads, 2)
+    fp8_cast_t_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, const float *tensor_amax,
+                      int pow2, int rpc, int vl, int vs) {
+    __shared__ __align__(16) uint32_t tile[kTW][kSub / 4];
+    __shared__ float red[kThreads / 32][kJ][kTW];  // per-warp maxima [warp][j][column]
+    __shared__ float scl[2 * kJ][kTW];             // scales [128-row block][column] (B1X128), [0][column] (AXIS)
+    __shared__ float cmax[kTW];                    // AXIS: this CTA's column maxima, read by the whole cluster
+    const int t = threadIdx.x, lane = t % 32, w = t / 32, k = t % 4, rl = t / 4;
+    const int c0 = blockIdx.x * kTW, c = c0 + 8 * k;
+    const int rbeg = blockIdx.y * rpc, rend = min(rows, rbeg + rpc);
+    const int nsub = rend > rbeg ? (rend - rbeg + kSub - 1) / kSub : 0;
+    const bool stream = nsub <= 1;  // values read once: evict-first
+    x128 v[kJ][4];
+    float s8[8];
+
+    if (MODE == TM_TENSOR) {
+        const float s = fp8_scale_from_amax(*tensor_amax, DT, pow2);
+#pragma unroll
+        for (int e = 0; e < 8; e++) s8[e] = s;
+        if (blockIdx.x == 0 && blockIdx.y == 0 && t == 0) scale_inv[0] = fp8_scale_inv(s);
+        if (nsub == 1) load_sub(v, x, rend, cols, rbeg, rl, c, vl, stream);
+    } else if (MODE == TM_AXIS) {
+        float cm[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) cm[e] = 0.0f;
+        for (int sub = 0; sub < nsub; sub++) {
+            const int rs = rbeg + sub * kSub;
+            load_sub(v, x, min(rend, rs + kSub), cols, rs, rl, c, vl, stream);
+#pragma unroll
+            for (int j = 0; j < kJ; j++)
+#pragma unroll
+                for (int l = 0; l < 4; l++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) cm[e] = fp8_amax_step(cm[e], bf(v[j][l][e]));
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) cm[e] = fmaxf(cm[e], __shfl_xor_sync(0xffffffffu, cm[e], o));
+        if (lane < 4)
+#pragma unroll
+            for (int e = 0; e < 8; e++) red[w][0][8 * lane + e] = cm[e];
+        __syncthreads();
+        if (t < kTW) {
+            float a = 0.0f;
+            for (int ww = 0; ww < kThreads / 32; ww++) a = fmaxf(a, red[ww][0][t]);
+            cmax[t] = a;
+        }
+        float a = 0.0f;
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+        if (gridDim.y > 1) {
+            cg::cluster_group cl = cg::this_cluster();
+            cl.sync();  // every CTA's cmax is written
+            if (t < kTW)
+                for (unsigned b = 0; b < cl.num_blocks(); b++) a = fmaxf(a, cl.map_shared_rank(&cmax[0], b)[t]);
+            cl.sync();  // and read: no CTA leaves while another still reads its shared memory
+        } else
+#else
+        if (gridDim.y > 1) __trap();  // the launcher uses clusters only on sm_90 builds
+#endif
+        {
+            __syncthreads();
+            if (t < kTW) a = cmax[t];
+        }
+        if (t < kTW) {
+            const float s = fp8_scale_from_amax(a, DT, pow2);
+            scl[0][t] = s;
+            if (blockIdx.y == 0 && c0 + t < cols) scale_inv[c0 + t] = fp8_scale_inv(s);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < 8; e++) s8[e] = scl[0][8 * k + e];
+    } else {  // TM_B1X128: e4m3, no pow2 (DeepSeek-V3 / torchao blockwise)
+        if (nsub == 1) load_sub(v, x, rend, cols, rbeg, rl, c, vl, stream);
+#pragma unroll
+        for (int j = 0; j < kJ; j++) {
+            float bm[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                bm[e] = 0.0f;
+#pragma unroll
+                for (int l = 0; l < 4; l++) bm[e] = fp8_amax_step(bm[e], bf(v[j][l][e]));
+#pragma unroll
+                for (int o = 4; o < 32; o <<= 1) bm[e] = fmaxf(bm[e], __shfl_xor_sync(0xffffffffu, bm[e], o));
             }
-        } else {
-            for (int c = threadIdx.x; c < cols; c += kThreads) m = fp8_amax_step(m, bf(xr[c]));
+            if (lane < 4)
+#pragma unroll
+                for (int e = 0; e < 8; e++) red[w][j][8 * lane + e] = bm[e];
         }
-        amax = block_max(m, red);
+        __syncthreads();
+        if (t < 2 * kJ * kTW) {  // one (128-row block, column) per thread
+            const int bl = t / kTW, col = t % kTW, j = bl / 2, h = bl % 2;
+            float a = 0.0f;
+#pragma unroll
+            for (int ww = 4 * h; ww < 4 * h + 4; ww++) a = fmaxf(a, red[ww][j][col]);
+            const float s = fp8_scale_from_amax(a, FP8_E4M3, 0);
+            scl[bl][col] = s;
+            const int b = blockIdx.y * (kSub / FP8_BLOCK) + bl;  // block index down the column
+            if (b * FP8_BLOCK < rows && c0 + col < cols) scale_inv[(size_t)b * cols + c0 + col] = fp8_scale_inv(s);
+        }
+        __syncthreads();
     }
-    const float s = fp8_scale_from_amax(amax, dt, pow2);
-    if (threadIdx.x == 0 && (!tensor_amax || row == 0)) scale_inv[tensor_amax ? 0 : row] = fp8_scale_inv(s);
-    if (VEC == 8) {
-        for (int c = threadIdx.x * 8; c < cols; c += kThreads * 8)
-            *reinterpret_cast<uint2 *>(qr + c) = quant8(load128(xr + c), s, dt);
-    } else {
-        for (int c = threadIdx.x; c < cols; c += kThreads) qr[c] = fp8_quantize(bf(xr[c]), s, dt);
-    }
-}
 
-// ---- tensor / axis scaling, transposed layout -----------------------------------------------------
-// CUDA block (32, 8) owns 32 columns of x (= 32 operand rows) over all rows: pass 1 takes each
-// column's amax, pass 2 casts 32x32 tiles and writes them transposed through shared memory, so
-// each warp stores 32 consecutive bytes of an operand row.
-__global__ void __launch_bounds__(kThreads)
-    fp8_cast_cols_t_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, const float *tensor_amax,
-                           Fp8Dtype dt, int pow2) {
-    __shared__ float red[8][32];
-    __shared__ float scale[32];
-    __shared__ uint8_t tile[32][33];  // [x row within tile][column], +1 against bank conflicts
-    const int tx = threadIdx.x, ty = threadIdx.y, c0 = blockIdx.x * 32, c = c0 + tx;
-    if (tensor_amax) {
-        if (ty == 0) scale[tx] = fp8_scale_from_amax(*tensor_amax, dt, pow2);
-        if (blockIdx.x == 0 && tx == 0 && ty == 0)
-            scale_inv[0] = fp8_scale_inv(fp8_scale_from_amax(*tensor_amax, dt, pow2));
-    } else {
-        float m = 0.0f;
-        if (c < cols)
-            for (int r = ty; r < rows; r += 8) m = fp8_amax_step(m, bf(x[(size_t)r * cols + c]));
-        red[ty][tx] = m;
-        __syncthreads();
-        if (ty == 0) {
-            for (int k = 1; k < 8; k++) m = fmaxf(m, red[k][tx]);
-            scale[tx] = fp8_scale_from_amax(m, dt, pow2);
-            if (c < cols) scale_inv[c] = fp8_scale_inv(scale[tx]);
-        }
-    }
-    __syncthreads();
-    for (int r0 = 0; r0 < rows; r0 += 32) {
+    for (int sub = 0; sub < nsub; sub++) {
+        const int rs = rbeg + sub * kSub, re = min(rend, rs + kSub);
+        if (nsub > 1) load_sub(v, x, re, cols, rs, rl, c, vl, false);  // AXIS past 512 rows: read again
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int r = r0 + ty + 8 * i;
-            float v = (r < rows && c < cols) ? bf(x[(size_t)r * cols + c]) : 0.0f;
-            tile[ty + 8 * i][tx] = fp8_quantize(v, scale[tx], dt);
+        for (int j = 0; j < kJ; j++) {
+            if (MODE == TM_B1X128)
+#pragma unroll
+                for (int e = 0; e < 8; e++) s8[e] = scl[2 * j + w / 4][8 * k + e];
+            uint32_t wd[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                wd[e] = 0;
+#pragma unroll
+                for (int l = 0; l < 4; l++) wd[e] |= (uint32_t)fp8_quantize(bf(v[j][l][e]), s8[e], DT) << (8 * l);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; e++) tile[8 * k + e][swz(8 * k + e, 64 * j + rl)] = wd[e];
         }
         __syncthreads();
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int oc = c0 + ty + 8 * i, r = r0 + tx;  // operand row oc (= column of x), column r
-            if (oc < cols && r < rows) q[(size_t)oc * rows + r] = tile[tx][ty + 8 * i];
+        for (int it = 0; it < kTW * (kSub / 16) / kThreads; it++) {
+            const int ch = it * kThreads + t, orow = ch / (kSub / 16), m = ch % (kSub / 16);
+            const int oc = c0 + orow, r = rs + 16 * m;
+            if (oc < cols && r < re)
+                store16(q + (size_t)oc * rows + r, *reinterpret_cast<const uint4 *>(&tile[orow][swz(orow, 4 * m)]),
+                        re - r, vs);
         }
         __syncthreads();
     }
 }
 
-// ---- 1x128 blocks, direct: one warp per (row, block), 4 elements per lane -------------------------
-template <bool VEC>
+// ---- 1x128 blocks, direct ----------------------------------------------------------------------------
+// Vector path (cols % 128 == 0, x 16-byte and q 8-byte aligned): the tensor is a flat run of 128-element
+// groups; 16 lanes hold one group (8 values each, one 16-byte load), so a warp load reads 512
+// contiguous bytes and a store writes 256; kB1U loads in flight per thread.
+constexpr int kB1U = 2;
 __global__ void __launch_bounds__(kThreads)
-    fp8_block1x128_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ngroups) {
+    fp8_block1x128_vec_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols) {
+    const size_t nv = (size_t)rows * cols / 8;
+    const int lane = threadIdx.x % 32, nb = cols / FP8_BLOCK;
+    const size_t base = ((size_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32) * (32 * kB1U);
+    x128 v[kB1U];
+    float m[kB1U];
+#pragma unroll
+    for (int u = 0; u < kB1U; u++) {
+        const size_t i = base + u * 32 + lane;
+        m[u] = 0.0f;
+        if (i < nv) v[u] = load128cs(x + 8 * i), m[u] = amax8(0.0f, v[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kB1U; u++) {
+        float a = m[u];
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));  // the 16 lanes of a group
+        const size_t i = base + u * 32 + lane;
+        if (i >= nv) continue;  // whole groups: nv is a multiple of 16
+        const float s = fp8_scale_from_amax(a, FP8_E4M3, 0);
+        if (lane % 16 == 0) {
+            const size_t g = i / 16;  // group (row g / nb, block g % nb)
+            scale_inv[(g % nb) * (size_t)rows + g / nb] = fp8_scale_inv(s);
+        }
+        *reinterpret_cast<uint2 *>(q + 8 * i) = quant8<FP8_E4M3>(v[u], s);
+    }
+}
+// Any shape or alignment: one warp per (row, block), 4 elements per lane.
+__global__ void __launch_bounds__(kThreads)
+    fp8_block1x128_scalar_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ngroups) {
     const size_t g = (size_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
     if (g >= ngroups) return;  // whole warps leave together
     const int lane = threadIdx.x % 32, nb = (cols + FP8_BLOCK - 1) / FP8_BLOCK;
     const int r = (int)(g / nb), b = (int)(g % nb), c = b * FP8_BLOCK + lane * 4;
     const bf16 *xr = x + (size_t)r * cols;
-    float v[4];
-    if (VEC) {
-        uint2 raw = *reinterpret_cast<const uint2 *>(xr + c);  // cols % 128 == 0: never past the row
-        const bf16 *h = reinterpret_cast<const bf16 *>(&raw);
+    float v[4], m = 0.0f;
 #pragma unroll
-        for (int j = 0; j < 4; j++) v[j] = bf(h[j]);
-    } else {
-#pragma unroll
-        for (int j = 0; j < 4; j++) v[j] = c + j < cols ? bf(xr[c + j]) : 0.0f;
-    }
-    float m = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 4; j++) m = fp8_amax_step(m, v[j]);
+    for (int j = 0; j < 4; j++) v[j] = c + j < cols ? bf(xr[c + j]) : 0.0f, m = fp8_amax_step(m, v[j]);
     const float s = fp8_scale_from_amax(warp_max(m), FP8_E4M3, 0);
     if (lane == 0) scale_inv[(size_t)b * rows + r] = fp8_scale_inv(s);
     uint8_t *qr = q + (size_t)r * cols;
-    if (VEC) {
-        uint32_t w = 0;
 #pragma unroll
-        for (int j = 0; j < 4; j++) w |= (uint32_t)fp8_quantize(v[j], s, FP8_E4M3) << (8 * j);
-        *reinterpret_cast<uint32_t *>(qr + c) = w;
-    } else {
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            if (c + j < cols) qr[c + j] = fp8_quantize(v[j], s, FP8_E4M3);
-    }
+    for (int j = 0; j < 4; j++)
+        if (c + j < cols) qr[c + j] = fp8_quantize(v[j], s, FP8_E4M3);
 }
 
-// ---- 1x128 blocks, transposed: blocks of 128 down each column of x ---------------------------------
-// CUDA block (32, 8) owns a 128-row x 32-column tile of x: 32 operand rows, one block each. Each
-// thread keeps its 16 values in registers; the codes go through shared memory so that operand
-// rows are written in 16-byte pieces.
+// ---- 128x128 blocks: one CTA per tile -----------------------------------------------------------------
+// Thread (warp w, lane): columns 8k .. 8k + 7 of the tile (k = 4 (w % 4) + lane % 4) in rows
+// 4 rg + l + 64 h (rg = 8 (w / 4) + lane / 4, l < 4, h < 2): eight 16-byte loads, 64 values in
+// registers across the tile's amax; a warp load covers 8 rows x 64 contiguous bytes. Direct: 8-byte
+// stores (8 rows x 32 bytes per warp). Transposed: the codes of rows 4 rg + 64 h .. + 3 of a column
+// are word rg + 16 h of that operand row in a [128][32-word] tile, which leaves as 16-byte stores
+// (8 threads per 128-byte piece of an operand row). vl: 16-byte loads allowed; vs: 8-byte (direct)
+// or 16-byte (transposed) stores allowed.
+template <bool TR>
 __global__ void __launch_bounds__(kThreads)
-    fp8_block1x128_t_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols) {
-    __shared__ float red[8][32];
-    __shared__ float scale[32];
-    __shared__ __align__(16) uint8_t tile[32][FP8_BLOCK + 16];  // [operand row][column], rows 16-byte aligned
-    const int tx = threadIdx.x, ty = threadIdx.y, c0 = blockIdx.x * 32, c = c0 + tx, r0 = blockIdx.y * FP8_BLOCK;
-    float v[16], m = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 16; i++) {
-        int r = r0 + ty + 8 * i;
-        v[i] = (r < rows && c < cols) ? bf(x[(size_t)r * cols + c]) : 0.0f;
-        m = fp8_amax_step(m, v[i]);
-    }
-    red[ty][tx] = m;
-    __syncthreads();
-    if (ty == 0) {
-        for (int k = 1; k < 8; k++) m = fmaxf(m, red[k][tx]);
-        scale[tx] = fp8_scale_from_amax(m, FP8_E4M3, 0);
-        if (c < cols) scale_inv[(size_t)blockIdx.y * cols + c] = fp8_scale_inv(scale[tx]);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < 16; i++) tile[tx][ty + 8 * i] = fp8_quantize(v[i], scale[tx], FP8_E4M3);
-    __syncthreads();
-    const int t = ty * 32 + tx, j = t / 8, seg = (t % 8) * 16, oc = c0 + j;  // 32 rows x 8 pieces of 16
-    if (oc >= cols) return;
-    uint8_t *dst = q + (size_t)oc * rows + r0 + seg;
-    if (r0 + seg + 16 <= rows && ((uintptr_t)dst & 15) == 0) {
-        *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(&tile[j][seg]);
-    } else {
-        for (int k = 0; k < 16 && r0 + seg + k < rows; k++) dst[k] = tile[j][seg + k];
-    }
-}
-
-// ---- 128x128 blocks: one CUDA block per tile, 64 values per thread in registers -------------------
-__global__ void __launch_bounds__(kThreads)
-    fp8_block128_kernel(uint8_t *q, float *scale_inv, int ld, const bf16 *x, int rows, int cols, int transposed) {
-    __shared__ float red[kThreads / 32];
-    __shared__ __align__(16) uint8_t tile[FP8_BLOCK][FP8_BLOCK + 16];  // transposed codes [column][row]
+    fp8_block128_kernel(uint8_t *q, float *scale_inv, int ld, const bf16 *x, int rows, int cols, int vl, int vs) {
+    __shared__ float red[32];
+    __shared__ __align__(16) uint32_t tile[TR ? FP8_BLOCK : 1][FP8_BLOCK / 4];
     const int rb = blockIdx.y, cb = blockIdx.x, r0 = rb * FP8_BLOCK, c0 = cb * FP8_BLOCK;
-    const int cg = (threadIdx.x % 32) * 4, rg = threadIdx.x / 32;  // 4 columns, rows rg + 8i
-    const bool vec = (cols % 4 == 0) && c0 + cg + 4 <= cols && (((uintptr_t)x & 7) == 0);
-    float v[16][4], m = 0.0f;
+    const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    const int k = 4 * (w % 4) + lane % 4, rg = 8 * (w / 4) + lane / 4, c = c0 + 8 * k;
+    x128 v[2][4];
+    float m = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 16; i++) {
-        const int r = r0 + rg + 8 * i;
-        const bf16 *src = x + (size_t)r * cols + c0 + cg;
-        if (r < rows && vec) {
-            uint2 raw = *reinterpret_cast<const uint2 *>(src);
-            const bf16 *h = reinterpret_cast<const bf16 *>(&raw);
+    for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int j = 0; j < 4; j++) v[i][j] = bf(h[j]);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; j++) v[i][j] = (r < rows && c0 + cg + j < cols) ? bf(src[j]) : 0.0f;
+        for (int l = 0; l < 4; l++) {
+            v[h][l] = load_row8(x, rows, cols, r0 + 4 * rg + l + 64 * h, c, vl, true);
+            m = amax8(m, v[h][l]);
         }
-#pragma unroll
-        for (int j = 0; j < 4; j++) m = fp8_amax_step(m, v[i][j]);
-    }
     const float s = fp8_scale_from_amax(block_max(m, red), FP8_E4M3, 0);
-    if (threadIdx.x == 0) scale_inv[transposed ? (size_t)cb * ld + rb : (size_t)rb * ld + cb] = fp8_scale_inv(s);
-    if (!transposed) {
+    if (threadIdx.x == 0) scale_inv[TR ? (size_t)cb * ld + rb : (size_t)rb * ld + cb] = fp8_scale_inv(s);
+    if constexpr (!TR) {
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
-            const int r = r0 + rg + 8 * i;
-            if (r >= rows) continue;
-            uint8_t *dst = q + (size_t)r * cols + c0 + cg;
-            if (vec && ((uintptr_t)q & 3) == 0) {
-                uint32_t w = 0;
+        for (int h = 0; h < 2; h++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) w |= (uint32_t)fp8_quantize(v[i][j], s, FP8_E4M3) << (8 * j);
-                *reinterpret_cast<uint32_t *>(dst) = w;
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    if (c0 + cg + j < cols) dst[j] = fp8_quantize(v[i][j], s, FP8_E4M3);
+            for (int l = 0; l < 4; l++) {
+                const int r = r0 + 4 * rg + l + 64 * h;
+                if (r < rows && c < cols) store8(q + (size_t)r * cols + c, quant8<FP8_E4M3>(v[h][l], s), cols - c, vs);
             }
+    } else {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        uint32_t wd[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            wd[e] = 0;
+#pragma unroll
+            for (int l = 0; l < 4; l++) wd[e] |= (uint32_t)fp8_quantize(bf(v[h][l][e]), s, FP8_E4M3) << (8 * l);
         }
-        return;
+#pragma unroll
+        for (int e = 0; e < 8; e++) tile[8 * k + e][swz(8 * k + e, rg + 16 * h)] = wd[e];
     }
-#pragma unroll
-    for (int i = 0; i < 16; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) tile[cg + j][rg + 8 * i] = fp8_quantize(v[i][j], s, FP8_E4M3);
     __syncthreads();
-    // Operand row = column c0 + jr of x, its bytes r0 .. r0 + 127 in 8 pieces of 16.
-    for (int k = threadIdx.x; k < FP8_BLOCK * 8; k += kThreads) {
-        const int jr = k / 8, seg = (k % 8) * 16, oc = c0 + jr;
-        if (oc >= cols) continue;
-        uint8_t *dst = q + (size_t)oc * rows + r0 + seg;
-        if (r0 + seg + 16 <= rows && ((uintptr_t)dst & 15) == 0) {
-            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(&tile[jr][seg]);
-        } else {
-            for (int e = 0; e < 16 && r0 + seg + e < rows; e++) dst[e] = tile[jr][seg + e];
-        }
+#pragma unroll
+    for (int it = 0; it < FP8_BLOCK * 8 / kThreads; it++) {
+        const int ch = it * kThreads + threadIdx.x, orow = ch / 8, m8 = ch % 8;
+        const int oc = c0 + orow, r = r0 + 16 * m8;
+        if (oc < cols && r < rows)
+            store16(q + (size_t)oc * rows + r, *reinterpret_cast<const uint4 *>(&tile[orow][swz(orow, 4 * m8)]),
+                    rows - r, vs);
+    }
     }
 }
 
@@ -353,12 +556,76 @@ __global__ void __launch_bounds__(128)
 
 // ---- launchers ---------------------------------------------------------------------------------------
 void fp8_amax_tensor(float *amax, float *partials, const bf16 *x, size_t n, cudaStream_t stream) {
-    int vec = is_aligned16(x);
-    size_t want = (n + kThreads * 8 - 1) / (kThreads * 8);
-    int np = (int)(want < 1 ? 1 : want > FP8_AMAX_PARTIALS ? FP8_AMAX_PARTIALS : want);
+    const int vec = is_aligned16(x);
+    const size_t want = (n + kThreads * 32 - 1) / (kThreads * 32);  // 4 vectors per thread at least
+    const int np = (int)(want < 1 ? 1 : want > FP8_AMAX_PARTIALS ? FP8_AMAX_PARTIALS : want);
     fp8_amax_partial_kernel<<<np, kThreads, 0, stream>>>(partials, x, n, vec);
     CUDA_CHECK_LAST();
     fp8_amax_final_kernel<<<1, kThreads, 0, stream>>>(amax, partials, np);
+    CUDA_CHECK_LAST();
+}
+
+// Whether the transposed kernel may use clusters: the GPU has them (sm_90+) and the kernel was
+// compiled for sm_90+ (its cluster code is compiled only there).
+template <int MODE, Fp8Dtype DT>
+static bool clusters_ok(void) {
+    static int ok = -1;
+    if (ok < 0) {
+        int dev = 0, major = 0;
+        cudaFuncAttributes a;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        CUDA_CHECK(cudaFuncGetAttributes(&a, fp8_cast_t_kernel<MODE, DT>));
+        ok = major >= 9 && a.ptxVersion >= 90;
+    }
+    return ok != 0;
+}
+
+template <int MODE, Fp8Dtype DT>
+static void launch_transposed(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols,
+                             const float *tensor_amax, int pow2, cudaStream_t stream) {
+    const int vl = is_aligned16(x) && cols % 8 == 0, vs = is_aligned16(q) && rows % 16 == 0;
+    dim3 grid(ceil_div(cols, kTW), ceil_div(rows, kSub));
+    int rpc = kSub, cs = 1;
+    if (MODE == TM_AXIS) {
+        // The whole column in one cluster: 512 rows per CTA up to 8 CTAs, then 8 CTAs of more.
+        cs = clusters_ok<MODE, DT>() ? std::min(8, ceil_div(rows, kSub)) : 1;
+        rpc = ceil_div(ceil_div(rows, cs), 64) * 64;
+        grid.y = cs;
+    }
+    CHECK(grid.y <= 65535, "fp8 transposed cast: %d rows exceed the grid (65535 x %d)", rows, kSub);
+    if (cs > 1) {
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 1, attr[0].val.clusterDim.y = (unsigned)cs, attr[0].val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid, cfg.blockDim = dim3(kThreads), cfg.dynamicSmemBytes = 0, cfg.stream = stream;
+        cfg.attrs = attr, cfg.numAttrs = 1;
+        CUDA_CHECK(cudaLaunchKernelEx(&cfg, fp8_cast_t_kernel<MODE, DT>, q, scale_inv, x, rows, cols, tensor_amax, pow2,
+                                      rpc, vl, vs));
+    } else {
+        fp8_cast_t_kernel<MODE, DT>
+            <<<grid, kThreads, 0, stream>>>(q, scale_inv, x, rows, cols, tensor_amax, pow2, rpc, vl, vs);
+    }
+    CUDA_CHECK_LAST();
+}
+
+template <Fp8Dtype DT>
+static void launch_direct(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, const float *tensor_amax,
+                         int pow2, cudaStream_t stream) {
+    if (tensor_amax) {
+        const size_t n = (size_t)rows * cols;
+        const int vec = is_aligned16(x) && ((uintptr_t)q & 7) == 0;
+        const size_t grid = vec ? std::max<size_t>(1, ceil_div_sz(n / 8, 2 * kThreads))
+                                : std::min<size_t>(ceil_div_sz(n, kThreads), 8192);
+        fp8_cast_tensor_kernel<DT><<<(unsigned)grid, kThreads, 0, stream>>>(q, scale_inv, x, n, tensor_amax, pow2, vec);
+    } else if (cols % 8 == 0 && is_aligned16(x) && ((uintptr_t)q & 7) == 0) {
+        // about two 16-byte vectors per thread, at most kRowVec in registers
+        const int nv = cols / 8, nt = std::min(1024, std::max(32, ceil_div(ceil_div(nv, 2), 32) * 32));
+        fp8_cast_rows_kernel<DT><<<rows, nt, 0, stream>>>(q, scale_inv, x, cols, pow2);
+    } else {
+        fp8_cast_rows_scalar_kernel<DT><<<rows, kThreads, 0, stream>>>(q, scale_inv, x, cols, pow2);
+    }
     CUDA_CHECK_LAST();
 }
 
@@ -366,15 +633,18 @@ void fp8_cast(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, c
               int pow2, int transposed, cudaStream_t stream) {
     CHECK(rows >= 0 && cols >= 0, "fp8_cast: bad shape %dx%d", rows, cols);
     if (rows == 0 || cols == 0) return;
-    if (transposed) {
-        fp8_cast_cols_t_kernel<<<ceil_div(cols, 32), dim3(32, 8), 0, stream>>>(q, scale_inv, x, rows, cols, tensor_amax,
-                                                                               dt, pow2);
-    } else if (cols % 8 == 0 && is_aligned16(x) && ((uintptr_t)q & 7) == 0) {
-        fp8_cast_rows_kernel<8><<<rows, kThreads, 0, stream>>>(q, scale_inv, x, cols, tensor_amax, dt, pow2);
+    // dt as a template argument, so that each kernel's inner loop has one conversion
+    const bool e4 = dt == FP8_E4M3;
+    if (transposed && tensor_amax) {
+        if (e4) launch_transposed<TM_TENSOR, FP8_E4M3>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
+        else launch_transposed<TM_TENSOR, FP8_E5M2>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
+    } else if (transposed) {
+        if (e4) launch_transposed<TM_AXIS, FP8_E4M3>(q, scale_inv, x, rows, cols, NULL, pow2, stream);
+        else launch_transposed<TM_AXIS, FP8_E5M2>(q, scale_inv, x, rows, cols, NULL, pow2, stream);
     } else {
-        fp8_cast_rows_kernel<1><<<rows, kThreads, 0, stream>>>(q, scale_inv, x, cols, tensor_amax, dt, pow2);
+        if (e4) launch_direct<FP8_E4M3>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
+        else launch_direct<FP8_E5M2>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
     }
-    CUDA_CHECK_LAST();
 }
 
 void fp8_cast_block1x128(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, int transposed,
@@ -382,16 +652,17 @@ void fp8_cast_block1x128(uint8_t *q, float *scale_inv, const bf16 *x, int rows, 
     CHECK(rows >= 0 && cols >= 0, "fp8_cast_block1x128: bad shape %dx%d", rows, cols);
     if (rows == 0 || cols == 0) return;
     if (transposed) {
-        dim3 grid(ceil_div(cols, 32), ceil_div(rows, FP8_BLOCK));
-        CHECK(grid.y <= 65535, "fp8_cast_block1x128: %d rows exceed the grid (65535 x 128)", rows);
-        fp8_block1x128_t_kernel<<<grid, dim3(32, 8), 0, stream>>>(q, scale_inv, x, rows, cols);
+        launch_transposed<TM_B1X128, FP8_E4M3>(q, scale_inv, x, rows, cols, NULL, 0, stream);
+        return;
+    }
+    if (cols % FP8_BLOCK == 0 && is_aligned16(x) && ((uintptr_t)q & 7) == 0) {
+        const size_t nv = (size_t)rows * cols / 8;
+        fp8_block1x128_vec_kernel<<<(unsigned)ceil_div_sz(nv, kThreads * kB1U), kThreads, 0, stream>>>(q, scale_inv, x,
+                                                                                                     rows, cols);
     } else {
-        size_t ngroups = (size_t)rows * ceil_div(cols, FP8_BLOCK);
-        unsigned grid = (unsigned)ceil_div_sz(ngroups, kThreads / 32);
-        if (cols % FP8_BLOCK == 0 && ((uintptr_t)x & 7) == 0 && ((uintptr_t)q & 3) == 0)
-            fp8_block1x128_kernel<true><<<grid, kThreads, 0, stream>>>(q, scale_inv, x, rows, cols, ngroups);
-        else
-            fp8_block1x128_kernel<false><<<grid, kThreads, 0, stream>>>(q, scale_inv, x, rows, cols, ngroups);
+        const size_t ngroups = (size_t)rows * ceil_div(cols, FP8_BLOCK);
+        fp8_block1x128_scalar_kernel<<<(unsigned)ceil_div_sz(ngroups, kThreads / 32), kThreads, 0, stream>>>(
+            q, scale_inv, x, rows, cols, ngroups);
     }
     CUDA_CHECK_LAST();
 }
@@ -403,7 +674,13 @@ void fp8_cast_block128x128(uint8_t *q, float *scale_inv, int ld, const bf16 *x, 
     if (rows == 0 || cols == 0) return;
     dim3 grid(ceil_div(cols, FP8_BLOCK), ceil_div(rows, FP8_BLOCK));
     CHECK(grid.y <= 65535, "fp8_cast_block128x128: %d rows exceed the grid (65535 x 128)", rows);
-    fp8_block128_kernel<<<grid, kThreads, 0, stream>>>(q, scale_inv, ld, x, rows, cols, transposed);
+    const int vl = is_aligned16(x) && cols % 8 == 0;
+    if (transposed)
+        fp8_block128_kernel<true><<<grid, kThreads, 0, stream>>>(q, scale_inv, ld, x, rows, cols, vl,
+                                                                  is_aligned16(q) && rows % 16 == 0);
+    else
+        fp8_block128_kernel<false><<<grid, kThreads, 0, stream>>>(q, scale_inv, ld, x, rows, cols, vl,
+                                                                   ((uintptr_t)q & 7) == 0 && cols % 8 == 0);
     CUDA_CHECK_LAST();
 }
 

@@ -17,6 +17,10 @@
 //   MX        e8m0[r * ceil(ocols / 32) + b]         naive layout as torchao's to_mx (cuBLASLt
 //                                                    VEC32_UE8M0 wants the swizzled 128x4 one)
 // Any rows / cols (tails are partial groups); 16-byte vector paths when sizes and pointers allow.
+// Speed (fp8_cast.cu has the why): every cast moves 2 bytes read + 1 written per element, tensor
+// scaling 2 more (its amax pass); transposed outputs are written through shared-memory tiles in
+// 16-byte pieces; the transposed axis cast (per-column amax over all rows) runs as a thread block
+// cluster on sm_90 and needs no workspace. dev/bench/bench_gemm prints each cast's time and GB/s.
 #pragma once
 #include "../common/gpu.h"
 #include "fp8.h"
