@@ -1,5 +1,6 @@
 // train_llama: pre-train a Llama-family model from scratch or fine-tune a Hugging Face
-// checkpoint on one GPU or many, in bf16 with fp32 master weights and AdamW.
+// checkpoint on one GPU or many, in bf16 with fp32 master weights (or bf16 ones, stochastically
+// rounded: --master bf16-sr) and AdamW (fp32 or torchao's low-bit states, on the GPU or offloaded).
 //   ./train_llama                          the bundled default: a ~50M model on data/
 //   ./train_llama -m HF_DIR --train 'a.bin,b.bin' --lr 2e-5 -n 1000
 //   ./train_llama --resume out/            continue bit-exactly from the latest checkpoint
@@ -34,12 +35,13 @@ struct Settings {
     const char *model = nullptr, *config = nullptr, *resume = nullptr, *out = "out";
     const char *train = DEFAULT_TRAIN, *val = DEFAULT_VAL;
     const char *tokenizer = "data/tokenizer/gpt2", *schedule = "cosine", *attn = "auto", *optim = "adamw";
+    const char *master = "fp32";
     int B = 16, T = 512, total_batch = 0, steps = 1500, warmup = 100, seed = 1337;
     float lr = 1e-3f, min_lr_frac = 0.1f, wd = 0.1f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, clip = 1.0f;
     float decay_frac = 0.2f;
     int eval_every = 250, eval_batches = 20, sample_every = 500, sample_tokens = 48, save_every = 0;
     int save_final = 1;
-    int deterministic = 1, offload = 0;
+    int deterministic = 1, offload = 0, offload_overlap = 1;
     int recompute_ffn = 0, recompute_attn = 0;
     int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
     int zero = 0;
@@ -67,8 +69,14 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--decay-frac", nullptr, FLAG_FLOAT, &s->decay_frac, "wsd: fraction of steps spent decaying", 0, 1},
         {"--optim", nullptr, FLAG_STR, &s->optim,
          "adamw (fp32 states) | adamw8bit | adamw4bit | adamwfp8 (torchao's block-quantized states)", 1, 0},
+        {"--master", nullptr, FLAG_STR, &s->master,
+         "master weights: fp32 (an fp32 copy beside the bf16 weights) | bf16-sr (the bf16 weights are the masters, "
+         "updated with stochastic rounding: 4 bytes/parameter less)", 1, 0},
         {"--offload", nullptr, FLAG_BOOL, &s->offload,
          "master weights and optimizer states in host memory, AdamW step on the CPU (same bits)", 1, 0},
+        {"--offload-overlap", nullptr, FLAG_BOOL, &s->offload_overlap,
+         "--offload: stream each layer's gradients down during backward and step it on the CPU as it arrives, "
+         "weights up on a copy stream (off: one copy each way around the whole step; same bits)", 1, 0},
         {"--wd", nullptr, FLAG_FLOAT, &s->wd, "AdamW weight decay (matrices only)", 0, 10},
         {"--beta1", nullptr, FLAG_FLOAT, &s->beta1, "AdamW beta1", 0, 1},
         {"--beta2", nullptr, FLAG_FLOAT, &s->beta2, "AdamW beta2", 0, 1},
@@ -159,8 +167,17 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
     GpuMemPlan p = llama_gpu_plan(c, s->B, s->T, o);
     const double G = 1024.0 * 1024 * 1024;
     printf("GPU memory plan (%s, %.1f GiB total, %.1f GiB free):\n", ctx->prop.name, total_b / G, free_b / G);
-    printf("  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n", "parameters (bf16)", p.params / G,
-           "master weights (fp32)", p.master / G, "gradients (fp32)", p.grads / G, "AdamW states", p.moments / G);
+    const int bf16m = o->master != LOWBIT_MASTER_F32;
+    printf("  %-28s %8.2f GiB%s\n", "parameters (bf16)", p.params / G, bf16m ? "  (the master weights: --master bf16-sr)" : "");
+    if (bf16m) {
+        GpuRunOpts f = *o;
+        f.master = LOWBIT_MASTER_F32;
+        printf("  %-28s %8.2f GiB  (none; fp32 masters would take %.2f GiB%s)\n", "master weights (fp32)", p.master / G,
+               llama_gpu_plan(c, s->B, s->T, &f).master / G, o->offload ? " of host memory" : "");
+    } else {
+        printf("  %-28s %8.2f GiB\n", "master weights (fp32)", p.master / G);
+    }
+    printf("  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n", "gradients (fp32)", p.grads / G, "AdamW states", p.moments / G);
     printf("  %-28s %8.2f GiB  (micro-batch %d x %d)\n  %-28s %8.2f GiB\n", "activations", p.activations / G, s->B, s->T,
            "logits chunk (bf16)", p.logits / G);
     if (o->offload) {
@@ -289,6 +306,11 @@ int main(int argc, char **argv) {
                                : !strcmp(s.optim, "adamw4bit") ? LOWBIT_4BIT : !strcmp(s.optim, "adamwfp8") ? LOWBIT_FP8
                                : (LowbitFormat)-1;
     CHECK((int)optim >= 0, "--optim %s: expected adamw, adamw8bit, adamw4bit or adamwfp8", s.optim);
+    const LowbitMaster master = !strcmp(s.master, "fp32") ? LOWBIT_MASTER_F32
+                                : !strcmp(s.master, "bf16-sr") ? LOWBIT_MASTER_BF16_SR : (LowbitMaster)-1;
+    CHECK((int)master >= 0, "--master %s: expected fp32 or bf16-sr", s.master);
+    CHECK(s.offload || s.offload_overlap, "--offload-overlap=off without --offload\n  HINT: it selects how the "
+          "offloaded optimizer step is scheduled; add --offload or drop it");
     if (s.total_batch == 0) s.total_batch = s.B * s.T * W;
     CHECK(s.total_batch % (s.B * s.T * W) == 0, "--total-batch %d is not a multiple of b*t*ranks = %d*%d*%d", s.total_batch,
           s.B, s.T, W);
@@ -369,7 +391,9 @@ int main(int argc, char **argv) {
     o.attn_bwd = s.deterministic ? ATTN_KERNEL : attn;
     o.lm_chunk = s.lm_chunk;
     o.optim = optim;
+    o.master = master;
     o.offload = s.offload;
+    o.offload_sync = !s.offload_overlap;
     o.seed = (uint64_t)s.seed;
     o.zero = s.zero ? &zplan : nullptr;
     print_memory_table(c, &s, &o, &ctx);
@@ -378,6 +402,9 @@ int main(int argc, char **argv) {
     ZeroComm zc;
     memset(&zc, 0, sizeof zc);
     if (s.zero) zero_comm_init(&zc, &dist, &zplan, m.grads, m.params, ctx.stream);
+    // --offload: a layer's gradients go to the host once final: after its backward, or with
+    // several ranks after its reduction on the communication stream
+    if (s.zero && W > 1) m.grads_stream = dist.stream;
     if (W > 1) {  // every wait of the model polls for failed peers
         m.sync = dist_sync_hook;
         m.sync_arg = &dist;
@@ -446,9 +473,10 @@ int main(int argc, char **argv) {
         if ((s.save_every > 0 && step > step0 && step % s.save_every == 0) || ((last || stop_time) && s.save_final)) {
             snprintf(trainer_json, sizeof trainer_json,
                      "{\"step\": %d, \"seed\": %d, \"batch\": %d, \"seq\": %d, \"total_batch\": %d, \"steps\": %d, "
-                     "\"lr\": %g, \"schedule\": \"%s\", \"warmup\": %d, \"wd\": %g, \"clip\": %g, \"optim\": \"%s\"%s}\n",
+                     "\"lr\": %g, \"schedule\": \"%s\", \"warmup\": %d, \"wd\": %g, \"clip\": %g, \"optim\": \"%s\", "
+                     "\"master\": \"%s\"%s}\n",
                      step, s.seed, s.B, s.T, s.total_batch, s.steps, s.lr, s.schedule, s.warmup, s.wd, s.clip, s.optim,
-                     dp_json);
+                     s.master, dp_json);
             ckpt_save(s.out, step, &m, &ctx, &cpu, synthetic ? nullptr : &dl, s.tokenizer, trainer_json, &dist);
             printf("[C] saved %s/ckpt_%06d\n", s.out, step);
         }
@@ -490,9 +518,17 @@ int main(int argc, char **argv) {
                 m.grads_ready = zero_grads_ready;
                 m.grads_ready_arg = &zc;
             }
+            m.stream_grads = a == accum - 1;  // --offload: each layer's gradients to the host as soon as final
             llama_gpu_backward(&m, &ctx);
             m.grads_ready = nullptr;
+            m.stream_grads = 0;
         }
+        const float lr = lr_at(&sched, step);
+        // Offloaded without clipping, the step needs no norm: the host steps each layer as its
+        // gradients arrive, while the GPU runs the layers below (the norm, of the same gradients,
+        // follows). With clipping, or ZeRO's reductions to wait for, the step follows the norm.
+        const int step_first = s.offload && s.offload_overlap && s.clip == 0 && !s.zero;
+        if (step_first) llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, 1.0f);
         float norm;
         if (s.zero) {
             zero_grads_wait(&zc);
@@ -505,8 +541,7 @@ int main(int argc, char **argv) {
         CHECK(isfinite(loss) && isfinite(norm), "step %d: loss %g, gradient norm %g: training diverged\n"
               "  HINT: lower --lr, raise --warmup, or check the data", step, loss, norm);
         const float scale = s.clip > 0 && norm > s.clip ? s.clip / norm : 1.0f;
-        const float lr = lr_at(&sched, step);
-        llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, scale);
+        if (!step_first) llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, scale);
         if (s.zero) zero_params_gather(&zc);
         dist_wait(&dist, ctx.stream, "the optimizer step and the parameter all-gather");
         const double dt = now_s() - t0;

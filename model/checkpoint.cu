@@ -1,6 +1,7 @@
 // Training checkpoints: a directory written under a temporary name and renamed, with a
 // DONE marker written last, holding
-//   config.json + model.safetensors   fp32 master weights, loadable by transformers and infer_llama
+//   config.json + model.safetensors   fp32 master weights (bf16 masters widened, exactly), loadable by
+//                                     transformers and infer_llama
 //   optimizer.safetensors             one process: AdamW moments (adam_m, adam_v, flat fp32) or the
 //                                     low-bit state regions as in memory, + step in metadata
 //   optimizer.rank<r>.safetensors     ZeRO, one per rank: the pieces of the tensors rank r owns
@@ -13,6 +14,9 @@
 // tensors "<hf name>.m" and ".v" (fp32 moments, or the low-bit codes as uint8: one per element,
 // two for 4-bit) and, for quantized states, ".m_scale" and ".v_scale" (fp32, one per block).
 // Metadata also gives format, step, optim (LowbitFormat number), world, rank, begin, end, total.
+// Both kinds of optimizer file say "master": "bf16-sr" when the bf16 weights were the masters
+// (--master bf16-sr); without the key they are fp32 (every file written before it existed), and a
+// resume refuses the other mode: the states and the stochastic-rounding stream belong to one.
 // Loading copies, for each piece this rank owns, the overlapping parts of every piece of the
 // same tensor in the files; cuts fall on whole blocks (dist/zero.cuh), so any two shardings
 // overlap in whole blocks and the copied states are exactly the saved ones.
@@ -82,6 +86,14 @@ static void copy_tokenizer(const char *tok, const char *dir) {
 
 #define SHARD_FORMAT "llama.ao-adamw-zero-v1"
 
+static const char *master_name(LowbitMaster m) { return m == LOWBIT_MASTER_F32 ? "fp32" : "bf16-sr"; }
+
+static void check_master(const SafeTensors *st, const LlamaGpu *m, const char *path) {
+    const char *v = st_meta(st, "master"), *have = v ? v : "fp32", *want = master_name(m->opts.master);
+    CHECK(!strcmp(have, want), "resume: %s was written with --master %s, this run has --master %s\n  HINT: resume with "
+          "--master %s (to change it, start a new run from the checkpoint's weights with -m)", path, have, want, have);
+}
+
 static void shard_path(char *buf, size_t n, const char *dir, int rank) {
     snprintf(buf, n, "%s/optimizer.rank%05d.safetensors", dir, rank);
 }
@@ -92,10 +104,10 @@ void ckpt_save_optimizer_shard(const char *dir, int step, const LlamaGpu *m) {
     StWriteTensor *t = (StWriteTensor *)ao_calloc((size_t)np * 4 + 1, sizeof *t);
     char (*names)[128] = (char (*)[128])ao_calloc((size_t)np * 4 + 1, 128);
     void **bufs = (void **)ao_calloc((size_t)np * 4 + 1, sizeof(void *));
-    const int nmeta_fixed = 8;
-    const char **mk = (const char **)ao_calloc((size_t)np + nmeta_fixed, sizeof(char *));
-    const char **mv = (const char **)ao_calloc((size_t)np + nmeta_fixed, sizeof(char *));
-    char (*vals)[64] = (char (*)[64])ao_calloc((size_t)np + nmeta_fixed, 64);
+    const int nmeta_fixed = 8;  // + "master" with bf16 masters
+    const char **mk = (const char **)ao_calloc((size_t)np + nmeta_fixed + 1, sizeof(char *));
+    const char **mv = (const char **)ao_calloc((size_t)np + nmeta_fixed + 1, sizeof(char *));
+    char (*vals)[64] = (char (*)[64])ao_calloc((size_t)np + nmeta_fixed + 1, 64);
     int nt = 0, nm = 0;
     const char *fixed_k[nmeta_fixed] = {"format", "step", "optim", "world", "rank", "begin", "end", "total"};
     const unsigned long long fixed_v[nmeta_fixed] = {0, (unsigned long long)step, (unsigned long long)m->opts.optim,
@@ -106,6 +118,10 @@ void ckpt_save_optimizer_shard(const char *dir, int step, const LlamaGpu *m) {
         if (k == 0) snprintf(vals[nm], 64, SHARD_FORMAT);
         else snprintf(vals[nm], 64, "%llu", fixed_v[k]);
         mv[nm] = vals[nm];
+    }
+    if (m->opts.master != LOWBIT_MASTER_F32) {
+        mk[nm] = "master";
+        mv[nm++] = master_name(m->opts.master);
     }
     for (int i = 0; i < np; i++) {
         const ZeroPiece *pc = &z->pieces[i];
@@ -149,21 +165,24 @@ static void save_optimizer_single(const char *dir, int step, const LlamaGpu *m) 
     snprintf(step_s, sizeof step_s, "%d", step);
     snprintf(fmt_s, sizeof fmt_s, "%d", (int)m->opts.optim);
     char *op = path_join(dir, "optimizer.safetensors"), err[1024];
+    const int bf16m = m->opts.master != LOWBIT_MASTER_F32;  // the "master" key only then: fp32 files stay as they were
+    const char *mname = master_name(m->opts.master);
     if (m->opts.optim == LOWBIT_F32) {
         float *hm = (float *)ao_malloc(P * sizeof(float)), *hv = (float *)ao_malloc(P * sizeof(float));
         CUDA_CHECK(cudaMemcpy(hm, m->adam_m, P * sizeof(float), cudaMemcpyDefault));
         CUDA_CHECK(cudaMemcpy(hv, m->adam_v, P * sizeof(float), cudaMemcpyDefault));
         StWriteTensor t[2] = {{"adam_m", ST_F32, 1, {(int64_t)P}, hm}, {"adam_v", ST_F32, 1, {(int64_t)P}, hv}};
-        const char *mk[] = {"format", "step"}, *mv[] = {"llama.ao-adamw-v1", step_s};
-        if (!st_write(op, t, 2, mk, mv, 2, err, sizeof err)) FAIL("checkpoint: %s", err);
+        const char *mk[] = {"format", "step", "master"}, *mv[] = {"llama.ao-adamw-v1", step_s, mname};
+        if (!st_write(op, t, 2, mk, mv, bf16m ? 3 : 2, err, sizeof err)) FAIL("checkpoint: %s", err);
         free(hm);
         free(hv);
     } else {
         unsigned char *hs = (unsigned char *)ao_malloc(m->state_bytes);
         CUDA_CHECK(cudaMemcpy(hs, m->state_mem, m->state_bytes, cudaMemcpyDefault));
         StWriteTensor t[1] = {{"lowbit_state", ST_U8, 1, {(int64_t)m->state_bytes}, hs}};
-        const char *mk[] = {"format", "step", "lowbit_format"}, *mv[] = {"llama.ao-adamw-lowbit-v1", step_s, fmt_s};
-        if (!st_write(op, t, 1, mk, mv, 3, err, sizeof err)) FAIL("checkpoint: %s", err);
+        const char *mk[] = {"format", "step", "lowbit_format", "master"},
+                   *mv[] = {"llama.ao-adamw-lowbit-v1", step_s, fmt_s, mname};
+        if (!st_write(op, t, 1, mk, mv, bf16m ? 4 : 3, err, sizeof err)) FAIL("checkpoint: %s", err);
         free(hs);
     }
     free(op);
@@ -315,6 +334,7 @@ static unsigned long long meta_u64(const SafeTensors *st, const char *key, const
 static void sources_from_single(Sources *S, const SafeTensors *st, const LlamaGpu *m, const char *path) {
     const ParamTable *tab = &m->tab;
     const char *fmt = st_meta(st, "format");
+    check_master(st, m, path);
     if (m->opts.optim == LOWBIT_F32) {
         CHECK(fmt && !strcmp(fmt, "llama.ao-adamw-v1"),
               "resume: %s is not an fp32 AdamW state (resume with the --optim it was trained with)", path);
@@ -355,6 +375,7 @@ static void sources_from_shard(Sources *S, const SafeTensors *st, const LlamaGpu
     const ParamTable *tab = &m->tab;
     const char *fmt = st_meta(st, "format");
     CHECK(fmt && !strcmp(fmt, SHARD_FORMAT), "resume: %s is not a llama.ao optimizer shard", path);
+    check_master(st, m, path);
     CHECK(meta_u64(st, "optim", path) == (unsigned long long)m->opts.optim,
           "resume: %s holds another optimizer's state (resume with the --optim it was trained with)", path);
     CHECK(meta_u64(st, "world", path) == (unsigned long long)world && meta_u64(st, "rank", path) == (unsigned long long)rank,
@@ -486,6 +507,7 @@ int ckpt_load_optimizer(const char *dir, LlamaGpu *m) {
     }
     SafeTensors st;
     if (!st_open(&st, op, err, sizeof err)) FAIL("resume: %s", err);
+    check_master(&st, m, op);
     free(op);
     const char *fmt = st_meta(&st, "format"), *step_s = st_meta(&st, "step");
     CHECK(step_s, "resume: optimizer state lacks its step");

@@ -1,7 +1,8 @@
-// The Llama model on one GPU in bf16: parameters, fp32 master weights, fp32 gradients
-// and AdamW moments in one allocation carved by the parameter table; activations in a
-// second one. Forward and backward are assembled from the ops/*.cu kernels; every
-// linear goes through ops/matmul (cuBLASLt), attention through ops/attention. With ZeRO
+// The Llama model on one GPU in bf16: parameters, fp32 master weights (unless the bf16
+// parameters are the masters, --master bf16-sr), fp32 gradients and AdamW moments in one
+// allocation carved by the parameter table; activations in a second one. Forward and
+// backward are assembled from the ops/*.cu kernels; every linear goes through ops/matmul
+// (cuBLASLt), attention through ops/attention. With ZeRO
 // (GpuRunOpts.zero, dist/zero.cuh) the master weights and moments are those of this
 // rank's shard only; parameters and gradients are always whole.
 #pragma once
@@ -23,8 +24,15 @@ typedef struct {
     AttnImpl attn_bwd;  // backward attention: ATTN_KERNEL is deterministic, cuDNN's is not
     int lm_chunk;          // rows of logits materialised at once (bf16 [lm_chunk, V])
     LowbitFormat optim;    // AdamW state format: LOWBIT_F32 (fp32 m, v), _8BIT, _4BIT, _FP8 (torchao's)
-    uint64_t seed;         // stochastic-rounding seed of the low-bit optimizers
+    LowbitMaster master;   // LOWBIT_MASTER_F32 (0): fp32 master weights + the bf16 working copy;
+                           // LOWBIT_MASTER_BF16_SR: the bf16 parameters are the masters, each update
+                           // stochastically rounded (--master bf16-sr); no fp32 copy anywhere
+    uint64_t seed;         // stochastic-rounding seed (bits = lowbit_sr_bits(seed, step, flat index))
     int offload;           // master weights + optimizer states in pinned host memory, AdamW on the CPU
+    int offload_sync;      // offload without overlap: all gradients down after backward, the whole
+                           // step, all weights up (the first version; for comparisons)
+    size_t offload_slice;  // overlapped offload: elements per slice (copy down, host step, copy up);
+                           // rounded up to whole ZERO_ALIGN units; 0: 1 << 22
     const ZeroPlan *zero;  // ZeRO shard this process steps (dist/zero.cuh); NULL: all of it (one GPU).
                            // Must outlive the model.
 } GpuRunOpts;
@@ -60,13 +68,34 @@ typedef struct {
     const ZeroPlan *plan;      // opts.zero, or own_plan
     ZeroPlan own_plan;         // the whole model, one piece per tensor (no ZeRO)
     size_t shard_n;            // plan->end - plan->begin
-    float *master;  // fp32 master weights of the shard (pinned host memory with opts.offload)
+    float *master;  // fp32 master weights of the shard (pinned host memory with opts.offload);
+                    // NULL with the bf16 masters (opts.master), where params are the masters
     float *adam_m, *adam_v;    // fp32 moments (opts.optim == LOWBIT_F32)
     void *state_mem;           // low-bit moments, one region per piece (other formats)
     size_t state_bytes;
     LowbitState *states;       // [plan->n_pieces] pointers into state_mem (host memory with offload)
     float *h_grads;            // offload: pinned host copy of the shard's gradients
-    uint16_t *h_params;        // offload: bf16 weights of the shard written by the host step
+    uint16_t *h_params;        // offload: bf16 weights of the shard written by the host step (the
+                               // masters with opts.master bf16-sr; always equal to params' shard
+                               // between steps)
+    // Offload overlap. Per gradient bucket b of the plan (layer b, or the global tensors for
+    // b = n_layers; plan->bucket_lo/hi) the gradients are final at ev_final[b]; the bucket's part
+    // of the shard is cut into slices (slice_first[b] .. + slice_count[b], in the order the host
+    // steps them) of about opts.offload_slice elements, cut at piece starts or whole ZERO_ALIGN
+    // units inside a piece. Slice k is in h_grads at ev_down[k] (down_stream); its weights go
+    // back on up_stream; ev_up: the step's last weights are back.
+    cudaStream_t down_stream, up_stream;
+    cudaEvent_t *ev_final, *ev_down, ev_up;
+    size_t *slice_lo, *slice_hi;   // [n_slices] flat ranges
+    int n_slices, *slice_first, *slice_count;
+    int *down_queued;          // [n_layers + 1]: the bucket's copies are queued for this step
+    // Set by the caller (offload) for the backward of a step's last micro-batch, when the
+    // gradients become final: each bucket's shard part is then copied to the host as soon as its
+    // backward is queued (and, with ZeRO, its reduction: grads_stream). Without it the step copies
+    // them itself.
+    int stream_grads;
+    cudaStream_t grads_stream;  // where a bucket's gradients are final once grads_ready returns (ZeRO:
+                                // the communication stream); NULL: the compute stream
     // Hooks (NULL: one GPU). sync replaces cudaStreamSynchronize on the compute stream, so a
     // multi-GPU run can poll for failed peers while it waits (dist_sync_hook); grads_ready is
     // called from llama_gpu_backward once layer l's gradients are queued (l = n_layers-1 .. 0)
@@ -123,14 +152,19 @@ void llama_gpu_zero_grads(LlamaGpu *m, GpuCtx *ctx);
 float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx);
 // One AdamW step over the shard's pieces (all tensors without ZeRO; weight decay on matrices
 // only). With ZeRO the other ranks' parameters are left as they were: all-gather them after.
+// Offloaded, the host steps one gradient bucket at a time as its gradients arrive and copies its
+// bf16 weights back on the copy stream; it returns when the host step is done, with the compute
+// stream waiting for the last copy (so the next forward sees the new weights). The bits are the
+// on-GPU step's in every case.
 void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
                      float grad_scale);
 // The optimizer state of piece i of the shard (fp32 moments are viewed as a LOWBIT_F32 state).
 LowbitState llama_gpu_piece_state(const LlamaGpu *m, int i);
-// Copies master weights back into a CPU model (for saving; without ZeRO).
+// Copies master weights back into a CPU model (for saving; without ZeRO). bf16 masters are
+// widened to fp32 (exactly).
 void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu);
-// Copies the shard's master weights to dst[plan->begin, plan->end) (device memory of the
-// flat size), queued on the compute stream.
+// Copies the shard's master weights (fp32, or bf16 widened) to dst[plan->begin, plan->end)
+// (device memory of the flat size), queued on the compute stream.
 void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst);
 // Logits at row b, position pos of the last forward, into host out[V] fp32 (sampling).
 void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out);

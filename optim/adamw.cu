@@ -1,5 +1,6 @@
-// Fused AdamW over flat fp32 master weights / moments / grads with a bf16 working copy,
-// and a deterministic global squared gradient norm.
+// Fused AdamW over flat fp32 master weights / moments / grads with a bf16 working copy, the
+// same over bf16 weights that are their own masters (stochastic rounding), and a
+// deterministic global squared gradient norm.
 #include <math.h>
 
 #include "../common/cuda_utils.cuh"
@@ -50,6 +51,29 @@ void adamw_update(float *master, bf16 *param, const float *grad, float *m, float
                ((uintptr_t)param & 7) == 0;
     if (vec) adamw_kernel<4><<<grid, 256, 0, s>>>(master, param, grad, m, v, n, a);
     else adamw_kernel<1><<<grid, 256, 0, s>>>(master, param, grad, m, v, n, a);
+    CUDA_CHECK_LAST();
+}
+
+// The bf16 weights as masters: one thread per element (bf16 loads are 2 bytes; the fp32
+// streams of grad, m and v stay coalesced). The element is adamw_elem's, as above, and the
+// rounding lowbit_bf16_sr with the element's counter-based bits (optim/lowbit.h).
+__global__ void adamw_bf16_sr_kernel(uint16_t *param, const float *grad, float *m, float *v, size_t n, AdamwScalars a,
+                                     uint64_t seed, uint64_t sr_offset, int step) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float mm = m[i], vv = v[i];
+    const float p = adamw_elem(lowbit_bf16_to_f32(param[i]), grad[i], &mm, &vv, &a);
+    m[i] = mm, v[i] = vv;
+    param[i] = lowbit_bf16_sr(p, lowbit_sr_bits(seed, step, sr_offset + i));
+}
+
+void adamw_update_bf16_sr(bf16 *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
+                          float eps, float wd, int step, float grad_scale, uint64_t seed, uint64_t sr_offset,
+                          cudaStream_t s) {
+    const AdamwScalars a = adamw_scalars(lr, b1, b2, eps, wd, step, grad_scale);  // CHECKs step >= 1
+    if (n == 0) return;
+    adamw_bf16_sr_kernel<<<(unsigned)ceil_div_sz(n, 256), 256, 0, s>>>(reinterpret_cast<uint16_t *>(param), grad, m, v,
+                                                                      n, a, seed, sr_offset, step);
     CUDA_CHECK_LAST();
 }
 

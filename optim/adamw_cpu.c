@@ -1,7 +1,8 @@
 // AdamW on the CPU (offload): the pinned element update of adamw_cpu.h in three variants
 // that give identical bits: AVX-512 (16 lanes, masked tail), AVX2+FMA (8 lanes, scalar tail)
-// and scalar C (fmaf). OpenMP splits the tensor into fixed chunks; elements are independent,
-// so neither the chunking nor the thread count changes a bit.
+// and scalar C (fmaf); with bf16 masters (stochastic rounding) AVX-512 (F + DQ, for the 64-bit
+// multiplies of the random-bit hash) and scalar C. OpenMP splits the work into fixed chunks;
+// elements are independent, so neither the chunking nor the thread count changes a bit.
 #if defined(__GNUC__) && !defined(__clang__)
 // Only the FMAs written out may fuse: a target("avx512f") function could otherwise contract
 // _mm512_mul_ps + _mm512_add_ps (GCC implements them as vector * and +).
@@ -17,7 +18,9 @@
 
 #include "../common/error.h"
 
-#define ADAMW_CHUNK ((size_t)1 << 16)  // elements per OpenMP work item (a multiple of 16)
+// Elements per OpenMP work item (a multiple of 16): small enough that one layer of a small
+// model (a few 64K-element matrices) still spreads over 16+ cores in adamw_cpu_run.
+#define ADAMW_CHUNK ((size_t)1 << 15)
 
 AdamwScalars adamw_scalars(float lr, float b1, float b2, float eps, float wd, int step, float grad_scale) {
     CHECK(step >= 1, "adamw: step must be >= 1 (bias correction), got %d", step);
@@ -109,7 +112,73 @@ __attribute__((target("avx2,fma"))) static void chunk_avx2(float *master, uint16
     }
     chunk_scalar(master, param, grad, m, v, i, i1, a);
 }
+
+// lowbit_sr_bits for 8 consecutive indices: base = seed ^ step * C2 (the step's part of the
+// first mix), idx the 64-bit element indices.
+__attribute__((target("avx512f,avx512dq"))) static inline __m512i sr_bits8(__m512i idx, __m512i base) {
+    __m512i z = _mm512_xor_si512(base, _mm512_mullo_epi64(idx, _mm512_set1_epi64((long long)0x9E3779B97F4A7C15ull)));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64((long long)0xBF58476D1CE4E5B9ull));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64((long long)0x94D049BB133111EBull));
+    z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+    return _mm512_srli_epi64(z, 48);
+}
+
+// chunk_sr_scalar in 16 lanes: bf16 -> fp32 (exact), the same FMA/op sequence as chunk_avx512,
+// then lowbit_bf16_sr with the lanes' lowbit_sr_bits. The tail (< 16) goes through memory.
+__attribute__((target("avx512f,avx512dq"))) static void chunk_sr_avx512(uint16_t *param, const float *grad, float *m,
+                                                                       float *v, size_t i0, size_t i1,
+                                                                       const AdamwScalars *a, uint64_t seed, int step,
+                                                                       uint64_t off) {
+    const __m512 gs = _mm512_set1_ps(a->grad_scale), decay = _mm512_set1_ps(a->decay), w1 = _mm512_set1_ps(a->one_m_b1),
+                 b2 = _mm512_set1_ps(a->b2), w2 = _mm512_set1_ps(a->one_m_b2), nstep = _mm512_set1_ps(-a->step_size),
+                 bc = _mm512_set1_ps(a->bc2_sqrt), eps = _mm512_set1_ps(a->eps);
+    const __m512i lo16 = _mm512_set1_epi32(0xFFFF), hi16 = _mm512_set1_epi32((int)0xFFFF0000u),
+                  ulp = _mm512_set1_epi32(0x10000), absm = _mm512_set1_epi32(0x7FFFFFFF),
+                  inf = _mm512_set1_epi32(0x7F800000), qnan = _mm512_set1_epi32(0x7FC0);
+    const __m512i base = _mm512_set1_epi64((long long)(seed ^ ((uint64_t)(uint32_t)step * 0xC2B2AE3D27D4EB4Full)));
+    const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), eight = _mm512_set1_epi64(8);
+    for (size_t i = i0; i < i1; i += 16) {
+        const size_t cnt = i1 - i >= 16 ? 16 : i1 - i;
+        const __mmask16 k = cnt == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cnt) - 1);
+        uint16_t tmp[16] = {0};
+        const uint16_t *src = param + i;
+        if (cnt < 16) memcpy(tmp, param + i, cnt * sizeof(uint16_t)), src = tmp;
+        __m512 p = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)src)), 16));
+        __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, grad + i), gs);
+        p = _mm512_mul_ps(p, decay);
+        __m512 mm = _mm512_maskz_loadu_ps(k, m + i), vv = _mm512_maskz_loadu_ps(k, v + i);
+        mm = _mm512_fmadd_ps(w1, _mm512_sub_ps(g, mm), mm);
+        vv = _mm512_fmadd_ps(w2, _mm512_mul_ps(g, g), _mm512_mul_ps(vv, b2));
+        __m512 den = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vv), bc), eps);
+        p = _mm512_fmadd_ps(nstep, _mm512_div_ps(mm, den), p);
+        _mm512_mask_storeu_ps(m + i, k, mm);
+        _mm512_mask_storeu_ps(v + i, k, vv);
+        const __m512i idx = _mm512_add_epi64(_mm512_set1_epi64((long long)(off + i)), lanes);
+        const __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(sr_bits8(idx, base))),
+                                             _mm512_cvtepi64_epi32(sr_bits8(_mm512_add_epi64(idx, eight), base)), 1);
+        // lowbit_bf16_sr: away from zero when r < the 16 dropped bits; NaN -> 0x7FC0
+        const __m512i u = _mm512_castps_si512(p);
+        __m512i t = _mm512_and_si512(u, hi16);
+        t = _mm512_mask_add_epi32(t, _mm512_cmplt_epu32_mask(r, _mm512_and_si512(u, lo16)), t, ulp);
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(t, absm), inf);
+        const __m256i h = _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(_mm512_srli_epi32(t, 16), nan, qnan));
+        if (cnt == 16) _mm256_storeu_si256((__m256i *)(param + i), h);
+        else {
+            _mm256_storeu_si256((__m256i *)tmp, h);
+            memcpy(param + i, tmp, cnt * sizeof(uint16_t));
+        }
+    }
+}
 #endif
+
+// The bf16 masters in plain C: the same element as the GPU's adamw_update_bf16_sr.
+static void chunk_sr_scalar(uint16_t *param, const float *grad, float *m, float *v, size_t i0, size_t i1,
+                            const AdamwScalars *a, uint64_t seed, int step, uint64_t off) {
+    for (size_t i = i0; i < i1; i++) {
+        const float p = adamw_elem(lowbit_bf16_to_f32(param[i]), grad[i], &m[i], &v[i], a);
+        param[i] = lowbit_bf16_sr(p, lowbit_sr_bits(seed, step, off + i));
+    }
+}
 
 static int g_isa = -1;  // -1: not chosen yet
 
@@ -136,29 +205,138 @@ const char *adamw_cpu_isa_name(AdamwIsa isa) {
     return isa == ADAMW_ISA_AVX512 ? "avx512" : isa == ADAMW_ISA_AVX2 ? "avx2" : "scalar";
 }
 
-void adamw_update_cpu(float *master, uint16_t *param, const float *grad, float *m, float *v, size_t n, float lr,
-                      float b1, float b2, float eps, float wd, int step, float grad_scale) {
-    const AdamwScalars a = adamw_scalars(lr, b1, b2, eps, wd, step, grad_scale);
-    const AdamwIsa isa = adamw_cpu_get_isa();
-    const long nchunks = (long)((n + ADAMW_CHUNK - 1) / ADAMW_CHUNK);
-#pragma omp parallel for schedule(static)
-    for (long c = 0; c < nchunks; c++) {
-        size_t i0 = (size_t)c * ADAMW_CHUNK, i1 = i0 + ADAMW_CHUNK < n ? i0 + ADAMW_CHUNK : n;
+// ---- the runner -----------------------------------------------------------------------------
+// A job's work is cut into items of about ADAMW_CHUNK elements: torch jobs into element
+// ranges, low-bit jobs into runs of whole units (quantization blocks, or LOWBIT_PLAIN_CHUNK
+// elements of plain states).
+typedef struct {
+    AdamwScalars a;   // ADAMW_CPU_TORCH
+    LowbitScalars la; // ADAMW_CPU_LOWBIT
+    size_t units, per_item, first_item, n_items;
+} JobPlan;
+
+static void plan_job(const AdamwCpuJob *j, JobPlan *p) {
+    memset(p, 0, sizeof *p);
+    const size_t n = j->st.n;
+    if (j->kind == ADAMW_CPU_TORCH) {
+        CHECK(j->st.fmt == LOWBIT_F32 && (n == 0 || (j->st.m && j->st.v)),
+              "adamw_cpu_run: torch.optim.AdamW's arithmetic keeps fp32 moments, not %s states",
+              lowbit_format_name(j->st.fmt));
+        CHECK(j->s.master == LOWBIT_MASTER_F32 || j->s.master == LOWBIT_MASTER_BF16_SR,
+              "adamw_cpu_run: master mode %d is not fp32 or bf16 with stochastic rounding", (int)j->s.master);
+        CHECK(j->s.master == LOWBIT_MASTER_F32 ? j->master != NULL : (j->master == NULL && j->param != NULL),
+              "adamw_cpu_run: master mode %d needs %s", (int)j->s.master,
+              j->s.master == LOWBIT_MASTER_F32 ? "fp32 master weights" : "bf16 parameters only (master == NULL)");
+        p->a = adamw_scalars((float)j->s.lr, (float)j->s.beta1, (float)j->s.beta2, (float)j->s.eps,
+                             (float)j->s.weight_decay, j->s.step, j->s.grad_scale);  // CHECKs step >= 1
+        p->units = n;
+        p->per_item = ADAMW_CHUNK;
+    } else {
+        CHECK(j->kind == ADAMW_CPU_LOWBIT, "adamw_cpu_run: unknown job kind %d", (int)j->kind);
+        lowbit_check_step(j->master, j->param, &j->st, &j->s);
+        p->la = lowbit_scalars(&j->s);
+        p->units = lowbit_step_units(&j->st);
+        const size_t per_unit = lowbit_quantized(j->st.fmt) ? (size_t)j->st.block : LOWBIT_PLAIN_CHUNK;
+        p->per_item = ADAMW_CHUNK / per_unit > 0 ? ADAMW_CHUNK / per_unit : 1;
+    }
+    p->n_items = (p->units + p->per_item - 1) / p->per_item;
+}
+
+static void run_item(const AdamwCpuJob *j, const JobPlan *p, size_t item, AdamwIsa isa, int sr_vec) {
+    const size_t u0 = item * p->per_item, u1 = u0 + p->per_item < p->units ? u0 + p->per_item : p->units;
+    if (j->kind == ADAMW_CPU_LOWBIT) {
+        for (size_t u = u0; u < u1; u++) lowbit_step_unit(j->master, j->param, &j->st, j->grad, &j->s, &p->la, NULL, u);
+        return;
+    }
+    float *m = (float *)j->st.m, *v = (float *)j->st.v;
+    if (j->s.master == LOWBIT_MASTER_BF16_SR) {
 #ifdef HAVE_X86_VARIANTS
-        if (isa == ADAMW_ISA_AVX512) chunk_avx512(master, param, grad, m, v, i0, i1, &a);
-        else if (isa == ADAMW_ISA_AVX2) chunk_avx2(master, param, grad, m, v, i0, i1, &a);
+        if (isa == ADAMW_ISA_AVX512 && sr_vec)
+            chunk_sr_avx512(j->param, j->grad, m, v, u0, u1, &p->a, j->s.seed, j->s.step, j->s.sr_offset);
         else
 #endif
-            chunk_scalar(master, param, grad, m, v, i0, i1, &a);
+            chunk_sr_scalar(j->param, j->grad, m, v, u0, u1, &p->a, j->s.seed, j->s.step, j->s.sr_offset);
+        return;
     }
-    (void)isa;
+#ifdef HAVE_X86_VARIANTS
+    if (isa == ADAMW_ISA_AVX512) chunk_avx512(j->master, j->param, j->grad, m, v, u0, u1, &p->a);
+    else if (isa == ADAMW_ISA_AVX2) chunk_avx2(j->master, j->param, j->grad, m, v, u0, u1, &p->a);
+    else
+#endif
+        chunk_scalar(j->master, j->param, j->grad, m, v, u0, u1, &p->a);
+}
+
+void adamw_cpu_run(const AdamwCpuJob *jobs, int n_jobs) {
+    if (n_jobs <= 0) return;
+    JobPlan *plan = (JobPlan *)ao_malloc((size_t)n_jobs * sizeof *plan);
+    size_t total = 0;
+    for (int k = 0; k < n_jobs; k++) {
+        plan_job(&jobs[k], &plan[k]);
+        plan[k].first_item = total;
+        total += plan[k].n_items;
+    }
+    // Chosen before the parallel region: the lazy choice is not thread-safe.
+    const AdamwIsa isa = adamw_cpu_get_isa();
+    int sr_vec = 0;
+#ifdef HAVE_X86_VARIANTS
+    __builtin_cpu_init();
+    sr_vec = __builtin_cpu_supports("avx512dq");
+#endif
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long it = 0; it < (long)total; it++) {
+        int lo = 0, hi = n_jobs - 1;  // the last job whose first item is <= it
+        while (lo < hi) {
+            int mid = (lo + hi + 1) / 2;
+            if (plan[mid].first_item <= (size_t)it) lo = mid;
+            else hi = mid - 1;
+        }
+        run_item(&jobs[lo], &plan[lo], (size_t)it - plan[lo].first_item, isa, sr_vec);
+    }
+    free(plan);
+}
+
+static AdamwCpuJob torch_job(float *master, uint16_t *param, const float *grad, float *m, float *v, size_t n,
+                             float lr, float b1, float b2, float eps, float wd, int step, float grad_scale,
+                             LowbitMaster mode, uint64_t seed, uint64_t sr_offset) {
+    AdamwCpuJob j;
+    memset(&j, 0, sizeof j);
+    j.kind = ADAMW_CPU_TORCH;
+    j.master = master;
+    j.param = param;
+    j.grad = grad;
+    j.st.fmt = LOWBIT_F32;
+    j.st.n = n;
+    j.st.m = m;
+    j.st.v = v;
+    LowbitStep s = {lr, b1, b2, eps, wd, step, grad_scale, mode, seed, sr_offset};
+    j.s = s;
+    return j;
+}
+
+void adamw_update_cpu(float *master, uint16_t *param, const float *grad, float *m, float *v, size_t n, float lr,
+                      float b1, float b2, float eps, float wd, int step, float grad_scale) {
+    const AdamwCpuJob j = torch_job(master, param, grad, m, v, n, lr, b1, b2, eps, wd, step, grad_scale,
+                                    LOWBIT_MASTER_F32, 0, 0);
+    adamw_cpu_run(&j, 1);
+}
+
+void adamw_update_bf16_sr_cpu(uint16_t *param, const float *grad, float *m, float *v, size_t n, float lr, float b1,
+                              float b2, float eps, float wd, int step, float grad_scale, uint64_t seed,
+                              uint64_t sr_offset) {
+    const AdamwCpuJob j = torch_job(NULL, param, grad, m, v, n, lr, b1, b2, eps, wd, step, grad_scale,
+                                    LOWBIT_MASTER_BF16_SR, seed, sr_offset);
+    adamw_cpu_run(&j, 1);
 }
 
 void adamw_lowbit_update_cpu(float *master, uint16_t *param, const LowbitState *st, const float *grad,
                              const LowbitStep *s) {
-    lowbit_check_step(master, param, st, s);
-    const LowbitScalars a = lowbit_scalars(s);
-    const long nu = (long)lowbit_step_units(st);
-#pragma omp parallel for schedule(static)
-    for (long u = 0; u < nu; u++) lowbit_step_unit(master, param, st, grad, s, &a, NULL, (size_t)u);
+    AdamwCpuJob j;
+    memset(&j, 0, sizeof j);
+    j.kind = ADAMW_CPU_LOWBIT;
+    j.master = master;
+    j.param = param;
+    j.grad = grad;
+    j.st = *st;
+    j.s = *s;
+    adamw_cpu_run(&j, 1);
 }

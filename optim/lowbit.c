@@ -81,6 +81,26 @@ LowbitState lowbit_state_at(const LowbitLayout *l, void *base) {
     return s;
 }
 
+LowbitState lowbit_state_range(const LowbitState *st, size_t first, size_t n) {
+    CHECK(first <= st->n && n <= st->n - first, "lowbit_state_range: [%zu, +%zu) outside %zu elements", first, n, st->n);
+    LowbitState r = *st;
+    r.n = n;
+    if (!lowbit_quantized(st->fmt)) {
+        const size_t es = st->fmt == LOWBIT_F32 ? sizeof(float) : sizeof(uint16_t);
+        r.m = (char *)st->m + first * es;
+        r.v = (char *)st->v + first * es;
+        return r;
+    }
+    const size_t bl = (size_t)st->block;
+    CHECK(first % bl == 0 && n % bl == 0, "lowbit_state_range: [%zu, +%zu) is not whole %zu-element blocks", first, n, bl);
+    const size_t cb = st->fmt == LOWBIT_4BIT ? first / 2 : first;  // code bytes before the range
+    r.m = (uint8_t *)st->m + cb;
+    r.v = (uint8_t *)st->v + cb;
+    r.m_scale = st->m_scale + first / bl;
+    r.v_scale = st->v_scale + first / bl;
+    return r;
+}
+
 // ---- quantizers -------------------------------------------------------------------------------
 static const float *qmap_of(LowbitFormat f, int is_signed) {
     if (f == LOWBIT_8BIT) return is_signed ? lowbit_qmap_s8 : lowbit_qmap_u8;

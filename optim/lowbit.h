@@ -121,6 +121,10 @@ typedef struct {
     float *m_scale, *v_scale;  // [n / block]; NULL for F32, BF16
 } LowbitState;
 LowbitState lowbit_state_at(const LowbitLayout *l, void *base);
+// The state of elements [first, first + n) of st (pointers moved, nothing copied): quantized
+// states need first and n in whole blocks. A step over the range equals the whole step's
+// there, given the range's grad/param pointers and sr_offset + first.
+LowbitState lowbit_state_range(const LowbitState *st, size_t first, size_t n);
 
 // ---- maps ---------------------------------------------------------------------------------
 // torchao's maps as fp32 values (create_dynamic_map(True) / (False); 4-bit: create_dynamic_map

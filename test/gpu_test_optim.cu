@@ -1,18 +1,27 @@
 // Optimizer kernels on the GPU against the CPU, bit for bit: torchao's low-bit AdamW
 // (adamw_lowbit_update vs lowbit_adamw_step_cpu, which test_optim checks against torchao)
 // for 8-bit, 4-bit and fp8 states and the plain fp32/bf16 states of small or odd tensors,
-// with fp32 masters, bf16 masters and bf16 stochastic rounding; and the fp32 AdamW kernel
-// (adamw_update) vs the offload step (adamw_update_cpu). Sizes are odd on purpose: a single
-// element, 1000, tensors that are whole 4-bit blocks but not 8-bit ones, many blocks.
+// with fp32 masters, bf16 masters and bf16 stochastic rounding; the fp32 AdamW kernel
+// (adamw_update) vs the offload step (adamw_update_cpu), and its bf16-master form with
+// stochastic rounding (adamw_update_bf16_sr vs adamw_update_bf16_sr_cpu and a scalar loop).
+// Sizes are odd on purpose: a single element, 1000, tensors that are whole 4-bit blocks but
+// not 8-bit ones, many blocks. Stochastic rounding on the device is unbiased (a statistical
+// bound). And the trainer's optimizer on a small model (model/llama_gpu): the offloaded step,
+// overlapped with backward or not, equals the on-GPU step bit for bit, sharded or not, for every
+// --optim and --master; a bf16-sr run resumed from a checkpoint equals the straight run.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gpu_test.cuh"
+#include "../model/checkpoint.cuh"
+#include "../model/llama_gpu.cuh"
 #include "../optim/adamw.cuh"
 #include "../optim/adamw_lowbit.cuh"
 extern "C" {
+#include "../common/fileio.h"
+#include "../model/model.h"
 #include "../optim/adamw_cpu.h"
 #include "test.h"
 }
@@ -32,8 +41,10 @@ static const char *master_name(LowbitMaster m) {
 }
 
 // Three steps on the GPU and on the CPU from the same start; every byte compared after each.
-static void lowbit_case(LowbitFormat want, size_t n, LowbitMaster mode, double b1) {
-    const LowbitLayout lay = lowbit_layout(want, n, mode);
+// layout_mode: the master mode the state layout is chosen for (torchao's rule: plain states in
+// the parameter's dtype); the trainer keeps fp32 plain states for every master (LOWBIT_MASTER_F32).
+static void lowbit_case_in(LowbitFormat want, size_t n, LowbitMaster mode, double b1, LowbitMaster layout_mode) {
+    const LowbitLayout lay = lowbit_layout(want, n, layout_mode);
     const int f32m = mode == LOWBIT_MASTER_F32;
     void *reg_h = ao_calloc(1, lay.bytes), *reg_g = ao_malloc(lay.bytes);
     void *reg_d = dalloc<uint8_t>(lay.bytes);
@@ -82,6 +93,10 @@ static void lowbit_case(LowbitFormat want, size_t n, LowbitMaster mode, double b
     CUDA_CHECK(cudaFree(p_d));
 }
 
+static void lowbit_case(LowbitFormat want, size_t n, LowbitMaster mode, double b1) {
+    lowbit_case_in(want, n, mode, b1, mode);
+}
+
 static void test_lowbit(void) {
     const LowbitMaster modes[3] = {LOWBIT_MASTER_F32, LOWBIT_MASTER_BF16, LOWBIT_MASTER_BF16_SR};
     for (int k = 0; k < 3; k++) {
@@ -97,6 +112,10 @@ static void test_lowbit(void) {
     }
     lowbit_case(LOWBIT_8BIT, 256 * 17, LOWBIT_MASTER_F32, 0.3);  // lerp weight >= 0.5: the other branch
     lowbit_case(LOWBIT_4BIT, 128 * 40, LOWBIT_MASTER_BF16_SR, 0.3);
+    // --master bf16-sr in the trainer: fp32 plain states for the small tensors
+    lowbit_case_in(LOWBIT_8BIT, 4224, LOWBIT_MASTER_BF16_SR, 0.9, LOWBIT_MASTER_F32);
+    lowbit_case_in(LOWBIT_FP8, 1000, LOWBIT_MASTER_BF16_SR, 0.9, LOWBIT_MASTER_F32);
+    lowbit_case_in(LOWBIT_F32, 70001, LOWBIT_MASTER_BF16_SR, 0.9, LOWBIT_MASTER_F32);
 }
 
 // adamw_update (optim/adamw.cu) against the offload step. Bit-identical once adamw.cu's
@@ -135,6 +154,428 @@ static void test_adamw_offload(void) {
             CUDA_CHECK(cudaFree(g_d));
             CUDA_CHECK(cudaFree(p_d));
         }
+}
+
+// --master bf16-sr with fp32 moments (train_llama --optim adamw): the GPU kernel against the
+// offload step in each of its variants and against a scalar loop written here, bit for bit
+// after 3 steps, for a given seed and the tensor's place in the parameter vector (sr_offset).
+static uint16_t sr_ref(float p, uint64_t seed, int step, uint64_t idx) {
+    return lowbit_bf16_sr(p, lowbit_sr_bits(seed, step, idx));
+}
+static void test_adamw_bf16_sr(void) {
+    const size_t sizes[] = {1, 5, 4099, 100003};
+    const uint64_t seed = 1234;
+    for (int misalign = 0; misalign <= 1; misalign++)
+        for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+            const size_t n = sizes[k], o = (size_t)misalign, N = n + o, off = 977 + 4096 * k;
+            uint16_t *p0 = (uint16_t *)ao_malloc(N * 2), *pr = (uint16_t *)ao_malloc(N * 2), *pc = (uint16_t *)ao_malloc(N * 2),
+                     *pg = (uint16_t *)ao_malloc(N * 2);
+            float *g = (float *)ao_malloc(N * 4 * 3), *mr = (float *)ao_calloc(N, 4), *vr = (float *)ao_calloc(N, 4);
+            float *mc = (float *)ao_calloc(N, 4), *vc = (float *)ao_calloc(N, 4), *r = (float *)ao_malloc(N * 4 * 2);
+            for (size_t i = 0; i < N; i++) p0[i] = lowbit_bf16_rne(0.1f * test_rand_uniform(&g_rng));
+            for (size_t i = 0; i < 3 * N; i++) g[i] = 0.01f * test_rand_uniform(&g_rng);
+            memcpy(pr, p0, N * 2);
+            const float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+            for (int t = 1; t <= 3; t++) {  // the reference: adamw_elem and the rounding, element by element
+                const float gs = t == 2 ? 0.6f : 1.0f;
+                const AdamwScalars a = adamw_scalars(lr, b1, b2, eps, wd, t, gs);
+                for (size_t i = 0; i < n; i++) {
+                    const float p = adamw_elem(lowbit_bf16_to_f32(pr[o + i]), g[(t - 1) * N + o + i], &mr[o + i], &vr[o + i], &a);
+                    pr[o + i] = sr_ref(p, seed, t, off + i);
+                }
+            }
+            uint16_t *p_d = dalloc<uint16_t>(N);
+            float *g_d = dalloc<float>(N), *m_d = dalloc<float>(N), *v_d = dalloc<float>(N);
+            h2d(p_d, p0, N * 2);
+            CUDA_CHECK(cudaMemsetAsync(m_d, 0, N * 4, g_s));
+            CUDA_CHECK(cudaMemsetAsync(v_d, 0, N * 4, g_s));
+            for (int t = 1; t <= 3; t++) {
+                h2d(g_d, g + (t - 1) * N, N * 4);
+                adamw_update_bf16_sr((bf16 *)p_d + o, g_d + o, m_d + o, v_d + o, n, lr, b1, b2, eps, wd, t,
+                                     t == 2 ? 0.6f : 1.0f, seed, off, g_s);
+            }
+            CUDA_CHECK(cudaStreamSynchronize(g_s));
+            d2h(pg, p_d, N * 2), d2h(r, m_d, N * 4), d2h(r + N, v_d, N * 4);
+            size_t bad = diff_bytes(pg + o, pr + o, n * 2, NULL) + diff_bytes(r + o, mr + o, n * 4, NULL) +
+                         diff_bytes(r + N + o, vr + o, n * 4, NULL);
+            TEST_CHECK(bad == 0, "adamw_update_bf16_sr (GPU%s), n=%zu: == the scalar loop, bit for bit (%zu bytes differ)",
+                       misalign ? ", unaligned" : "", n, bad);
+            const AdamwIsa best = adamw_cpu_isa_best();
+            for (int isa = ADAMW_ISA_SCALAR; isa <= (int)best; isa++) {
+                adamw_cpu_set_isa((AdamwIsa)isa);
+                memcpy(pc, p0, N * 2), memset(mc, 0, N * 4), memset(vc, 0, N * 4);
+                for (int t = 1; t <= 3; t++)
+                    adamw_update_bf16_sr_cpu(pc + o, g + (t - 1) * N + o, mc + o, vc + o, n, lr, b1, b2, eps, wd, t,
+                                             t == 2 ? 0.6f : 1.0f, seed, off);
+                size_t bc = diff_bytes(pc + o, pg + o, n * 2, NULL) + diff_bytes(mc + o, r + o, n * 4, NULL) +
+                            diff_bytes(vc + o, r + N + o, n * 4, NULL);
+                TEST_CHECK(bc == 0, "adamw_update_bf16_sr_cpu (%s) == the GPU, n=%zu%s: %zu bytes differ",
+                           adamw_cpu_isa_name((AdamwIsa)isa), n, misalign ? ", unaligned" : "", bc);
+            }
+            adamw_cpu_set_isa(best);
+            if (n >= 4099) {  // another seed draws other bits: about half the roundings change
+                h2d(p_d, p0, N * 2);
+                CUDA_CHECK(cudaMemsetAsync(m_d, 0, N * 4, g_s));
+                CUDA_CHECK(cudaMemsetAsync(v_d, 0, N * 4, g_s));
+                h2d(g_d, g, N * 4);
+                adamw_update_bf16_sr((bf16 *)p_d + o, g_d + o, m_d + o, v_d + o, n, lr, b1, b2, eps, wd, 1, 1.0f, seed + 1,
+                                     off, g_s);
+                d2h(pc, p_d, N * 2);
+                size_t differ = 0;
+                for (size_t i = 0; i < n; i++) {
+                    float mm = 0, vv = 0;
+                    const AdamwScalars a = adamw_scalars(lr, b1, b2, eps, wd, 1, 1.0f);
+                    const float p = adamw_elem(lowbit_bf16_to_f32(p0[o + i]), g[o + i], &mm, &vv, &a);
+                    differ += pc[o + i] != sr_ref(p, seed, 1, off + i);
+                }
+                TEST_CHECK(differ > n / 5 && differ < n * 4 / 5, "adamw_update_bf16_sr: seed %llu vs %llu change %zu of %zu "
+                           "roundings (expected about half)", (unsigned long long)seed + 1, (unsigned long long)seed, differ, n);
+            }
+            free(p0), free(pr), free(pc), free(pg), free(g), free(mr), free(vr), free(mc), free(vc), free(r);
+            CUDA_CHECK(cudaFree(p_d));
+            CUDA_CHECK(cudaFree(g_d));
+            CUDA_CHECK(cudaFree(m_d));
+            CUDA_CHECK(cudaFree(v_d));
+        }
+}
+
+// Unbiased stochastic rounding on the device (the bound is test_optim's, explained there): for
+// K values x, N draws each at one element over steps 1..N, count the rounds up; with q =
+// low16(bits(x)) / 65536 the count is Binomial(N, q) when the bits are uniform and independent,
+// so z = (U - Nq) / sqrt(Nq(1 - q)) ~ N(0, 1): every |z| <= 6, the z of all values together within
+// 6, the mean z^2 in 1 +- 0.2. The counts must also equal the CPU's (same bits on both sides).
+__global__ void sr_count_kernel(unsigned *ups, unsigned *bad, const float *x, int K, int N, uint64_t seed) {
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    const uint32_t u = __float_as_uint(x[k]);
+    const uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+    unsigned up = 0, nb = 0;
+    for (int d = 0; d < N; d++) {
+        const uint16_t b = lowbit_bf16_sr(x[k], lowbit_sr_bits(seed, d + 1, (uint64_t)k));
+        up += b == hi;
+        nb += b != hi && b != lo;
+    }
+    ups[k] = up, bad[k] = nb;
+}
+static void test_sr_unbiased_gpu(void) {
+    enum { K = 4096, N = 8192 };
+    const uint64_t seed = 31337;
+    float *x = (float *)ao_malloc(K * 4);
+    for (int k = 0; k < K; k++) {  // both signs, 2^-40 .. 2^10, low 16 bits not zero
+        uint32_t u = (uint32_t)test_rand_u64(&g_rng);
+        u = (u & 0x807FFFFFu) | ((uint32_t)(87 + k % 51) << 23);
+        if ((u & 0xFFFFu) == 0) u |= 1;
+        x[k] = ao_u2f(u);
+    }
+    float *x_d = dalloc<float>(K);
+    unsigned *ups_d = dalloc<unsigned>(K), *bad_d = dalloc<unsigned>(K);
+    h2d(x_d, x, K * 4);
+    sr_count_kernel<<<K / 256, 256, 0, g_s>>>(ups_d, bad_d, x_d, K, N, seed);
+    CUDA_CHECK_LAST();
+    unsigned *ups = (unsigned *)ao_malloc(K * 4), *bad = (unsigned *)ao_malloc(K * 4);
+    d2h(ups, ups_d, K * 4), d2h(bad, bad_d, K * 4);
+    double zmax = 0, num = 0, den = 0, z2 = 0;
+    size_t nb = 0, cpu_differ = 0;
+    for (int k = 0; k < K; k++) {
+        const double q = (double)(ao_f2u(x[k]) & 0xFFFFu) / 65536.0, var = N * q * (1 - q);
+        const double z = ((double)ups[k] - N * q) / sqrt(var);
+        zmax = fabs(z) > zmax ? fabs(z) : zmax;
+        num += (double)ups[k] - N * q, den += var, z2 += z * z;
+        nb += bad[k];
+        if (k < 64) {  // the CPU draws the same bits
+            unsigned up = 0;
+            for (int d = 0; d < N; d++)
+                up += lowbit_bf16_sr(x[k], lowbit_sr_bits(seed, d + 1, (uint64_t)k)) != (uint16_t)(ao_f2u(x[k]) >> 16);
+            cpu_differ += up != ups[k];
+        }
+    }
+    const double zall = num / sqrt(den), mz2 = z2 / K;
+    printf("  GPU SR unbiasedness: %d values x %d draws: max |z| %.2f, all-values z %.2f, mean z^2 %.3f\n", K, N, zmax,
+           zall, mz2);
+    TEST_CHECK(nb == 0 && cpu_differ == 0 && zmax <= 6.0 && fabs(zall) <= 6.0 && fabs(mz2 - 1.0) <= 0.2,
+               "GPU stochastic rounding unbiased within the bounds (max |z| %.2f <= 6, all-values z %.2f within 6, mean "
+               "z^2 %.3f within 1 +- 0.2), only neighbours (%zu not), counts equal the CPU's (%zu of 64 differ)", zmax,
+               zall, mz2, nb, cpu_differ);
+    free(x), free(ups), free(bad);
+    CUDA_CHECK(cudaFree(x_d));
+    CUDA_CHECK(cudaFree(ups_d));
+    CUDA_CHECK(cudaFree(bad_d));
+}
+
+// ---- the trainer's optimizer on a small model --------------------------------------------------
+// 2 layers, d 128, vocabulary 512: matrices of 8K-64K elements (quantized states, 256-blocks),
+// norms of 128 (plain states), tied embeddings. Each step accumulates 2 micro-batches of 2 x 16
+// random tokens (a function of the step), the gradients of the last one streamed to the host as
+// train_llama does (stream_grads), clipped at CLIP when asked.
+#define TM_B 2
+#define TM_T 16
+#define TM_ACCUM 2
+#define TM_CLIP 0.05f  // below the norms seen: clipping acts on every step
+
+static LlamaConfig tm_config(void) {
+    LlamaConfig c;
+    memset(&c, 0, sizeof c);
+    c.arch = ARCH_LLAMA;
+    c.vocab_size = 512;
+    c.hidden_size = 128;
+    c.intermediate_size = 384;
+    c.n_layers = 2;
+    c.n_heads = 2;
+    c.n_kv_heads = 1;
+    c.head_dim = 64;
+    c.max_position_embeddings = 64;
+    c.rms_norm_eps = 1e-5f;
+    c.rope.type = ROPE_DEFAULT;
+    c.rope.theta = 10000.0f;
+    c.tie_word_embeddings = 1;
+    c.bos_token_id = -1;
+    c.initializer_range = 0.02f;
+    snprintf(c.dtype, sizeof c.dtype, "bfloat16");
+    return c;
+}
+
+struct TmRun {
+    LowbitFormat optim;
+    LowbitMaster master;
+    int offload, sync;  // sync: offload without overlap
+    int clip;           // clip at TM_CLIP, the step after the norm; 0: no clipping and, offloaded with
+                        // overlap, the step before the norm (train_llama's order then)
+};
+
+static GpuRunOpts tm_opts(const TmRun &r, const ZeroPlan *z) {
+    GpuRunOpts o;
+    memset(&o, 0, sizeof o);
+    o.attn = ATTN_KERNEL;
+    o.attn_bwd = ATTN_KERNEL;
+    o.optim = r.optim;
+    o.master = r.master;
+    o.offload = r.offload;
+    o.offload_sync = r.sync;
+    o.offload_slice = 19 * 256;  // cuts inside the 16K-65K-element matrices and between the small tensors
+    o.seed = 5;
+    o.zero = z;
+    return o;
+}
+
+// Forward and backward of step t's micro-batches (the last one streamed).
+static void tm_grads(LlamaGpu *m, GpuCtx *ctx, int t) {
+    const int N = TM_B * TM_T, V = m->cfg.vocab_size;
+    int32_t tok[N], tgt[N];
+    llama_gpu_zero_grads(m, ctx);
+    for (int a = 0; a < TM_ACCUM; a++) {
+        uint64_t st = 0x51EDull + 1000 * (uint64_t)t + (uint64_t)a;
+        for (int i = 0; i < N; i++) tok[i] = (int32_t)(test_rand_u64(&st) % (uint64_t)V);
+        for (int i = 0; i < N; i++) tgt[i] = i % TM_T == TM_T - 1 ? -1 : tok[i + 1];
+        llama_gpu_set_batch(m, ctx, tok, tgt);
+        int nv = 0;
+        llama_gpu_forward(m, ctx, 1.0f / (float)(TM_ACCUM * (N - TM_B)), &nv);
+        m->stream_grads = a == TM_ACCUM - 1;
+        llama_gpu_backward(m, ctx);
+        m->stream_grads = 0;
+    }
+}
+
+// Steps t0 .. t1-1 (optimizer steps t0+1 .. t1), as train_llama orders them.
+static void tm_steps(LlamaGpu *m, GpuCtx *ctx, const TmRun &r, int t0, int t1) {
+    for (int t = t0; t < t1; t++) {
+        tm_grads(m, ctx, t);
+        const float lr = 1e-3f * (float)(1 + t % 3);  // a function of the step only: runs split anywhere agree
+        const int first = r.offload && !r.sync && !r.clip;
+        if (first) llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, 1.0f);
+        const float norm = llama_gpu_grad_norm(m, ctx);
+        const float scale = r.clip && norm > TM_CLIP ? TM_CLIP / norm : 1.0f;
+        if (!first) llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, scale);
+        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    }
+}
+
+// What a step leaves behind: all bf16 weights, the shard's fp32 masters, the states.
+struct TmSnap {
+    uint16_t *params;
+    float *master;
+    unsigned char *states;
+    size_t P, S, state_bytes;
+};
+static TmSnap tm_snap(const LlamaGpu *m) {
+    TmSnap s;
+    memset(&s, 0, sizeof s);
+    s.P = m->tab.total, s.S = m->shard_n;
+    CUDA_CHECK(cudaDeviceSynchronize());
+    s.params = (uint16_t *)ao_malloc(s.P * 2);
+    CUDA_CHECK(cudaMemcpy(s.params, m->params, s.P * 2, cudaMemcpyDeviceToHost));
+    if (m->master) {
+        s.master = (float *)ao_malloc(s.S * 4 + 4);
+        CUDA_CHECK(cudaMemcpy(s.master, m->master, s.S * 4, cudaMemcpyDefault));
+    }
+    s.state_bytes = m->opts.optim == LOWBIT_F32 ? 8 * s.S : m->state_bytes;
+    s.states = (unsigned char *)ao_malloc(s.state_bytes + 1);
+    if (m->opts.optim == LOWBIT_F32) {
+        CUDA_CHECK(cudaMemcpy(s.states, m->adam_m, s.S * 4, cudaMemcpyDefault));
+        CUDA_CHECK(cudaMemcpy(s.states + 4 * s.S, m->adam_v, s.S * 4, cudaMemcpyDefault));
+    } else {
+        CUDA_CHECK(cudaMemcpy(s.states, m->state_mem, s.state_bytes, cudaMemcpyDefault));
+    }
+    return s;
+}
+static void tm_free(TmSnap *s) { free(s->params), free(s->master), free(s->states); }
+// Differing bytes of the tensors' weights (padding excluded), masters and states.
+static size_t tm_diff(const TmSnap &a, const TmSnap &b, const ParamTable *tab) {
+    size_t d = 0;
+    for (int i = 0; i < tab->n; i++)
+        d += diff_bytes(a.params + tab->p[i].offset, b.params + tab->p[i].offset, tab->p[i].numel * 2, NULL);
+    if (a.master && b.master && a.S == b.S) d += diff_bytes(a.master, b.master, a.S * 4, NULL);
+    if ((a.master != NULL) != (b.master != NULL)) d++;
+    d += a.state_bytes == b.state_bytes ? diff_bytes(a.states, b.states, a.state_bytes, NULL) : 1;
+    return d;
+}
+
+static const char *tm_name(const TmRun &r, char *buf, size_t n) {
+    snprintf(buf, n, "--optim %s --master %s%s%s, %s", r.optim == LOWBIT_F32 ? "adamw" : lowbit_format_name(r.optim),
+             r.master == LOWBIT_MASTER_F32 ? "fp32" : "bf16-sr", r.offload ? " --offload" : "",
+             r.offload ? (r.sync ? " (no overlap)" : " (overlapped)") : "", r.clip ? "clipped" : "no clipping");
+    return buf;
+}
+
+static TmSnap tm_run(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, int steps) {
+    GpuRunOpts o = tm_opts(r, nullptr);
+    LlamaGpu m;
+    llama_gpu_init(&m, ctx, cpu, TM_B, TM_T, &o);
+    tm_steps(&m, ctx, r, 0, steps);
+    TmSnap s = tm_snap(&m);
+    llama_gpu_free(&m);
+    return s;
+}
+
+// 3 ZeRO-1 ranks in one process, offloaded and overlapped: every rank computes the whole
+// gradient (the same batches) and steps its shard; the "all-gather" copies each rank's shard
+// of the weights to the others. The weights must equal the unsharded on-GPU run's.
+static void tm_zero3(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, int steps, const TmSnap &ref) {
+    enum { W = 3 };
+    ZeroPlan z[W];
+    LlamaGpu m[W];
+    for (int k = 0; k < W; k++) {
+        zero_plan_init(&z[k], &cpu->tab, cpu->cfg.n_layers, 1, k, W);
+        GpuRunOpts o = tm_opts(r, &z[k]);
+        llama_gpu_init(&m[k], ctx, cpu, TM_B, TM_T, &o);
+    }
+    const size_t P = cpu->tab.total;
+    bf16 *all = dalloc<bf16>(P);
+    for (int t = 0; t < steps; t++) {
+        for (int k = 0; k < W; k++) tm_steps(&m[k], ctx, r, t, t + 1);
+        for (int k = 0; k < W; k++)
+            CUDA_CHECK(cudaMemcpyAsync(all + z[k].begin, m[k].params + z[k].begin, (z[k].end - z[k].begin) * 2,
+                                       cudaMemcpyDeviceToDevice, ctx->stream));
+        for (int k = 0; k < W; k++)
+            CUDA_CHECK(cudaMemcpyAsync(m[k].params, all, P * 2, cudaMemcpyDeviceToDevice, ctx->stream));
+        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    }
+    TmSnap s = tm_snap(&m[0]);
+    size_t d = 0;
+    for (int i = 0; i < cpu->tab.n; i++)
+        d += diff_bytes(s.params + cpu->tab.p[i].offset, ref.params + cpu->tab.p[i].offset, cpu->tab.p[i].numel * 2, NULL);
+    char nm[160];
+    TEST_CHECK(d == 0, "%s, ZeRO-1 over 3 ranks (one process), %d steps: weights == the unsharded on-GPU step (%zu "
+               "bytes differ)", tm_name(r, nm, sizeof nm), steps, d);
+    tm_free(&s);
+    CUDA_CHECK(cudaFree(all));
+    for (int k = 0; k < W; k++) llama_gpu_free(&m[k]), zero_plan_free(&z[k]);
+}
+
+// steps/2 steps, checkpoint, a fresh model from the checkpoint's weights and optimizer file, the
+// rest: the same bits as the straight run (weights, masters, states).
+static void tm_resume(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, int steps, const TmSnap &ref) {
+    const int half = steps / 2;
+    GpuRunOpts o = tm_opts(r, nullptr);
+    LlamaGpu m;
+    llama_gpu_init(&m, ctx, cpu, TM_B, TM_T, &o);
+    tm_steps(&m, ctx, r, 0, half);
+    char out[512], dir[1024], err[1024];
+    snprintf(out, sizeof out, "%s/resume_%d_%d_%d", test_tmpdir("optim"), (int)r.optim, (int)r.master, r.offload);
+    LlamaModel scratch;
+    model_init(&scratch, &cpu->cfg);
+    ckpt_save(out, half, &m, ctx, &scratch, nullptr, nullptr, "{}\n", nullptr);
+    model_free(&scratch);
+    llama_gpu_free(&m);
+    snprintf(dir, sizeof dir, "%s/ckpt_%06d", out, half);
+    LlamaModel back;
+    int ok = model_load_hf(&back, dir, err, sizeof err);
+    TEST_CHECK(ok, "resume: %s", err);
+    if (!ok) return;
+    llama_gpu_init(&m, ctx, &back, TM_B, TM_T, &o);
+    const int st = ckpt_load_optimizer(dir, &m);
+    tm_steps(&m, ctx, r, half, steps);
+    TmSnap s = tm_snap(&m);
+    char nm[160];
+    const size_t d = tm_diff(s, ref, &cpu->tab);
+    TEST_CHECK(st == half && d == 0, "%s: %d steps + checkpoint + resume %d steps == %d steps straight (step %d read "
+               "back, %zu bytes differ)", tm_name(r, nm, sizeof nm), half, steps - half, steps, st, d);
+    tm_free(&s);
+    llama_gpu_free(&m);
+    model_free(&back);
+}
+
+struct MasterArg {
+    const char *dir;
+    LlamaGpu *m;
+};
+static void load_master_fn(void *p) {
+    MasterArg *a = (MasterArg *)p;
+    ckpt_load_optimizer(a->dir, a->m);
+}
+
+static void test_trainer_steps(GpuCtx *ctx) {
+    const LlamaConfig c = tm_config();
+    LlamaModel cpu;
+    model_init(&cpu, &c);
+    model_init_random(&cpu, 3);
+    const int steps = 6;
+    const LowbitFormat fm[4] = {LOWBIT_F32, LOWBIT_8BIT, LOWBIT_4BIT, LOWBIT_FP8};
+    const LowbitMaster ms[2] = {LOWBIT_MASTER_F32, LOWBIT_MASTER_BF16_SR};
+    char nm[160];
+    for (int mi = 0; mi < 2; mi++)
+        for (int fi = 0; fi < 4; fi++) {
+            for (int clip = 1; clip >= 0; clip--) {
+                const TmRun gpu = {fm[fi], ms[mi], 0, 0, clip};
+                TmSnap ref = tm_run(ctx, &cpu, gpu, steps);
+                for (int sync = 0; sync <= 1; sync++) {
+                    const TmRun off = {fm[fi], ms[mi], 1, sync, clip};
+                    TmSnap s = tm_run(ctx, &cpu, off, steps);
+                    const size_t d = tm_diff(s, ref, &cpu.tab);
+                    TEST_CHECK(d == 0, "%s, %d steps: == the on-GPU optimizer bit for bit (%zu bytes differ)",
+                               tm_name(off, nm, sizeof nm), steps, d);
+                    tm_free(&s);
+                }
+                if (clip) {
+                    tm_zero3(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1}, steps, ref);
+                    if (ms[mi] == LOWBIT_MASTER_BF16_SR || fi == 0) {
+                        tm_resume(ctx, &cpu, gpu, steps, ref);
+                        tm_resume(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1}, steps, ref);
+                    }
+                }
+                tm_free(&ref);
+            }
+        }
+    // bf16-sr keeps no fp32 master; its optimizer file says so, and an fp32-master run refuses it
+    TmRun r = {LOWBIT_8BIT, LOWBIT_MASTER_BF16_SR, 0, 0, 1};
+    GpuRunOpts o = tm_opts(r, nullptr);
+    LlamaGpu m;
+    llama_gpu_init(&m, ctx, &cpu, TM_B, TM_T, &o);
+    TEST_CHECK(m.master == NULL, "--master bf16-sr allocates no fp32 master weights");
+    tm_steps(&m, ctx, r, 0, 1);
+    char out[512], dir[1024];
+    snprintf(out, sizeof out, "%s/master_check", test_tmpdir("optim"));
+    LlamaModel scratch;
+    model_init(&scratch, &c);
+    ckpt_save(out, 1, &m, ctx, &scratch, nullptr, nullptr, "{}\n", nullptr);
+    model_free(&scratch);
+    llama_gpu_free(&m);
+    snprintf(dir, sizeof dir, "%s/ckpt_%06d", out, 1);
+    o.master = LOWBIT_MASTER_F32;
+    llama_gpu_init(&m, ctx, &cpu, TM_B, TM_T, &o);
+    MasterArg arg = {dir, &m};
+    TEST_EXPECT_FAIL("resume a bf16-sr checkpoint with fp32 masters", load_master_fn, &arg, "--master bf16-sr");
+    llama_gpu_free(&m);
+    model_free(&cpu);
 }
 
 // Not a check: time per step over 64M parameters, beside the fp32 kernel, for docs/OPTIMIZERS.md.
@@ -183,11 +624,15 @@ int main(void) {
         test_skip("no CUDA GPU");
         return test_summary();
     }
-    CUDA_CHECK(cudaSetDevice(0));
-    CUDA_CHECK(cudaStreamCreateWithFlags(&g_s, cudaStreamNonBlocking));
+    GpuCtx ctx;
+    gpu_ctx_init(&ctx, 0);
+    g_s = ctx.stream;
     test_lowbit();
     test_adamw_offload();
+    test_adamw_bf16_sr();
+    test_sr_unbiased_gpu();
+    test_trainer_steps(&ctx);
     bench();
-    CUDA_CHECK(cudaStreamDestroy(g_s));
+    gpu_ctx_free(&ctx);
     return test_summary();
 }

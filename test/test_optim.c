@@ -2,7 +2,9 @@
 // results (test/fixtures/optim/torchao.safetensors, written by test/ref/optim_ref.py): maps,
 // quantizer codes and scales, stochastic rounding, three optimizer steps per case — all
 // compared bit for bit. The offload AdamW (optim/adamw_cpu.c): every SIMD variant against a
-// plain scalar loop, bit for bit, and against torch.optim.AdamW within fp32 rounding.
+// plain scalar loop, bit for bit (fp32 masters and bf16 masters with stochastic rounding), the
+// batched runner against one call per tensor, and against torch.optim.AdamW within fp32
+// rounding. Stochastic rounding with our counter-based bits: unbiased, by a stated bound.
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -422,6 +424,238 @@ static void test_offload_variants(void) {
     }
 }
 
+// --master bf16-sr: the same step from the bf16 weights, then stochastic rounding with the
+// counter-based bits, written out here again (splitmix64's finaliser, torchao's rounding rule).
+static uint16_t sr_plain(float p, uint64_t seed, int step, uint64_t idx) {
+    uint64_t z = seed ^ (idx * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)(uint32_t)step * 0xC2B2AE3D27D4EB4Full);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const uint32_t r = (uint32_t)(z >> 48), u = ao_f2u(p);
+    const uint32_t t = (u & 0xFFFF0000u) + (r < (u & 0xFFFFu) ? 0x10000u : 0u);
+    return (t & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0 : (uint16_t)(t >> 16);
+}
+
+static void adamw_plain_sr(uint16_t *pb, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
+                           float eps, float wd, int step, float gs, uint64_t seed, uint64_t off) {
+    double bc1 = 1.0 - pow((double)b1, step), bc2 = 1.0 - pow((double)b2, step);
+    float decay = (float)(1.0 - (double)lr * wd), w1 = (float)(1.0 - (double)b1), w2 = (float)(1.0 - (double)b2);
+    float st = (float)(lr / bc1), bcs = (float)sqrt(bc2);
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * gs, p = ao_u2f((uint32_t)pb[i] << 16) * decay;
+        m[i] = fmaf(w1, gi - m[i], m[i]);
+        float vb = v[i] * b2, gg = gi * gi;
+        v[i] = fmaf(w2, gg, vb);
+        float den = sqrtf(v[i]) / bcs + eps;
+        pb[i] = sr_plain(fmaf(-st, m[i] / den, p), seed, step, off + i);
+    }
+}
+
+static void test_offload_sr_variants(void) {
+    const size_t sizes[] = {1, 7, 16, 33, 1000, (1 << 15) + 37, 3 * (1 << 15) + 5};
+    const uint64_t seed = 1337, off = 4100;  // off: the tensor's place in the whole parameter vector
+    uint64_t rs = 12;
+    AdamwIsa best = adamw_cpu_isa_best();
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        size_t n = sizes[k];
+        uint16_t *p0 = ao_malloc(n * 2), *pr = ao_malloc(n * 2), *p = ao_malloc(n * 2);
+        float *m0 = ao_malloc(n * 4), *v0 = ao_malloc(n * 4), *g = ao_malloc(n * 4);
+        float *mr = ao_malloc(n * 4), *vr = ao_malloc(n * 4), *m = ao_malloc(n * 4), *v = ao_malloc(n * 4);
+        for (size_t i = 0; i < n; i++) {
+            p0[i] = f32_to_bf16(test_rand_uniform(&rs) * 0.1f), g[i] = test_rand_uniform(&rs) * 0.01f;
+            m0[i] = test_rand_uniform(&rs) * 1e-3f, v0[i] = fabsf(test_rand_uniform(&rs)) * 1e-5f;
+        }
+        g[0] = 0.0f, v0[0] = 0.0f, m0[0] = 0.0f;
+        if (n > 8) p0[3] = 0x7F80, p0[4] = 0xFF80, p0[5] = 0x8000;  // +inf, -inf, -0
+        memcpy(pr, p0, n * 2), memcpy(mr, m0, n * 4), memcpy(vr, v0, n * 4);
+        for (int step = 1; step <= 3; step++)
+            adamw_plain_sr(pr, g, mr, vr, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step * 50, 0.75f, seed, off);
+        for (int isa = ADAMW_ISA_SCALAR; isa <= (int)best; isa++) {
+            adamw_cpu_set_isa((AdamwIsa)isa);
+            memcpy(p, p0, n * 2), memcpy(m, m0, n * 4), memcpy(v, v0, n * 4);
+            for (int step = 1; step <= 3; step++)
+                adamw_update_bf16_sr_cpu(p, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step * 50, 0.75f, seed, off);
+            size_t bad = diff_f32("m", m, mr, n) + diff_f32("v", v, vr, n), bp = 0;
+            for (size_t i = 0; i < n; i++) bp += p[i] != pr[i];
+            TEST_CHECK(bad == 0 && bp == 0,
+                       "offload AdamW bf16-sr %s, n=%zu: bit-identical to the plain scalar loop (%zu states, %zu "
+                       "weights differ)", adamw_cpu_isa_name((AdamwIsa)isa), n, bad, bp);
+        }
+        adamw_cpu_set_isa(best);
+        free(p0), free(pr), free(p), free(m0), free(v0), free(g), free(mr), free(vr), free(m), free(v);
+    }
+}
+
+// adamw_cpu_run over a mixed group (what the offloaded step hands it per layer) against one
+// call per tensor: fp32 and bf16-sr masters, fp32 states and each low-bit format.
+static void test_cpu_run_batch(void) {
+    enum { NJ = 6 };
+    const size_t ns[NJ] = {70001, 513, 256 * 40, 128 * 33, 4224, 256 * 9};
+    const LowbitFormat fm[NJ] = {LOWBIT_F32, LOWBIT_F32, LOWBIT_8BIT, LOWBIT_4BIT, LOWBIT_8BIT, LOWBIT_FP8};
+    for (int sr = 0; sr <= 1; sr++) {
+        const LowbitMaster mode = sr ? LOWBIT_MASTER_BF16_SR : LOWBIT_MASTER_F32;
+        AdamwCpuJob jobs[NJ];
+        float *w[2][NJ], *g[NJ];
+        uint16_t *p[2][NJ];
+        void *reg[2][NJ];
+        LowbitLayout lay[NJ];
+        uint64_t rs = 99, off = 0;
+        for (int j = 0; j < NJ; j++) {
+            const size_t n = ns[j];
+            lay[j] = lowbit_layout(fm[j], n, LOWBIT_MASTER_F32);  // the trainer's layout: fp32 plain states for any master
+            g[j] = ao_malloc(n * 4);
+            for (int c = 0; c < 2; c++) {
+                w[c][j] = ao_malloc(n * 4), p[c][j] = ao_malloc(n * 2), reg[c][j] = ao_calloc(1, lay[j].bytes);
+                uint64_t r2 = rs;
+                for (size_t i = 0; i < n; i++) {
+                    w[c][j][i] = 0.1f * test_rand_uniform(&r2);
+                    p[c][j][i] = f32_to_bf16(w[c][j][i]);
+                }
+            }
+            for (size_t i = 0; i < n; i++) g[j][i] = 0.01f * test_rand_uniform(&rs);
+            rs += 7;
+            memset(&jobs[j], 0, sizeof jobs[j]);
+            jobs[j].kind = j < 2 ? ADAMW_CPU_TORCH : ADAMW_CPU_LOWBIT;
+            jobs[j].master = sr ? NULL : w[0][j];
+            jobs[j].param = p[0][j];
+            jobs[j].grad = g[j];
+            jobs[j].st = lowbit_state_at(&lay[j], reg[0][j]);
+            LowbitStep s = {2e-3, 0.9, 0.95, 1e-8, j % 2 ? 0.0 : 0.1, 7, 0.5f, mode, 77, off};
+            jobs[j].s = s;
+            off += n + 64;
+        }
+        adamw_cpu_run(jobs, NJ);
+        for (int j = 0; j < NJ; j++) {  // one at a time, on the second copy
+            AdamwCpuJob one = jobs[j];
+            one.master = sr ? NULL : w[1][j];
+            one.param = p[1][j];
+            one.st = lowbit_state_at(&lay[j], reg[1][j]);
+            if (one.kind == ADAMW_CPU_LOWBIT)
+                adamw_lowbit_update_cpu(one.master, one.param, &one.st, one.grad, &one.s);
+            else if (sr)
+                adamw_update_bf16_sr_cpu(one.param, one.grad, (float *)one.st.m, (float *)one.st.v, one.st.n,
+                                         (float)one.s.lr, (float)one.s.beta1, (float)one.s.beta2, (float)one.s.eps,
+                                         (float)one.s.weight_decay, one.s.step, one.s.grad_scale, one.s.seed,
+                                         one.s.sr_offset);
+            else
+                adamw_update_cpu(one.master, one.param, one.grad, (float *)one.st.m, (float *)one.st.v, one.st.n,
+                                 (float)one.s.lr, (float)one.s.beta1, (float)one.s.beta2, (float)one.s.eps,
+                                 (float)one.s.weight_decay, one.s.step, one.s.grad_scale);
+            const size_t n = ns[j];
+            size_t bad = memcmp(p[0][j], p[1][j], n * 2) != 0;
+            bad += memcmp(reg[0][j], reg[1][j], lay[j].bytes) != 0;
+            if (!sr) bad += memcmp(w[0][j], w[1][j], n * 4) != 0;
+            TEST_CHECK(bad == 0, "adamw_cpu_run, %s master, job %d (%s states, n=%zu): equals the one-tensor call",
+                       sr ? "bf16-sr" : "fp32", j, lowbit_format_name(lay[j].fmt), n);
+            free(w[0][j]), free(w[1][j]), free(p[0][j]), free(p[1][j]), free(reg[0][j]), free(reg[1][j]), free(g[j]);
+        }
+    }
+}
+
+// A tensor stepped in ranges (lowbit_state_range, the offloaded step's slices) equals the
+// tensor stepped whole: every format, cuts on whole blocks, bf16-sr (the SR index moves too).
+static void test_state_range(void) {
+    const LowbitFormat fm[4] = {LOWBIT_F32, LOWBIT_8BIT, LOWBIT_4BIT, LOWBIT_FP8};
+    const size_t n = 256 * 37;
+    for (int f = 0; f < 4; f++)
+        for (int sr = 0; sr <= 1; sr++) {
+            const LowbitMaster mode = sr ? LOWBIT_MASTER_BF16_SR : LOWBIT_MASTER_F32;
+            const LowbitLayout lay = lowbit_layout(fm[f], n, LOWBIT_MASTER_F32);
+            void *reg[2] = {ao_calloc(1, lay.bytes), ao_calloc(1, lay.bytes)};
+            float *w[2] = {ao_malloc(n * 4), ao_malloc(n * 4)}, *g = ao_malloc(n * 4);
+            uint16_t *p[2] = {ao_malloc(n * 2), ao_malloc(n * 2)};
+            uint64_t rs = 5;
+            for (size_t i = 0; i < n; i++) {
+                w[0][i] = w[1][i] = 0.1f * test_rand_uniform(&rs);
+                p[0][i] = p[1][i] = f32_to_bf16(w[0][i]);
+                g[i] = 0.01f * test_rand_uniform(&rs);
+            }
+            const size_t cuts[4] = {0, 256 * 5, 256 * 29, n};
+            for (int t = 1; t <= 2; t++) {
+                AdamwCpuJob whole, parts[3];
+                memset(&whole, 0, sizeof whole);
+                whole.kind = fm[f] == LOWBIT_F32 ? ADAMW_CPU_TORCH : ADAMW_CPU_LOWBIT;
+                whole.master = sr ? NULL : w[0];
+                whole.param = p[0];
+                whole.grad = g;
+                whole.st = lowbit_state_at(&lay, reg[0]);
+                LowbitStep s = {1e-3, 0.9, 0.95, 1e-8, 0.1, t, 1.0f, mode, 9, 1000};
+                whole.s = s;
+                adamw_cpu_run(&whole, 1);
+                const LowbitState st1 = lowbit_state_at(&lay, reg[1]);
+                for (int k = 0; k < 3; k++) {
+                    const size_t e0 = cuts[k], len = cuts[k + 1] - cuts[k];
+                    parts[k] = whole;
+                    parts[k].master = sr ? NULL : w[1] + e0;
+                    parts[k].param = p[1] + e0;
+                    parts[k].grad = g + e0;
+                    parts[k].st = lowbit_state_range(&st1, e0, len);
+                    parts[k].s.sr_offset = 1000 + e0;
+                }
+                adamw_cpu_run(parts, 3);
+            }
+            const int same = memcmp(reg[0], reg[1], lay.bytes) == 0 && memcmp(p[0], p[1], n * 2) == 0 &&
+                             (sr || memcmp(w[0], w[1], n * 4) == 0);
+            TEST_CHECK(same, "%s states, %s master: stepped in 3 ranges == stepped whole (2 steps)",
+                       lowbit_format_name(lay.fmt), sr ? "bf16-sr" : "fp32");
+            free(reg[0]), free(reg[1]), free(w[0]), free(w[1]), free(g), free(p[0]), free(p[1]);
+        }
+}
+
+// Stochastic rounding is unbiased: for x between the bf16 neighbours lo < hi, rounding up must
+// happen with probability q = (x - lo) / (hi - lo) = low16(bits(x)) / 65536 exactly, so that
+// E[round(x)] = x. For K values and N draws each (over steps at a fixed element, and over
+// elements at a fixed step, as a run draws them) the count of ups U is Binomial(N, q) if the bits
+// are uniform and independent: z = (U - Nq) / sqrt(Nq(1 - q)) is then ~N(0, 1). Bounds: every
+// |z| <= 6 (a false alarm has probability ~2e-9 per value), the z summed over all values within
+// 6 (a bias shared by all values), and the mean of z^2 in 1 +- 0.2 (~9 sigma for K = 2048:
+// catches over- or under-dispersed, i.e. correlated, bits). The bits are a fixed function of the
+// seed, so the result is deterministic; nearest-even rounding fails these bounds by far.
+static void sr_unbiased_check(const char *what, int over_steps) {
+    enum { K = 2048, N = 4096 };
+    uint64_t rs = 2024;
+    double zmax = 0, zsum_num = 0, zsum_den = 0, z2 = 0;
+    size_t not_neighbour = 0;
+    for (int k = 0; k < K; k++) {
+        // sign, exponent 2^-30 .. 2^8, random mantissa; the low 16 bits not zero (q > 0)
+        uint32_t u = (uint32_t)test_rand_u64(&rs);
+        u = (u & 0x807FFFFFu) | ((uint32_t)(97 + (k % 39)) << 23);
+        if ((u & 0xFFFFu) == 0) u |= 1;
+        const float x = ao_u2f(u);
+        const double q = (double)(u & 0xFFFFu) / 65536.0;
+        const uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+        long up = 0;
+        for (int d = 0; d < N; d++) {
+            const uint32_t r = over_steps ? lowbit_sr_bits(1337, d + 1, (uint64_t)k) : lowbit_sr_bits(1337, 5, (uint64_t)k * N + d);
+            const uint16_t b = lowbit_bf16_sr(x, r);
+            up += b == hi;
+            not_neighbour += b != hi && b != lo;
+        }
+        const double var = N * q * (1 - q), z = (up - N * q) / sqrt(var);
+        if (fabs(z) > zmax) zmax = fabs(z);
+        zsum_num += up - N * q;
+        zsum_den += var;
+        z2 += z * z;
+    }
+    const double zall = zsum_num / sqrt(zsum_den), mz2 = z2 / K;
+    printf("  SR unbiasedness (%s): %d values x %d draws: max |z| %.2f, all-values z %.2f, mean z^2 %.3f\n", what, K, N,
+           zmax, zall, mz2);
+    TEST_CHECK(not_neighbour == 0 && zmax <= 6.0 && fabs(zall) <= 6.0 && fabs(mz2 - 1.0) <= 0.2,
+               "stochastic rounding %s: unbiased within the bounds (max |z| %.2f <= 6, all-values z %.2f within 6, mean "
+               "z^2 %.3f within 1 +- 0.2, %zu results not a neighbour)", what, zmax, zall, mz2, not_neighbour);
+}
+
+static void test_sr_unbiased(void) {
+    sr_unbiased_check("over steps, one element", 1);
+    sr_unbiased_check("over elements, one step", 0);
+    // the stream is a function of (seed, step, element): equal inputs, equal bits; others differ
+    int same = lowbit_sr_bits(7, 3, 12345) == lowbit_sr_bits(7, 3, 12345), differ = 0;
+    for (uint64_t i = 0; i < 64; i++)
+        differ += lowbit_sr_bits(7, 3, i) != lowbit_sr_bits(8, 3, i) && lowbit_sr_bits(7, 3, i) != lowbit_sr_bits(7, 4, i);
+    TEST_CHECK(same && differ >= 62, "SR bits: a function of (seed, step, element) (%d of 64 differ across seed and step)",
+               differ);
+}
+
 // torch.optim.AdamW (CPU, foreach=False) rounds differently (its own lerp/addcmul/addcdiv
 // kernels, double hyperparameters): within fp32 rounding, and we report the exact share.
 static void test_torch_adamw_fixture(void) {
@@ -483,6 +717,10 @@ int main(void) {
     test_layout();
     test_errors();
     test_offload_variants();
+    test_offload_sr_variants();
+    test_cpu_run_batch();
+    test_state_range();
+    test_sr_unbiased();
     if (g_have_fixture) {
         printf("torchao fixture: torch %s, torchao %s\n", st_meta(&g_st, "torch") ? st_meta(&g_st, "torch") : "?",
                st_meta(&g_st, "torchao") ? st_meta(&g_st, "torchao") : "?");
