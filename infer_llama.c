@@ -16,6 +16,7 @@
 #include "data/tokenizer.h"
 #include "model/gguf.h"
 #include "model/infer_cpu.h"
+#include "model/infer_gpu.h"
 #include "model/model.h"
 #include "quant/qmodel.h"
 
@@ -93,10 +94,11 @@ static void load_model(Loaded *L, const Args *a, QuantMode mode) {
             CHECK(mode == QUANT_NONE || mode == L->im.mode,
                   "%s is already quantized as %s; -q %s cannot re-quantize it (omit -q)", a->model,
                   quant_mode_name(L->im.mode), quant_mode_name(mode));
+            CHECK(!a->hqq || L->im.hqq, "%s holds int4 with tinygemm qparams; --hqq cannot re-quantize it (omit --hqq)",
+                  a->model);
         } else {
-            LlamaModel m;
-            CHECK(model_load_hf(&m, a->model, err, sizeof err), "%s", err);
-            infer_model_build(&L->im, &m, mode, a->group);
+            // The file stays mapped: unquantized weights are used in place, in their dtype.
+            CHECK(infer_model_load_hf(&L->im, a->model, mode, a->group, err, sizeof err), "%s", err);
         }
         char *tj = path_join(a->model, "tokenizer.json"), *tm = path_join(a->model, "tokenizer.model");
         char *gg = NULL;
@@ -198,6 +200,35 @@ static int32_t sample(const float *logits, int V, const Args *a, Cand *c) {
     return c[n - 1].id;
 }
 
+// ---- the runner: CPU KV-cache state, or the GPU model (-d cuda) --------------------------------
+typedef struct {
+    InferState cpu;
+    InferGpu *gpu;
+    int max_T, max_batch;
+} Engine;
+
+static const float *eng_forward(Engine *e, const InferModel *im, const int32_t *tok, int n, int all_logits) {
+#ifdef LLAMA_AO_CUDA
+    if (e->gpu) return infer_gpu_forward(e->gpu, tok, n, all_logits);
+#endif
+    return infer_forward(im, &e->cpu, tok, n, all_logits);
+}
+static int eng_pos(const Engine *e) {
+#ifdef LLAMA_AO_CUDA
+    if (e->gpu) return infer_gpu_pos(e->gpu);
+#endif
+    return e->cpu.pos;
+}
+static void eng_set_pos(Engine *e, int pos) {
+#ifdef LLAMA_AO_CUDA
+    if (e->gpu) {
+        infer_gpu_set_pos(e->gpu, pos);
+        return;
+    }
+#endif
+    e->cpu.pos = pos;
+}
+
 // ---- generation ------------------------------------------------------------------------------
 typedef struct {
     double prompt_s, gen_s;
@@ -210,15 +241,15 @@ static int is_stop(const Tokenizer *t, int32_t id) {
 
 // Feeds ids[s->pos..n) (the cache already holds ids[0..s->pos)) and generates up to n_new
 // tokens, streaming them to stdout. Appends the generated ids to out (may be NULL).
-static void generate(const Loaded *L, InferState *s, const int32_t *ids, int n, const Args *a, Stats *st, TokIds *out) {
+static void generate(const Loaded *L, Engine *s, const int32_t *ids, int n, const Args *a, Stats *st, TokIds *out) {
     const int V = L->im.cfg.vocab_size;
     CHECK(n < s->max_T, "the prompt is %d tokens; the context holds %d (it must leave room for at least one new token)",
           n, s->max_T);
     double t0 = now_s();
     const float *lg = NULL;
-    for (int p = s->pos; p < n; p += s->max_batch) {
+    for (int p = eng_pos(s); p < n; p += s->max_batch) {
         int k = n - p < s->max_batch ? n - p : s->max_batch;
-        lg = infer_forward(&L->im, s, ids + p, k, 0);
+        lg = eng_forward(s, &L->im, ids + p, k, 0);
     }
     st->prompt_s += now_s() - t0;
     st->prompt_tok += n;
@@ -235,11 +266,11 @@ static void generate(const Loaded *L, InferState *s, const int32_t *ids, int n, 
         const char *txt = tok_stream_push(&ts, id, &len);
         fwrite(txt, 1, len, stdout);
         fflush(stdout);
-        if (s->pos >= s->max_T) {
+        if (eng_pos(s) >= s->max_T) {
             fprintf(stderr, "\n[context of %d tokens is full]\n", s->max_T);
             break;
         }
-        lg = infer_forward(&L->im, s, &id, 1, 0);
+        lg = eng_forward(s, &L->im, &id, 1, 0);
     }
     size_t len;
     const char *txt = tok_stream_flush(&ts, &len);
@@ -269,7 +300,7 @@ static void render_chatml(const Loaded *L, const ChatMessage *msg, size_t n, Tok
     }
 }
 
-static void chat_loop(const Loaded *L, InferState *s, const Args *a, Stats *st) {
+static void chat_loop(const Loaded *L, Engine *s, const Args *a, Stats *st) {
     CHECK(L->chat != CHAT_NONE, "-c: the model ships no chat template we know (Llama 3 headers or ChatML)");
     ChatMessage *msg = NULL;
     size_t n = 0;
@@ -306,7 +337,7 @@ static void chat_loop(const Loaded *L, InferState *s, const Args *a, Stats *st) 
         size_t common = 0;
         while (common < cached.n && common < ids.n && cached.ids[common] == ids.ids[common]) common++;
         if (common == ids.n) common--;  // at least one token must be fed to get logits
-        s->pos = (int)common;
+        eng_set_pos(s, (int)common);
         TokIds reply = {0};
         generate(L, s, ids.ids, (int)ids.n, a, st, &reply);
         fputc('\n', stdout);
@@ -325,7 +356,7 @@ static void chat_loop(const Loaded *L, InferState *s, const Args *a, Stats *st) 
 }
 
 // ---- perplexity --------------------------------------------------------------------------------
-static void perplexity(const Loaded *L, InferState *s, const Args *a) {
+static void perplexity(const Loaded *L, Engine *s, const Args *a) {
     TokIds ids = {0};
     const int V = L->im.cfg.vocab_size;
     MappedFile mf;
@@ -359,10 +390,10 @@ static void perplexity(const Loaded *L, InferState *s, const Args *a) {
     for (size_t w = 0; w < ids.n; w += (size_t)s->max_T) {
         int len = (int)(ids.n - w < (size_t)s->max_T ? ids.n - w : (size_t)s->max_T);
         if (len < 2) break;
-        infer_state_reset(s);
+        eng_set_pos(s, 0);
         for (int p = 0; p < len - 1; p += s->max_batch) {
             int k = len - 1 - p < s->max_batch ? len - 1 - p : s->max_batch;
-            const float *lg = infer_forward(&L->im, s, ids.ids + w + (size_t)p, k, 1);
+            const float *lg = eng_forward(s, &L->im, ids.ids + w + (size_t)p, k, 1);
             for (int i = 0; i < k; i++) {
                 const float *r = lg + (size_t)i * V;
                 float mx = r[0];
@@ -384,7 +415,7 @@ static void perplexity(const Loaded *L, InferState *s, const Args *a) {
 }
 
 int main(int argc, char **argv) {
-    Args a = {.quant = "none", .device = "cpu", .group = 128, .n_new = 256, .top_k = 0, .seed = 1234, .top_p = 1.0f,
+    Args a = {.quant = "none", .device = "auto", .group = 128, .n_new = 256, .top_k = 0, .seed = 1234, .top_p = 1.0f,
               .temp = 0.0f, .batch = 64};
     const Flag flags[] = {
         {"--model", "-m", FLAG_STR, &a.model, "HF model directory, GGUF file, or a directory written by -o", 1, 0},
@@ -404,7 +435,7 @@ int main(int argc, char **argv) {
         {"--ctx", NULL, FLAG_INT, &a.ctx, "context length (0 = the model's max_position_embeddings)", 0, 1 << 24},
         {"--batch", NULL, FLAG_INT, &a.batch, "tokens per forward when processing a prompt", 1, 1 << 16},
         {"--out", "-o", FLAG_STR, &a.out, "save the (quantized) model to this directory", 1, 0},
-        {"--device", "-d", FLAG_STR, &a.device, "cpu | cuda", 1, 0},
+        {"--device", "-d", FLAG_STR, &a.device, "cpu | cuda | auto (cuda when built with it and a GPU is present)", 1, 0},
         {"--quiet", NULL, FLAG_BOOL, &a.quiet, "no settings table or progress", 1, 0},
     };
     const int nf = (int)(sizeof flags / sizeof flags[0]);
@@ -414,8 +445,17 @@ int main(int argc, char **argv) {
         flags_usage(stderr, flags, nf, "infer_llama", syn);
         FAIL("-m MODEL is required");
     }
-    if (!strcmp(a.device, "cuda")) FAIL("-d cuda: the GPU backend is not built yet (issue 6); use -d cpu");
-    CHECK(!strcmp(a.device, "cpu"), "-d %s: unknown device (cpu or cuda)", a.device);
+    CHECK(!strcmp(a.device, "cpu") || !strcmp(a.device, "cuda") || !strcmp(a.device, "auto"),
+          "-d %s: unknown device (cpu, cuda, or auto: cuda when a GPU is present)", a.device);
+#ifdef LLAMA_AO_CUDA
+    const int use_gpu = !strcmp(a.device, "cuda") || (!strcmp(a.device, "auto") && infer_gpu_count() > 0);
+    if (!strcmp(a.device, "cuda"))
+        CHECK(infer_gpu_count() > 0, "-d cuda: no CUDA GPU is visible (driver missing or no device); use -d cpu");
+#else
+    const int use_gpu = 0;
+    CHECK(strcmp(a.device, "cuda") != 0, "-d cuda: this infer_llama was built without CUDA (no nvcc at build time); "
+          "rebuild on a machine with the CUDA Toolkit, or use -d cpu");
+#endif
     int mode = quant_mode_from_name(a.quant);
     CHECK(mode >= 0, "-q %s: unknown mode (none, int8, int4, 8da4w, fp8)", a.quant);
     CHECK(!quant_mode_grouped((QuantMode)mode) || quant_group_ok(a.group), "-g %d: the group size must be 32, 64, 128 "
@@ -439,10 +479,12 @@ int main(int argc, char **argv) {
     config_describe(c, desc, sizeof desc);
     if (!a.quiet) {
         fprintf(stderr, "model: %s\n", desc);
-        fprintf(stderr, "quant: %s (group %d), %d/%d linears quantized, kernels %s, weights %.1f MiB, loaded in %.2f s\n",
-                quant_mode_name(L.im.mode), L.im.group, L.im.n_quantized, L.im.n_linear,
-                quant_isa_name(quant_get_isa()), (double)infer_model_bytes(&L.im) / 1048576.0, now_s() - t0);
-        if (L.im.skipped[0]) fprintf(stderr, "       kept in fp32 as torchao does: %s\n", L.im.skipped);
+        fprintf(stderr, "quant: %s (group %d%s), %d/%d linears quantized, kernels %s, weights %.1f MiB%s, loaded in %.2f s\n",
+                quant_mode_name(L.im.mode), L.im.group,
+                L.im.mode != QUANT_INT4 ? "" : L.im.hqq ? ", qparams hqq" : ", qparams tinygemm", L.im.n_quantized,
+                L.im.n_linear, quant_isa_name(quant_get_isa()), (double)infer_model_bytes(&L.im) / 1048576.0,
+                L.im.mapped ? " (unquantized ones mapped from the file)" : "", now_s() - t0);
+        if (L.im.skipped[0]) fprintf(stderr, "       kept unquantized as torchao does: %s\n", L.im.skipped);
     }
     if (a.out) {
         qmodel_save(&L.im, L.tok_dir, a.out);
@@ -452,8 +494,24 @@ int main(int argc, char **argv) {
     int ctx = a.ctx > 0 ? a.ctx : c->max_position_embeddings;
     Stats st = {0};
     if (jobs) {
-        InferState s;
-        infer_state_init(&s, &L.im, ctx, a.batch);
+        Engine s;
+        memset(&s, 0, sizeof s);
+        s.max_T = ctx, s.max_batch = a.batch < ctx ? a.batch : ctx;
+        if (use_gpu) {
+#ifdef LLAMA_AO_CUDA
+            InferGpuOpts go = {ctx, s.max_batch, 1, 0, 1, 0};
+            double tg = now_s();
+            s.gpu = infer_gpu_create(&L.im, &go);
+            if (!a.quiet)
+                fprintf(stderr, "device: %s, %.1f MiB of GPU memory (weights %.1f MiB, %.1f MiB read per token), "
+                        "uploaded in %.2f s%s\n", infer_gpu_name(s.gpu), infer_gpu_alloc_bytes(s.gpu) / 1048576.0,
+                        infer_gpu_weight_bytes(s.gpu) / 1048576.0, infer_gpu_step_bytes(s.gpu) / 1048576.0, now_s() - tg,
+                        infer_gpu_rounded(s.gpu) ? " (unquantized weights rounded to bf16)" : "");
+#endif
+        } else {
+            infer_state_init(&s.cpu, &L.im, ctx, a.batch);
+            if (!a.quiet) fprintf(stderr, "device: cpu (%s kernels)\n", quant_isa_name(quant_get_isa()));
+        }
         if (a.eval) perplexity(&L, &s, &a);
         else if (a.chat) chat_loop(&L, &s, &a, &st);
         else {
@@ -468,7 +526,11 @@ int main(int argc, char **argv) {
             fputc('\n', stdout);
             tok_ids_free(&ids);
         }
-        infer_state_free(&s);
+#ifdef LLAMA_AO_CUDA
+        if (s.gpu) infer_gpu_free(s.gpu);
+        else
+#endif
+            infer_state_free(&s.cpu);
     }
     fflush(stdout);  // the stats go to stderr after the text, also when stdout is a pipe
     if (!a.quiet && (a.prompt || a.chat))

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "../common/error.h"
 #include "../ops/embedding.h"
@@ -32,19 +34,24 @@ static float *keep(InferModel *im, const float *src, size_t n, int copy) {
     return p;
 }
 
-// Quantizes one linear (or keeps it fp32 when the mode cannot take its shape, as torchao does).
-static void make_linear(InferModel *im, QTensor *t, const float *w, int rows, int cols, int copy, const char *name) {
+// Counts one linear and says whether the mode quantizes it; a shape the mode cannot take is
+// kept in float exactly as torchao skips it, and the reason is recorded for the user.
+static int will_quantize(InferModel *im, int rows, int cols, const char *name) {
     im->n_linear++;
     char why[160];
-    if (im->mode != QUANT_NONE && quant_compatible(im->mode, rows, cols, im->group, why, sizeof why)) {
+    if (im->mode == QUANT_NONE) return 0;
+    if (quant_compatible(im->mode, rows, cols, im->group, why, sizeof why)) return 1;
+    size_t l = strlen(im->skipped);
+    if (l + 1 < sizeof im->skipped) snprintf(im->skipped + l, sizeof im->skipped - l, "%s%s (%s)", l ? "; " : "", name, why);
+    return 0;
+}
+
+// Quantizes one linear (or keeps it fp32 when the mode cannot take its shape, as torchao does).
+static void make_linear(InferModel *im, QTensor *t, const float *w, int rows, int cols, int copy, const char *name) {
+    if (will_quantize(im, rows, cols, name)) {
         quant_quantize(t, im->mode, w, rows, cols, im->group);
         im->n_quantized++;
         return;
-    }
-    if (im->mode != QUANT_NONE) {
-        size_t l = strlen(im->skipped);
-        if (l + 1 < sizeof im->skipped)
-            snprintf(im->skipped + l, sizeof im->skipped - l, "%s%s (%s)", l ? "; " : "", name, why);
     }
     quant_wrap_f32(t, keep(im, w, (size_t)rows * (size_t)cols, copy), rows, cols);
 }
@@ -55,6 +62,7 @@ void infer_model_build(InferModel *im, LlamaModel *m, QuantMode mode, int group)
     im->cfg = *c;
     im->mode = mode;
     im->group = quant_mode_grouped(mode) ? group : 0;
+    im->hqq = mode == QUANT_INT4 && quant_get_int4_hqq();
     CHECK(!quant_mode_grouped(mode) || quant_group_ok(group), "group size %d is not one of 32, 64, 128, 256", group);
     const int copy = mode != QUANT_NONE;  // quantized: copy what stays fp32, then drop the fp32 buffer
     const int D = c->hidden_size, F = c->intermediate_size, QD = c->n_heads * c->head_dim,
@@ -93,8 +101,139 @@ void infer_model_build(InferModel *im, LlamaModel *m, QuantMode mode, int group)
     memset(m, 0, sizeof *m);
 }
 
+// ---- mapped loading ------------------------------------------------------------------------
+void infer_model_slot(InferModel *im, const ParamInfo *p, float ***vec, QTensor **lin) {
+    *vec = NULL;
+    *lin = NULL;
+    const char *f = p->field;
+    if (p->layer < 0) {
+        if (!strcmp(f, "wte")) *vec = &im->wte;
+        else if (!strcmp(f, "norm_f")) *vec = &im->norm_f;
+        else if (!strcmp(f, "lm_head")) *lin = &im->lm_head;
+        return;
+    }
+    InferLayer *L = &im->layers[p->layer];
+    if (!strcmp(f, "ln1")) *vec = &L->ln1;
+    else if (!strcmp(f, "ln2")) *vec = &L->ln2;
+    else if (!strcmp(f, "bq")) *vec = &L->bq;
+    else if (!strcmp(f, "bk")) *vec = &L->bk;
+    else if (!strcmp(f, "bv")) *vec = &L->bv;
+#define QS_(n) else if (!strcmp(f, #n)) *lin = &L->n;
+    INFER_LAYER_LINEARS(QS_)
+#undef QS_
+}
+
+int infer_model_map_tensor(InferModel *im, QTensor *lin, const StTensor *t, int rows, int cols) {
+    if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) return 0;
+    const void *p = t->data;
+    if ((uintptr_t)p % st_dtype_size(t->dtype) != 0) {  // safetensors does not promise alignment
+        void *c = infer_model_alloc(im, (t->nbytes + sizeof(float) - 1) / sizeof(float));
+        memcpy(c, p, t->nbytes);
+        p = c;
+    }
+    const QWeightDtype dt = t->dtype == ST_F32 ? QW_F32 : t->dtype == ST_BF16 ? QW_BF16 : QW_F16;
+    if (!lin) {
+        im->wte_dtype = dt;
+        im->wte = dt == QW_F32 ? (float *)p : NULL;
+        im->wte16 = dt == QW_F32 ? NULL : p;
+    } else if (dt == QW_F32) {
+        quant_wrap_f32(lin, (float *)p, rows, cols);  // read only: the kernels never write weights
+    } else {
+        quant_wrap_w16(lin, dt, p, rows, cols);
+    }
+    return 1;
+}
+
+// The embedding as a NONE QTensor (for the tied lm_head and for row lookups).
+static void embedding_view(const InferModel *im, QTensor *t) {
+    const int V = im->cfg.vocab_size, D = im->cfg.hidden_size;
+    if (im->wte_dtype == QW_F32) quant_wrap_f32(t, im->wte, V, D);
+    else quant_wrap_w16(t, im->wte_dtype, im->wte16, V, D);
+}
+
+// Drops the mapped pages lying wholly inside [p, p+n) from this process: a quantized tensor's
+// source is never read again, and its clean file pages would otherwise stay in the RSS. The
+// mapping is private and read-only, so a later access would only read the file again.
+static void release_pages(const void *p, size_t n) {
+    const long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0) return;
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1), e = ((uintptr_t)p + n) & ~((uintptr_t)pg - 1);
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);  // advisory: a failure only keeps the pages
+}
+
+// One linear of the mapped loader: quantized from an fp32 expansion of its own tensor (freed at
+// once), or left in the file. src is the table's tensor, or the embedding for a tied lm_head.
+static void load_linear(InferModel *im, QTensor *lin, const StTensor *src, int rows, int cols, const char *name) {
+    if (will_quantize(im, rows, cols, name)) {
+        float *w = ao_malloc((size_t)rows * (size_t)cols * sizeof(float));
+        if (src) st_to_f32(src, w);
+        else {
+            QTensor e;
+            embedding_view(im, &e);
+            quant_dequantize(&e, w);
+        }
+        quant_quantize(lin, im->mode, w, rows, cols, im->group);
+        free(w);
+        if (src) release_pages(src->data, src->nbytes);
+        im->n_quantized++;
+    } else if (src) {
+        CHECK(infer_model_map_tensor(im, lin, src, rows, cols), "%s: not a float tensor", name);
+    } else {
+        embedding_view(im, lin);  // tied and unquantized: the embedding's own storage
+    }
+}
+
+int infer_model_load_hf(InferModel *im, const char *dir, QuantMode mode, int group, char *err, size_t n) {
+    memset(im, 0, sizeof *im);
+    CHECK(!quant_mode_grouped(mode) || quant_group_ok(group), "group size %d is not one of 32, 64, 128, 256", group);
+    LlamaConfig c;
+    if (!config_load(&c, dir, err, n)) return 0;
+    SafeTensors *st = ao_calloc(1, sizeof *st);
+    if (!st_open_model(st, dir, err, n)) {
+        free(st);
+        return 0;
+    }
+    ParamTable tab;
+    param_table_init(&tab, &c);
+    if (!model_check_weights(&c, &tab, st, err, n)) {
+        param_table_free(&tab);
+        st_close(st);
+        free(st);
+        return 0;
+    }
+    im->cfg = c;
+    im->mode = mode;
+    im->group = quant_mode_grouped(mode) ? group : 0;
+    im->hqq = mode == QUANT_INT4 && quant_get_int4_hqq();
+    im->mapped = st;
+    im->layers = ao_calloc((size_t)c.n_layers, sizeof *im->layers);
+    for (int i = 0; i < tab.n; i++) {
+        const ParamInfo *p = &tab.p[i];
+        const StTensor *t = st_find(st, p->hf_name);
+        float **vec;
+        QTensor *lin;
+        infer_model_slot(im, p, &vec, &lin);
+        CHECK(vec || lin, "infer_model_load_hf: no slot for %s", p->hf_name);
+        if (vec == &im->wte) {
+            CHECK(infer_model_map_tensor(im, NULL, t, 0, 0), "%s: not a float tensor", p->hf_name);
+        } else if (vec) {
+            *vec = infer_model_alloc(im, p->numel);
+            st_to_f32(t, *vec);
+        } else {
+            char nm[64];
+            if (p->layer >= 0) snprintf(nm, sizeof nm, "layers.%d.%s", p->layer, p->field);
+            else snprintf(nm, sizeof nm, "%s", p->field);
+            load_linear(im, lin, t, (int)p->shape[0], (int)p->shape[1], nm);
+        }
+    }
+    // A tied lm_head is not in the table: it comes from the embedding, now in place.
+    if (c.tie_word_embeddings) load_linear(im, &im->lm_head, NULL, c.vocab_size, c.hidden_size, "lm_head");
+    param_table_free(&tab);
+    return 1;
+}
+
 static size_t qt_bytes(const QTensor *t) {
-    if (t->mode == QUANT_NONE) return (size_t)t->rows * (size_t)t->cols * sizeof(float);
+    if (t->mode == QUANT_NONE) return quant_none_bytes(t);
     size_t ns = quant_n_scales(t->mode, t->rows, t->cols, t->group);
     return quant_q_bytes(t->mode, t->rows, t->cols) + ns * sizeof(float) * (t->zero ? 2 : 1) +
            (t->wsum ? ns * sizeof(int32_t) : 0);
@@ -102,8 +241,12 @@ static size_t qt_bytes(const QTensor *t) {
 
 size_t infer_model_bytes(const InferModel *im) {
     const LlamaConfig *c = &im->cfg;
-    size_t b = ((size_t)c->vocab_size + 1) * (size_t)c->hidden_size * sizeof(float);
-    if (im->lm_head.w != im->wte) b += qt_bytes(&im->lm_head);  // a tied fp32 head is the embedding
+    QTensor e;
+    embedding_view(im, &e);
+    size_t b = quant_none_bytes(&e) + (size_t)c->hidden_size * sizeof(float);
+    const QTensor *h = &im->lm_head;
+    int tied_f = h->mode == QUANT_NONE && h->wdtype == e.wdtype && (h->wdtype == QW_F32 ? h->w == e.w : h->w16 == e.w16);
+    if (!tied_f) b += qt_bytes(h);  // a tied float head is the embedding
     for (int l = 0; l < c->n_layers; l++) {
         const InferLayer *L = &im->layers[l];
 #define QB_(n) b += qt_bytes(&L->n);
@@ -115,7 +258,7 @@ size_t infer_model_bytes(const InferModel *im) {
 }
 
 void infer_model_free(InferModel *im) {
-    if (!im->layers && !im->allocs && !im->has_base) return;
+    if (!im->layers && !im->allocs && !im->has_base && !im->mapped) return;
     for (int l = 0; im->layers && l < im->cfg.n_layers; l++) {
         InferLayer *L = &im->layers[l];
 #define QF_(n) quant_free(&L->n);
@@ -127,6 +270,8 @@ void infer_model_free(InferModel *im) {
     for (int i = 0; i < im->n_allocs; i++) free(im->allocs[i]);
     free(im->allocs);
     if (im->has_base) model_free(&im->base);
+    if (im->mapped) st_close(im->mapped);
+    free(im->mapped);
     memset(im, 0, sizeof *im);
 }
 
@@ -217,7 +362,15 @@ const float *infer_forward(const InferModel *im, InferState *s, const int32_t *t
     CHECK(s->pos + n <= s->max_T, "context full: %d tokens in the cache + %d new > context %d", s->pos, n, s->max_T);
     const int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     const size_t KVD = (size_t)KV * hd, QD = (size_t)H * hd;
-    embedding_forward_cpu(s->x, tokens, im->wte, n, c->vocab_size, D);
+    if (im->wte_dtype == QW_F32) embedding_forward_cpu(s->x, tokens, im->wte, n, c->vocab_size, D);
+    else {  // 16-bit rows expanded exactly: the values the fp32 copy would hold
+        for (int i = 0; i < n; i++)
+            CHECK(tokens[i] >= 0 && tokens[i] < c->vocab_size,
+                  "embedding: token id %d at position %d is outside the vocabulary [0, %d)", tokens[i], i, c->vocab_size);
+        QTensor e;
+        embedding_view(im, &e);
+        for (int i = 0; i < n; i++) quant_none_row(&e, tokens[i], s->x + (size_t)i * D);
+    }
     for (int l = 0; l < c->n_layers; l++) {
         const InferLayer *L = &im->layers[l];
         float *kc = s->k + (size_t)l * s->max_T * KVD, *vc = s->v + (size_t)l * s->max_T * KVD;

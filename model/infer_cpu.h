@@ -5,10 +5,16 @@
 // What is quantized follows torchao's quantize_ defaults: every nn.Linear — q/k/v/o,
 // gate/up/down and lm_head (also when it is tied to the embedding: quantize_ gives
 // lm_head its own quantized weight and the embedding keeps the float one) — and nothing
-// else (embedding, norms and biases stay fp32). A linear whose shape the mode cannot take
-// is kept in fp32 exactly as torchao's handlers skip it (int4/8da4w: in_features not a
-// multiple of the group; fp8: dims not multiples of 16); such skips are counted and
-// reported, never silent.
+// else (embedding, norms and biases stay float). A linear whose shape the mode cannot take
+// is kept in float (fp32, or a mapped file's bf16 / f16) exactly as torchao's handlers skip
+// it (int4/8da4w: in_features not a multiple of the group; fp8: dims not multiples of 16);
+// such skips are counted and reported, never silent.
+//
+// Weights mapped in place: infer_model_load_hf keeps the safetensors file mapped and points the
+// embedding and every linear that stays unquantized into it, F32 as fp32 and BF16 / F16 as 16-bit
+// storage (QTensor.wdtype, InferModel.wte_dtype) that the kernels expand exactly, so the logits
+// are bit-identical to those of an fp32 copy. Quantized linears are quantized one at a time from
+// an fp32 expansion of their tensor, so no fp32 copy of the whole model is ever made.
 #ifndef LLAMA_AO_MODEL_INFER_CPU_H
 #define LLAMA_AO_MODEL_INFER_CPU_H
 
@@ -49,15 +55,33 @@ typedef struct {
     int has_base;
     void **allocs;
     int n_allocs;
+    // Added for the mapped loaders (zero elsewhere): the embedding in 16 bits (wte_dtype QW_BF16 /
+    // QW_F16, wte16 [V, D], wte NULL; QW_F32: wte as always), the open file the mapped tensors
+    // point into (owned, closed with the model), and whether int4 scales/zeros came from HQQ.
+    QWeightDtype wte_dtype;
+    const uint16_t *wte16;
+    SafeTensors *mapped;
+    int hqq;
 } InferModel;
 
 // A fresh fp32 buffer owned by the model (for loaders).
 float *infer_model_alloc(InferModel *im, size_t n);
+// Where the parameter-table entry p lives in the model: an fp32 vector (*vec; the embedding is
+// one, see wte_dtype) or a linear (*lin). Both NULL for an entry the model has no slot for.
+void infer_model_slot(InferModel *im, const ParamInfo *p, float ***vec, QTensor **lin);
+// Points an unquantized linear, or the embedding (lin NULL), at a float tensor of an open file
+// the model keeps (im->mapped): in place when its address suits its dtype, else a copy in the
+// same dtype. F32 becomes fp32 storage, BF16 / F16 16-bit storage. 0 for other dtypes.
+int infer_model_map_tensor(InferModel *im, QTensor *lin, const StTensor *t, int rows, int cols);
 
 // Builds an inference model from a loaded fp32 model, taking ownership of it. With a
 // quantized mode the fp32 buffer is freed after quantization (only embeddings, norms,
 // biases and skipped linears are kept in fp32).
 void infer_model_build(InferModel *im, LlamaModel *m, QuantMode mode, int group);
+// Loads a Hugging Face directory (config.json + model.safetensors or a sharded index) with the
+// checks of model_load_hf, keeping the file mapped (see the top of this file): with mode NONE
+// the linears and the embedding stay in the file in their dtype. 1 ok; 0 with the message in err.
+int infer_model_load_hf(InferModel *im, const char *dir, QuantMode mode, int group, char *err, size_t errlen);
 void infer_model_free(InferModel *im);
 // Weight bytes held in memory (packed codes + scales + fp32 tensors).
 size_t infer_model_bytes(const InferModel *im);

@@ -58,22 +58,40 @@ void model_init_random(LlamaModel *m, uint64_t seed) {
 }
 
 // Tensors a checkpoint may carry that are not parameters.
-static int ignorable(const LlamaModel *m, const char *name) {
-    if (m->cfg.tie_word_embeddings && strcmp(name, "lm_head.weight") == 0) return 1;
+static int ignorable(const LlamaConfig *c, const char *name) {
+    if (c->tie_word_embeddings && strcmp(name, "lm_head.weight") == 0) return 1;
     const char *suffix = "rotary_emb.inv_freq";
     size_t L = strlen(name), S = strlen(suffix);
     return L >= S && strcmp(name + L - S, suffix) == 0;
 }
 
-int model_load_weights(LlamaModel *m, const SafeTensors *st, char *err, size_t n) {
+// First non-finite element of a float tensor (its raw bits: an all-ones exponent), or numel.
+static size_t first_nonfinite(const StTensor *t) {
+    const unsigned char *s = t->data;
+    const uint32_t e16 = t->dtype == ST_BF16 ? 0x7F80u : 0x7C00u;
+    for (size_t j = 0; j < t->numel; j++) {
+        if (t->dtype == ST_F32) {
+            uint32_t u;
+            memcpy(&u, s + 4 * j, 4);
+            if ((u & 0x7F800000u) == 0x7F800000u) return j;
+        } else {
+            uint16_t h;
+            memcpy(&h, s + 2 * j, 2);
+            if ((h & e16) == e16) return j;
+        }
+    }
+    return t->numel;
+}
+
+int model_check_weights(const LlamaConfig *c, const ParamTable *tab, const SafeTensors *st, char *err, size_t n) {
     // Missing tensors first: the message lists up to a few names.
     char missing[512] = "";
     int n_missing = 0;
-    for (int i = 0; i < m->tab.n; i++) {
-        if (!st_find(st, m->tab.p[i].hf_name)) {
+    for (int i = 0; i < tab->n; i++) {
+        if (!st_find(st, tab->p[i].hf_name)) {
             if (n_missing < 4) {
                 size_t L = strlen(missing);
-                snprintf(missing + L, sizeof missing - L, "%s%s", n_missing ? ", " : "", m->tab.p[i].hf_name);
+                snprintf(missing + L, sizeof missing - L, "%s%s", n_missing ? ", " : "", tab->p[i].hf_name);
             }
             n_missing++;
         }
@@ -85,14 +103,14 @@ int model_load_weights(LlamaModel *m, const SafeTensors *st, char *err, size_t n
     }
     for (int i = 0; i < st->n; i++) {
         const char *name = st->tensors[i].name;
-        if (param_table_find(&m->tab, name) < 0 && !ignorable(m, name)) {
+        if (param_table_find(tab, name) < 0 && !ignorable(c, name)) {
             snprintf(err, n, "checkpoint has an unexpected tensor \"%s\" (not part of a %s model with this config.json)",
-                     name, config_arch_name(m->cfg.arch));
+                     name, config_arch_name(c->arch));
             return 0;
         }
     }
-    for (int i = 0; i < m->tab.n; i++) {
-        const ParamInfo *p = &m->tab.p[i];
+    for (int i = 0; i < tab->n; i++) {
+        const ParamInfo *p = &tab->p[i];
         const StTensor *t = st_find(st, p->hf_name);
         int shape_ok = t->ndim == p->ndim && t->shape[0] == p->shape[0] && (p->ndim == 1 || t->shape[1] == p->shape[1]);
         if (!shape_ok) {
@@ -106,16 +124,24 @@ int model_load_weights(LlamaModel *m, const SafeTensors *st, char *err, size_t n
                           (long long)p->shape[0], (long long)p->shape[1]);
             return 0;
         }
-        if (!st_to_f32(t, m->params + p->offset)) {
+        if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {
             snprintf(err, n, "tensor \"%s\" has dtype %s; weights must be F32, BF16 or F16", p->hf_name, st_dtype_name(t->dtype));
             return 0;
         }
-        for (size_t j = 0; j < p->numel; j++) {
-            if (!isfinite(m->params[p->offset + j])) {
-                snprintf(err, n, "tensor \"%s\" holds a non-finite value at element %zu", p->hf_name, j);
-                return 0;
-            }
+        size_t j = first_nonfinite(t);
+        if (j < t->numel) {
+            snprintf(err, n, "tensor \"%s\" holds a non-finite value at element %zu", p->hf_name, j);
+            return 0;
         }
+    }
+    return 1;
+}
+
+int model_load_weights(LlamaModel *m, const SafeTensors *st, char *err, size_t n) {
+    if (!model_check_weights(&m->cfg, &m->tab, st, err, n)) return 0;
+    for (int i = 0; i < m->tab.n; i++) {
+        const ParamInfo *p = &m->tab.p[i];
+        st_to_f32(st_find(st, p->hf_name), m->params + p->offset);  // float dtypes: checked above
     }
     return 1;
 }

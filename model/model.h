@@ -36,6 +36,10 @@ void model_init_random(LlamaModel *m, uint64_t seed);
 int model_load_hf(LlamaModel *m, const char *dir, char *err, size_t errlen);
 // Loads weights from an open safetensors set into an initialised model (same rules).
 int model_load_weights(LlamaModel *m, const SafeTensors *st, char *err, size_t errlen);
+// The checks of model_load_weights without converting anything (for loaders that keep the
+// file mapped): every tensor of tab present with its shape, F32/BF16/F16, finite; no tensor
+// the config does not expect. 1 ok; 0 with the same messages in err.
+int model_check_weights(const LlamaConfig *c, const ParamTable *tab, const SafeTensors *st, char *err, size_t errlen);
 // Writes DIR/config.json and DIR/model.safetensors (fp32 or bf16) atomically.
 int model_save_hf(const LlamaModel *m, const char *dir, int bf16, char *err, size_t errlen);
 

@@ -4,6 +4,9 @@
 //   - float kernels keep 16 lane accumulators, element k goes to lane k % 16 with one
 //     fused multiply-add (fmaf), and the lanes are reduced by one fixed tree (reduce16);
 //   - integer kernels (8da4w) sum exactly in int32, in any order.
+// 16-bit weights (bf16 / f16 of a mapped -q none model) are expanded exactly to fp32 in the
+// register and then take the fp32 kernel's path, so they give the fp32 copy's bits. The fp8
+// activations are decoded to fp32 once per token (exact), not once per weight row.
 // The SIMD functions are compiled with target attributes, so the library still runs on
 // any x86-64 (and the C path everywhere else).
 #include <math.h>
@@ -11,6 +14,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "../model/safetensors.h"
 #include "quant.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -71,25 +75,66 @@ static int32_t idot_u4s8_c(const uint8_t *q, const int8_t *xq, int k0, int G) {
     return d;
 }
 
-static float dot_fp8_c(const uint8_t *xq, const uint8_t *wq, int K) {
+static inline float bf16_bits(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static float dot_bf16_c(const float *x, const uint16_t *w, int K) {
     float a[16] = {0};
-    for (int k = 0; k < K; k++) a[k & 15] = fmaf(e4m3_bits(xq[k]), e4m3_bits(wq[k]), a[k & 15]);
+    for (int k = 0; k < K; k++) a[k & 15] = fmaf(x[k], bf16_bits(w[k]), a[k & 15]);
+    return reduce16(a);
+}
+
+static float dot_f16_c(const float *x, const uint16_t *w, int K) {
+    float a[16] = {0};
+    for (int k = 0; k < K; k++) a[k & 15] = fmaf(x[k], f16_to_f32(w[k]), a[k & 15]);
+    return reduce16(a);
+}
+
+// 16-bit weights expanded to fp32 (exact), for a row reused by several tokens.
+static void widen_bf16_c(float *out, const uint16_t *w, int K) {
+    for (int k = 0; k < K; k++) out[k] = bf16_bits(w[k]);
+}
+
+static void widen_f16_c(float *out, const uint16_t *w, int K) {
+    for (int k = 0; k < K; k++) out[k] = f16_to_f32(w[k]);
+}
+
+// xf: the token's e4m3 activations decoded to fp32 (exact); xb: the same as bf16 pairs for the
+// AVX512_BF16 kernel (NULL for the others, see pack_bf16_pairs).
+static float dot_fp8_c(const float *xf, const uint16_t *xb, const uint8_t *wq, int K) {
+    (void)xb;
+    float a[16] = {0};
+    for (int k = 0; k < K; k++) a[k & 15] = fmaf(xf[k], e4m3_bits(wq[k]), a[k & 15]);
     return reduce16(a);
 }
 
 typedef struct {
     float (*f32)(const float *, const float *, int);
+    float (*bf16)(const float *, const uint16_t *, int);
+    float (*f16)(const float *, const uint16_t *, int);
+    void (*widen_bf16)(float *, const uint16_t *, int);
+    void (*widen_f16)(float *, const uint16_t *, int);
     float (*i8)(const float *, const int8_t *, int);
     float (*i4)(const float *, const uint8_t *, const float *, const float *, const float *, int, int);
     int32_t (*u4s8)(const uint8_t *, const int8_t *, int, int);
-    float (*fp8)(const uint8_t *, const uint8_t *, int);
+    float (*fp8)(const float *, const uint16_t *, const uint8_t *, int);
+    int fp8_pairs;  // fp8 wants the bf16-pair activations
 } Kernels;
 
-static const Kernels K_C = {dot_f32_c, dot_i8_c, dot_i4_c, idot_u4s8_c, dot_fp8_c};
+static const Kernels K_C = {dot_f32_c, dot_bf16_c, dot_f16_c, widen_bf16_c, widen_f16_c,
+                            dot_i8_c, dot_i4_c, idot_u4s8_c, dot_fp8_c, 0};
+
+// The word order of a 32-element block for vdpbf16ps (see below): word 2j+1 = element j,
+// word 2j = element 16+j.
+static inline int pair_pos(int i) { return i < 16 ? 2 * i + 1 : 2 * (i - 16); }
 
 #ifdef QK_X86
 // ---- AVX2 + FMA -----------------------------------------------------------------------------
-#define T_AVX2 __attribute__((target("avx2,fma")))
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 T_AVX2 static inline float finish_avx2(__m256 lo, __m256 hi, int k, int K, const float *x, const float *w) {
     float a[16];
@@ -107,6 +152,57 @@ T_AVX2 static float dot_f32_avx2(const float *x, const float *w, int K) {
         hi = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), _mm256_loadu_ps(w + k + 8), hi);
     }
     return finish_avx2(lo, hi, k, K, x, w);
+}
+
+// 8 bf16 -> fp32: the bits moved to the top half (exact).
+T_AVX2 static inline __m256 bf16x8_avx2(const uint16_t *w) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)w)), 16));
+}
+
+// Tails of the 16-bit kernels: the remaining elements into their lanes, then the reduction.
+static inline float finish_w16(float *a, int k, int K, const float *x, const uint16_t *w, int bf) {
+    for (; k < K; k++) a[k & 15] = fmaf(x[k], bf ? bf16_bits(w[k]) : f16_to_f32(w[k]), a[k & 15]);
+    return reduce16(a);
+}
+
+T_AVX2 static float dot_bf16_avx2(const float *x, const uint16_t *w, int K) {
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), bf16x8_avx2(w + k), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), bf16x8_avx2(w + k + 8), hi);
+    }
+    float a[16];
+    _mm256_storeu_ps(a, lo);
+    _mm256_storeu_ps(a + 8, hi);
+    return finish_w16(a, k, K, x, w, 1);
+}
+
+// vcvtph2ps converts every half exactly, subnormals included (test_quant runs every code).
+T_AVX2 static float dot_f16_avx2(const float *x, const uint16_t *w, int K) {
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k))), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k + 8))),
+                             hi);
+    }
+    float a[16];
+    _mm256_storeu_ps(a, lo);
+    _mm256_storeu_ps(a + 8, hi);
+    return finish_w16(a, k, K, x, w, 0);
+}
+
+T_AVX2 static void widen_bf16_avx2(float *out, const uint16_t *w, int K) {
+    int k = 0;
+    for (; k + 8 <= K; k += 8) _mm256_storeu_ps(out + k, bf16x8_avx2(w + k));
+    for (; k < K; k++) out[k] = bf16_bits(w[k]);
+}
+
+T_AVX2 static void widen_f16_avx2(float *out, const uint16_t *w, int K) {
+    int k = 0;
+    for (; k + 8 <= K; k += 8) _mm256_storeu_ps(out + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k))));
+    for (; k < K; k++) out[k] = f16_to_f32(w[k]);
 }
 
 T_AVX2 static inline __m256 i8x8_ps(const int8_t *q) {
@@ -189,24 +285,26 @@ T_AVX2 static inline __m256 e4m3x8_avx2(const uint8_t *p) {
     return _mm256_or_ps(f, _mm256_castsi256_ps(sgn));
 }
 
-T_AVX2 static float dot_fp8_avx2(const uint8_t *xq, const uint8_t *wq, int K) {
+T_AVX2 static float dot_fp8_avx2(const float *xf, const uint16_t *xb, const uint8_t *wq, int K) {
+    (void)xb;
     __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-        lo = _mm256_fmadd_ps(e4m3x8_avx2(xq + k), e4m3x8_avx2(wq + k), lo);
-        hi = _mm256_fmadd_ps(e4m3x8_avx2(xq + k + 8), e4m3x8_avx2(wq + k + 8), hi);
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(xf + k), e4m3x8_avx2(wq + k), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(xf + k + 8), e4m3x8_avx2(wq + k + 8), hi);
     }
     float a[16];
     _mm256_storeu_ps(a, lo);
     _mm256_storeu_ps(a + 8, hi);
-    for (; k < K; k++) a[k & 15] = fmaf(e4m3_bits(xq[k]), e4m3_bits(wq[k]), a[k & 15]);
+    for (; k < K; k++) a[k & 15] = fmaf(xf[k], e4m3_bits(wq[k]), a[k & 15]);
     return reduce16(a);
 }
 
-static const Kernels K_AVX2 = {dot_f32_avx2, dot_i8_avx2, dot_i4_avx2, idot_u4s8_avx2, dot_fp8_avx2};
+static const Kernels K_AVX2 = {dot_f32_avx2, dot_bf16_avx2, dot_f16_avx2, widen_bf16_avx2, widen_f16_avx2,
+                               dot_i8_avx2, dot_i4_avx2, idot_u4s8_avx2, dot_fp8_avx2, 0};
 
 // ---- AVX-512 (F, BW, VL, VNNI) --------------------------------------------------------------
-#define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 T_512 static inline float finish512(__m512 acc, float *a) {
     _mm512_storeu_ps(a, acc);
@@ -221,6 +319,41 @@ T_512 static float dot_f32_512(const float *x, const float *w, int K) {
     _mm512_storeu_ps(a, acc);
     for (; k < K; k++) a[k & 15] = fmaf(x[k], w[k], a[k & 15]);
     return reduce16(a);
+}
+
+T_512 static float dot_bf16_512(const float *x, const uint16_t *w, int K) {
+    __m512 acc = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512i b = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k))), 16);
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), _mm512_castsi512_ps(b), acc);
+    }
+    float a[16];
+    _mm512_storeu_ps(a, acc);
+    return finish_w16(a, k, K, x, w, 1);
+}
+
+T_512 static void widen_bf16_512(float *out, const uint16_t *w, int K) {
+    int k = 0;
+    for (; k + 16 <= K; k += 16)
+        _mm512_storeu_si512(out + k, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k))), 16));
+    for (; k < K; k++) out[k] = bf16_bits(w[k]);
+}
+
+T_512 static void widen_f16_512(float *out, const uint16_t *w, int K) {
+    int k = 0;
+    for (; k + 16 <= K; k += 16) _mm512_storeu_ps(out + k, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + k))));
+    for (; k < K; k++) out[k] = f16_to_f32(w[k]);
+}
+
+T_512 static float dot_f16_512(const float *x, const uint16_t *w, int K) {
+    __m512 acc = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + k))), acc);
+    float a[16];
+    _mm512_storeu_ps(a, acc);
+    return finish_w16(a, k, K, x, w, 0);
 }
 
 T_512 static float dot_i8_512(const float *x, const int8_t *q, int K) {
@@ -268,31 +401,120 @@ T_512 static inline __m512 e4m3x16_512(const uint8_t *p) {
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sgn));
 }
 
-T_512 static float dot_fp8_512(const uint8_t *xq, const uint8_t *wq, int K) {
-    __m512 acc = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= K; k += 16) acc = _mm512_fmadd_ps(e4m3x16_512(xq + k), e4m3x16_512(wq + k), acc);
+// Elements k0..k0+15 into the 16 lanes (fp32 fma), then the scalar tail: the shared end of
+// both AVX-512 fp8 kernels.
+T_512 static inline float fp8_tail_512(__m512 acc, int k, int K, const float *xf, const uint8_t *wq) {
+    for (; k + 16 <= K; k += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(xf + k), e4m3x16_512(wq + k), acc);
     float a[16];
     _mm512_storeu_ps(a, acc);
-    for (; k < K; k++) a[k & 15] = fmaf(e4m3_bits(xq[k]), e4m3_bits(wq[k]), a[k & 15]);
+    for (; k < K; k++) a[k & 15] = fmaf(xf[k], e4m3_bits(wq[k]), a[k & 15]);
     return reduce16(a);
 }
 
-static const Kernels K_512 = {dot_f32_512, dot_i8_512, dot_i4_512, idot_u4s8_512, dot_fp8_512};
+T_512 static float dot_fp8_512(const float *xf, const uint16_t *xb, const uint8_t *wq, int K) {
+    (void)xb;
+    return fp8_tail_512(_mm512_setzero_ps(), 0, K, xf, wq);
+}
+
+static const Kernels K_512 = {dot_f32_512, dot_bf16_512, dot_f16_512, widen_bf16_512, widen_f16_512,
+                              dot_i8_512, dot_i4_512, idot_u4s8_512, dot_fp8_512, 0};
+
+// ---- AVX-512 + AVX512_BF16: fp8 x fp8 through vdpbf16ps --------------------------------------
+// vdpbf16ps acc, a, b computes per fp32 lane j: acc = fma(a[2j+1], b[2j+1], acc), then
+// acc = fma(a[2j], b[2j], acc), each rounded to nearest even (MXCSR ignored; denormal inputs
+// and outputs flushed). Every e4m3 value is a bf16 value, the product of two is exact in fp32
+// and at least 2^-18 in magnitude, and sums of such products are never fp32 subnormals, so the
+// flushing never applies. Feeding lane j the pair (odd: k0+j, even: k0+16+j) for each block of
+// 32 is therefore exactly the canonical "lane j takes k = j mod 16, one fma each, in k order".
+// The weights are decoded straight to bf16 bits; the activations are packed once per token.
+#define T_512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")))
+
+// e4m3 magnitude m (0..127) as bf16 bits: normals (m >= 8) are (m << 4) + (120 << 7), a shift of
+// the exponent bias 7 -> 127; the subnormals m * 2^-9 (m < 8) come from this table (vpermw
+// looks up 32 entries; only the first 8 are used).
+static const uint16_t E4M3_SUB_BF16[32] = {0x0000, 0x3B00, 0x3B80, 0x3BC0, 0x3C00, 0x3C20, 0x3C40, 0x3C60};
+// Source element of each word of a block in pair order (word 2j+1 = element j, word 2j = 16+j).
+static const uint16_t PAIR_SRC[32] = {16, 0, 17, 1, 18, 2, 19, 3, 20, 4, 21, 5, 22, 6, 23, 7,
+                                      24, 8, 25, 9, 26, 10, 27, 11, 28, 12, 29, 13, 30, 14, 31, 15};
+
+T_512BF static inline __m512i e4m3x32_bf16_pairs(const uint8_t *p, __m512i perm, __m512i subtab) {
+    __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    __m512i mag = _mm512_and_si512(v, _mm512_set1_epi16(0x7F));
+    __m512i r = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(0x3C00));
+    r = _mm512_mask_permutexvar_epi16(r, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)), mag, subtab);
+    r = _mm512_or_si512(r, _mm512_slli_epi16(_mm512_and_si512(v, _mm512_set1_epi16(0x80)), 8));
+    return _mm512_permutexvar_epi16(perm, r);
+}
+
+T_512BF static float dot_fp8_512bf(const float *xf, const uint16_t *xb, const uint8_t *wq, int K) {
+    const __m512i perm = _mm512_loadu_si512(PAIR_SRC), subtab = _mm512_loadu_si512(E4M3_SUB_BF16);
+    __m512 acc = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32)
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(xb + k), (__m512bh)e4m3x32_bf16_pairs(wq + k, perm, subtab));
+    return fp8_tail_512(acc, k, K, xf, wq);
+}
+
+static const Kernels K_512BF = {dot_f32_512, dot_bf16_512, dot_f16_512, widen_bf16_512, widen_f16_512,
+                                dot_i8_512, dot_i4_512, idot_u4s8_512, dot_fp8_512bf, 1};
 #endif
+
+// Activations of one token as bf16 pairs for dot_fp8_512bf: each full block of 32 in pair order
+// (the fp32 values are e4m3 values, so the top 16 bits are the exact bf16).
+static void pack_bf16_pairs(uint16_t *xb, const float *xf, int K) {
+    for (int k0 = 0; k0 + 32 <= K; k0 += 32)
+        for (int i = 0; i < 32; i++) {
+            uint32_t u;
+            memcpy(&u, &xf[k0 + i], 4);
+            xb[k0 + pair_pos(i)] = (uint16_t)(u >> 16);
+        }
+}
 
 // ---- selection -----------------------------------------------------------------------------
 static int g_best = -1, g_isa = -1;
+
+#ifdef QK_X86
+// Known-answer check of vdpbf16ps on this CPU before it is trusted with the canonical order:
+// the dot products of random e4m3 rows (both signs, subnormals, the largest values) and of a
+// row built so that a single rounding of each pair, or the even element first, would give
+// other bits (64 + 2^-18 + 2^-18 rounds back to 64 twice) must equal the C kernel's.
+static int bf16_dot_selftest(void) {
+    enum { K = 96, ROWS = 64 };
+    uint8_t x[K], w[K];
+    float xf[K];
+    uint16_t xb[K];
+    uint64_t s = 0x9E3779B97F4A7C15ull;
+    for (int r = 0; r <= ROWS; r++) {
+        for (int k = 0; k < K; k++) {
+            if (r < ROWS) {
+                s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+                x[k] = (uint8_t)(s >> 24), w[k] = (uint8_t)(s >> 40);
+                if ((x[k] & 0x7F) == 0x7F) x[k] ^= 1;  // no NaN codes
+                if ((w[k] & 0x7F) == 0x7F) w[k] ^= 1;
+            } else {
+                x[k] = w[k] = k < 16 ? 0x50 : 0x01;  // 8 * 8 = 64 in each lane, then 2^-9 * 2^-9 = 2^-18
+            }
+            xf[k] = e4m3_bits(x[k]);
+        }
+        pack_bf16_pairs(xb, xf, K);
+        float a = dot_fp8_c(xf, NULL, w, K), b = dot_fp8_512bf(xf, xb, w, K);
+        if (memcmp(&a, &b, 4) != 0) return 0;
+    }
+    return 1;
+}
+#endif
 
 QuantIsa quant_isa_best(void) {
     if (g_best < 0) {
         int b = QISA_C;
 #ifdef QK_X86
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) b = QISA_AVX2;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+            b = QISA_AVX2;
         if (b == QISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
             b = QISA_AVX512;
+        if (b == QISA_AVX512 && __builtin_cpu_supports("avx512bf16") && bf16_dot_selftest()) b = QISA_AVX512_BF16;
 #endif
         g_best = b;  // benign race: every thread computes the same value
     }
@@ -310,12 +532,16 @@ QuantIsa quant_get_isa(void) {
 }
 
 const char *quant_isa_name(QuantIsa isa) {
-    return isa == QISA_AVX512 ? "avx512+vnni" : isa == QISA_AVX2 ? "avx2+fma" : "c";
+    return isa == QISA_AVX512_BF16 ? "avx512+vnni+bf16"
+           : isa == QISA_AVX512    ? "avx512+vnni"
+           : isa == QISA_AVX2      ? "avx2+fma"
+                                   : "c";
 }
 
 static const Kernels *kernels(void) {
 #ifdef QK_X86
     switch (quant_get_isa()) {
+        case QISA_AVX512_BF16: return &K_512BF;
         case QISA_AVX512: return &K_512;
         case QISA_AVX2: return &K_AVX2;
         default: break;
@@ -325,17 +551,27 @@ static const Kernels *kernels(void) {
 }
 
 // ---- the linear -----------------------------------------------------------------------------
+#ifdef _OPENMP
+#include <omp.h>
+static int omp_threads(void) { return omp_get_max_threads(); }
+static int omp_thread(void) { return omp_get_thread_num(); }
+#else
+static int omp_threads(void) { return 1; }
+static int omp_thread(void) { return 0; }
+#endif
+
 // Per-token activation data, prepared once and shared by every output row.
 typedef struct {
     float *xsum;     // int4: [N, K/G] sums of x per group
     int8_t *xq;      // 8da4w: [N, K]
-    uint8_t *x8;     // fp8: [N, K]
+    float *x8;       // fp8: [N, K] the e4m3 activations decoded to fp32
+    uint16_t *xb;    // fp8 with the AVX512_BF16 kernel: [N, K] the same as bf16 pairs
     float *xs;       // 8da4w / fp8: [N] per-token scale
     int32_t *xzp;    // 8da4w: [N] zero point
     int32_t *xqsum;  // 8da4w: [N, K/G] sums of xq per group
 } ActPrep;
 
-static void prep_acts(ActPrep *a, const float *x, const QTensor *w, int N) {
+static void prep_acts(ActPrep *a, const float *x, const QTensor *w, int N, const Kernels *kr) {
     memset(a, 0, sizeof *a);
     const int K = w->cols, G = w->group, ng = G ? K / G : 0;
     if (w->mode == QUANT_INT4) a->xsum = ao_malloc((size_t)N * (size_t)ng * sizeof(float));
@@ -346,7 +582,8 @@ static void prep_acts(ActPrep *a, const float *x, const QTensor *w, int N) {
         a->xqsum = ao_malloc((size_t)N * (size_t)ng * sizeof(int32_t));
     }
     if (w->mode == QUANT_FP8) {
-        a->x8 = ao_malloc((size_t)N * (size_t)K);
+        a->x8 = ao_malloc((size_t)N * (size_t)K * sizeof(float));
+        if (kr->fp8_pairs) a->xb = ao_malloc((size_t)N * (size_t)K * sizeof(uint16_t));
         a->xs = ao_malloc((size_t)N * sizeof(float));
     }
 #pragma omp parallel for schedule(static) if (N > 1)
@@ -367,7 +604,12 @@ static void prep_acts(ActPrep *a, const float *x, const QTensor *w, int N) {
                 a->xqsum[(size_t)n * (size_t)ng + (size_t)g] = s;
             }
         } else if (w->mode == QUANT_FP8) {
-            a->xs[n] = quant_act_fp8_row(a->x8 + (size_t)n * (size_t)K, xn, K);
+            uint8_t *q = ao_malloc((size_t)K);
+            float *xf = a->x8 + (size_t)n * (size_t)K;
+            a->xs[n] = quant_act_fp8_row(q, xn, K);
+            for (int k = 0; k < K; k++) xf[k] = e4m3_bits(q[k]);
+            if (a->xb) pack_bf16_pairs(a->xb + (size_t)n * (size_t)K, xf, K);
+            free(q);
         }
     }
 }
@@ -376,6 +618,7 @@ static void free_acts(ActPrep *a) {
     free(a->xsum);
     free(a->xq);
     free(a->x8);
+    free(a->xb);
     free(a->xs);
     free(a->xzp);
     free(a->xqsum);
@@ -385,7 +628,10 @@ static inline float row_dot(const Kernels *kr, const QTensor *w, const ActPrep *
     const int K = w->cols, G = w->group;
     const size_t mk = (size_t)m * (size_t)K, nk = (size_t)n * (size_t)K;
     switch (w->mode) {
-        case QUANT_NONE: return kr->f32(x + nk, w->w + mk, K);
+        case QUANT_NONE:
+            return w->wdtype == QW_BF16  ? kr->bf16(x + nk, w->w16 + mk, K)
+                   : w->wdtype == QW_F16 ? kr->f16(x + nk, w->w16 + mk, K)
+                                         : kr->f32(x + nk, w->w + mk, K);
         case QUANT_INT8: return kr->i8(x + nk, (const int8_t *)w->q + mk, K) * w->scale[m];
         case QUANT_INT4: {
             size_t so = (size_t)m * (size_t)(K / G);
@@ -406,7 +652,7 @@ static inline float row_dot(const Kernels *kr, const QTensor *w, const ActPrep *
             }
             return acc * a->xs[n];
         }
-        case QUANT_FP8: return kr->fp8(a->x8 + nk, w->q + mk, K) * a->xs[n] * w->scale[m];
+        case QUANT_FP8: return kr->fp8(a->x8 + nk, a->xb ? a->xb + nk : NULL, w->q + mk, K) * a->xs[n] * w->scale[m];
         default: return 0.0f;
     }
 }
@@ -414,19 +660,40 @@ static inline float row_dot(const Kernels *kr, const QTensor *w, const ActPrep *
 void quant_linear_forward(float *out, const float *x, const QTensor *w, const float *bias, int N) {
     CHECK(N > 0, "quant_linear_forward: N = %d", N);
     const Kernels *kr = kernels();
+    CHECK(w->mode != QUANT_NONE || (w->wdtype == QW_F32 ? w->w != NULL : w->w16 != NULL),
+          "quant_linear_forward: a %dx%d tensor without weights", w->rows, w->cols);
     ActPrep a;
-    prep_acts(&a, x, w, N);
-    const int M = w->rows;
+    prep_acts(&a, x, w, N, kr);
+    const int M = w->rows, K = w->cols;
     // Token blocks keep a few activation rows hot while every weight row streams past once.
     const int NB = 8;
+    // 16-bit weights used by several tokens are widened once per row and block (exactly, so the
+    // fp32 kernel on the widened row gives the bits of the 16-bit kernel); one token streams them.
+    // Each thread's row starts on its own cache lines: rows sharing a line slow 2 threads by a third.
+    const int widen = w->mode == QUANT_NONE && w->wdtype != QW_F32 && N > 1;
+    const size_t stride = ((size_t)K + 15) / 16 * 16;  // floats, a multiple of 64 bytes
+    float *wide = widen ? aligned_alloc(64, (size_t)omp_threads() * stride * sizeof(float)) : NULL;
+    CHECK(!widen || wide, "out of memory (%zu bytes for weight rows)", (size_t)omp_threads() * stride * sizeof(float));
 #pragma omp parallel
-    for (int n0 = 0; n0 < N; n0 += NB) {
-        int n1 = n0 + NB < N ? n0 + NB : N;
+    {
+        float *row = widen ? wide + (size_t)omp_thread() * stride : NULL;
+        for (int n0 = 0; n0 < N; n0 += NB) {
+            int n1 = n0 + NB < N ? n0 + NB : N;
 #pragma omp for schedule(static)
-        for (int m = 0; m < M; m++) {
-            float b = bias ? bias[m] : 0.0f;
-            for (int n = n0; n < n1; n++) out[(size_t)n * (size_t)M + (size_t)m] = row_dot(kr, w, &a, x, n, m) + b;
+            for (int m = 0; m < M; m++) {
+                float b = bias ? bias[m] : 0.0f;
+                if (row && n1 - n0 > 1) {
+                    const uint16_t *wm = w->w16 + (size_t)m * (size_t)K;
+                    if (w->wdtype == QW_BF16) kr->widen_bf16(row, wm, K);
+                    else kr->widen_f16(row, wm, K);
+                    for (int n = n0; n < n1; n++)
+                        out[(size_t)n * (size_t)M + (size_t)m] = kr->f32(x + (size_t)n * (size_t)K, row, K) + b;
+                    continue;
+                }
+                for (int n = n0; n < n1; n++) out[(size_t)n * (size_t)M + (size_t)m] = row_dot(kr, w, &a, x, n, m) + b;
+            }
         }
     }
+    free(wide);
     free_acts(&a);
 }

@@ -3,8 +3,10 @@
 //                   first; int4 codes 0..15, 8da4w codes q+8) | fp8: F8_E4M3 [M,K]
 //   X.weight_scale  int4: BF16 [M,K/G] | int8, fp8: F32 [M] | 8da4w: F32 [M,K/G]
 //   X.weight_zero   int4 only: BF16 [M,K/G] (tinygemm float-domain zero point)
-// A linear is quantized exactly when X.weight_scale exists; every other tensor is F32
-// under its HF name. A quantized lm_head is stored even when tied to the embedding.
+// A linear is quantized exactly when X.weight_scale exists. Norms and biases are F32; the
+// embedding and unquantized linears are F32, or BF16 / F16 when the model held them so (a
+// mapped bf16 source: written as stored, exact), and are mapped in place again on load.
+// A quantized lm_head is stored even when tied to the embedding.
 #include "qmodel.h"
 
 #include <limits.h>
@@ -16,28 +18,6 @@
 #include "../common/fileio.h"
 #include "../model/params.h"
 #include "../model/safetensors.h"
-
-// Where the table entry `p` lives in the inference model: an fp32 vector or a linear.
-static void slot(InferModel *im, const ParamInfo *p, float ***vec, QTensor **lin) {
-    *vec = NULL;
-    *lin = NULL;
-    const char *f = p->field;
-    if (p->layer < 0) {
-        if (!strcmp(f, "wte")) *vec = &im->wte;
-        else if (!strcmp(f, "norm_f")) *vec = &im->norm_f;
-        else if (!strcmp(f, "lm_head")) *lin = &im->lm_head;
-        return;
-    }
-    InferLayer *L = &im->layers[p->layer];
-    if (!strcmp(f, "ln1")) *vec = &L->ln1;
-    else if (!strcmp(f, "ln2")) *vec = &L->ln2;
-    else if (!strcmp(f, "bq")) *vec = &L->bq;
-    else if (!strcmp(f, "bk")) *vec = &L->bk;
-    else if (!strcmp(f, "bv")) *vec = &L->bv;
-#define QS_(n) else if (!strcmp(f, #n)) *lin = &L->n;
-    INFER_LAYER_LINEARS(QS_)
-#undef QS_
-}
 
 // Builds the table including lm_head even for tied configs (it may be stored quantized).
 static void full_table(ParamTable *t, const LlamaConfig *c, int *lm_idx) {
@@ -114,7 +94,11 @@ void qmodel_save(const InferModel *im, const char *tokenizer_src, const char *di
         const ParamInfo *p = &tab.p[i];
         float **vec;
         QTensor *lin;
-        slot((InferModel *)im, p, &vec, &lin);
+        infer_model_slot((InferModel *)im, p, &vec, &lin);
+        if (vec == &((InferModel *)im)->wte && im->wte_dtype != QW_F32) {
+            wadd(&w, p->hf_name, im->wte_dtype == QW_BF16 ? ST_BF16 : ST_F16, p->shape[0], p->shape[1], 2, im->wte16);
+            continue;
+        }
         if (vec) {
             if (*vec) wadd(&w, p->hf_name, ST_F32, p->shape[0], p->shape[1], p->ndim, *vec);
             continue;
@@ -124,7 +108,10 @@ void qmodel_save(const InferModel *im, const char *tokenizer_src, const char *di
         const int M = lin->rows, K = lin->cols;
         char nm[160];
         switch (lin->mode) {
-            case QUANT_NONE: wadd(&w, p->hf_name, ST_F32, M, K, 2, lin->w); break;
+            case QUANT_NONE:
+                if (lin->wdtype == QW_F32) wadd(&w, p->hf_name, ST_F32, M, K, 2, lin->w);
+                else wadd(&w, p->hf_name, lin->wdtype == QW_BF16 ? ST_BF16 : ST_F16, M, K, 2, lin->w16);
+                break;
             case QUANT_INT8: wadd(&w, p->hf_name, ST_I8, M, K, 2, lin->q); break;
             case QUANT_FP8: wadd(&w, p->hf_name, ST_F8_E4M3, M, K, 2, lin->q); break;
             default: wadd(&w, p->hf_name, ST_U8, M, K / 2, 2, lin->q); break;
@@ -144,11 +131,13 @@ void qmodel_save(const InferModel *im, const char *tokenizer_src, const char *di
     snprintf(group, sizeof group, "%d", im->group);
     // A GGUF source has no tokenizer files to copy: its path is recorded instead.
     char *gguf = tokenizer_src && !dir_exists(tokenizer_src) ? realpath(tokenizer_src, NULL) : NULL;
-    const char *mk[] = {"format", "quant_format", "quant_version", "quant_mode", "group_size", "producer", "tokenizer_gguf"};
-    const char *mv[] = {"pt", QMODEL_FORMAT, QMODEL_VERSION, quant_mode_name(im->mode), group, "llama.ao infer_llama",
-                        gguf};
+    const char *mk[8] = {"format", "quant_format", "quant_version", "quant_mode", "group_size", "producer"};
+    const char *mv[8] = {"pt", QMODEL_FORMAT, QMODEL_VERSION, quant_mode_name(im->mode), group, "llama.ao infer_llama"};
+    int nm = 6;
+    if (im->mode == QUANT_INT4) mk[nm] = QMODEL_INT4_QPARAMS, mv[nm++] = im->hqq ? "hqq" : "tinygemm";
+    if (gguf) mk[nm] = "tokenizer_gguf", mv[nm++] = gguf;
     char *spath = path_join(dir, "model.safetensors");
-    CHECK(st_write(spath, w.t, w.n, mk, mv, gguf ? 7 : 6, err, sizeof err), "%s", err);
+    CHECK(st_write(spath, w.t, w.n, mk, mv, nm, err, sizeof err), "%s", err);
     free(gguf);
     free(spath);
     for (int i = 0; i < w.nb; i++) free(w.bufs[i]);
@@ -195,10 +184,12 @@ void qmodel_load(InferModel *im, const char *dir) {
     char err[1024];
     CHECK(config_load(&im->cfg, dir, err, sizeof err), "%s", err);
     char *spath = path_join(dir, "model.safetensors");
-    SafeTensors st;
-    CHECK(st_open(&st, spath, err, sizeof err), "%s", err);
-    const char *fmt = st_meta(&st, "quant_format"), *ver = st_meta(&st, "quant_version");
-    const char *mode = st_meta(&st, "quant_mode"), *grp = st_meta(&st, "group_size");
+    // Kept open with the model: the embedding and unquantized linears stay mapped.
+    SafeTensors *st = im->mapped = ao_calloc(1, sizeof *im->mapped);
+    CHECK(st_open(st, spath, err, sizeof err), "%s", err);
+    const char *fmt = st_meta(st, "quant_format"), *ver = st_meta(st, "quant_version");
+    const char *mode = st_meta(st, "quant_mode"), *grp = st_meta(st, "group_size");
+    const char *qp = st_meta(st, QMODEL_INT4_QPARAMS);
     CHECK(fmt && strcmp(fmt, QMODEL_FORMAT) == 0, "%s: not a llama.ao quantized model (no quant_format metadata)", spath);
     CHECK(ver && strcmp(ver, QMODEL_VERSION) == 0, "%s: quant_version %s is not %s", spath, ver ? ver : "(none)",
           QMODEL_VERSION);
@@ -210,6 +201,11 @@ void qmodel_load(InferModel *im, const char *dir) {
           "%s: group_size \"%s\" does not fit mode %s", spath, grp ? grp : "(none)", mode);
     im->mode = (QuantMode)m;
     im->group = (int)g;
+    // Files written before the key existed are int4 with tinygemm's qparams.
+    CHECK(!qp || (m == QUANT_INT4 && (!strcmp(qp, "tinygemm") || !strcmp(qp, "hqq"))),
+          "%s: %s \"%s\" does not fit mode %s (int4 only: tinygemm or hqq)", spath, QMODEL_INT4_QPARAMS, qp ? qp : "",
+          mode);
+    im->hqq = qp && !strcmp(qp, "hqq");
     im->layers = ao_calloc((size_t)im->cfg.n_layers, sizeof *im->layers);
     ParamTable tab;
     int lm_idx, used = 0;
@@ -218,31 +214,37 @@ void qmodel_load(InferModel *im, const char *dir) {
         const ParamInfo *p = &tab.p[i];
         float **vec;
         QTensor *lin;
-        slot(im, p, &vec, &lin);
+        infer_model_slot(im, p, &vec, &lin);
         if (vec) {
-            const StTensor *t = st_find(&st, p->hf_name);
+            const StTensor *t = st_find(st, p->hf_name);
             CHECK(t, "%s: tensor %s is missing", spath, p->hf_name);
             CHECK(t->ndim == p->ndim && t->numel == p->numel && t->shape[0] == p->shape[0],
                   "%s: %s has the wrong shape", spath, p->hf_name);
-            *vec = infer_model_alloc(im, p->numel);
-            CHECK(st_to_f32(t, *vec), "%s: %s is not a float tensor", spath, p->hf_name);
+            if (vec == &im->wte) {
+                CHECK(infer_model_map_tensor(im, NULL, t, 0, 0), "%s: %s is not a float tensor", spath, p->hf_name);
+            } else {
+                *vec = infer_model_alloc(im, p->numel);
+                CHECK(st_to_f32(t, *vec), "%s: %s is not a float tensor", spath, p->hf_name);
+            }
             used++;
             continue;
         }
         const int M = (int)p->shape[0], K = (int)p->shape[1];
         char nm[160];
         snprintf(nm, sizeof nm, "%s_scale", p->hf_name);
-        const StTensor *ts = st_find(&st, nm);
+        const StTensor *ts = st_find(st, nm);
         im->n_linear++;
-        if (i == lm_idx && im->cfg.tie_word_embeddings && !st_find(&st, p->hf_name)) {
-            quant_wrap_f32(lin, im->wte, M, K);  // tied and kept fp32: the embedding itself
+        if (i == lm_idx && im->cfg.tie_word_embeddings && !st_find(st, p->hf_name)) {
+            // tied and kept in float: the embedding itself
+            if (im->wte_dtype == QW_F32) quant_wrap_f32(lin, im->wte, M, K);
+            else quant_wrap_w16(lin, im->wte_dtype, im->wte16, M, K);
             continue;
         }
         if (!ts) {
-            const StTensor *t = want(&st, spath, p->hf_name, ST_F32, 2, M, K, &used);
-            float *w = infer_model_alloc(im, (size_t)M * K);
-            memcpy(w, t->data, t->nbytes);
-            quant_wrap_f32(lin, w, M, K);
+            const StTensor *t = st_find(st, p->hf_name);
+            StDtype dt = t && (t->dtype == ST_BF16 || t->dtype == ST_F16) ? t->dtype : ST_F32;
+            t = want(st, spath, p->hf_name, dt, 2, M, K, &used);
+            infer_model_map_tensor(im, lin, t, M, K);
             continue;
         }
         CHECK(im->mode != QUANT_NONE, "%s: %s is quantized but the model's quant_mode is none", spath, nm);
@@ -250,28 +252,27 @@ void qmodel_load(InferModel *im, const char *dir) {
         const int G = lin->group;
         const StTensor *tq;
         switch (im->mode) {
-            case QUANT_INT8: tq = want(&st, spath, p->hf_name, ST_I8, 2, M, K, &used); break;
-            case QUANT_FP8: tq = want(&st, spath, p->hf_name, ST_F8_E4M3, 2, M, K, &used); break;
-            default: tq = want(&st, spath, p->hf_name, ST_U8, 2, M, K / 2, &used); break;
+            case QUANT_INT8: tq = want(st, spath, p->hf_name, ST_I8, 2, M, K, &used); break;
+            case QUANT_FP8: tq = want(st, spath, p->hf_name, ST_F8_E4M3, 2, M, K, &used); break;
+            default: tq = want(st, spath, p->hf_name, ST_U8, 2, M, K / 2, &used); break;
         }
         memcpy(lin->q, tq->data, tq->nbytes);
         if (im->mode == QUANT_INT4) {
-            want(&st, spath, nm, ST_BF16, 2, M, K / G, &used);
+            want(st, spath, nm, ST_BF16, 2, M, K / G, &used);
             st_to_f32(ts, lin->scale);
             snprintf(nm, sizeof nm, "%s_zero", p->hf_name);
-            const StTensor *tz = want(&st, spath, nm, ST_BF16, 2, M, K / G, &used);
+            const StTensor *tz = want(st, spath, nm, ST_BF16, 2, M, K / G, &used);
             st_to_f32(tz, lin->zero);
         } else {
-            if (G) want(&st, spath, nm, ST_F32, 2, M, K / G, &used);
-            else want(&st, spath, nm, ST_F32, 1, M, 1, &used);
+            if (G) want(st, spath, nm, ST_F32, 2, M, K / G, &used);
+            else want(st, spath, nm, ST_F32, 1, M, 1, &used);
             memcpy(lin->scale, ts->data, ts->nbytes);
         }
         quant_finish_load(lin);
         im->n_quantized++;
     }
-    CHECK(used == st.n, "%s: %d tensors in the file are not part of a %s model", spath, st.n - used,
+    CHECK(used == st->n, "%s: %d tensors in the file are not part of a %s model", spath, st->n - used,
           config_arch_name(im->cfg.arch));
     param_table_free(&tab);
-    st_close(&st);
     free(spath);
 }

@@ -12,6 +12,10 @@ extern "C" {
 
 #define QMODEL_FORMAT "llama.ao.quant"
 #define QMODEL_VERSION "1"
+// __metadata__ key of int4 files: how scales and zeros were chosen, torchao's
+// Int4WeightOnlyConfig names ("tinygemm", or "hqq" with --hqq). Absent in older int4 files
+// (tinygemm) and in every other mode.
+#define QMODEL_INT4_QPARAMS "int4_choose_qparams_algorithm"
 
 // Writes DIR (created if needed). tokenizer_src: a directory whose tokenizer.json /
 // tokenizer_config.json are copied along, or a GGUF file whose absolute path is recorded in
@@ -20,7 +24,9 @@ void qmodel_save(const InferModel *im, const char *tokenizer_src, const char *di
 // 1 when DIR/model.safetensors carries our quantized-format metadata.
 int qmodel_is_quantized_dir(const char *dir);
 // Loads a directory written by qmodel_save. Every tensor is checked (dtype, shape) and every
-// tensor in the file must be consumed. Fails (CHECK) with the file and tensor named.
+// tensor in the file must be consumed. The file stays mapped (im->mapped): the embedding and
+// unquantized linears are used in place in their dtype. Fails (CHECK) with the file and tensor
+// named.
 void qmodel_load(InferModel *im, const char *dir);
 
 #ifdef __cplusplus

@@ -124,6 +124,30 @@ void quant_wrap_f32(QTensor *t, float *w, int rows, int cols) {
     t->w = w;
 }
 
+void quant_wrap_w16(QTensor *t, QWeightDtype dt, const uint16_t *w16, int rows, int cols) {
+    CHECK(dt == QW_BF16 || dt == QW_F16, "quant_wrap_w16: weight dtype %d is not bf16 or f16", (int)dt);
+    CHECK(((uintptr_t)w16 & 1) == 0, "quant_wrap_w16: 16-bit weights at an odd address");
+    memset(t, 0, sizeof *t);
+    t->mode = QUANT_NONE;
+    t->rows = rows;
+    t->cols = cols;
+    t->wdtype = dt;
+    t->w16 = w16;
+}
+
+size_t quant_none_bytes(const QTensor *t) {
+    return (size_t)t->rows * (size_t)t->cols * (t->wdtype == QW_F32 ? sizeof(float) : sizeof(uint16_t));
+}
+
+void quant_none_row(const QTensor *t, int r, float *out) {
+    const size_t K = (size_t)t->cols, o = (size_t)r * K;
+    switch (t->wdtype) {
+        case QW_BF16: for (size_t k = 0; k < K; k++) out[k] = bf16_to_f32(t->w16[o + k]); break;
+        case QW_F16: for (size_t k = 0; k < K; k++) out[k] = f16_to_f32(t->w16[o + k]); break;
+        default: memcpy(out, t->w + o, K * sizeof(float)); break;
+    }
+}
+
 void quant_free(QTensor *t) {
     if (t->owns_w) free(t->w);
     free(t->q);
@@ -454,6 +478,10 @@ void quant_quantize_int4(QTensor *t, QuantMode m, const float *w, int rows, int 
 
 void quant_dequantize(const QTensor *t, float *out) {
     size_t M = (size_t)t->rows, K = (size_t)t->cols;
+    if (t->mode == QUANT_NONE) {
+        for (size_t r = 0; r < M; r++) quant_none_row(t, (int)r, out + r * K);
+        return;
+    }
     for (size_t r = 0; r < M; r++) {
         float *o = out + r * K;
         for (size_t k = 0; k < K; k++) {

@@ -59,6 +59,13 @@ int quant_group_ok(int group);
 //                scale fp32 [M*K/G]; wsum int32 [M*K/G] = sum of q (signed) over the group,
 //                derived at load for the zero-point correction of the activations
 //   FP8   q      uint8 [M*K] e4m3fn bits; scale fp32 [M]
+// A NONE tensor may instead keep its weights in 16 bits, as a bf16/f16 safetensors file holds
+// them (infer_model_load_hf maps the file and points into it): wdtype QW_BF16 or QW_F16, w16
+// the raw bits [M*K] (never owned), w NULL. The kernels expand each weight exactly to fp32 and
+// follow the fp32 summation order, so the outputs equal those of the fp32 copy bit for bit.
+// wdtype is QW_F32 (0) for every other tensor, so zero-initialised QTensors keep meaning fp32.
+typedef enum { QW_F32 = 0, QW_BF16 = 1, QW_F16 = 2 } QWeightDtype;
+
 typedef struct {
     QuantMode mode;
     int rows, cols, group;
@@ -67,6 +74,8 @@ typedef struct {
     uint8_t *q;
     float *scale, *zero;
     int32_t *wsum;
+    QWeightDtype wdtype;  // NONE only: QW_F32 uses w; QW_BF16 / QW_F16 use w16
+    const uint16_t *w16;
 } QTensor;
 
 // Bytes of packed codes for a mode and shape (0 for NONE).
@@ -91,6 +100,13 @@ void quant_set_int4_hqq(int on);
 int quant_get_int4_hqq(void);
 // Wraps fp32 weights without copying (mode NONE).
 void quant_wrap_f32(QTensor *t, float *w, int rows, int cols);
+// Wraps bf16 or f16 bits without copying (mode NONE, wdtype QW_BF16 / QW_F16). w16 must be
+// 2-byte aligned; the caller keeps it alive (typically a mapped file) as long as t is used.
+void quant_wrap_w16(QTensor *t, QWeightDtype dt, const uint16_t *w16, int rows, int cols);
+// Bytes of weight storage of a NONE tensor in its dtype (4 or 2 per element).
+size_t quant_none_bytes(const QTensor *t);
+// Row r of a NONE tensor expanded exactly to fp32 (any wdtype).
+void quant_none_row(const QTensor *t, int r, float *out);
 // Allocates an empty tensor of the mode and shape (for loading).
 void quant_alloc(QTensor *t, QuantMode m, int rows, int cols, int group);
 // Recomputes derived arrays (8da4w wsum) after q was filled by a loader.
@@ -107,7 +123,12 @@ void quant_linear_forward(float *out, const float *x, const QTensor *w, const fl
 // (+VNNI) variants. All give the same bits: the float kernels follow one fixed summation
 // order (16 lanes, lane j takes k = j mod 16, one fused multiply-add per element, the
 // same reduction tree), the integer parts are exact.
-typedef enum { QISA_C = 0, QISA_AVX2 = 1, QISA_AVX512 = 2 } QuantIsa;
+// QISA_AVX512_BF16 is AVX-512 plus AVX512_BF16's vdpbf16ps for the fp8 dot product, where
+// both operands are e4m3 values (exact in bf16), every product is exact in fp32, and the
+// instruction's two fused multiply-adds per lane (odd element first, round to nearest even)
+// are fed the elements in the canonical order: the same bits. It is chosen only when the CPU
+// has avx512_bf16 and a known-answer check of the instruction's rounding passes (qkernels.c).
+typedef enum { QISA_C = 0, QISA_AVX2 = 1, QISA_AVX512 = 2, QISA_AVX512_BF16 = 3, QISA_NISA } QuantIsa;
 // The best variant this CPU runs (chosen once with __builtin_cpu_supports).
 QuantIsa quant_isa_best(void);
 // Forces a variant (tests); values above what the CPU supports are lowered to the best.

@@ -12,6 +12,7 @@
 #include "../common/fileio.h"
 #include "../common/json.h"
 #include "../model/config.h"
+#include "../model/infer_cpu.h"
 #include "../model/model.h"
 #include "../model/safetensors.h"
 #include "test.h"
@@ -207,6 +208,13 @@ static void test_corrupt_corpus(void) {
             LlamaModel m;
             ok = model_load_hf(&m, full, err, sizeof err);
             if (ok) model_free(&m);
+            // the mapped inference loader runs the same checks and says the same
+            InferModel im;
+            char err2[1024] = "";
+            int ok2 = infer_model_load_hf(&im, full, QUANT_NONE, 0, err2, sizeof err2);
+            if (ok2) infer_model_free(&im);
+            TEST_CHECK(ok2 == ok && strcmp(err, err2) == 0, "corrupt %s: infer_model_load_hf says \"%s\", model_load_hf \"%s\"",
+                       rel, err2, err);
         } else {
             LlamaConfig c;
             ok = config_load(&c, full, err, sizeof err);
