@@ -105,9 +105,13 @@ train_llama: train_llama.cu $(CU_OBJ) $(LIB)
 	@test -n "$(NVCC)" || { echo "train_llama needs nvcc (CUDA Toolkit); none was found"; exit 1; }
 	$(NVCC) $(NVCCFLAGS) -MF $(BUILD)/train_llama.d train_llama.cu $(CU_OBJ) $(LIB) -o $@ -Xcompiler -fopenmp $(CUDA_LIBS) -lm
 
-# The inference program (C, CPU): ./infer_llama at the top level, as the README runs it.
-infer_llama: infer_llama.c $(LIB)
-	$(CC) $(CFLAGS_BASE) $(CFLAGS) -MF $(BUILD)/infer_llama.d $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+# The inference program: ./infer_llama at the top level, as the README runs it. C on the
+# CPU; with nvcc it also links the GPU backend (model/infer_gpu.cu, quant/qgemv.cu: only the
+# CUDA runtime, no cuBLAS/cuDNN/NCCL) and -d cuda works.
+INFER_CU_OBJ := $(if $(NVCC),$(BUILD)/cuda/model/infer_gpu.o $(BUILD)/cuda/quant/qgemv.o)
+infer_llama: infer_llama.c $(LIB) $(INFER_CU_OBJ)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) $(if $(NVCC),-DLLAMA_AO_CUDA) -MF $(BUILD)/infer_llama.d $< $(INFER_CU_OBJ) $(LIB) -o $@ \
+		$(LDFLAGS) $(if $(NVCC),-L$(CUDA_HOME)/lib64 -lcudart -lstdc++) $(LDLIBS)
 
 all: $(LIB) $(TEST_BIN) $(TOOL_BIN) $(if $(wildcard infer_llama.c),infer_llama) $(if $(NVCC),cuda train_llama)
 

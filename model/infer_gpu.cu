@@ -1,0 +1,554 @@
+// GPU inference (see infer_gpu.h). Each op mirrors model/infer_cpu.c: RMSNorm (sum of
+// squares in double), q/k/v (+ bias), rotate-half RoPE with cos/sin of the fp32 angle
+// computed in double, causal GQA attention over the cache, o_proj + residual, RMSNorm,
+// SwiGLU MLP + residual, final norm, lm_head. q/k/v and gate/up are fused into one GEMV
+// each when their formats agree.
+#include "infer_gpu.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/gpu.h"
+#include "../ops/rope.h"
+#include "../quant/qgemv.cuh"
+
+#define ATT_WARPS 4
+#define ATT_GQ 8       // query heads of one KV head handled per block
+#define MAX_GRAPHS 65  // decode graphs, one per sequence count
+
+typedef struct {
+    float *ln1, *ln2;
+    QWeightGpu qkv[3];  // fused: qkv[0] only (n_qkv = 1)
+    QWeightGpu gu[2];   // fused: gu[0] only
+    QWeightGpu wo, wd;
+    int n_qkv, n_gu;
+} GpuLayer;
+
+struct InferGpu {
+    LlamaConfig cfg;
+    InferGpuOpts o;
+    cudaStream_t st;
+    char name[256];
+    int n_sm;
+    GpuLayer *layers;
+    QWeightGpu lm_head;
+    void *wte;
+    int wte_f32;
+    float *norm_f;
+    float2 *rope;  // [max_T, hd/2] (cos, sin) of position x inv_freq, as the CPU computes them
+    void *kc, *vc;  // [L, n_seq, max_T, KVD]
+    // scratch, max_rows = n_seq * max_batch
+    int max_rows, nsplit_cap;
+    float *x, *ln, *qkv, *att, *gu, *act, *logits;
+    float *part_o, *part_ml;
+    QActScratch act_s;
+    int32_t *d_tok, *h_tok;
+    int *d_pos, *h_pos;
+    float *h_logits;
+    int pos;
+    size_t weight_bytes, step_bytes, alloc_bytes, rounded;
+    cudaGraphExec_t graph[MAX_GRAPHS];
+};
+
+static void *galloc(InferGpu *g, size_t bytes) {
+    void *p;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e == cudaErrorMemoryAllocation) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        FAIL("out of GPU memory allocating %.1f MiB (%.1f MiB already held by the model, %.1f MiB free of %.1f)\n"
+             "  HINT: use a smaller -q mode, a shorter context (--ctx), or -d cpu",
+             bytes / 1048576.0, g->alloc_bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0);
+    }
+    CUDA_CHECK(e);
+    g->alloc_bytes += bytes;
+    return p;
+}
+
+static void *gupload(InferGpu *g, const void *h, size_t bytes) {
+    void *d = galloc(g, bytes);
+    CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static QWeightGpu upload_linear(InferGpu *g, const QTensor *const *parts, const float *const *biases, int np) {
+    QWeightGpu w = qweight_upload(parts, biases, np, &g->rounded);
+    const size_t b = qweight_bytes(&w);
+    g->weight_bytes += b, g->step_bytes += b, g->alloc_bytes += b;
+    return w;
+}
+
+static float *upload_f32(InferGpu *g, const float *h, size_t n) {
+    float *d = (float *)gupload(g, h, n * sizeof(float));
+    g->weight_bytes += n * sizeof(float);
+    g->step_bytes += n * sizeof(float);
+    return d;
+}
+
+// ---- kernels -------------------------------------------------------------------------------
+__global__ void embed_kernel(float *x, const int32_t *tok, const void *wte, int wte_f32, int D) {
+    const size_t base = (size_t)tok[blockIdx.x] * D;
+    float *xr = x + (size_t)blockIdx.x * D;
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+        xr[d] = wte_f32 ? ((const float *)wte)[base + d] : __bfloat162float(((const bf16 *)wte)[base + d]);
+}
+
+// out row r = rmsnorm(x row (first + r * stride)); sum of squares in double as the CPU does.
+__global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int D, float eps, int first, int stride) {
+    __shared__ double sh[32];
+    const float *xr = x + (size_t)(first + blockIdx.x * stride) * D;
+    double ss = 0.0;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) ss += (double)xr[d] * xr[d];
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += sh[i];
+        sh[0] = t;
+    }
+    __syncthreads();
+    const float r = (float)(1.0 / sqrt(sh[0] / D + (double)eps));
+    float *yr = out + (size_t)blockIdx.x * D;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) yr[d] = (xr[d] * r) * w[d];
+}
+
+template <typename KT> __device__ __forceinline__ KT to_kv(float v);
+template <> __device__ __forceinline__ float to_kv<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 to_kv<bf16>(float v) { return __float2bfloat16(v); }
+__device__ __forceinline__ float kv_f(float v) { return v; }
+__device__ __forceinline__ float kv_f(bf16 v) { return __bfloat162float(v); }
+
+// RoPE on q and k of row r (sequence r / n, position pos + r % n), in place in the qkv
+// buffer [rows, QD + 2 KVD], k and v then written to the cache. Grid (pairs / 256, rows): one
+// thread per rotated pair (q and k heads) or per pair of v values.
+template <typename KT>
+__global__ void rope_kv_kernel(float *qkv, KT *kc, KT *vc, const float2 *rope, const int *d_pos, int n, int H,
+                               int KV, int hd, int max_T) {
+    const int r = blockIdx.y, b = r / n, pos = *d_pos + r % n, h2 = hd / 2;
+    const int QD = H * hd, KVD = KV * hd;
+    float *row = qkv + (size_t)r * (QD + 2 * KVD);
+    const size_t cache = ((size_t)b * max_T + pos) * KVD;
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x, nrot = (H + KV) * h2;
+    if (idx < nrot) {
+        const int head = idx / h2, i = idx % h2;
+        const float2 cs = rope[(size_t)pos * h2 + i];
+        float *p = row + (size_t)head * hd;  // k heads follow the q heads
+        const float x0 = p[i], x1 = p[i + h2];
+        const float y0 = x0 * cs.x - x1 * cs.y, y1 = x1 * cs.x + x0 * cs.y;
+        if (head < H) {
+            p[i] = y0, p[i + h2] = y1;
+        } else {
+            const size_t o = cache + (size_t)(head - H) * hd + i;
+            kc[o] = to_kv<KT>(y0), kc[o + h2] = to_kv<KT>(y1);
+        }
+    } else if (idx < nrot + KVD / 2) {
+        const int j = 2 * (idx - nrot);
+        vc[cache + j] = to_kv<KT>(row[QD + KVD + j]);
+        vc[cache + j + 1] = to_kv<KT>(row[QD + KVD + j + 1]);
+    }
+}
+
+// Split-KV attention: block (KV head x head chunk, split, query row) covers one slice of the
+// causal range of its query and leaves an unnormalised partial (max, sum, sum p v).
+template <typename KT, int E>
+__global__ __launch_bounds__(ATT_WARPS * 32) void attn_split_kernel(float *part_o, float *part_ml, const float *qkv,
+                                                                     const KT *kc, const KT *vc, const int *d_pos,
+                                                                     int n, int H, int KV, int hd, int max_T, int nsplit,
+                                                                     float scale) {
+    extern __shared__ float sm[];  // [ATT_WARPS][ATT_GQ][2 + hd]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gq = H / KV, nhc = (gq + ATT_GQ - 1) / ATT_GQ;
+    const int kvh = blockIdx.x / nhc, hc = blockIdx.x % nhc, split = blockIdx.y, r = blockIdx.z;
+    const int h0 = kvh * gq + hc * ATT_GQ, nh = min(ATT_GQ, gq - hc * ATT_GQ);
+    const int b = r / n, len = *d_pos + r % n + 1;
+    const int chunk = (len + nsplit - 1) / nsplit, t0 = split * chunk, t1 = min(len, t0 + chunk);
+    const int QD = H * hd, KVD = KV * hd;
+    const float *qrow = qkv + (size_t)r * (QD + 2 * KVD);
+    float q[ATT_GQ][E], o[ATT_GQ][E], m[ATT_GQ], l[ATT_GQ];
+#pragma unroll
+    for (int h = 0; h < ATT_GQ; h++) {
+        m[h] = -INFINITY, l[h] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int d = lane * E + e;
+            q[h][e] = (h < nh && d < hd) ? qrow[(size_t)(h0 + h) * hd + d] : 0.0f;
+            o[h][e] = 0.0f;
+        }
+    }
+    const KT *kb = kc + (size_t)b * max_T * KVD + (size_t)kvh * hd, *vb = vc + (size_t)b * max_T * KVD + (size_t)kvh * hd;
+    for (int t = t0 + warp; t < t1; t += ATT_WARPS) {
+        float kv[E], vv[E];
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int d = lane * E + e;
+            kv[e] = d < hd ? kv_f(kb[(size_t)t * KVD + d]) : 0.0f;
+            vv[e] = d < hd ? kv_f(vb[(size_t)t * KVD + d]) : 0.0f;
+        }
+#pragma unroll
+        for (int h = 0; h < ATT_GQ; h++) {
+            if (h >= nh) break;
+            float s = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; e++) s = fmaf(q[h][e], kv[e], s);
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+            s *= scale;
+            const float mn = fmaxf(m[h], s), corr = expf(m[h] - mn), p = expf(s - mn);
+            l[h] = l[h] * corr + p;
+#pragma unroll
+            for (int e = 0; e < E; e++) o[h][e] = fmaf(p, vv[e], o[h][e] * corr);
+            m[h] = mn;
+        }
+    }
+    // merge the warps
+    const int stride = 2 + hd;
+    for (int h = 0; h < nh; h++) {
+        float *s = sm + ((size_t)warp * ATT_GQ + h) * stride;
+        if (lane == 0) s[0] = m[h], s[1] = l[h];
+#pragma unroll
+        for (int e = 0; e < E; e++)
+            if (lane * E + e < hd) s[2 + lane * E + e] = o[h][e];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nh * (hd + 1); idx += blockDim.x) {
+        const int h = idx / (hd + 1), d = idx % (hd + 1) - 1;  // d = -1: the (max, sum) pair
+        float M = -INFINITY;
+        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[((size_t)w * ATT_GQ + h) * stride]);
+        float acc = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) {
+            const float *s = sm + ((size_t)w * ATT_GQ + h) * stride;
+            const float f = s[0] == -INFINITY ? 0.0f : expf(s[0] - M);
+            acc += f * (d < 0 ? s[1] : s[2 + d]);
+        }
+        const size_t pi = ((size_t)r * H + h0 + h) * nsplit + split;
+        if (d < 0) part_ml[2 * pi] = M, part_ml[2 * pi + 1] = acc;
+        else part_o[pi * hd + d] = acc;
+    }
+}
+
+__global__ void attn_combine_kernel(float *out, const float *part_o, const float *part_ml, int H, int hd, int nsplit) {
+    __shared__ float wgt[64];  // per split: exp(m_s - M) / L (0 for empty splits)
+    const int rh = blockIdx.x;  // row * H + head
+    const float *ml = part_ml + 2 * (size_t)rh * nsplit;
+    if (threadIdx.x < 32) {
+        float M = -INFINITY;
+        for (int s = threadIdx.x; s < nsplit; s += 32) M = fmaxf(M, ml[2 * s]);
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        float L = 0.0f;
+        for (int s = threadIdx.x; s < nsplit; s += 32) {
+            const float f = ml[2 * s] == -INFINITY ? 0.0f : expf(ml[2 * s] - M);
+            wgt[s] = f;
+            L += f * ml[2 * s + 1];
+        }
+        for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+        const float inv = 1.0f / L;
+        for (int s = threadIdx.x; s < nsplit; s += 32) wgt[s] *= inv;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < nsplit; s++) acc += part_o[((size_t)rh * nsplit + s) * hd + d] * wgt[s];
+        out[(size_t)rh * hd + d] = acc;
+    }
+}
+
+// act[r, f] = silu(gate[r, f]) * up[r, f], gate and up at row stride ld.
+__global__ void swiglu_kernel(float *act, const float *gate, const float *up, int F, int ld) {
+    const int r = blockIdx.y;
+    for (int f = blockIdx.x * blockDim.x + threadIdx.x; f < F; f += gridDim.x * blockDim.x) {
+        const float gv = gate[(size_t)r * ld + f];
+        act[(size_t)r * F + f] = gv / (1.0f + expf(-gv)) * up[(size_t)r * ld + f];
+    }
+}
+
+// ---- host side -------------------------------------------------------------------------------
+extern "C" int infer_gpu_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+static int att_e(int hd) { return hd <= 32 ? 1 : hd <= 64 ? 2 : hd <= 128 ? 4 : 8; }
+
+static int nsplit_for(const InferGpu *g, int rows) {
+    const LlamaConfig *c = &g->cfg;
+    const int gq = c->n_heads / c->n_kv_heads, nhc = (gq + ATT_GQ - 1) / ATT_GQ;
+    const int blocks = c->n_kv_heads * nhc * rows;
+    int ns = (2 * g->n_sm + blocks - 1) / blocks;
+    if (ns > 64) ns = 64;
+    if (ns > g->o.max_T) ns = g->o.max_T;
+    return ns < 1 ? 1 : ns;
+}
+
+extern "C" InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *opts) {
+    const LlamaConfig *c = &im->cfg;
+    CHECK(infer_gpu_count() > opts->device, "-d cuda: no CUDA GPU %d here (%d found); use -d cpu", opts->device,
+          infer_gpu_count());
+    CHECK(opts->max_T > 0 && opts->max_batch > 0 && opts->n_seq > 0 && opts->n_seq < MAX_GRAPHS,
+          "GPU inference: context %d, batch %d, sequences %d out of range", opts->max_T, opts->max_batch, opts->n_seq);
+    CHECK(c->head_dim <= 256 && c->head_dim % 2 == 0, "GPU inference: head_dim %d is not supported (even, <= 256)",
+          c->head_dim);
+    InferGpu *g = (InferGpu *)ao_calloc(1, sizeof *g);
+    g->cfg = *c;
+    g->o = *opts;
+    if (g->o.max_batch > g->o.max_T) g->o.max_batch = g->o.max_T;
+    CUDA_CHECK(cudaSetDevice(opts->device));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, opts->device));
+    snprintf(g->name, sizeof g->name, "%s", prop.name);
+    g->n_sm = prop.multiProcessorCount;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
+    const int D = c->hidden_size, F = c->intermediate_size, QD = c->n_heads * c->head_dim,
+              KVD = c->n_kv_heads * c->head_dim, V = c->vocab_size, L = c->n_layers;
+
+    // weights
+    g->layers = (GpuLayer *)ao_calloc((size_t)L, sizeof *g->layers);
+    for (int l = 0; l < L; l++) {
+        const InferLayer *il = &im->layers[l];
+        GpuLayer *gl = &g->layers[l];
+        gl->ln1 = upload_f32(g, il->ln1, (size_t)D);
+        gl->ln2 = upload_f32(g, il->ln2, (size_t)D);
+        const QTensor *qkv[3] = {&il->wq, &il->wk, &il->wv};
+        const float *bqkv[3] = {il->bq, il->bk, il->bv};
+        if (qweight_same_format(qkv[0], qkv[1]) && qweight_same_format(qkv[0], qkv[2])) {
+            gl->n_qkv = 1;
+            gl->qkv[0] = upload_linear(g, qkv, bqkv, 3);
+        } else {
+            gl->n_qkv = 3;
+            for (int i = 0; i < 3; i++) gl->qkv[i] = upload_linear(g, &qkv[i], &bqkv[i], 1);
+        }
+        const QTensor *gu[2] = {&il->wg, &il->wu};
+        if (qweight_same_format(gu[0], gu[1])) {
+            gl->n_gu = 1;
+            gl->gu[0] = upload_linear(g, gu, NULL, 2);
+        } else {
+            gl->n_gu = 2;
+            for (int i = 0; i < 2; i++) gl->gu[i] = upload_linear(g, &gu[i], NULL, 1);
+        }
+        const QTensor *wo = &il->wo, *wd = &il->wd;
+        gl->wo = upload_linear(g, &wo, NULL, 1);
+        gl->wd = upload_linear(g, &wd, NULL, 1);
+    }
+    const QTensor *lm = &im->lm_head;
+    g->lm_head = upload_linear(g, &lm, NULL, 1);
+    g->norm_f = upload_f32(g, im->norm_f, (size_t)D);
+    // embedding: bf16 when every value is a bf16 value (bf16 checkpoints), else fp32
+    const size_t nemb = (size_t)V * D;
+    if (im->wte16 && im->wte_dtype == QW_BF16) {
+        g->wte = gupload(g, im->wte16, nemb * 2);
+    } else {
+        float *e32 = (float *)ao_malloc(nemb * 4);
+        for (size_t i = 0; i < nemb; i++) e32[i] = im->wte16 ? half_bits_to_f32(im->wte16[i]) : im->wte[i];
+        size_t inexact = 0;
+        uint16_t *e16 = (uint16_t *)ao_malloc(nemb * 2);
+        for (size_t i = 0; i < nemb; i++) e16[i] = bf16_bits_rne(e32[i], &inexact);
+        g->wte_f32 = inexact != 0;
+        g->wte = g->wte_f32 ? gupload(g, e32, nemb * 4) : gupload(g, e16, nemb * 2);
+        free(e16), free(e32);
+    }
+    g->weight_bytes += nemb * (g->wte_f32 ? 4 : 2);
+    // RoPE table: cos/sin of the fp32 angle pos * inv_freq, in double as rope_forward_cpu does
+    const int h2 = c->head_dim / 2;
+    float *invf = (float *)ao_malloc((size_t)h2 * sizeof(float));
+    rope_inv_freq_cpu(invf, c->head_dim, &c->rope);
+    float2 *tab = (float2 *)ao_malloc((size_t)g->o.max_T * h2 * sizeof(float2));
+    for (int p = 0; p < g->o.max_T; p++)
+        for (int i = 0; i < h2; i++) {
+            const float ang = (float)p * invf[i];
+            tab[(size_t)p * h2 + i] = make_float2((float)cos((double)ang), (float)sin((double)ang));
+        }
+    g->rope = (float2 *)gupload(g, tab, (size_t)g->o.max_T * h2 * sizeof(float2));
+    free(tab), free(invf);
+
+    // cache and scratch
+    const size_t kvel = g->o.kv_f32 ? 4 : 2;
+    size_t cache;
+    CHECK(ao_mul_size((size_t)L * (size_t)g->o.n_seq * (size_t)g->o.max_T, (size_t)KVD * kvel, &cache),
+          "KV cache for %d tokens is too large", g->o.max_T);
+    g->kc = galloc(g, cache);
+    g->vc = galloc(g, cache);
+    CUDA_CHECK(cudaMemset(g->kc, 0, cache));
+    CUDA_CHECK(cudaMemset(g->vc, 0, cache));
+    const size_t MR = (size_t)g->o.n_seq * g->o.max_batch;
+    g->max_rows = (int)MR;
+    const int W = D > QD ? D : QD;
+    g->x = (float *)galloc(g, MR * D * 4);
+    g->ln = (float *)galloc(g, MR * W * 4);
+    g->qkv = (float *)galloc(g, MR * (QD + 2 * KVD) * 4);
+    g->att = (float *)galloc(g, MR * QD * 4);
+    g->gu = (float *)galloc(g, MR * 2 * F * 4);
+    g->act = (float *)galloc(g, MR * F * 4);
+    g->logits = (float *)galloc(g, MR * V * 4);
+    size_t parts = 0;
+    for (int rows = 1; rows <= g->max_rows; rows++) {
+        size_t p = (size_t)rows * nsplit_for(g, rows);
+        if (p > parts) parts = p;
+    }
+    g->part_o = (float *)galloc(g, parts * c->n_heads * c->head_dim * 4);
+    g->part_ml = (float *)galloc(g, parts * c->n_heads * 2 * 4);
+    const int maxK = F > W ? F : W;
+    qact_scratch_init(&g->act_s, 8, maxK);
+    g->alloc_bytes += (size_t)8 * maxK * 5 + ((size_t)4 << 20);
+    g->d_tok = (int32_t *)galloc(g, MR * 4);
+    g->d_pos = (int *)galloc(g, 4);
+    CUDA_CHECK(cudaMallocHost(&g->h_tok, MR * 4));
+    CUDA_CHECK(cudaMallocHost(&g->h_pos, 4));
+    CUDA_CHECK(cudaMallocHost(&g->h_logits, MR * V * 4));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    return g;
+}
+
+extern "C" void infer_gpu_free(InferGpu *g) {
+    if (!g) return;
+    for (int i = 0; i < MAX_GRAPHS; i++)
+        if (g->graph[i]) cudaGraphExecDestroy(g->graph[i]);
+    for (int l = 0; l < g->cfg.n_layers; l++) {
+        GpuLayer *gl = &g->layers[l];
+        cudaFree(gl->ln1), cudaFree(gl->ln2);
+        for (int i = 0; i < gl->n_qkv; i++) qweight_free(&gl->qkv[i]);
+        for (int i = 0; i < gl->n_gu; i++) qweight_free(&gl->gu[i]);
+        qweight_free(&gl->wo), qweight_free(&gl->wd);
+    }
+    free(g->layers);
+    qweight_free(&g->lm_head);
+    cudaFree(g->wte), cudaFree(g->norm_f), cudaFree(g->rope), cudaFree(g->kc), cudaFree(g->vc);
+    cudaFree(g->x), cudaFree(g->ln), cudaFree(g->qkv), cudaFree(g->att), cudaFree(g->gu), cudaFree(g->act);
+    cudaFree(g->logits), cudaFree(g->part_o), cudaFree(g->part_ml), cudaFree(g->d_tok), cudaFree(g->d_pos);
+    qact_scratch_free(&g->act_s);
+    cudaFreeHost(g->h_tok), cudaFreeHost(g->h_pos), cudaFreeHost(g->h_logits);
+    cudaStreamDestroy(g->st);
+    free(g);
+}
+
+// Everything of one forward after the tokens and the position are on the device.
+static void enqueue_forward(InferGpu *g, int n, int all_logits) {
+    const LlamaConfig *c = &g->cfg;
+    const int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    const int QD = H * hd, KVD = KV * hd, rows = g->o.n_seq * n;
+    const size_t kvel = g->o.kv_f32 ? 4 : 2, layer_cache = (size_t)g->o.n_seq * g->o.max_T * KVD * kvel;
+    cudaStream_t st = g->st;
+    embed_kernel<<<rows, 256, 0, st>>>(g->x, g->d_tok, g->wte, g->wte_f32, D);
+    const int nsplit = nsplit_for(g, rows), gq = H / KV, nhc = (gq + ATT_GQ - 1) / ATT_GQ;
+    const size_t att_smem = (size_t)ATT_WARPS * ATT_GQ * (2 + hd) * sizeof(float);
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    const dim3 rope_grid(ceil_div((H + KV) * (hd / 2) + KVD / 2, 256), rows);
+    for (int l = 0; l < c->n_layers; l++) {
+        GpuLayer *gl = &g->layers[l];
+        void *kc = (char *)g->kc + (size_t)l * layer_cache, *vc = (char *)g->vc + (size_t)l * layer_cache;
+        rmsnorm_kernel<<<rows, 1024, 0, st>>>(g->ln, g->x, gl->ln1, D, c->rms_norm_eps, 0, 1);
+        if (gl->n_qkv == 1) {
+            qgemv(g->qkv, g->ln, rows, &gl->qkv[0], 0, &g->act_s, st);
+        } else {
+            // separate projections into the packed row layout: run each into scratch, then copy
+            float *tmp = g->att;  // free until attention
+            const int off[3] = {0, QD, QD + KVD}, w[3] = {QD, KVD, KVD};
+            for (int i = 0; i < 3; i++) {
+                qgemv(tmp, g->ln, rows, &gl->qkv[i], 0, &g->act_s, st);
+                CUDA_CHECK(cudaMemcpy2DAsync(g->qkv + off[i], (size_t)(QD + 2 * KVD) * 4, tmp, (size_t)w[i] * 4,
+                                             (size_t)w[i] * 4, rows, cudaMemcpyDeviceToDevice, st));
+            }
+        }
+        if (g->o.kv_f32) {
+            rope_kv_kernel<float><<<rope_grid, 256, 0, st>>>(g->qkv, (float *)kc, (float *)vc, g->rope, g->d_pos, n, H,
+                                                        KV, hd, g->o.max_T);
+        } else {
+            rope_kv_kernel<bf16><<<rope_grid, 256, 0, st>>>(g->qkv, (bf16 *)kc, (bf16 *)vc, g->rope, g->d_pos, n, H, KV,
+                                                       hd, g->o.max_T);
+        }
+        const dim3 agrid(KV * nhc, nsplit, rows);
+#define ATT_LAUNCH(KT, E)                                                                                            \
+    attn_split_kernel<KT, E><<<agrid, ATT_WARPS * 32, att_smem, st>>>(g->part_o, g->part_ml, g->qkv, (const KT *)kc, \
+                                                                     (const KT *)vc, g->d_pos, n, H, KV, hd,          \
+                                                                     g->o.max_T, nsplit, scale)
+        const int E = att_e(hd);
+        if (g->o.kv_f32) {
+            if (E == 1) ATT_LAUNCH(float, 1);
+            else if (E == 2) ATT_LAUNCH(float, 2);
+            else if (E == 4) ATT_LAUNCH(float, 4);
+            else ATT_LAUNCH(float, 8);
+        } else {
+            if (E == 1) ATT_LAUNCH(bf16, 1);
+            else if (E == 2) ATT_LAUNCH(bf16, 2);
+            else if (E == 4) ATT_LAUNCH(bf16, 4);
+            else ATT_LAUNCH(bf16, 8);
+        }
+#undef ATT_LAUNCH
+        CUDA_CHECK_LAST();
+        attn_combine_kernel<<<rows * H, 128, 0, st>>>(g->att, g->part_o, g->part_ml, H, hd, nsplit);
+        qgemv(g->x, g->att, rows, &gl->wo, 1, &g->act_s, st);
+        rmsnorm_kernel<<<rows, 1024, 0, st>>>(g->ln, g->x, gl->ln2, D, c->rms_norm_eps, 0, 1);
+        const float *gate, *up;
+        int ld;
+        if (gl->n_gu == 1) {
+            qgemv(g->gu, g->ln, rows, &gl->gu[0], 0, &g->act_s, st);
+            gate = g->gu, up = g->gu + F, ld = 2 * F;
+        } else {
+            qgemv(g->gu, g->ln, rows, &gl->gu[0], 0, &g->act_s, st);
+            qgemv(g->gu + (size_t)rows * F, g->ln, rows, &gl->gu[1], 0, &g->act_s, st);
+            gate = g->gu, up = g->gu + (size_t)rows * F, ld = F;
+        }
+        swiglu_kernel<<<dim3(ceil_div(F, 256) < 64 ? ceil_div(F, 256) : 64, rows), 256, 0, st>>>(g->act, gate, up, F, ld);
+        qgemv(g->x, g->act, rows, &gl->wd, 1, &g->act_s, st);
+    }
+    const int out_rows = all_logits ? rows : g->o.n_seq;
+    rmsnorm_kernel<<<out_rows, 1024, 0, st>>>(g->ln, g->x, g->norm_f, D, c->rms_norm_eps, all_logits ? 0 : n - 1,
+                                             all_logits ? 1 : n);
+    qgemv(g->logits, g->ln, out_rows, &g->lm_head, 0, &g->act_s, st);
+    CUDA_CHECK(cudaMemcpyAsync(g->h_logits, g->logits, (size_t)out_rows * c->vocab_size * 4, cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK_LAST();
+}
+
+extern "C" const float *infer_gpu_forward(InferGpu *g, const int32_t *tokens, int n, int all_logits) {
+    const LlamaConfig *c = &g->cfg;
+    CHECK(n > 0 && n <= g->o.max_batch, "infer_gpu_forward: %d tokens at once (batch limit %d)", n, g->o.max_batch);
+    CHECK(g->pos + n <= g->o.max_T, "context full: %d tokens in the cache + %d new > context %d", g->pos, n,
+          g->o.max_T);
+    const int rows = g->o.n_seq * n;
+    for (int i = 0; i < rows; i++) {
+        CHECK(tokens[i] >= 0 && tokens[i] < c->vocab_size, "token id %d out of range [0, %d)", tokens[i],
+              c->vocab_size);
+        g->h_tok[i] = tokens[i];
+    }
+    *g->h_pos = g->pos;
+    CUDA_CHECK(cudaMemcpyAsync(g->d_tok, g->h_tok, (size_t)rows * 4, cudaMemcpyHostToDevice, g->st));
+    CUDA_CHECK(cudaMemcpyAsync(g->d_pos, g->h_pos, 4, cudaMemcpyHostToDevice, g->st));
+    if (n == 1 && g->o.graphs) {
+        cudaGraphExec_t *ge = &g->graph[g->o.n_seq];
+        if (!*ge) {
+            enqueue_forward(g, 1, all_logits);  // first run eagerly (module loading, checks)
+            CUDA_CHECK(cudaStreamSynchronize(g->st));
+            cudaGraph_t graph;
+            CUDA_CHECK(cudaStreamBeginCapture(g->st, cudaStreamCaptureModeThreadLocal));
+            enqueue_forward(g, 1, all_logits);
+            CUDA_CHECK(cudaStreamEndCapture(g->st, &graph));
+            CUDA_CHECK(cudaGraphInstantiate(ge, graph, 0));
+            CUDA_CHECK(cudaGraphDestroy(graph));
+        } else {
+            CUDA_CHECK(cudaGraphLaunch(*ge, g->st));
+        }
+    } else {
+        enqueue_forward(g, n, all_logits);
+    }
+    CUDA_CHECK(cudaStreamSynchronize(g->st));
+    g->pos += n;
+    return g->h_logits;
+}
+
+extern "C" int infer_gpu_pos(const InferGpu *g) { return g->pos; }
+extern "C" void infer_gpu_set_pos(InferGpu *g, int pos) {
+    CHECK(pos >= 0 && pos <= g->o.max_T, "infer_gpu_set_pos: %d outside [0, %d]", pos, g->o.max_T);
+    g->pos = pos;
+}
+extern "C" size_t infer_gpu_weight_bytes(const InferGpu *g) { return g->weight_bytes; }
+extern "C" size_t infer_gpu_step_bytes(const InferGpu *g) { return g->step_bytes; }
+extern "C" size_t infer_gpu_alloc_bytes(const InferGpu *g) { return g->alloc_bytes; }
+extern "C" const char *infer_gpu_name(const InferGpu *g) { return g->name; }
+extern "C" size_t infer_gpu_rounded(const InferGpu *g) { return g->rounded; }

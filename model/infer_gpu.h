@@ -1,0 +1,55 @@
+// GPU inference (infer_llama -d cuda): the CPU inference model (model/infer_cpu.h, already
+// quantized on the host by the same code, so the integers are the CPU's) uploaded to one
+// GPU and run with the decode kernels of quant/qgemv.cu, a split-KV ("flash-decoding")
+// attention over a bf16 (or fp32) KV cache, and the single-token decode step replayed as a
+// CUDA graph. Activations are fp32 as on the CPU; unquantized linears (-q none, and the
+// linears a mode skips) hold bf16 weights. Several sequences may decode together (the
+// benchmark's batch): they share one position.
+#ifndef LLAMA_AO_MODEL_INFER_GPU_H
+#define LLAMA_AO_MODEL_INFER_GPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "infer_cpu.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct InferGpu InferGpu;
+
+typedef struct {
+    int max_T;      // context (KV cache length)
+    int max_batch;  // tokens fed at once per sequence (prompt chunk)
+    int n_seq;      // sequences decoded together (1 for infer_llama)
+    int kv_f32;     // KV cache in fp32 instead of bf16
+    int graphs;     // replay single-token steps as CUDA graphs (default on)
+    int device;
+} InferGpuOpts;
+
+// GPUs the CUDA runtime sees (0 when there is none or the driver is missing).
+int infer_gpu_count(void);
+// Uploads the model. Fails (CHECK) with a clear message on an unusable GPU or too little memory.
+InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *o);
+void infer_gpu_free(InferGpu *g);
+// Feeds tokens [n_seq, n] (n <= max_batch) at the current position of every sequence and
+// advances it by n. Returns host logits: all rows [n_seq * n, V] when all_logits, else the
+// last token's of each sequence [n_seq, V]. Valid until the next call.
+const float *infer_gpu_forward(InferGpu *g, const int32_t *tokens, int n, int all_logits);
+int infer_gpu_pos(const InferGpu *g);
+// Rewinds (or resets, pos = 0) the cache position; later tokens overwrite the cache.
+void infer_gpu_set_pos(InferGpu *g, int pos);
+// Bytes of weights held on the GPU, bytes of weights one decode step reads, total bytes allocated.
+size_t infer_gpu_weight_bytes(const InferGpu *g);
+size_t infer_gpu_step_bytes(const InferGpu *g);
+size_t infer_gpu_alloc_bytes(const InferGpu *g);
+// The device's name (for the run summary).
+const char *infer_gpu_name(const InferGpu *g);
+// How many unquantized weights were not exactly bf16 (rounded at upload); 0 for bf16 checkpoints.
+size_t infer_gpu_rounded(const InferGpu *g);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
