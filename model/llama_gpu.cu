@@ -305,7 +305,9 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     // agree. bf16 masters start as the nearest-even bf16 of the weights (exact for weights a
     // bf16-master checkpoint saved).
     float *stage = off || S != P || !f32m ? m->grads : m->master;
-    CUDA_CHECK(cudaMemcpy(stage, cpu->params, P * sizeof(float), cudaMemcpyHostToDevice));
+    // On the compute stream: a plain cudaMemcpy from pageable memory runs on the legacy stream,
+    // which does not order with this non-blocking stream, and may return before the data lands.
+    CUDA_CHECK(cudaMemcpyAsync(stage, cpu->params, P * sizeof(float), cudaMemcpyHostToDevice, ctx->stream));
     if (off && f32m) memcpy(m->master, cpu->params + z->begin, S * sizeof(float));
     else if (f32m && stage != m->master)  // on the compute stream, before the memset below reuses the stage
         CUDA_CHECK(cudaMemcpyAsync(m->master, stage + z->begin, S * sizeof(float), cudaMemcpyDeviceToDevice, ctx->stream));
@@ -341,7 +343,8 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
 
     float *h_inv = (float *)ao_malloc(d.HD / 2 * sizeof(float));
     rope_inv_freq_cpu(h_inv, c->head_dim, &c->rope);
-    CUDA_CHECK(cudaMemcpy(m->inv_freq, h_inv, d.HD / 2 * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpyAsync(m->inv_freq, h_inv, d.HD / 2 * sizeof(float), cudaMemcpyHostToDevice, ctx->stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));  // h_inv is freed next
     free(h_inv);
     CUDA_CHECK(cudaMallocHost(&m->h_pos, (3 * d.N + 1) * sizeof(int32_t)));
     m->h_start = m->h_pos + d.N;

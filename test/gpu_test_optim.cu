@@ -10,6 +10,7 @@
 // overlapped with backward or not, equals the on-GPU step bit for bit, sharded or not, for every
 // --optim and --master; a bf16-sr run resumed from a checkpoint equals the straight run.
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -446,9 +447,33 @@ static TmSnap tm_run(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, int ste
     return s;
 }
 
+// Appends to a diagnosis line (tm_zero3).
+__attribute__((format(printf, 3, 4))) static void diag_add(char *buf, size_t cap, const char *fmt, ...) {
+    const size_t at = strlen(buf);
+    if (at + 1 >= cap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + at, cap - at, fmt, ap);
+    va_end(ap);
+}
+
+// Elements of [0, n) where a and b differ (uint16 or bit patterns of fp32), the first in *first.
+template <class T> static size_t diff_elems(const T *a, const T *b, size_t n, size_t *first) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(a + i, b + i, sizeof(T)) && bad++ == 0 && first) *first = i;
+    return bad;
+}
+
 // 3 ZeRO-1 ranks in one process, offloaded and overlapped: every rank computes the whole
 // gradient (the same batches) and steps its shard; the "all-gather" copies each rank's shard
 // of the weights to the others. The weights must equal the unsharded on-GPU run's.
+// A failure also says where the runs part (no further checks: diagnosis for the next GPU run):
+// an unsharded on-GPU run steps in lockstep, and after each step the report has the first time
+// that a rank's host bf16 copy (h_params) differs from its GPU shard (init / upload), a rank's
+// gradients differ from the lockstep run's (the weights the forward read differed), a rank's host
+// step differs from the lockstep run's weights on its shard, and the gathered weights differ
+// (count, first element, its tensor and the rank owning it).
 static void tm_zero3(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, int steps, const TmSnap &ref) {
     enum { W = 3 };
     ZeroPlan z[W];
@@ -459,25 +484,90 @@ static void tm_zero3(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, int ste
         llama_gpu_init(&m[k], ctx, cpu, TM_B, TM_T, &o);
     }
     const size_t P = cpu->tab.total;
+    const TmRun ur = {r.optim, r.master, 0, 0, r.clip};
+    GpuRunOpts uo = tm_opts(ur, nullptr);
+    LlamaGpu u;
+    llama_gpu_init(&u, ctx, cpu, TM_B, TM_T, &uo);
+    uint16_t *hu = (uint16_t *)ao_malloc(P * 2), *hk = (uint16_t *)ao_malloc(P * 2);
+    float *gu = (float *)ao_malloc(P * 4), *gk = (float *)ao_malloc(P * 4);
+    char diag[1024] = "";
+    int seen_up = 0, seen_g = 0, seen_host = 0, seen_all = 0;
+    for (size_t i = 0; i < P; i++) hu[i] = lowbit_bf16_rne(cpu->params[i]);  // what init must leave on every GPU
+    for (int k = 0; k <= W; k++) {
+        const LlamaGpu *mk = k < W ? &m[k] : &u;
+        size_t f = 0, n, nz = 0;
+        CUDA_CHECK(cudaMemcpy(hk, mk->params, P * 2, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(gk, mk->grads, P * 4, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < P; i++) nz += gk[i] != 0.0f;
+        char who[32];
+        if (k < W) snprintf(who, sizeof who, "rank %d", k);
+        else snprintf(who, sizeof who, "the lockstep run");
+        if ((n = diff_elems(hk, hu, P, &f)) || nz)
+            diag_add(diag, sizeof diag, "; after init %s's GPU weights != bf16(CPU weights) at %zu (first %zu), %zu "
+                     "gradients not 0", who, n, f, nz);
+        if (k == W) break;
+        const size_t b0 = z[k].begin, S = z[k].end - b0;
+        if ((n = diff_elems(m[k].h_params, hk + b0, S, &f)) && !seen_up++)
+            diag_add(diag, sizeof diag, "; after init rank %d's host bf16 copy != its GPU shard (%zu, first at %zu)", k, n,
+                     b0 + f);
+    }
     bf16 *all = dalloc<bf16>(P);
     for (int t = 0; t < steps; t++) {
         for (int k = 0; k < W; k++) tm_steps(&m[k], ctx, r, t, t + 1);
+        tm_steps(&u, ctx, ur, t, t + 1);
+        CUDA_CHECK(cudaMemcpy(hu, u.params, P * 2, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(gu, u.grads, P * 4, cudaMemcpyDeviceToHost));
+        for (int k = 0; k < W; k++) {
+            const size_t b0 = z[k].begin, S = z[k].end - b0;
+            size_t f = 0, n;
+            CUDA_CHECK(cudaMemcpy(gk, m[k].grads, P * 4, cudaMemcpyDeviceToHost));
+            if ((n = diff_elems(gk, gu, P, &f)) && !seen_g++)
+                diag_add(diag, sizeof diag, "; step %d: rank %d's gradients differ (%zu, first at %zu)", t + 1, k, n, f);
+            CUDA_CHECK(cudaMemcpy(hk, m[k].params + b0, S * 2, cudaMemcpyDeviceToHost));
+            if ((n = diff_elems(m[k].h_params, hk, S, &f)) && !seen_up++)
+                diag_add(diag, sizeof diag, "; step %d: rank %d's host bf16 copy != its GPU shard after the upload (%zu, first "
+                         "at %zu)", t + 1, k, n, b0 + f);
+            if ((n = diff_elems(m[k].h_params, hu + b0, S, &f)) && !seen_host++)
+                diag_add(diag, sizeof diag, "; step %d: rank %d's host step != the lockstep run on its shard (%zu, first at "
+                         "%zu)", t + 1, k, n, b0 + f);
+        }
         for (int k = 0; k < W; k++)
             CUDA_CHECK(cudaMemcpyAsync(all + z[k].begin, m[k].params + z[k].begin, (z[k].end - z[k].begin) * 2,
                                        cudaMemcpyDeviceToDevice, ctx->stream));
         for (int k = 0; k < W; k++)
             CUDA_CHECK(cudaMemcpyAsync(m[k].params, all, P * 2, cudaMemcpyDeviceToDevice, ctx->stream));
         CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+        CUDA_CHECK(cudaMemcpy(hk, all, P * 2, cudaMemcpyDeviceToHost));
+        size_t n = 0, f = P;
+        for (int i = 0; i < cpu->tab.n; i++) {
+            size_t fi = 0;
+            const size_t o = cpu->tab.p[i].offset, ni = diff_elems(hk + o, hu + o, cpu->tab.p[i].numel, &fi);
+            if (ni && f == P) f = o + fi;
+            n += ni;
+        }
+        if (n && !seen_all++) {
+            int ti = 0, rk = 0;
+            while (ti + 1 < cpu->tab.n && cpu->tab.p[ti + 1].offset <= f) ti++;
+            while (rk + 1 < W && z[rk + 1].begin <= f) rk++;
+            diag_add(diag, sizeof diag, "; step %d: gathered weights differ from the lockstep run (%zu, first at %zu: %s[%zu], "
+                     "rank %d's)", t + 1, n, f, cpu->tab.p[ti].hf_name, f - cpu->tab.p[ti].offset, rk);
+        }
     }
     TmSnap s = tm_snap(&m[0]);
-    size_t d = 0;
-    for (int i = 0; i < cpu->tab.n; i++)
-        d += diff_bytes(s.params + cpu->tab.p[i].offset, ref.params + cpu->tab.p[i].offset, cpu->tab.p[i].numel * 2, NULL);
+    size_t d = 0, du = 0;
+    for (int i = 0; i < cpu->tab.n; i++) {
+        const size_t o = cpu->tab.p[i].offset, n2 = cpu->tab.p[i].numel * 2;
+        d += diff_bytes(s.params + o, ref.params + o, n2, NULL);
+        du += diff_bytes(hu + o, ref.params + o, n2, NULL);
+    }
+    if (du) diag_add(diag, sizeof diag, "; the lockstep on-GPU run itself differs from the reference run (%zu bytes)", du);
     char nm[160];
     TEST_CHECK(d == 0, "%s, ZeRO-1 over 3 ranks (one process), %d steps: weights == the unsharded on-GPU step (%zu "
-               "bytes differ)", tm_name(r, nm, sizeof nm), steps, d);
+               "bytes differ)%s", tm_name(r, nm, sizeof nm), steps, d, diag);
     tm_free(&s);
     CUDA_CHECK(cudaFree(all));
+    free(hu), free(hk), free(gu), free(gk);
+    llama_gpu_free(&u);
     for (int k = 0; k < W; k++) llama_gpu_free(&m[k]), zero_plan_free(&z[k]);
 }
 

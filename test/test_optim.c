@@ -3,8 +3,9 @@
 // quantizer codes and scales, stochastic rounding, three optimizer steps per case — all
 // compared bit for bit. The offload AdamW (optim/adamw_cpu.c): every SIMD variant against a
 // plain scalar loop, bit for bit (fp32 masters and bf16 masters with stochastic rounding), the
-// batched runner against one call per tensor, and against torch.optim.AdamW within fp32
-// rounding. Stochastic rounding with our counter-based bits: unbiased, by a stated bound.
+// batched runner against one call per tensor, the offloaded step over 3 ZeRO shards against the
+// unsharded one, and against torch.optim.AdamW within fp32 rounding. Stochastic rounding with
+// our counter-based bits: unbiased, by a stated bound.
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 
 #include "../common/error.h"
 #include "../common/fileio.h"
+#include "../model/params.h"
 #include "../model/safetensors.h"
 #include "../optim/adamw_cpu.h"
 #include "../optim/lowbit.h"
@@ -602,6 +604,168 @@ static void test_state_range(void) {
         }
 }
 
+// The offloaded step under ZeRO on the host, as gpu_test_optim's "ZeRO-1 over 3 ranks (one
+// process)" runs it (model/llama_gpu.cu: offload_plan_slices, piece_job, offload_adamw): the
+// parameter vector of that test's model split into 3 shards at the real ZeRO cuts; per rank,
+// host buffers of the shard indexed by (flat index - shard begin), each piece cut into slices of
+// 19 x 256 elements, each slice a job with sr_offset = its flat index; after every step each
+// rank's bf16 weights are gathered into the whole vector. Every format, both --master modes,
+// 6 steps: bit for bit the unsharded host step. A second model (odd-sized embedding and norms,
+// so padding between tensors, and 3 layers) moves every cut. And the check sees the bugs it is
+// for: a shard-local stochastic-rounding index, or a shard left out of the gather, changes the
+// weights.
+#define TZ_ALIGN 256         // dist/zero.cuh ZERO_ALIGN
+#define TZ_SLICE (19 * 256)  // gpu_test_optim's offload_slice
+
+// dist/zero.cu's legal cut at or below x (restated: that file is CUDA-side): the start of the
+// tensor holding x plus whole TZ_ALIGN units; a point in padding moves up to the next tensor.
+static size_t tz_cut(const ParamTable *t, size_t x) {
+    for (int i = 0; i < t->n; i++) {
+        const ParamInfo *p = &t->p[i];
+        if (x < p->offset + p->numel) return x <= p->offset ? p->offset : p->offset + (x - p->offset) / TZ_ALIGN * TZ_ALIGN;
+    }
+    return t->total;
+}
+static void tz_bounds(const ParamTable *t, int world, size_t *b) {
+    b[0] = 0, b[world] = t->total;
+    for (int r = 1; r < world; r++) {
+        const size_t cut = tz_cut(t, (size_t)((unsigned __int128)t->total * (unsigned)r / (unsigned)world));
+        b[r] = cut > b[r - 1] ? cut : b[r - 1];
+    }
+}
+
+typedef enum { TZ_RIGHT = 0, TZ_LOCAL_SR = 1, TZ_NO_GATHER = 2 } TzMode;
+
+// Runs `steps` host steps of the whole vector split over `world` ranks; p (bf16 [total]) holds the
+// gathered weights at the end. States: one region per tensor laid out as the trainer lays them
+// out (fp32 plain states for either master), a rank's piece a lowbit_state_range of it.
+static void tz_run(const ParamTable *t, LowbitFormat want, LowbitMaster mode, int world, TzMode bug, int steps,
+                   const uint16_t *p0, uint16_t *p) {
+    const size_t P = t->total;
+    const int f32m = mode == LOWBIT_MASTER_F32;
+    size_t bounds[4];
+    tz_bounds(t, world, bounds);
+    void **reg = ao_malloc((size_t)t->n * sizeof *reg);
+    LowbitState *st = ao_malloc((size_t)t->n * sizeof *st);
+    for (int i = 0; i < t->n; i++) {
+        const LowbitLayout lay = lowbit_layout(want, t->p[i].numel, LOWBIT_MASTER_F32);
+        reg[i] = ao_calloc(1, lay.bytes);
+        st[i] = lowbit_state_at(&lay, reg[i]);
+    }
+    memcpy(p, p0, P * 2);
+    uint16_t *hp[4];
+    float *hw[4], *hg[4];
+    for (int r = 0; r < world; r++) {  // the rank's host copies of its shard, as llama_gpu_init makes them
+        const size_t b0 = bounds[r], S = bounds[r + 1] - b0;
+        hp[r] = ao_malloc(S * 2 + 2), hg[r] = ao_malloc(S * 4 + 4), hw[r] = f32m ? ao_malloc(S * 4 + 4) : NULL;
+        memcpy(hp[r], p0 + b0, S * 2);
+        for (size_t i = 0; f32m && i < S; i++) hw[r][i] = lowbit_bf16_to_f32(p0[b0 + i]);
+    }
+    float *g = ao_calloc(P, 4);
+    AdamwCpuJob *jobs = ao_malloc((P / TZ_SLICE + 2 * (size_t)t->n + 1) * sizeof *jobs);
+    for (int step = 1; step <= steps; step++) {
+        uint64_t rs = 0xC0FFEEull + (uint64_t)step;  // the step's gradient, the same for every run
+        for (int i = 0; i < t->n; i++)
+            for (size_t e = 0; e < t->p[i].numel; e++) g[t->p[i].offset + e] = 0.02f * test_rand_uniform(&rs);
+        const double lr = 1e-3 * (1 + step % 3);
+        const float gs = step % 2 ? 0.75f : 1.0f;  // a clip scale
+        for (int r = 0; r < world; r++) {
+            const size_t b0 = bounds[r], b1 = bounds[r + 1];
+            memcpy(hg[r], g + b0, (b1 - b0) * 4);
+            int nj = 0;
+            for (int i = 0; i < t->n; i++) {  // the rank's pieces, each cut into slices
+                const ParamInfo *pi = &t->p[i];
+                const size_t lo = b0 > pi->offset ? b0 : pi->offset;
+                const size_t hi = b1 < pi->offset + pi->numel ? b1 : pi->offset + pi->numel;
+                for (size_t x = lo; x < hi; x += TZ_SLICE) {
+                    const size_t n = hi - x < TZ_SLICE ? hi - x : TZ_SLICE, so = x - b0;
+                    AdamwCpuJob *j = &jobs[nj++];
+                    memset(j, 0, sizeof *j);
+                    j->kind = want == LOWBIT_F32 ? ADAMW_CPU_TORCH : ADAMW_CPU_LOWBIT;
+                    j->master = f32m ? hw[r] + so : NULL;
+                    j->param = hp[r] + so;
+                    j->grad = hg[r] + so;
+                    j->st = lowbit_state_range(&st[i], x - pi->offset, n);
+                    const LowbitStep s = {lr, 0.9, 0.95, 1e-8, pi->kind == PARAM_MATRIX ? 0.1 : 0.0, step, gs, mode,
+                                          5, bug == TZ_LOCAL_SR ? so : x};
+                    j->s = s;
+                }
+            }
+            adamw_cpu_run(jobs, nj);
+        }
+        for (int r = 0; r < world; r++)  // the all-gather of the bf16 weights
+            if (!(bug == TZ_NO_GATHER && r == world - 1)) memcpy(p + bounds[r], hp[r], (bounds[r + 1] - bounds[r]) * 2);
+    }
+    for (int r = 0; r < world; r++) free(hp[r]), free(hg[r]), free(hw[r]);
+    for (int i = 0; i < t->n; i++) free(reg[i]);
+    free(reg), free(st), free(g), free(jobs);
+}
+
+static size_t tz_diff(const ParamTable *t, const uint16_t *a, const uint16_t *b) {
+    size_t d = 0;
+    for (int i = 0; i < t->n; i++)
+        for (size_t e = 0; e < t->p[i].numel; e++) d += a[t->p[i].offset + e] != b[t->p[i].offset + e];
+    return d;
+}
+
+static LlamaConfig tz_config(int padded) {
+    LlamaConfig c;
+    memset(&c, 0, sizeof c);
+    c.arch = ARCH_LLAMA;
+    // padded: the embedding and the norms are odd sizes (padding after them, plain states), the
+    // matrices whole 256-blocks (quantized), so the cuts and slices move
+    c.vocab_size = padded ? 509 : 512;
+    c.hidden_size = padded ? 136 : 128;
+    c.intermediate_size = padded ? 320 : 384;
+    c.n_layers = padded ? 3 : 2;
+    c.n_heads = 2;
+    c.n_kv_heads = 1;
+    c.head_dim = 64;
+    c.tie_word_embeddings = 1;
+    return c;
+}
+
+static void test_zero_shards_offload(void) {
+    const LowbitFormat fm[4] = {LOWBIT_F32, LOWBIT_8BIT, LOWBIT_4BIT, LOWBIT_FP8};
+    const int steps = 6;
+    for (int padded = 0; padded <= 1; padded++) {
+        const LlamaConfig c = tz_config(padded);
+        ParamTable t;
+        param_table_init(&t, &c);
+        size_t b[4];
+        tz_bounds(&t, 3, b);
+        printf("  ZeRO shards on the host, %s model (%zu parameters): [0, %zu) [%zu, %zu) [%zu, %zu)\n",
+               padded ? "padded" : "gpu_test_optim's", t.total, b[1], b[1], b[2], b[2], b[3]);
+        uint16_t *p0 = ao_calloc(t.total, 2), *ref = ao_malloc(t.total * 2), *got = ao_malloc(t.total * 2);
+        uint64_t rs = 77 + (uint64_t)padded;
+        for (int i = 0; i < t.n; i++)
+            for (size_t e = 0; e < t.p[i].numel; e++) p0[t.p[i].offset + e] = lowbit_bf16_rne(0.02f * test_rand_uniform(&rs));
+        for (int mi = 0; mi < 2; mi++)
+            for (int f = 0; f < 4; f++) {
+                const LowbitMaster mode = mi ? LOWBIT_MASTER_BF16_SR : LOWBIT_MASTER_F32;
+                tz_run(&t, fm[f], mode, 1, TZ_RIGHT, steps, p0, ref);
+                tz_run(&t, fm[f], mode, 3, TZ_RIGHT, steps, p0, got);
+                const size_t d = tz_diff(&t, got, ref), moved = tz_diff(&t, ref, p0);
+                TEST_CHECK(d == 0 && moved > t.total / 2,
+                           "host step, --optim %s --master %s, %s model: 3 ZeRO shards (slices of %d) == unsharded, %d "
+                           "steps (%zu weights differ; %zu of %zu moved)",
+                           fm[f] == LOWBIT_F32 ? "adamw" : lowbit_format_name(fm[f]), mi ? "bf16-sr" : "fp32",
+                           padded ? "padded" : "gpu_test_optim's", TZ_SLICE, steps, d, moved, t.total);
+            }
+        // the check sees the bugs it guards against (bf16-sr, 8-bit states)
+        tz_run(&t, LOWBIT_8BIT, LOWBIT_MASTER_BF16_SR, 1, TZ_RIGHT, steps, p0, ref);
+        tz_run(&t, LOWBIT_8BIT, LOWBIT_MASTER_BF16_SR, 3, TZ_LOCAL_SR, steps, p0, got);
+        const size_t d_sr = tz_diff(&t, got, ref);
+        tz_run(&t, LOWBIT_8BIT, LOWBIT_MASTER_BF16_SR, 3, TZ_NO_GATHER, steps, p0, got);
+        const size_t d_ga = tz_diff(&t, got, ref);
+        TEST_CHECK(d_sr > 0 && d_ga > 0, "host ZeRO check, %s model: a shard-local SR index (%zu weights differ) and a "
+                   "shard missing from the gather (%zu differ) are both caught", padded ? "padded" : "gpu_test_optim's",
+                   d_sr, d_ga);
+        free(p0), free(ref), free(got);
+        param_table_free(&t);
+    }
+}
+
 // Stochastic rounding is unbiased: for x between the bf16 neighbours lo < hi, rounding up must
 // happen with probability q = (x - lo) / (hi - lo) = low16(bits(x)) / 65536 exactly, so that
 // E[round(x)] = x. For K values and N draws each (over steps at a fixed element, and over
@@ -720,6 +884,7 @@ int main(void) {
     test_offload_sr_variants();
     test_cpu_run_batch();
     test_state_range();
+    test_zero_shards_offload();
     test_sr_unbiased();
     if (g_have_fixture) {
         printf("torchao fixture: torch %s, torchao %s\n", st_meta(&g_st, "torch") ? st_meta(&g_st, "torch") : "?",
