@@ -91,31 +91,8 @@ void zero_plan_free(ZeroPlan *z) {
     memset(z, 0, sizeof *z);
 }
 
-static size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
-
 LowbitLayout zero_piece_layout(LowbitFormat want, size_t tensor_numel, size_t n) {
     CHECK(n <= tensor_numel, "optimizer piece of %zu elements in a tensor of %zu", n, tensor_numel);
-    if (n == tensor_numel) return lowbit_layout(want, tensor_numel, LOWBIT_MASTER_F32);
-    // lowbit_layout's four parts (m, v, m scales, v scales, each 16-byte aligned), in the
-    // whole tensor's format
-    LowbitLayout l;
-    memset(&l, 0, sizeof l);
-    l.fmt = lowbit_format_for(want, tensor_numel, LOWBIT_MASTER_F32);
-    l.block = lowbit_block(l.fmt);
-    l.n = n;
-    size_t state_bytes;
-    if (!lowbit_quantized(l.fmt)) {
-        state_bytes = n * sizeof(float);
-    } else {
-        CHECK(n % (size_t)l.block == 0, "optimizer piece of %zu elements is not whole %d-element blocks", n, l.block);
-        l.n_blocks = n / (size_t)l.block;
-        state_bytes = l.fmt == LOWBIT_4BIT ? n / 2 : n;
-    }
-    size_t scale_bytes = l.n_blocks * sizeof(float);
-    l.m_off = 0;
-    l.v_off = align16(state_bytes);
-    l.m_scale_off = l.v_off + align16(state_bytes);
-    l.v_scale_off = l.m_scale_off + align16(scale_bytes);
-    l.bytes = l.v_scale_off + align16(scale_bytes);
-    return l;
+    // the whole tensor's format (m, v, m scales, v scales, each 16-byte aligned) over n elements
+    return lowbit_layout_of(lowbit_format_for(want, tensor_numel, LOWBIT_MASTER_F32), n);
 }

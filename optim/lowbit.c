@@ -45,19 +45,20 @@ LowbitFormat lowbit_format_for(LowbitFormat want, size_t n, LowbitMaster master)
 
 static size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
 
-LowbitLayout lowbit_layout(LowbitFormat want, size_t n, LowbitMaster master) {
+LowbitLayout lowbit_layout_of(LowbitFormat fmt, size_t n) {
     LowbitLayout l;
     memset(&l, 0, sizeof l);
-    l.fmt = lowbit_format_for(want, n, master);
-    l.block = lowbit_block(l.fmt);
+    l.fmt = fmt;
+    l.block = lowbit_block(fmt);
     l.n = n;
     CHECK(n <= SIZE_MAX / 16, "lowbit_layout: %zu elements overflow", n);
     size_t state_bytes;  // one of m, v
-    if (!lowbit_quantized(l.fmt)) {
-        state_bytes = n * (l.fmt == LOWBIT_F32 ? sizeof(float) : sizeof(uint16_t));
+    if (!lowbit_quantized(fmt)) {
+        state_bytes = n * (fmt == LOWBIT_F32 ? sizeof(float) : sizeof(uint16_t));
     } else {
+        CHECK(n % (size_t)l.block == 0, "optimizer states of %zu elements are not whole %d-element blocks", n, l.block);
         l.n_blocks = n / (size_t)l.block;
-        state_bytes = l.fmt == LOWBIT_4BIT ? n / 2 : n;
+        state_bytes = fmt == LOWBIT_4BIT ? n / 2 : n;
     }
     size_t scale_bytes = l.n_blocks * sizeof(float);
     l.m_off = 0;
@@ -66,6 +67,10 @@ LowbitLayout lowbit_layout(LowbitFormat want, size_t n, LowbitMaster master) {
     l.v_scale_off = l.m_scale_off + align16(scale_bytes);
     l.bytes = l.v_scale_off + align16(scale_bytes);
     return l;
+}
+
+LowbitLayout lowbit_layout(LowbitFormat want, size_t n, LowbitMaster master) {
+    return lowbit_layout_of(lowbit_format_for(want, n, master), n);
 }
 
 LowbitState lowbit_state_at(const LowbitLayout *l, void *base) {

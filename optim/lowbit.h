@@ -110,6 +110,9 @@ typedef struct {
     size_t bytes;                                   // region size, a multiple of 16
 } LowbitLayout;
 LowbitLayout lowbit_layout(LowbitFormat want, size_t n, LowbitMaster master);
+// The layout of n elements' states in an already resolved format (a shard's piece of a tensor
+// keeps the whole tensor's format; quantized formats need n to be whole blocks).
+LowbitLayout lowbit_layout_of(LowbitFormat fmt, size_t n);
 
 // Pointers into a region (host or device memory; only address arithmetic is done). An
 // all-zero region is a freshly initialised state, as torchao's zeros().
