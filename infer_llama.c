@@ -479,7 +479,7 @@ int main(int argc, char **argv) {
     config_describe(c, desc, sizeof desc);
     if (!a.quiet) {
         fprintf(stderr, "model: %s\n", desc);
-        fprintf(stderr, "quant: %s (group %d%s), %d/%d linears quantized, kernels %s, weights %.1f MiB%s, loaded in %.2f s\n",
+        fprintf(stderr, "quant: %s (group %d%s), %d/%d linears quantized, CPU kernels %s, weights %.1f MiB%s, loaded in %.2f s\n",
                 quant_mode_name(L.im.mode), L.im.group,
                 L.im.mode != QUANT_INT4 ? "" : L.im.hqq ? ", qparams hqq" : ", qparams tinygemm", L.im.n_quantized,
                 L.im.n_linear, quant_isa_name(quant_get_isa()), (double)infer_model_bytes(&L.im) / 1048576.0,

@@ -10,11 +10,13 @@
 #include "../common/error.h"
 #include "../common/flags.h"
 #include "../model/model.h"
+#include "../quant/qmodel.h"
 #include "../model/safetensors.h"
 
 static const char *SYNOPSIS =
     "COMMAND ...\n"
     "  info DIR                               config summary and tensor table of a model directory\n"
+    "                                         (or mode, group and qparams of an infer_llama -o directory)\n"
     "  convert IN_DIR OUT_DIR [--dtype D]     load, validate and re-save (D: float32 | bfloat16)\n"
     "  init CONFIG_JSON OUT_DIR [--seed N] [--dtype D]\n"
     "                                         random Llama-style initialisation for a config.json";
@@ -26,7 +28,24 @@ static const Flag FLAGS[] = {
 };
 #define N_FLAGS ((int)(sizeof FLAGS / sizeof FLAGS[0]))
 
+// A directory written by infer_llama -o: mode, group, qparams, how many linears are quantized.
+static int cmd_info_quantized(const char *dir) {
+    InferModel im;
+    qmodel_load(&im, dir);
+    char desc[512];
+    config_describe(&im.cfg, desc, sizeof desc);
+    printf("%s\n%s\n", dir, desc);
+    printf("quantized by infer_llama -o: %s", quant_mode_name(im.mode));
+    if (im.group) printf(", group %d", im.group);
+    if (im.mode == QUANT_INT4) printf(", qparams %s", im.hqq ? "hqq" : "tinygemm");
+    printf("; %d of %d linears quantized; %.1f MiB of weights\n", im.n_quantized, im.n_linear,
+           (double)infer_model_bytes(&im) / 1048576.0);
+    infer_model_free(&im);
+    return 0;
+}
+
 static int cmd_info(const char *dir) {
+    if (qmodel_is_quantized_dir(dir)) return cmd_info_quantized(dir);
     char err[2048], desc[512];
     LlamaModel m;
     if (!model_load_hf(&m, dir, err, sizeof err)) FAIL("%s", err);
