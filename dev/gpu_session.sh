@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session: build, GPU tests, and whichever jobs are named, with every log
 # under $OUT (what comes back from the device tool). Usage:
-#   bash dev/gpu_session.sh [tests] [train] [hfload] [bench] [bench1b] [realrun] [dist]
+#   bash dev/gpu_session.sh [tests] [train] [hfload] [bench] [bench1b] [realrun] [dist] [optim1b]
 set -uo pipefail
 OUT=${OUT:-/tmp/llama_ao_out}
 mkdir -p "$OUT"
@@ -80,6 +80,188 @@ for job in "$@"; do
         echo "  on GPU:  $(grep -E '^done' /tmp/og.log)" >> "$OUT/summary.txt"
         echo "  offload: $(grep -E '^done' /tmp/oc.log) | $(grep 'host memory' /tmp/oc.log | tr -s ' ')" >> "$OUT/summary.txt"
       done ;;
+    optim1b)
+      # Issue 8, performance: tokens/s, GPU memory and optimizer-state memory of every optimizer setting of
+      # train_llama and of PyTorch / torchao (dev/bench/train_torch.py) at two shapes, synthetic tokens:
+      #  1b:  Llama-3.2-1B (1.24B), b=4 t=2048, 15 steps: adamw, adamw8bit, adamw4bit, adamwfp8, --master
+      #       bf16-sr, --offload; torch fused AdamW, torchao AdamW8bit / AdamW4bit / AdamWFp8, CPUOffloadOptimizer.
+      #  10b: dev/configs/llama3_10b.json (Llama-3.1-8B's width, 44 layers: 10.65B), b=1 t=2048, 10 steps.
+      #       The largest Llama-3-8B-width model that fits one H200 (139.2 GiB free) only with low-bit
+      #       states, by train_llama's start-up plan (llama_gpu_plan), with >= 5% of the card left over:
+      #       adamw8bit / adamwfp8 131.8 GiB, adamw4bit 122.2; fp32 states do not fit with fp32 masters
+      #       (191.0 GiB; 180.9 with every --recompute flag) nor with --master bf16-sr (151.3; 141.2
+      #       with every --recompute flag); 46 layers would leave 2.0 GiB. (Llama-3.1-8B itself fits with
+      #       fp32 states once every --recompute flag is on: 136.6 GiB, 143.9 without.) --offload fits the
+      #       GPU (72.0 GiB) but needs ~178 GiB of host memory (+ the 40 GiB fp32 model at start-up) on a
+      #       128 GiB host, as CPUOffloadOptimizer's ~159 GiB does, so neither offload runs at this shape;
+      #       torch fused AdamW (16 bytes/parameter, 159 GiB) should run out of memory there: tried last.
+      # Runs in priority order under one deadline (OPTIM_END_S seconds after this script started,
+      # default 450, and at most 400 s for this job): what does not fit in the time left is skipped, and
+      # said so. Needs torchao's wheel in .whl/ (carry it); installed to /tmp/site as the device README says.
+      # RESULT lines: tok/s, GPU memory (ours: in use, from cudaMemGetInfo; torch: peak allocated, and in use),
+      # optimizer states (GiB on the GPU; offload: on the host), and ratios to the plain AdamW run of the same
+      # implementation at that shape (at 10b, where it does not fit, to the 8-bit run), then ours vs torch.
+      job_t0=$SECONDS
+      end=${OPTIM_END_S:-450}
+      [ $end -gt $((job_t0 + 400)) ] && end=$((job_t0 + 400))
+      log "optim1b: optimizers at the 1B and 10B shapes, ours and torch/torchao (deadline ${end}s after start, now ${job_t0}s)"
+      rec=/tmp/optim_rec.jsonl
+      : > "$rec"
+      : > "$OUT/optim_ours.log"
+      : > "$OUT/optim_torch.log"
+      if ls .whl/*.whl > /dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+          >> "$OUT/optim_torch.log" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+      fi
+      # torchao's optimizers are pure PyTorch (torch.compile): its C++ extensions are not needed, so they are
+      # not loaded (one built for another torch or CUDA could only fail, or crash the import)
+      export TORCHAO_FORCE_SKIP_LOADING_SO_FILES=1
+      python3 -c 'import torch, torchao; print("torch", torch.__version__, "torchao", torchao.__version__, torchao.__file__)' \
+        2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+      # trun CAP CMD...: CMD under a timeout of CAP seconds or the time left before the deadline (less 5 s);
+      # rc 125 without running when less than 20 s would be left
+      trun() {
+        local cap=$1 l=$((end - SECONDS - 5)); shift
+        [ $l -gt $cap ] && l=$cap
+        [ $l -lt 20 ] && return 125
+        timeout -k 10 $l "$@"
+      }
+      # ours SHAPE LABEL CAP CONFIG B STEPS [train_llama flags]
+      ours() {
+        local shape=$1 label=$2 cap=$3 cfg=$4 b=$5 n=$6; shift 6
+        local t=$SECONDS rc
+        : > /tmp/optim_one.log
+        trun $cap ./train_llama --config "$cfg" --train synthetic --val '' --tokenizer '' -b $b -t 2048 -n $n --warmup 2 \
+          --eval-every 0 --sample-every 0 --save-final=off -o /tmp/optim_run "$@" > /tmp/optim_one.log 2>&1
+        rc=$?
+        { echo "#### $shape ours $label: ./train_llama --config $cfg -b $b -t 2048 -n $n $* (rc=$rc, $((SECONDS - t)) s)"
+          cat /tmp/optim_one.log; } >> "$OUT/optim_ours.log"
+        python3 - "$shape" "$label" /tmp/optim_one.log $rc $((SECONDS - t)) >> "$rec" <<'PY' && results $shape ours $label
+import json, re, sys
+shape, label, path, rc, secs = sys.argv[1:6]
+t = open(path, errors="replace").read()
+r = {"shape": shape, "impl": "ours", "optim": label, "rc": int(rc), "secs": int(secs)}
+def num(pat):
+    m = re.search(pat, t, re.M)
+    return float(m[1]) if m else None
+m = re.search(r"^done: .*?mean ([0-9.]+) ms/step, ([0-9.]+)k tok/s, SOL ([0-9.]+)%, GPU memory in use ([0-9.]+) GiB", t, re.M)
+if m:
+    r.update(ms=float(m[1]), tok_s=float(m[2]) * 1e3, sol=float(m[3]), gpu_gib=float(m[4]))
+r["state_gib"] = num(r"^\s+AdamW states\s+([0-9.]+) GiB")
+r["host_gib"] = num(r"^\s+host memory \(--offload\)\s+([0-9.]+) GiB")
+r["plan_gib"] = num(r"^\s+total\s+([0-9.]+) GiB")
+r["params_gib"] = num(r"^\s+parameters \(bf16\)\s+([0-9.]+) GiB")
+r["free_gib"] = num(r"^GPU memory plan \(.*, ([0-9.]+) GiB free\)")
+if not m:
+    bad = [l.strip() for l in t.splitlines() if l.startswith("error:")]
+    bad += [l.strip() for l in t.splitlines() if re.search(r"out of memory|failed|Aborted|Segmentation", l, re.I)]
+    r["error"] = {"125": "skipped (deadline)", "124": "timed out", "137": "timed out"}.get(rc, bad[0][:160] if bad else "rc=" + rc)
+print(json.dumps(r))
+PY
+      }
+      # torchrun SHAPE CAP CONFIG B STEPS OPTIMS: train_torch.py, every optimizer in one process (one compilation)
+      torchrun() {
+        local shape=$1 cap=$2 cfg=$3 b=$4 n=$5 opts=$6 t=$SECONDS rc
+        echo "#### $shape torch: $cfg b=$b t=2048 steps=$n ${OPTIM_TORCH_COMPILE---compile-blocks} --optim $opts" >> "$OUT/optim_torch.log"
+        : > /tmp/optim_torch.jsonl
+        trun $cap env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 dev/bench/train_torch.py "$cfg" --batch $b --seq 2048 \
+          --steps $n --warmup 2 ${OPTIM_TORCH_COMPILE---compile-blocks} --optim $opts > /tmp/optim_torch.jsonl 2>> "$OUT/optim_torch.log"
+        rc=$?
+        cat /tmp/optim_torch.jsonl >> "$OUT/optim_torch.log"
+        echo "#### rc=$rc, $((SECONDS - t)) s" >> "$OUT/optim_torch.log"
+        python3 - "$shape" "$opts" /tmp/optim_torch.jsonl $rc >> "$rec" <<'PY' && results $shape torch
+import json, sys
+shape, opts, path, rc = sys.argv[1:5]
+seen = set()
+for line in open(path):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    r.update(shape=shape, impl="torch")
+    seen.add(r["optim"])
+    print(json.dumps(r))
+for o in opts.split(","):  # the ones the process did not reach
+    if o not in seen:
+        print(json.dumps({"shape": shape, "impl": "torch", "optim": o,
+                          "error": {"125": "skipped (deadline)", "124": "timed out", "137": "timed out"}.get(rc, "not reached, rc=" + rc)}))
+PY
+      }
+      # results SHAPE ours LABEL | SHAPE torch | SHAPE pairs: RESULT lines, as soon as there is something to say:
+      # one run of ours, the runs of one train_torch.py process, or ours vs torch at that shape
+      results() {
+        python3 - "$1" "$rec" "$2" "${3:-}" >> "$OUT/summary.txt" <<'PY'
+import json, sys
+shape, path, what, label = sys.argv[1:5]
+rs = [json.loads(l) for l in open(path) if l.strip()]
+rs = [r for r in rs if r["shape"] == shape]
+by = {(r["impl"], r["optim"]): r for r in rs}
+rs = [r for r in rs if r["impl"] == what and (what == "torch" or r["optim"] == label)]
+def ok(r): return r is not None and "error" not in r and r.get("tok_s")
+def mem(r): return r.get("gpu_gib") if r["impl"] == "ours" else r.get("peak_gib")
+def ratio(a, b): return "%.2fx" % (a / b) if a is not None and b else "-"
+for r in rs:
+    impl, o = r["impl"], r["optim"]
+    head = "RESULT optim %s %s %-16s" % (shape, impl, o)
+    if not ok(r):
+        extra = ""
+        if impl == "ours" and r.get("plan_gib"):
+            extra = " (start-up plan %.2f GiB)" % r["plan_gib"]
+        if impl == "torch" and r.get("peak_gib"):
+            extra = " (%.2f GiB allocated at the peak before it)" % r["peak_gib"]
+        print("%s | %s%s" % (head, r.get("error", "no result"), extra))
+        continue
+    if impl == "ours":
+        s = "%6.1fk tok/s %7.1f ms/step | GPU %6.2f GiB | states %6.2f GiB" % (r["tok_s"] / 1e3, r["ms"], r["gpu_gib"], r["state_gib"] or 0)
+        if r.get("host_gib"):
+            s += " (host: %.2f GiB master + states + copies)" % r["host_gib"]
+        base = [("ours", "adamw"), ("ours", "adamw8bit")]
+    else:
+        s = "%6.1fk tok/s %7.1f ms/step | peak %6.2f GiB (in use %.2f) | states %6.2f GiB" % (
+            r["tok_s"] / 1e3, r["ms"], r["peak_gib"], r["in_use_gib"], r["state_gib"])
+        if r.get("state_host_gib"):
+            s += " (+ %.2f GiB on the host)" % r["state_host_gib"]
+        base = [("torch", "torch-adamw"), ("torch", "ao-adamw8bit")]
+    b = next((by[k] for k in base if ok(by.get(k))), None)
+    if b is not None and b is not r:
+        s += " | vs %s: tok/s %s, memory %s, states %s" % (b["optim"], ratio(r["tok_s"], b["tok_s"]), ratio(mem(r), mem(b)),
+                                                         ratio(r["state_gib"] or 0, b["state_gib"]))
+    print("%s | %s" % (head, s))
+e = by.get(("ours", "adamw8bit"))
+if what == "pairs" and ("ours", "adamw") not in by and e and e.get("plan_gib") and e.get("params_gib"):
+    # not run (the start-up CHECK would refuse it): its plan from the 8-bit run's table, fp32 m and v
+    # taking 8 bytes per parameter = 4x the bf16 parameters
+    need = e["plan_gib"] - e["state_gib"] + 4 * e["params_gib"]
+    print("RESULT optim %s ours %-16s | not run: its start-up plan needs %.2f GiB (fp32 states %.2f GiB), %s GiB free" % (
+        shape, "adamw", need, 4 * e["params_gib"], e.get("free_gib") or "?"))
+pairs = [("adamw", "torch-adamw"), ("adamw8bit", "ao-adamw8bit"), ("adamw4bit", "ao-adamw4bit"),
+         ("adamwfp8", "ao-adamwfp8"), ("offload", "ao-offload")]
+for a, t in pairs if what == "pairs" else []:
+    x, y = by.get(("ours", a)), by.get(("torch", t))
+    if ok(x) and ok(y):
+        print("RESULT optim %s ours %s vs torch %s: tok/s %s | GPU in use %.2f vs %.2f GiB (%s)" % (
+            shape, a, t, ratio(x["tok_s"], y["tok_s"]), x["gpu_gib"], y["in_use_gib"], ratio(x["gpu_gib"], y["in_use_gib"])))
+PY
+      }
+      c1=test/fixtures/configs/llama32_1b_v5.json
+      c10=dev/configs/llama3_10b.json
+      ours 1b adamw 60 $c1 4 15
+      ours 1b adamw8bit 60 $c1 4 15 --optim adamw8bit
+      ours 1b adamw4bit 60 $c1 4 15 --optim adamw4bit
+      ours 1b adamwfp8 60 $c1 4 15 --optim adamwfp8
+      ours 1b bf16-sr 60 $c1 4 15 --master bf16-sr
+      ours 1b offload 90 $c1 4 15 --offload
+      torchrun 1b 200 $c1 4 15 torch-adamw,ao-adamw8bit,ao-adamw4bit,ao-adamwfp8,ao-offload
+      results 1b pairs
+      ours 10b adamw8bit 150 $c10 1 10 --optim adamw8bit
+      torchrun 10b 180 $c10 1 10 ao-adamw8bit,ao-adamw4bit,ao-adamwfp8,torch-adamw
+      ours 10b adamw4bit 150 $c10 1 10 --optim adamw4bit
+      ours 10b adamwfp8 150 $c10 1 10 --optim adamwfp8
+      ours 10b 8bit-bf16-sr 150 $c10 1 10 --optim adamw8bit --master bf16-sr
+      results 10b pairs
+      # extra, if time is left: offload with 8-bit states (scalar host step: a few s/step at 1B)
+      ours 1b offload-8bit 60 $c1 4 3 --offload --optim adamw8bit
+      log "optim1b: done at ${SECONDS}s (job $((SECONDS - job_t0)) s)" ;;
     mainjob)
       log "README main job: ./train_llama (defaults), then ./infer_llama on its checkpoint"
       rm -rf data/shards out

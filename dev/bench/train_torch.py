@@ -3,12 +3,36 @@
 the strongest single-GPU PyTorch setup we know — bf16 autocast over fp32 parameters (the
 same precision policy as ours), fused AdamW, SDPA (flash) attention, torch.compile.
 
-Prints a JSON line: {"impl": "pytorch", "tok_s": ..., "peak_gib": ..., "ms": ...}.
+Prints a JSON line: {"impl": "pytorch+compile", "optim": "torch-adamw", "tok_s": ..., "peak_gib": ..., "ms": ...,
+"state_gib": ..., ...}. peak_gib is torch.cuda.max_memory_allocated over the timed steps (after
+warm-up, so the optimizer states are in it); in_use_gib is the device's total minus free memory at
+the end (context and the caching allocator's pool included, as train_llama's "GPU memory in use");
+state_gib / state_host_gib are the optimizer's moment buffers (the quantized subclasses' codes,
+scales and maps; "step" counters left out) on the device / in host memory.
+
+--optim takes one optimizer or a comma-separated list; a list runs each in turn in the same
+process over the same compiled model (one compilation), one JSON line each, the token stream
+reseeded for each. A run that runs out of memory prints {"optim": ..., "error": "OOM", ...} and
+the next one starts. ao-offload runs last wherever it is listed (its hooks stay on the parameters).
+  torch-adamw    torch.optim.AdamW(fused=True)                       (the default)
+  ao-adamw8bit   torchao.optim.AdamW8bit     (block 256)
+  ao-adamw4bit   torchao.optim.AdamW4bit     (block 128)
+  ao-adamwfp8    torchao.optim.AdamWFp8      (block 256)
+  ao-offload     torchao.optim.CPUOffloadOptimizer(params, torch.optim.AdamW, fused=True,
+                 offload_gradients=False): states and the step on the CPU (tensors under 4096
+                 elements stay on the GPU); the gradients are copied to the host as each one is
+                 final, so clip_grad_norm_ runs but does not reach the host copies.
+All use lr 3e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on matrices and 0 elsewhere.
+
 Usage: python3 dev/bench/train_torch.py CONFIG_JSON --batch 4 --seq 2048 --steps 30
+       python3 dev/bench/train_torch.py CONFIG_JSON --optim torch-adamw,ao-adamw8bit,ao-offload --warmup 3
+       python3 dev/bench/train_torch.py TINY_CONFIG --device cpu --batch 1 --seq 64 --steps 2 --warmup 1
 """
 import argparse
+import gc
 import json
 import math
+import sys
 import time
 
 import torch
@@ -78,6 +102,49 @@ class Llama(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
 
 
+OPTIMS = ("torch-adamw", "ao-adamw8bit", "ao-adamw4bit", "ao-adamwfp8", "ao-offload")
+
+
+def make_optimizer(name, model):
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}]
+    hp = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+    if name == "torch-adamw":
+        return torch.optim.AdamW(groups, fused=True, **hp)
+    import torchao.optim as ao
+    if name == "ao-offload":
+        return ao.CPUOffloadOptimizer(groups, torch.optim.AdamW, fused=True, offload_gradients=False, **hp)
+    cls = {"ao-adamw8bit": ao.AdamW8bit, "ao-adamw4bit": ao.AdamW4bit, "ao-adamwfp8": ao.AdamWFp8}[name]
+    return cls(groups, **hp)
+
+
+def tensor_bytes(t):
+    """Bytes a tensor holds; a wrapper subclass (torchao's quantized states) counts its inner tensors."""
+    if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def state_bytes(opt):
+    """(device bytes, host bytes) of the optimizer's states, the step counters left out."""
+    opts = [opt]
+    if hasattr(opt, "optim_dict"):  # CPUOffloadOptimizer: one host optimizer per parameter, small ones on the device
+        opts = list(opt.optim_dict.values()) + ([opt.d_opt] if opt.d_opt is not None else [])
+    dev = host = 0
+    for o in opts:
+        for st in o.state.values():
+            for k, t in st.items():
+                if k == "step" or not isinstance(t, torch.Tensor):
+                    continue
+                if t.device.type == "cpu":
+                    host += tensor_bytes(t)
+                else:
+                    dev += tensor_bytes(t)
+    return dev, host
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config")
@@ -86,42 +153,98 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile-blocks", action="store_true",
+                    help="compile each transformer block (one graph for all) instead of the whole model: "
+                         "much shorter compilation for deep models")
+    ap.add_argument("--optim", default="torch-adamw", help="one of %s, or a comma-separated list" % ", ".join(OPTIMS))
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (a functional check on a tiny config)")
     a = ap.parse_args()
+    names = [s for s in a.optim.split(",") if s]
+    for n in names:
+        if n not in OPTIMS:
+            ap.error("--optim %s: expected one of %s" % (n, ", ".join(OPTIMS)))
+    # CPUOffloadOptimizer hooks every parameter (gradient copies to the host) for good: it runs last
+    names.sort(key=lambda n: n == "ao-offload")
     c = json.load(open(a.config))
     c.setdefault("head_dim", c["hidden_size"] // c["num_attention_heads"])
     c.setdefault("num_key_value_heads", c["num_attention_heads"])
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
     torch.manual_seed(0)
-    model = Llama(c).cuda()
-    decay = [p for p in model.parameters() if p.dim() == 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=3e-4, betas=(0.9, 0.95), fused=True)
-    fwd = model if a.no_compile else torch.compile(model)
+    with dev:  # parameters created on the device: no host copy of a large model
+        model = Llama(c)
+    impl = "pytorch"
+    fwd = model
+    if a.compile_blocks and not a.no_compile:
+        for b in model.blocks:
+            b.compile()
+        impl = "pytorch+compile-blocks"
+    elif not a.no_compile:
+        fwd = torch.compile(model)
+        impl = "pytorch+compile"
     V = c["vocab_size"]
+    G = 2.0 ** 30
+    n_params = sum(p.numel() for p in model.parameters())
 
-    def step():
-        idx = torch.randint(0, V, (a.batch, a.seq), device="cuda")
-        tgt = torch.randint(0, V, (a.batch, a.seq), device="cuda")
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fwd(idx, tgt)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
-    for _ in range(a.warmup):
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        loss = step()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / a.steps
-    print(json.dumps({"impl": "pytorch" + ("" if a.no_compile else "+compile"), "batch": a.batch, "seq": a.seq,
-                      "tok_s": a.batch * a.seq / dt, "ms": dt * 1e3,
-                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss.item()}))
+    def run(name):
+        opt = make_optimizer(name, model)
+        torch.manual_seed(1)  # the same tokens for every optimizer
+
+        def step():
+            idx = torch.randint(0, V, (a.batch, a.seq), device=dev)
+            tgt = torch.randint(0, V, (a.batch, a.seq), device=dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                loss = fwd(idx, tgt)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+
+        for _ in range(a.warmup):
+            step()
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            loss = step()
+        sync()
+        dt = (time.perf_counter() - t0) / a.steps
+        sdev, shost = state_bytes(opt)
+        r = {"impl": impl, "optim": name, "batch": a.batch, "seq": a.seq, "tok_s": a.batch * a.seq / dt,
+             "ms": dt * 1e3, "peak_gib": torch.cuda.max_memory_allocated() / G if cuda else None,
+             "reserved_gib": torch.cuda.max_memory_reserved() / G if cuda else None,
+             "in_use_gib": (lambda fr: (fr[1] - fr[0]) / G)(torch.cuda.mem_get_info()) if cuda else None,
+             "state_gib": sdev / G, "state_host_gib": shost / G, "params": n_params, "loss": loss.item()}
+        del opt
+        return r
+
+    failed = 0
+    for name in names:
+        r = None
+        try:
+            r = run(name)
+        except torch.OutOfMemoryError:
+            r = {"impl": impl, "optim": name, "batch": a.batch, "seq": a.seq, "error": "OOM",
+                 "peak_gib": torch.cuda.max_memory_allocated() / G if cuda else None, "params": n_params}
+        except Exception as e:  # one optimizer failing (an import, an unsupported device) leaves the others
+            r = {"impl": impl, "optim": name, "error": "%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else "")}
+        if "error" in r:
+            failed += 1
+        print(json.dumps(r), flush=True)
+        # what the run left (its optimizer, gradients, cached blocks) goes before the next one
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
