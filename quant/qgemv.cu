@@ -442,7 +442,16 @@ void qgemv_set_int4_mma(int on) { g_int4_mma = !!on; }
 
 static void *dupload(const void *h, size_t bytes) {
     void *d;
-    CUDA_CHECK(cudaMalloc(&d, bytes ? bytes : 1));
+    const cudaError_t e = cudaMalloc(&d, bytes ? bytes : 1);
+    if (e == cudaErrorMemoryAllocation) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        FAIL("out of GPU memory uploading %.1f MiB of weights (%.1f MiB free of %.1f)\n"
+             "  HINT: use a smaller -q mode (int4 holds about a quarter of bf16), or -d cpu",
+             bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0);
+    }
+    CUDA_CHECK(e);
     CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
     return d;
 }
