@@ -12,6 +12,7 @@
 
 #include "../common/gpu.h"
 #include "../ops/rope.h"
+#include "safetensors.h"
 #include "../quant/qgemv.cuh"
 
 #define ATT_WARPS 4
@@ -53,17 +54,7 @@ struct InferGpu {
 };
 
 static void *galloc(InferGpu *g, size_t bytes) {
-    void *p;
-    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
-    if (e == cudaErrorMemoryAllocation) {
-        size_t fr = 0, tot = 0;
-        cudaGetLastError();
-        cudaMemGetInfo(&fr, &tot);
-        FAIL("out of GPU memory allocating %.1f MiB (%.1f MiB already held by the model, %.1f MiB free of %.1f)\n"
-             "  HINT: use a smaller -q mode, a shorter context (--ctx), or -d cpu",
-             bytes / 1048576.0, g->alloc_bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0);
-    }
-    CUDA_CHECK(e);
+    void *p = qgemv_dev_alloc(bytes, g->alloc_bytes);
     g->alloc_bytes += bytes;
     return p;
 }
@@ -346,7 +337,7 @@ extern "C" InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *
         g->wte = gupload(g, im->wte16, nemb * 2);
     } else {
         float *e32 = (float *)ao_malloc(nemb * 4);
-        for (size_t i = 0; i < nemb; i++) e32[i] = im->wte16 ? half_bits_to_f32(im->wte16[i]) : im->wte[i];
+        for (size_t i = 0; i < nemb; i++) e32[i] = im->wte16 ? f16_to_f32(im->wte16[i]) : im->wte[i];
         size_t inexact = 0;
         uint16_t *e16 = (uint16_t *)ao_malloc(nemb * 2);
         for (size_t i = 0; i < nemb; i++) e16[i] = bf16_bits_rne(e32[i], &inexact);

@@ -1,6 +1,8 @@
 // Decode GEMV kernels (layout and numerics: qgemv.cuh).
 #include "qgemv.cuh"
 
+#include "../model/safetensors.h"
+
 #include <float.h>
 
 #define QG_WARPS 4
@@ -440,54 +442,33 @@ __global__ void act_fp8_kernel(float *xf, float *xs, const float *x, int K) {
 static int g_int4_mma = 1;
 void qgemv_set_int4_mma(int on) { g_int4_mma = !!on; }
 
-static void *dupload(const void *h, size_t bytes) {
+void *qgemv_dev_alloc(size_t bytes, size_t held) {
     void *d;
     const cudaError_t e = cudaMalloc(&d, bytes ? bytes : 1);
     if (e == cudaErrorMemoryAllocation) {
         size_t fr = 0, tot = 0;
         cudaGetLastError();
         cudaMemGetInfo(&fr, &tot);
-        FAIL("out of GPU memory uploading %.1f MiB of weights (%.1f MiB free of %.1f)\n"
-             "  HINT: use a smaller -q mode (int4 holds about a quarter of bf16), or -d cpu",
-             bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0);
+        FAIL("out of GPU memory allocating %.1f MiB (%.1f MiB already held by the model, %.1f MiB free of %.1f)\n"
+             "  HINT: use a smaller -q mode (int4 holds about a quarter of bf16), a shorter context (--ctx), or -d cpu",
+             bytes / 1048576.0, held / 1048576.0, fr / 1048576.0, tot / 1048576.0);
     }
     CUDA_CHECK(e);
+    return d;
+}
+
+static void *dupload(const void *h, size_t bytes) {
+    void *d = qgemv_dev_alloc(bytes, 0);
     CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
     return d;
 }
 
-float half_bits_to_f32(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-    uint32_t u;
-    if (e == 0x1F) u = sign | 0x7F800000u | (m << 13);
-    else if (e) u = sign | ((e + 112) << 23) | (m << 13);
-    else {  // zero or subnormal: m * 2^-24, exact in fp32
-        float f = (float)m * 0x1p-24f;
-        memcpy(&u, &f, 4);
-        u |= sign;
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-float qtensor_f32_at(const QTensor *t, size_t i) {
-    if (t->wdtype == QW_BF16) {
-        const uint32_t u = (uint32_t)t->w16[i] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    if (t->wdtype == QW_F16) return half_bits_to_f32(t->w16[i]);
-    return t->w[i];
-}
-
 uint16_t bf16_bits_rne(float f, size_t *inexact) {
+    const uint16_t b = f32_to_bf16(f);
     uint32_t u;
     memcpy(&u, &f, 4);
-    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    if ((u & 0xFFFFu) != 0) (*inexact)++;
-    return (uint16_t)r;
+    if (((uint32_t)b << 16) != u) (*inexact)++;
+    return b;
 }
 
 // ---- weight upload: one or several QTensors of the same format stacked along rows -----------
@@ -511,6 +492,7 @@ QWeightGpu qweight_upload(const QTensor *const *parts, const float *const *biase
         default: FAIL("GPU upload: unknown weight mode %d", (int)w.mode);
     }
     uint8_t *codes = (uint8_t *)ao_calloc(R, code_row);
+    float *row_f32 = w.mode == QUANT_NONE ? (float *)ao_malloc(K * sizeof(float)) : NULL;  // one row in fp32
     size_t r0 = 0;
     for (int i = 0; i < np; i++) {
         const QTensor *t = parts[i];
@@ -520,13 +502,15 @@ QWeightGpu qweight_upload(const QTensor *const *parts, const float *const *biase
                 memcpy(dst, t->w16 + r * K, K * 2);  // mapped bf16 weights: the bits as they are
             } else if (w.mode == QUANT_NONE) {
                 uint16_t *d16 = (uint16_t *)dst;
-                for (size_t k = 0; k < K; k++) d16[k] = bf16_bits_rne(qtensor_f32_at(t, r * K + k), rounded);
+                quant_none_row(t, (int)r, row_f32);
+                for (size_t k = 0; k < K; k++) d16[k] = bf16_bits_rne(row_f32[k], rounded);
             } else {
                 memcpy(dst, t->q + r * quant_q_bytes(w.mode, 1, w.cols), quant_q_bytes(w.mode, 1, w.cols));
             }
         }
         r0 += (size_t)t->rows;
     }
+    free(row_f32);
     if (w.mode == QUANT_INT4 && g_int4_mma && K % 64 == 0) {
         // mma fragment order (see qgemv_int4_mma_kernel), rows padded to 16 with code 8 (= 0)
         w.tiled = 1;
@@ -653,6 +637,23 @@ static int sm_count(void) {
     return n;
 }
 
+// Split-K plan for `units` warps of work over `steps` units of K (unrolled U at a time): enough
+// splits for ~24 warps per SM, within QG_KSPLIT_MAX, steps / U and the partials scratch for M
+// tokens. *per: units of K per split, a multiple of `align`. Returns the number of splits.
+static int ksplit_plan(const QActScratch *s, int units, int steps, int U, int align, int M, int rows, int *per) {
+    int ks = 1;
+    const int want = 24 * sm_count();
+    if (s && s->part && units < want) {
+        ks = ceil_div(want, units);
+        if (ks > QG_KSPLIT_MAX) ks = QG_KSPLIT_MAX;
+        if (ks > steps / U) ks = steps / U;
+        while (ks > 1 && (size_t)ks * M * rows > QG_PART_FLOATS) ks--;
+        if (ks < 1) ks = 1;
+    }
+    *per = ceil_div(ceil_div(steps, ks), align) * align;
+    return ceil_div(steps, *per);
+}
+
 template <int MODE, int MT>
 static void launch_mt(float *y, const float *x, const QActScratch *s, int M, const QWeightGpu *w, int acc,
                       cudaStream_t st) {
@@ -660,19 +661,10 @@ static void launch_mt(float *y, const float *x, const QActScratch *s, int M, con
     // More steps in flight where each is small (4 bytes per lane for int4: 16-byte loads of
     // 4 steps, U = 4 or 8).
     constexpr int U = (MODE == QUANT_INT4) ? 4 : (MODE == QUANT_8DA4W) ? 8 : MODE == QUANT_NONE ? 2 : 4;
-    const int warps = ceil_div(w->rows, R), nsteps = ceil_div(w->cols, 256);
-    // Split K when the rows alone give too few warps to keep the memory system busy.
-    int ksplit = 1;
-    const int want = 24 * sm_count();
-    if (s && s->part && warps < want) {
-        ksplit = ceil_div(want, warps);
-        if (ksplit > QG_KSPLIT_MAX) ksplit = QG_KSPLIT_MAX;
-        if (ksplit > nsteps / U) ksplit = nsteps / U;
-        while (ksplit > 1 && (size_t)ksplit * M * w->rows > QG_PART_FLOATS) ksplit--;
-        if (ksplit < 1) ksplit = 1;
-    }
-    const int spp = ceil_div(ceil_div(nsteps, ksplit), U) * U;  // whole unrolled groups per split
-    ksplit = ceil_div(nsteps, spp);
+    // Split K when the rows alone give too few warps to keep the memory system busy; whole
+    // unrolled groups of steps per split.
+    int spp;
+    const int ksplit = ksplit_plan(s, ceil_div(w->rows, R), ceil_div(w->cols, 256), U, U, M, w->rows, &spp);
     float *part = ksplit > 1 ? s->part : NULL;
     const dim3 grid(ceil_div(w->rows, QG_WARPS * R), ksplit);
     qgemv_kernel<MODE, MT, U><<<grid, QG_WARPS * 32, 0, st>>>(*w, MODE == QUANT_FP8 ? s->xf : x, s ? s->xq : NULL,
@@ -718,20 +710,10 @@ void qgemv(float *y, const float *x, int M, const QWeightGpu *w, int accumulate,
         CHECK(s && K <= s->max_cols && K % 64 == 0, "qgemv: int4 tensor-core path needs scratch for %d features", K);
         const int nchunk = K / 64, rtiles = ceil_div(w->rows, 16);
         constexpr int U = 4;
-        int ksplit = 1;
-        const int want = 24 * sm_count();
-        if (s->part && rtiles < want) {
-            ksplit = ceil_div(want, rtiles);
-            if (ksplit > QG_KSPLIT_MAX) ksplit = QG_KSPLIT_MAX;
-            if (ksplit > nchunk / U) ksplit = nchunk / U;
-            if (ksplit < 1) ksplit = 1;
-        }
         for (int m0 = 0; m0 < M; m0 += MMA_MAX_M) {
             const int mc = M - m0 < MMA_MAX_M ? M - m0 : MMA_MAX_M;
-            int ks = ksplit;
-            while (ks > 1 && (size_t)ks * mc * w->rows > QG_PART_FLOATS) ks--;
-            const int cpp = ceil_div(nchunk, ks);
-            ks = ceil_div(nchunk, cpp);
+            int cpp;
+            const int ks = ksplit_plan(s, rtiles, nchunk, U, 1, mc, w->rows, &cpp);
             const int nprep = (K / 16) * 32 > mc * (K / w->group) ? (K / 16) * 32 : mc * (K / w->group);
             int4_mma_prep_kernel<<<ceil_div(nprep, 256), 256, 0, st>>>(s->xb, s->xsum, x + (size_t)m0 * K, mc, K, w->group);
             CUDA_CHECK_LAST();

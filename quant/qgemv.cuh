@@ -63,10 +63,11 @@ void qweight_free(QWeightGpu *w);
 // off: the SIMT kernel for every shape (tests and benchmarks compare the two).
 void qgemv_set_int4_mma(int on);
 int qweight_same_format(const QTensor *a, const QTensor *b);
+// f32_to_bf16 (round to nearest even), counting in *inexact the values that were not bf16.
 uint16_t bf16_bits_rne(float f, size_t *inexact);
-float half_bits_to_f32(uint16_t h);
-// Element i of an unquantized QTensor in fp32, whatever its storage (fp32, mapped bf16 / f16).
-float qtensor_f32_at(const QTensor *t, size_t i);
+// cudaMalloc that fails with the sizes and an inference hint when the GPU is out of memory
+// (held: bytes the caller already holds, for the message).
+void *qgemv_dev_alloc(size_t bytes, size_t held);
 
 // Bytes of weight data one call streams (codes + scales + bias).
 size_t qweight_bytes(const QWeightGpu *w);

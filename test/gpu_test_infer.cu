@@ -22,10 +22,7 @@ extern "C" {
 }
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static float frand(void) {  // uniform in [-1, 1)
-    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
-    return (float)((g_rng >> 40) * (1.0 / (1ull << 23))) - 1.0f;
-}
+static float frand(void) { return test_rand_uniform(&g_rng); }  // [-1, 1)
 
 // ---- the GEMV of each format ----------------------------------------------------------------
 static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bias) {

@@ -92,12 +92,8 @@ int main(int argc, char **argv) {
     model_init(&master, &c);
     double t0 = now_s();
     model_init_random(&master, 1234);
-    for (size_t i = 0; i < master.tab.total; i++) {  // bf16-exact values, as a bf16 checkpoint has
-        uint32_t u;
-        memcpy(&u, &master.params[i], 4);
-        u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-        memcpy(&master.params[i], &u, 4);
-    }
+    for (size_t i = 0; i < master.tab.total; i++)  // bf16-exact values, as a bf16 checkpoint has
+        master.params[i] = quant_bf16_round(master.params[i]);
     printf("random init: %.1f s\n", now_s() - t0);
 
     char mlist[8][32], blist[8][32];
