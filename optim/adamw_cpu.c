@@ -48,22 +48,36 @@ static void chunk_scalar(float *master, uint16_t *param, const float *grad, floa
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_X86_VARIANTS 1
 
+// adamw_elem's op sequence in 16 lanes: the broadcast scalars, and one update of the master
+// p and the moments *mm, *vv from the unscaled gradient g; returns the new p.
+typedef struct { __m512 gs, decay, w1, b2, w2, nstep, bc, eps; } Adam512;
+
+__attribute__((target("avx512f"))) static inline Adam512 adam512_consts(const AdamwScalars *a) {
+    Adam512 c = {_mm512_set1_ps(a->grad_scale), _mm512_set1_ps(a->decay),    _mm512_set1_ps(a->one_m_b1),
+                 _mm512_set1_ps(a->b2),         _mm512_set1_ps(a->one_m_b2), _mm512_set1_ps(-a->step_size),
+                 _mm512_set1_ps(a->bc2_sqrt),   _mm512_set1_ps(a->eps)};
+    return c;
+}
+
+__attribute__((target("avx512f"))) static inline __m512 adam512_step(const Adam512 *c, __m512 p, __m512 g, __m512 *mm,
+                                                                     __m512 *vv) {
+    g = _mm512_mul_ps(g, c->gs);
+    p = _mm512_mul_ps(p, c->decay);
+    *mm = _mm512_fmadd_ps(c->w1, _mm512_sub_ps(g, *mm), *mm);
+    *vv = _mm512_fmadd_ps(c->w2, _mm512_mul_ps(g, g), _mm512_mul_ps(*vv, c->b2));
+    const __m512 den = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(*vv), c->bc), c->eps);
+    return _mm512_fmadd_ps(c->nstep, _mm512_div_ps(*mm, den), p);
+}
+
 __attribute__((target("avx512f"))) static void chunk_avx512(float *master, uint16_t *param, const float *grad, float *m,
                                                             float *v, size_t i0, size_t i1, const AdamwScalars *a) {
-    const __m512 gs = _mm512_set1_ps(a->grad_scale), decay = _mm512_set1_ps(a->decay), w1 = _mm512_set1_ps(a->one_m_b1),
-                 b2 = _mm512_set1_ps(a->b2), w2 = _mm512_set1_ps(a->one_m_b2), nstep = _mm512_set1_ps(-a->step_size),
-                 bc = _mm512_set1_ps(a->bc2_sqrt), eps = _mm512_set1_ps(a->eps);
+    const Adam512 c = adam512_consts(a);
     const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF), qnan = _mm512_set1_epi32(0x7FC0);
     for (size_t i = i0; i < i1; i += 16) {
         // The last vector of the tensor is masked: lanes past i1 neither load nor store.
         __mmask16 k = i1 - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (i1 - i)) - 1);
-        __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, grad + i), gs);
-        __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, master + i), decay);
         __m512 mm = _mm512_maskz_loadu_ps(k, m + i), vv = _mm512_maskz_loadu_ps(k, v + i);
-        mm = _mm512_fmadd_ps(w1, _mm512_sub_ps(g, mm), mm);
-        vv = _mm512_fmadd_ps(w2, _mm512_mul_ps(g, g), _mm512_mul_ps(vv, b2));
-        __m512 den = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vv), bc), eps);
-        p = _mm512_fmadd_ps(nstep, _mm512_div_ps(mm, den), p);
+        const __m512 p = adam512_step(&c, _mm512_maskz_loadu_ps(k, master + i), _mm512_maskz_loadu_ps(k, grad + i), &mm, &vv);
         _mm512_mask_storeu_ps(master + i, k, p);
         _mm512_mask_storeu_ps(m + i, k, mm);
         _mm512_mask_storeu_ps(v + i, k, vv);
@@ -129,9 +143,7 @@ __attribute__((target("avx512f,avx512dq"))) static void chunk_sr_avx512(uint16_t
                                                                        float *v, size_t i0, size_t i1,
                                                                        const AdamwScalars *a, uint64_t seed, int step,
                                                                        uint64_t off) {
-    const __m512 gs = _mm512_set1_ps(a->grad_scale), decay = _mm512_set1_ps(a->decay), w1 = _mm512_set1_ps(a->one_m_b1),
-                 b2 = _mm512_set1_ps(a->b2), w2 = _mm512_set1_ps(a->one_m_b2), nstep = _mm512_set1_ps(-a->step_size),
-                 bc = _mm512_set1_ps(a->bc2_sqrt), eps = _mm512_set1_ps(a->eps);
+    const Adam512 c = adam512_consts(a);
     const __m512i lo16 = _mm512_set1_epi32(0xFFFF), hi16 = _mm512_set1_epi32((int)0xFFFF0000u),
                   ulp = _mm512_set1_epi32(0x10000), absm = _mm512_set1_epi32(0x7FFFFFFF),
                   inf = _mm512_set1_epi32(0x7F800000), qnan = _mm512_set1_epi32(0x7FC0);
@@ -143,14 +155,9 @@ __attribute__((target("avx512f,avx512dq"))) static void chunk_sr_avx512(uint16_t
         uint16_t tmp[16] = {0};
         const uint16_t *src = param + i;
         if (cnt < 16) memcpy(tmp, param + i, cnt * sizeof(uint16_t)), src = tmp;
-        __m512 p = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)src)), 16));
-        __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, grad + i), gs);
-        p = _mm512_mul_ps(p, decay);
+        const __m512 p0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)src)), 16));
         __m512 mm = _mm512_maskz_loadu_ps(k, m + i), vv = _mm512_maskz_loadu_ps(k, v + i);
-        mm = _mm512_fmadd_ps(w1, _mm512_sub_ps(g, mm), mm);
-        vv = _mm512_fmadd_ps(w2, _mm512_mul_ps(g, g), _mm512_mul_ps(vv, b2));
-        __m512 den = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vv), bc), eps);
-        p = _mm512_fmadd_ps(nstep, _mm512_div_ps(mm, den), p);
+        const __m512 p = adam512_step(&c, p0, _mm512_maskz_loadu_ps(k, grad + i), &mm, &vv);
         _mm512_mask_storeu_ps(m + i, k, mm);
         _mm512_mask_storeu_ps(v + i, k, vv);
         const __m512i idx = _mm512_add_epi64(_mm512_set1_epi64((long long)(off + i)), lanes);
