@@ -488,6 +488,21 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// The codes of one 32-element MX block: two 16-byte stores when the block is whole and dst is
+// 16-byte aligned (vec), else byte by byte for the n elements there are.
+__device__ __forceinline__ void mx_store_block(uint8_t *dst, const float *v, int n, bool vec, const MxScale &s,
+                                               Fp8Dtype dt) {
+    if (vec) {
+        uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll
+        for (int j = 0; j < MX_BLOCK; j++) w[j / 4] |= (uint32_t)mx_quantize(v[j], s, dt) << (8 * (j % 4));
+        reinterpret_cast<uint4 *>(dst)[0] = make_uint4(w[0], w[1], w[2], w[3]);
+        reinterpret_cast<uint4 *>(dst)[1] = make_uint4(w[4], w[5], w[6], w[7]);
+    } else {
+        for (int j = 0; j < n; j++) dst[j] = mx_quantize(v[j], s, dt);
+    }
+}
+
 // ---- MX, direct: one thread per 32-element block -------------------------------------------------
 template <bool VEC>
 __global__ void __launch_bounds__(kThreads)
@@ -514,16 +529,7 @@ __global__ void __launch_bounds__(kThreads)
         if (VEC || j < n) m = mx_amax_step(m, v[j]);
     const MxScale s = mx_scale_from_amax(m, dt, mode);
     e8m0[g] = s.e8m0;  // g = r * nb + block
-    uint8_t *dst = q + (size_t)r * cols + c0;
-    if (VEC) {
-        uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-        for (int j = 0; j < MX_BLOCK; j++) w[j / 4] |= (uint32_t)mx_quantize(v[j], s, dt) << (8 * (j % 4));
-        reinterpret_cast<uint4 *>(dst)[0] = make_uint4(w[0], w[1], w[2], w[3]);
-        reinterpret_cast<uint4 *>(dst)[1] = make_uint4(w[4], w[5], w[6], w[7]);
-    } else {
-        for (int j = 0; j < n; j++) dst[j] = mx_quantize(v[j], s, dt);
-    }
+    mx_store_block(q + (size_t)r * cols + c0, v, n, VEC, s, dt);
 }
 
 // ---- MX, transposed: one thread per (column of x, 32 rows); loads coalesce across threads ---------
@@ -541,15 +547,7 @@ __global__ void __launch_bounds__(128)
     const MxScale s = mx_scale_from_amax(m, dt, mode);
     e8m0[(size_t)c * nb + blockIdx.y] = s.e8m0;
     uint8_t *dst = q + (size_t)c * rows + r0;
-    if (n == MX_BLOCK && ((uintptr_t)dst & 15) == 0) {
-        uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-        for (int j = 0; j < MX_BLOCK; j++) w[j / 4] |= (uint32_t)mx_quantize(v[j], s, dt) << (8 * (j % 4));
-        reinterpret_cast<uint4 *>(dst)[0] = make_uint4(w[0], w[1], w[2], w[3]);
-        reinterpret_cast<uint4 *>(dst)[1] = make_uint4(w[4], w[5], w[6], w[7]);
-    } else {
-        for (int j = 0; j < n; j++) dst[j] = mx_quantize(v[j], s, dt);
-    }
+    mx_store_block(dst, v, n, n == MX_BLOCK && ((uintptr_t)dst & 15) == 0, s, dt);
 }
 
 }  // namespace
