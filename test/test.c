@@ -149,6 +149,18 @@ char *test_find_smollm2(void) {
     return line[0] && stat(line, &st) == 0 && S_ISREG(st.st_mode) ? ao_strdup(line) : NULL;
 }
 
+size_t test_diff_bits_f32(const char *what, const float *got, const float *ref, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t a, b;
+        memcpy(&a, &got[i], 4);
+        memcpy(&b, &ref[i], 4);
+        if (a != b && bad++ == 0)
+            printf("  %s: first difference at [%zu]: got %.9g (%08x) ref %.9g (%08x)\n", what, i, got[i], a, ref[i], b);
+    }
+    return bad;
+}
+
 void test_skip(const char *why) {
     test_skipped++;
     printf("SKIP %s\n", why);

@@ -23,6 +23,8 @@ void test_check_(int ok, const char *file, int line, const char *fmt, ...) __att
 double test_close_f32_(const char *what, const float *got, const float *ref, size_t n, double tol, const char *file,
                        int line);
 #define TEST_CLOSE(what, got, ref, n, tol) test_close_f32_((what), (got), (ref), (n), (tol), __FILE__, __LINE__)
+// Elements whose bits differ (0 when identical; prints the first difference). Counts no check.
+size_t test_diff_bits_f32(const char *what, const float *got, const float *ref, size_t n);
 // Measures without counting a pass/fail.
 double rel_err_f32(const float *got, const float *ref, size_t n, size_t *worst);
 
