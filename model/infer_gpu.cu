@@ -60,8 +60,8 @@ static void *galloc(InferGpu *g, size_t bytes) {
 }
 
 static void *gupload(InferGpu *g, const void *h, size_t bytes) {
-    void *d = galloc(g, bytes);
-    CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    void *d = qgemv_dev_upload(h, bytes, g->alloc_bytes);
+    g->alloc_bytes += bytes;
     return d;
 }
 

@@ -457,11 +457,16 @@ void *qgemv_dev_alloc(size_t bytes, size_t held) {
     return d;
 }
 
-static void *dupload(const void *h, size_t bytes) {
-    void *d = qgemv_dev_alloc(bytes, 0);
+void *qgemv_dev_upload(const void *h, size_t bytes, size_t held) {
+    void *d = qgemv_dev_alloc(bytes, held);
     CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    // From pageable memory cudaMemcpy may return before the data lands, and kernels on other
+    // (non-blocking) streams do not wait for the legacy stream it ran on.
+    CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
     return d;
 }
+
+static void *dupload(const void *h, size_t bytes) { return qgemv_dev_upload(h, bytes, 0); }
 
 uint16_t bf16_bits_rne(float f, size_t *inexact) {
     const uint16_t b = f32_to_bf16(f);

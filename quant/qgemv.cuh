@@ -68,6 +68,8 @@ uint16_t bf16_bits_rne(float f, size_t *inexact);
 // cudaMalloc that fails with the sizes and an inference hint when the GPU is out of memory
 // (held: bytes the caller already holds, for the message).
 void *qgemv_dev_alloc(size_t bytes, size_t held);
+// qgemv_dev_alloc + a copy of h that has landed when it returns (usable from any stream).
+void *qgemv_dev_upload(const void *h, size_t bytes, size_t held);
 
 // Bytes of weight data one call streams (codes + scales + bias).
 size_t qweight_bytes(const QWeightGpu *w);
