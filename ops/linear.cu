@@ -141,12 +141,12 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
             }
             matmul_fp8_dinp(ctx, dx, gm, wt, N, K, M, acc);
         }
-        if (gw_fp8) {
+        if (gw_fp8 && P->dw) {
             const Fp8Mat gt = cast_operand(lc, FP8_G_GW, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);  // g^T [M, N]
             matmul_fp8_dweight(ctx, P->dw, FP8_OUT_F32, gt, xt, N, K, M, 1);
             if (P->dbias) matmul_backward(ctx, nullptr, nullptr, P->dbias, gp, ld, x, P->w, N, K, M, 0);
-        } else {  // rowwise_with_gw_hp: grad_weight (and dbias) as in the bf16 path
-            matmul_backward(ctx, nullptr, P->dw, P->dbias, gp, ld, x, P->w, N, K, M, 0);
+        } else if (P->dw || P->dbias) {  // rowwise_with_gw_hp (or dbias alone): as in the bf16 path
+            matmul_backward(ctx, nullptr, gw_fp8 ? nullptr : P->dw, P->dbias, gp, ld, x, P->w, N, K, M, 0);
         }
     }
 }
