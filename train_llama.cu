@@ -1,6 +1,7 @@
 // train_llama: pre-train a Llama-family model from scratch or fine-tune a Hugging Face
-// checkpoint on one GPU or many, in bf16 with fp32 master weights (or bf16 ones, stochastically
-// rounded: --master bf16-sr) and AdamW (fp32 or torchao's low-bit states, on the GPU or offloaded).
+// checkpoint on one GPU or many, in bf16 (or with torchao's float8 recipes for the layers' Linears:
+// --recipe) with fp32 master weights (or bf16 ones, stochastically rounded: --master bf16-sr) and
+// AdamW (fp32 or torchao's low-bit states, on the GPU or offloaded).
 //   ./train_llama                          the bundled default: a ~50M model on data/
 //   ./train_llama -m HF_DIR --train 'a.bin,b.bin' --lr 2e-5 -n 1000
 //   ./train_llama --resume out/            continue bit-exactly from the latest checkpoint
@@ -35,7 +36,7 @@ struct Settings {
     const char *model = nullptr, *config = nullptr, *resume = nullptr, *out = "out";
     const char *train = DEFAULT_TRAIN, *val = DEFAULT_VAL;
     const char *tokenizer = "data/tokenizer/gpt2", *schedule = "cosine", *attn = "auto", *optim = "adamw";
-    const char *master = "fp32";
+    const char *master = "fp32", *recipe = "bf16";
     int B = 16, T = 512, total_batch = 0, steps = 1500, warmup = 100, seed = 1337;
     float lr = 1e-3f, min_lr_frac = 0.1f, wd = 0.1f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, clip = 1.0f;
     float decay_frac = 0.2f;
@@ -72,6 +73,9 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--master", nullptr, FLAG_STR, &s->master,
          "master weights: fp32 (an fp32 copy beside the bf16 weights) | bf16-sr (the bf16 weights are the masters, "
          "updated with stochastic rounding: 4 bytes/parameter less)", 1, 0},
+        {"--recipe", nullptr, FLAG_STR, &s->recipe,
+         "precision of the layers' Linears: bf16 | fp8-tensorwise | fp8-rowwise | fp8-rowwise-gw-hp | fp8-blockwise "
+         "(torchao's float8 recipes; lm_head and Linears whose dims are not multiples of 16 stay bf16)", 1, 0},
         {"--offload", nullptr, FLAG_BOOL, &s->offload,
          "master weights and optimizer states in host memory, AdamW step on the CPU (same bits)", 1, 0},
         {"--offload-overlap", nullptr, FLAG_BOOL, &s->offload_overlap,
@@ -180,6 +184,9 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
     printf("  %-28s %8.2f GiB\n  %-28s %8.2f GiB\n", "gradients (fp32)", p.grads / G, "AdamW states", p.moments / G);
     printf("  %-28s %8.2f GiB  (micro-batch %d x %d)\n  %-28s %8.2f GiB\n", "activations", p.activations / G, s->B, s->T,
            "logits chunk (bf16)", p.logits / G);
+    if (p.cast_scratch)
+        printf("  %-28s %8.2f GiB  (--recipe %s: fp8 codes and scales of one Linear at a time)\n", "fp8 cast scratch",
+               p.cast_scratch / G, linear_recipe_name(o->recipe));
     if (o->offload) {
         GpuRunOpts on = *o;
         on.offload = 0;
@@ -194,9 +201,9 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
     size_t fixed = p.params + p.master + p.grads + p.moments, best = 0;
     for (int b = 1; b <= 1024; b *= 2) {
         GpuMemPlan q = llama_gpu_plan(c, b, s->T, o);
-        if (fixed + q.activations + q.logits + (256u << 20) <= free_b) best = (size_t)b;
+        if (fixed + q.activations + q.logits + q.cast_scratch + (256u << 20) <= free_b) best = (size_t)b;
     }
-    size_t need = fixed + p.activations + p.logits;
+    size_t need = fixed + p.activations + p.logits + p.cast_scratch;
     printf("  %-28s %8.2f GiB; largest power-of-two micro-batch that fits at t=%d: %zu\n", "total", need / G, s->T, best);
     CHECK(need + (128u << 20) <= free_b,
           "the run needs %.2f GiB but only %.2f GiB is free\n  HINT: lower -b (largest that fits: %zu), or use "
@@ -309,6 +316,12 @@ int main(int argc, char **argv) {
     const LowbitMaster master = !strcmp(s.master, "fp32") ? LOWBIT_MASTER_F32
                                 : !strcmp(s.master, "bf16-sr") ? LOWBIT_MASTER_BF16_SR : (LowbitMaster)-1;
     CHECK((int)master >= 0, "--master %s: expected fp32 or bf16-sr", s.master);
+    LinearRecipe recipe;
+    {
+        char why[512];
+        CHECK(linear_recipe_parse(s.recipe, &recipe, why, sizeof why), "%s", why);
+        CHECK(linear_tokens_ok(recipe, (long)s.B * s.T, why, sizeof why), "%s", why);
+    }
     CHECK(s.offload || s.offload_overlap, "--offload-overlap=off without --offload\n  HINT: it selects how the "
           "offloaded optimizer step is scheduled; add --offload or drop it");
     if (s.total_batch == 0) s.total_batch = s.B * s.T * W;
@@ -396,9 +409,11 @@ int main(int argc, char **argv) {
     o.offload_sync = !s.offload_overlap;
     o.seed = (uint64_t)s.seed;
     o.zero = s.zero ? &zplan : nullptr;
+    o.recipe = recipe;
     print_memory_table(c, &s, &o, &ctx);
     LlamaGpu m;
     llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
+    llama_gpu_print_linears(&m, stdout);
     ZeroComm zc;
     memset(&zc, 0, sizeof zc);
     if (s.zero) zero_comm_init(&zc, &dist, &zplan, m.grads, m.params, ctx.stream);
@@ -474,9 +489,9 @@ int main(int argc, char **argv) {
             snprintf(trainer_json, sizeof trainer_json,
                      "{\"step\": %d, \"seed\": %d, \"batch\": %d, \"seq\": %d, \"total_batch\": %d, \"steps\": %d, "
                      "\"lr\": %g, \"schedule\": \"%s\", \"warmup\": %d, \"wd\": %g, \"clip\": %g, \"optim\": \"%s\", "
-                     "\"master\": \"%s\"%s}\n",
+                     "\"master\": \"%s\", \"recipe\": \"%s\"%s}\n",
                      step, s.seed, s.B, s.T, s.total_batch, s.steps, s.lr, s.schedule, s.warmup, s.wd, s.clip, s.optim,
-                     s.master, dp_json);
+                     s.master, s.recipe, dp_json);
             ckpt_save(s.out, step, &m, &ctx, &cpu, synthetic ? nullptr : &dl, s.tokenizer, trainer_json, &dist);
             printf("[C] saved %s/ckpt_%06d\n", s.out, step);
         }

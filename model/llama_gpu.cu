@@ -50,6 +50,71 @@ struct Carver {
     }
 };
 
+// ---- the model's Linears ------------------------------------------------------------------
+// Every Linear runs through ops/linear.cuh; these are the groups it is handed (Linears sharing
+// an input, writing one packed output). Shapes come from the config; pointers from the weights
+// once they exist (llama_gpu_plan has none). The same for every layer.
+enum { LIN_QKV = 0, LIN_O, LIN_GU, LIN_DOWN, LIN_PER_LAYER };
+
+static LinearPart lin_part(const char *name, int M, const bf16 *w, const bf16 *b, float *dw, float *db, int hp) {
+    LinearPart p;
+    p.name = name, p.w = w, p.bias = b, p.dw = dw, p.dbias = db, p.M = M, p.hp = hp;
+    return p;
+}
+
+static int linear_groups(const LlamaGpu *m, int l, LinearGroup *out) {
+    const LlamaConfig *c = &m->cfg;
+    Dims d = dims(c, m->B, m->T);
+    const int D = (int)d.D, F = (int)d.F, QD = (int)d.QD, KVD = (int)d.KVD;
+    memset(out, 0, LIN_PER_LAYER * sizeof *out);
+    if (l == c->n_layers) {  // the LM head: bf16 in every recipe (torchao's filter keeps the output projection)
+        out[0].K = D, out[0].nparts = 1;
+        out[0].part[0] = lin_part("lm_head", (int)d.V, m->wl ? m->w.lm_head : nullptr, nullptr,
+                                  m->gl ? m->g.lm_head : nullptr, nullptr, 1);
+        return 1;
+    }
+    static const LlamaWeightsBf16Layer W0 = {};
+    static const LlamaWeightsLayer G0 = {};
+    const LlamaWeightsBf16Layer *W = m->wl ? &m->wl[l] : &W0;
+    const LlamaWeightsLayer *G = m->gl ? &m->gl[l] : &G0;
+    LinearGroup *g = &out[LIN_QKV];
+    g->K = D, g->nparts = 3, g->fused = m->fused_qkv && (!W->bq || m->fused_qkv_bias);
+    g->part[0] = lin_part("q_proj", QD, W->wq, W->bq, G->wq, G->bq, 0);
+    g->part[1] = lin_part("k_proj", KVD, W->wk, W->bk, G->wk, G->bk, 0);
+    g->part[2] = lin_part("v_proj", KVD, W->wv, W->bv, G->wv, G->bv, 0);
+    g = &out[LIN_O];
+    g->K = QD, g->nparts = 1;
+    g->part[0] = lin_part("o_proj", D, W->wo, nullptr, G->wo, nullptr, 0);
+    g = &out[LIN_GU];
+    g->K = D, g->nparts = 2, g->fused = m->fused_gu;
+    g->part[0] = lin_part("gate_proj", F, W->wg, nullptr, G->wg, nullptr, 0);
+    g->part[1] = lin_part("up_proj", F, W->wu, nullptr, G->wu, nullptr, 0);
+    g = &out[LIN_DOWN];
+    g->K = F, g->nparts = 1;
+    g->part[0] = lin_part("down_proj", D, W->wd, nullptr, G->wd, nullptr, 0);
+    return LIN_PER_LAYER;
+}
+
+static LinearGroup linear_group(const LlamaGpu *m, int l, int which) {
+    LinearGroup g[LIN_PER_LAYER];
+    linear_groups(m, l, g);
+    return g[which];
+}
+
+// The fp8 casts' scratch: the largest fp8 Linear of a layer (all layers alike); nothing for bf16.
+static LinearScratchSize linear_scratch_need(const LlamaGpu *m) {
+    LinearScratchSize s;
+    memset(&s, 0, sizeof s);
+    if (m->opts.recipe == LINEAR_BF16) return s;
+    LinearGroup g[LIN_PER_LAYER];
+    const long N = (long)m->B * m->T;
+    for (int l : {0, m->cfg.n_layers}) {
+        const int n = linear_groups(m, l, g);
+        for (int i = 0; i < n; i++) linear_group_scratch(&s, m->opts.recipe, N, &g[i]);
+    }
+    return s;
+}
+
 static void carve_acts(LlamaGpu *m, Carver &cv) {
     const LlamaConfig *c = &m->cfg;
     Dims d = dims(c, m->B, m->T);
@@ -98,6 +163,12 @@ static void carve_acts(LlamaGpu *m, Carver &cv) {
     m->emb_start = cv.take<int32_t>(d.N + 1);
     m->emb_token = cv.take<int32_t>(d.N);
     m->logits_f32 = cv.take<float>(d.V);
+    // Last, so that the bf16 recipe's layout is what it always was.
+    m->lin.recipe = o->recipe;
+    m->lin.cap = linear_scratch_need(m);
+    m->lin_bytes = linear_ctx_place(&m->lin, nullptr);
+    m->lin_mem = m->lin_bytes ? cv.take<char>(m->lin_bytes) : nullptr;
+    if (m->lin_mem) linear_ctx_place(&m->lin, m->lin_mem);
 }
 
 static size_t logits_rows(const GpuRunOpts *o, size_t N) {
@@ -139,7 +210,8 @@ GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *
     m.T = T;
     Carver cv = {nullptr, 0};
     carve_acts(&m, cv);
-    p.activations = cv.used;
+    p.cast_scratch = m.lin_bytes;
+    p.activations = cv.used - m.lin_bytes;
     p.logits = logits_rows(opts, (size_t)B * T) * (size_t)c->vocab_size * sizeof(bf16);
     return p;
 }
@@ -208,6 +280,11 @@ static void offload_plan_slices(LlamaGpu *m) {
 }
 
 void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int T, const GpuRunOpts *opts) {
+    CHECK((unsigned)opts->recipe < LINEAR_NRECIPES, "llama_gpu_init: recipe %d out of range", (int)opts->recipe);
+    {
+        char why[512];
+        CHECK(linear_tokens_ok(opts->recipe, (long)B * T, why, sizeof why), "%s", why);
+    }
     memset(m, 0, sizeof *m);
     m->cfg = cpu->cfg;
     m->opts = *opts;
@@ -340,6 +417,8 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     carve_acts(m, cv);
     m->logits = cv.take<bf16>(lrows * d.V);
     m->gn_scratch = cv.take<float>(gn);
+    // The casts leave 128x128 scale padding untouched and cuBLASLt wants it finite: zero it once.
+    if (m->lin_bytes) CUDA_CHECK(cudaMemsetAsync(m->lin_mem, 0, m->lin_bytes, ctx->stream));
 
     float *h_inv = (float *)ao_malloc(d.HD / 2 * sizeof(float));
     rope_inv_freq_cpu(h_inv, c->head_dim, &c->rope);
@@ -413,58 +492,26 @@ void llama_gpu_set_batch(LlamaGpu *m, GpuCtx *ctx, const int32_t *tokens, const 
                                ctx->stream));
 }
 
-// q/k/v (and gate/up) projections: one GEMM over the concatenated weights when they are
-// contiguous, else one GEMM per part writing into its columns of the packed output.
+// q/k/v and gate/up: one Linear group each (ops/linear.cuh), one GEMM over the concatenated
+// weights in bf16 when they are contiguous.
 static void qkv_forward(LlamaGpu *m, GpuCtx *ctx, int l, const bf16 *ln1, bf16 *qkv) {
-    Dims d = dims(&m->cfg, m->B, m->T);
-    const LlamaWeightsBf16Layer *W = &m->wl[l];
-    const int N = (int)d.N, D = (int)d.D, ld = (int)d.QKVD;
-    if (m->fused_qkv && (!W->bq || m->fused_qkv_bias)) {
-        matmul_forward(ctx, qkv, ln1, W->wq, W->bq, N, D, ld, ld);
-    } else {
-        matmul_forward(ctx, qkv, ln1, W->wq, W->bq, N, D, (int)d.QD, ld);
-        matmul_forward(ctx, qkv + d.QD, ln1, W->wk, W->bk, N, D, (int)d.KVD, ld);
-        matmul_forward(ctx, qkv + d.QD + d.KVD, ln1, W->wv, W->bv, N, D, (int)d.KVD, ld);
-    }
+    const LinearGroup g = linear_group(m, l, LIN_QKV);
+    linear_forward(&m->lin, ctx, qkv, ln1, &g, m->B * m->T);
 }
 
 static void qkv_backward(LlamaGpu *m, GpuCtx *ctx, int l, const bf16 *ln1) {
-    Dims d = dims(&m->cfg, m->B, m->T);
-    const LlamaWeightsBf16Layer *W = &m->wl[l];
-    LlamaWeightsLayer *G = &m->gl[l];
-    const int N = (int)d.N, D = (int)d.D, ld = (int)d.QKVD;
-    if (m->fused_qkv && (!W->bq || m->fused_qkv_bias)) {
-        matmul_backward(ctx, m->d_ln, G->wq, G->bq, m->d_qkv, ld, ln1, W->wq, N, D, ld, 0);
-    } else {
-        matmul_backward(ctx, m->d_ln, G->wq, G->bq, m->d_qkv, ld, ln1, W->wq, N, D, (int)d.QD, 0);
-        matmul_backward(ctx, m->d_ln, G->wk, G->bk, m->d_qkv + d.QD, ld, ln1, W->wk, N, D, (int)d.KVD, 1);
-        matmul_backward(ctx, m->d_ln, G->wv, G->bv, m->d_qkv + d.QD + d.KVD, ld, ln1, W->wv, N, D, (int)d.KVD, 1);
-    }
+    const LinearGroup g = linear_group(m, l, LIN_QKV);
+    linear_backward(&m->lin, ctx, m->d_ln, m->d_qkv, ln1, &g, m->B * m->T);
 }
 
 static void gu_forward(LlamaGpu *m, GpuCtx *ctx, int l, const bf16 *ln2, bf16 *gu) {
-    Dims d = dims(&m->cfg, m->B, m->T);
-    const LlamaWeightsBf16Layer *W = &m->wl[l];
-    const int N = (int)d.N, D = (int)d.D, F = (int)d.F;
-    if (m->fused_gu) {
-        matmul_forward(ctx, gu, ln2, W->wg, nullptr, N, D, 2 * F, 2 * F);
-    } else {
-        matmul_forward(ctx, gu, ln2, W->wg, nullptr, N, D, F, 2 * F);
-        matmul_forward(ctx, gu + F, ln2, W->wu, nullptr, N, D, F, 2 * F);
-    }
+    const LinearGroup g = linear_group(m, l, LIN_GU);
+    linear_forward(&m->lin, ctx, gu, ln2, &g, m->B * m->T);
 }
 
 static void gu_backward(LlamaGpu *m, GpuCtx *ctx, int l, const bf16 *ln2) {
-    Dims d = dims(&m->cfg, m->B, m->T);
-    const LlamaWeightsBf16Layer *W = &m->wl[l];
-    LlamaWeightsLayer *G = &m->gl[l];
-    const int N = (int)d.N, D = (int)d.D, F = (int)d.F;
-    if (m->fused_gu) {
-        matmul_backward(ctx, m->d_ln, G->wg, nullptr, m->d_gu, 2 * F, ln2, W->wg, N, D, 2 * F, 0);
-    } else {
-        matmul_backward(ctx, m->d_ln, G->wg, nullptr, m->d_gu, 2 * F, ln2, W->wg, N, D, F, 0);
-        matmul_backward(ctx, m->d_ln, G->wu, nullptr, m->d_gu + F, 2 * F, ln2, W->wu, N, D, F, 1);
-    }
+    const LinearGroup g = linear_group(m, l, LIN_GU);
+    linear_backward(&m->lin, ctx, m->d_ln, m->d_gu, ln2, &g, m->B * m->T);
 }
 
 double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
@@ -478,14 +525,15 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
     for (int l = 0; l < c->n_layers; l++) {
         GpuLayerActs *L = &m->layers[l];
         const LlamaWeightsBf16Layer *W = &m->wl[l];
+        const LinearGroup go = linear_group(m, l, LIN_O), gd = linear_group(m, l, LIN_DOWN);
         qkv_forward(m, ctx, l, L->ln1, L->qkv);
         rope_forward(L->qkv, m->inv_freq, B, T, H, KV, hd, 0, s);
         attention_forward(ctx, L->attn, L->lse, L->qkv, B, T, H, KV, hd, m->opts.attn);
-        matmul_forward(ctx, m->scratch_d, L->attn, W->wo, nullptr, N, (int)d.QD, D, D);
+        linear_forward(&m->lin, ctx, m->scratch_d, L->attn, &go, N);
         residual_rmsnorm_forward(L->resid_mid, L->ln2, L->ln2_rstd, L->resid, m->scratch_d, W->ln2, N, D, eps, s);
         gu_forward(m, ctx, l, L->ln2, L->gu);
         swiglu_forward(L->act, L->gu, N, (int)d.F, s);
-        matmul_forward(ctx, m->scratch_d, L->act, W->wd, nullptr, N, (int)d.F, D, D);
+        linear_forward(&m->lin, ctx, m->scratch_d, L->act, &gd, N);
         if (l + 1 < c->n_layers) {
             GpuLayerActs *Ln = &m->layers[l + 1];
             residual_rmsnorm_forward(Ln->resid, Ln->ln1, Ln->ln1_rstd, L->resid_mid, m->scratch_d, m->wl[l + 1].ln1, N,
@@ -498,14 +546,13 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
     // LM head + cross-entropy, chunk by chunk over rows; with dloss the chunk's logits
     // become dlogits in place and the head's backward runs right away.
     const int V = (int)d.V, rows = (int)logits_rows(&m->opts, d.N);
+    const LinearGroup head = linear_group(m, c->n_layers, 0);
     for (int r0 = 0; r0 < N; r0 += rows) {
         const int nr = N - r0 < rows ? N - r0 : rows;
         const bf16 *x = m->lnf + (size_t)r0 * D;
-        matmul_forward(ctx, m->logits, x, m->w.lm_head, nullptr, nr, D, V, V);
+        linear_forward(&m->lin, ctx, m->logits, x, &head, nr);
         cross_entropy_forward_backward(m->losses + r0, m->logits, m->targets + r0, nr, V, dloss, s);
-        if (dloss != 0.0f)
-            matmul_backward(ctx, m->d_ln + (size_t)r0 * D, m->g.lm_head, nullptr, m->logits, V, x, m->w.lm_head, nr, D,
-                            V, 0);
+        if (dloss != 0.0f) linear_backward(&m->lin, ctx, m->d_ln + (size_t)r0 * D, m->logits, x, &head, nr);
     }
     CUDA_CHECK(cudaMemcpyAsync(m->h_losses, m->losses, N * sizeof(float), cudaMemcpyDeviceToHost, s));
     gpu_sync(m, ctx, "the forward pass's losses (compute stream)");
@@ -568,6 +615,7 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
         GpuLayerActs *L = &m->layers[l];
         const LlamaWeightsBf16Layer *W = &m->wl[l];
         LlamaWeightsLayer *G = &m->gl[l];
+        const LinearGroup go = linear_group(m, l, LIN_O), gd = linear_group(m, l, LIN_DOWN);
         if (m->opts.recompute_norm) {
             rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, W->ln2, N, D, eps, s);
             rmsnorm_forward(L->ln1, L->ln1_rstd, L->resid, W->ln1, N, D, eps, s);
@@ -582,13 +630,13 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
             attention_forward(ctx, L->attn, L->lse, L->qkv, B, T, H, KV, hd, m->opts.attn);
         }
         // MLP: out = resid_mid + down(silu(gate) * up)
-        matmul_backward(ctx, m->d_act, G->wd, nullptr, m->d_resid, D, L->act, W->wd, N, F, D, 0);
+        linear_backward(&m->lin, ctx, m->d_act, m->d_resid, L->act, &gd, N);
         swiglu_backward(m->d_gu, m->d_act, L->gu, N, F, s);
         gu_backward(m, ctx, l, L->ln2);
         rmsnorm_backward(m->d_resid, G->ln2, m->norm_scratch, m->d_ln, m->d_resid, L->resid_mid, W->ln2, L->ln2_rstd, N,
                          D, s);
         // attention: resid_mid = resid + o_proj(attn(rope(qkv(ln1))))
-        matmul_backward(ctx, m->d_attn, G->wo, nullptr, m->d_resid, D, L->attn, W->wo, N, (int)d.QD, D, 0);
+        linear_backward(&m->lin, ctx, m->d_attn, m->d_resid, L->attn, &go, N);
         attention_backward(ctx, m->d_qkv, m->d_attn, L->qkv, L->attn, L->lse, B, T, H, KV, hd, m->opts.attn_bwd);
         rope_backward(m->d_qkv, m->inv_freq, B, T, H, KV, hd, 0, s);
         qkv_backward(m, ctx, l, L->ln1);
@@ -751,8 +799,50 @@ void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
     CHECK(b >= 0 && b < m->B && pos >= 0 && pos < m->T, "logits_at(%d, %d) outside the %d x %d batch", b, pos, m->B, m->T);
     const int V = (int)d.V, D = (int)d.D;
     const bf16 *x = m->lnf + ((size_t)b * m->T + pos) * D;
-    matmul_forward(ctx, m->logits, x, m->w.lm_head, nullptr, 1, D, V, V);
+    const LinearGroup head = linear_group(m, m->cfg.n_layers, 0);
+    linear_forward(&m->lin, ctx, m->logits, x, &head, 1);
     cast_bf16_to_f32(m->logits_f32, m->logits, (size_t)V, ctx->stream);
     CUDA_CHECK(cudaMemcpyAsync(out, m->logits_f32, V * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
     gpu_sync(m, ctx, "the sampled logits (compute stream)");
+}
+
+int llama_gpu_linears(const LlamaGpu *m, int l, LinearGroup *out, const bf16 **inputs) {
+    CHECK(l >= 0 && l <= m->cfg.n_layers, "llama_gpu_linears: layer %d of %d", l, m->cfg.n_layers);
+    const int n = linear_groups(m, l, out);
+    if (inputs) {
+        const GpuLayerActs *L = l < m->cfg.n_layers && m->layers ? &m->layers[l] : nullptr;
+        if (l == m->cfg.n_layers) inputs[0] = m->lnf;
+        else {
+            inputs[LIN_QKV] = L ? L->ln1 : nullptr, inputs[LIN_O] = L ? L->attn : nullptr;
+            inputs[LIN_GU] = L ? L->ln2 : nullptr, inputs[LIN_DOWN] = L ? L->act : nullptr;
+        }
+    }
+    return n;
+}
+
+void llama_gpu_print_linears(const LlamaGpu *m, FILE *f) {
+    const LinearRecipe r = m->opts.recipe;
+    if (r == LINEAR_BF16) {
+        fprintf(f, "linears: bf16 (--recipe bf16)\n");
+        return;
+    }
+    LinearGroup g[LIN_PER_LAYER];
+    char why[256];
+    fprintf(f, "linears (--recipe %s, torchao's module filter; the same in all %d layers):\n", linear_recipe_name(r),
+            m->cfg.n_layers);
+    for (int fp8 = 1; fp8 >= 0; fp8--) {
+        int count = 0;
+        for (int l : {0, m->cfg.n_layers}) {  // every layer has layer 0's shapes
+            const int n = linear_groups(m, l, g);
+            for (int i = 0; i < n; i++)
+                for (int p = 0; p < g[i].nparts; p++) {
+                    const LinearPart *P = &g[i].part[p];
+                    if (linear_group_part_fp8(r, &g[i], p, why, sizeof why) != fp8) continue;
+                    if (fp8) fprintf(f, "%s%s %d->%d", count ? ", " : "  fp8:  ", P->name, g[i].K, P->M);
+                    else fprintf(f, "  bf16: %s %d->%d (%s)\n", P->name, g[i].K, P->M, why);
+                    count++;
+                }
+        }
+        if (fp8) fprintf(f, count ? "\n" : "  fp8:  none (no Linear has fp8-compatible dimensions)\n");
+    }
 }

@@ -1,15 +1,18 @@
 // The Llama model on one GPU in bf16: parameters, fp32 master weights (unless the bf16
 // parameters are the masters, --master bf16-sr), fp32 gradients and AdamW moments in one
 // allocation carved by the parameter table; activations in a second one. Forward and
-// backward are assembled from the ops/*.cu kernels; every linear goes through ops/matmul
-// (cuBLASLt), attention through ops/attention. With ZeRO
-// (GpuRunOpts.zero, dist/zero.cuh) the master weights and moments are those of this
-// rank's shard only; parameters and gradients are always whole.
+// backward are assembled from the ops/*.cu kernels; every linear goes through the one
+// Linear dispatch (ops/linear.cuh: bf16, or the fp8 GEMMs of --recipe), attention through
+// ops/attention. With ZeRO (GpuRunOpts.zero, dist/zero.cuh) the master weights and moments
+// are those of this rank's shard only; parameters and gradients are always whole.
 #pragma once
+
+#include <stdio.h>
 
 #include "../common/gpu.h"
 #include "../dist/zero.cuh"
 #include "../ops/attention.cuh"
+#include "../ops/linear.cuh"
 #include "../optim/lowbit.h"
 #include "model.h"
 
@@ -35,6 +38,8 @@ typedef struct {
                            // rounded up to whole ZERO_ALIGN units; 0: 1 << 22
     const ZeroPlan *zero;  // ZeRO shard this process steps (dist/zero.cuh); NULL: all of it (one GPU).
                            // Must outlive the model.
+    LinearRecipe recipe;   // --recipe: how the layers' Linears run (ops/linear.h); LINEAR_BF16 (0) is the
+                           // bf16 trainer, bit for bit. lm_head stays bf16 in every recipe.
 } GpuRunOpts;
 
 // Per-layer activations kept for backward (bf16 unless marked), N = B*T rows.
@@ -116,6 +121,9 @@ typedef struct {
     bf16 *resid_final, *lnf;
     float *lnf_rstd;
     bf16 *scratch_d;   // [N, D] o_proj / down_proj outputs
+    LinearCtx lin;     // the recipe and the fp8 casts' scratch (carved here; none with bf16)
+    void *lin_mem;
+    size_t lin_bytes;
     bf16 *logits;      // [lm_chunk, V]
     float *losses;     // [N]
     bf16 *d_resid, *d_ln, *d_attn, *d_qkv, *d_gu, *d_act;
@@ -136,7 +144,8 @@ typedef struct {
 void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int T, const GpuRunOpts *opts);
 void llama_gpu_free(LlamaGpu *m);
 // Bytes each part holds, for the start-up memory table.
-typedef struct { size_t params, master, grads, moments, activations, logits; } GpuMemPlan;
+// cast_scratch: the fp8 operands of one Linear at a time (ops/linear.h), part of the activation allocation.
+typedef struct { size_t params, master, grads, moments, activations, logits, cast_scratch; } GpuMemPlan;
 GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *opts);
 
 // Copies tokens/targets ([B*T], host) to the device; targets < 0 are ignored.
@@ -166,5 +175,11 @@ void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu);
 // Copies the shard's master weights (fp32, or bf16 widened) to dst[plan->begin, plan->end)
 // (device memory of the flat size), queued on the compute stream.
 void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst);
+// The Linear groups of layer l as the model hands them to ops/linear.cuh (q/k/v, o_proj, gate/up,
+// down_proj), or of the LM head for l = n_layers; inputs[i] (may be NULL) gets the activation group i
+// reads, valid after a forward without recompute flags. Returns the number of groups (<= 4).
+int llama_gpu_linears(const LlamaGpu *m, int l, LinearGroup *out, const bf16 **inputs);
+// One line per precision: which Linears run fp8 under the recipe and which stay bf16, and why.
+void llama_gpu_print_linears(const LlamaGpu *m, FILE *f);
 // Logits at row b, position pos of the last forward, into host out[V] fp32 (sampling).
 void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out);

@@ -1,0 +1,126 @@
+// Linear recipes: names, which Linears take the fp8 GEMMs, and the scratch of their casts
+// (ops/linear.h; the rules and their sources are at the top of that file).
+#include "linear.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "../common/error.h"
+
+static const char *const NAMES[LINEAR_NRECIPES] = {"bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise-gw-hp",
+                                                   "fp8-blockwise"};
+
+const char *linear_recipe_name(LinearRecipe r) { return (unsigned)r < LINEAR_NRECIPES ? NAMES[r] : "?"; }
+
+Fp8Recipe linear_fp8_recipe(LinearRecipe r) {
+    switch (r) {
+        case LINEAR_FP8_TENSORWISE: return FP8_RECIPE_TENSORWISE;
+        case LINEAR_FP8_ROWWISE: return FP8_RECIPE_ROWWISE;
+        case LINEAR_FP8_ROWWISE_GW_HP: return FP8_RECIPE_ROWWISE_GW_HP;
+        case LINEAR_FP8_BLOCKWISE: return FP8_RECIPE_BLOCKWISE;
+        default: FAIL("linear_fp8_recipe: recipe %d (%s) has no fp8 casts", (int)r, linear_recipe_name(r));
+    }
+}
+
+int linear_recipe_parse(const char *s, LinearRecipe *r, char *err, size_t n) {
+    for (int i = 0; i < LINEAR_NRECIPES; i++)
+        if (s && strcmp(s, NAMES[i]) == 0) {
+            *r = (LinearRecipe)i;
+            return 1;
+        }
+    if (s && strncmp(s, "mx", 2) == 0)
+        snprintf(err, n,
+                 "--recipe %s: MXFP8 training is not available yet (issue 7, item 4). The MX casts exist "
+                 "(quant/mx.h, bit-exact with torchao), but Hopper has no MX tensor-core GEMM: it needs the emulated "
+                 "path (dequantize to bf16 tiles) or an sm_100 GPU, and neither is wired in\n  HINT: fp8-blockwise "
+                 "is the fine-grained-scaling recipe that runs on H100/H200", s);
+    else
+        snprintf(err, n, "--recipe %s: expected bf16, fp8-tensorwise, fp8-rowwise, fp8-rowwise-gw-hp or fp8-blockwise",
+                 s ? s : "(null)");
+    return 0;
+}
+
+int linear_tokens_ok(LinearRecipe r, long N, char *why, size_t n) {
+    if (r == LINEAR_BF16 || (N > 0 && N % 16 == 0)) return 1;
+    if (why)
+        snprintf(why, n,
+                 "--recipe %s needs b*t (the tokens of a micro-batch, here %ld) to be a multiple of 16: the "
+                 "grad_weight GEMM reduces over the tokens, and fp8 GEMM operands are rows of whole 16-byte units "
+                 "(torch._scaled_mm refuses it too; torchao pads only with pad_inner_dim)\n  HINT: pick -b and -t "
+                 "with b*t a multiple of 16, or --recipe bf16", linear_recipe_name(r), N);
+    return 0;
+}
+
+int linear_part_fp8(LinearRecipe r, int K, int M, int col, int ldo, int hp, char *why, size_t n) {
+    char tmp[8];
+    if (!why) why = tmp, n = sizeof tmp;
+    if (r == LINEAR_BF16) {
+        snprintf(why, n, "--recipe bf16");
+        return 0;
+    }
+    if (hp) {
+        snprintf(why, n, "the output projection: torchao's filter keeps it in high precision");
+        return 0;
+    }
+    if (K % 16 || M % 16) {
+        snprintf(why, n, "%s %d is not a multiple of 16: torchao's filter keeps it in high precision",
+                 K % 16 ? "in_features" : "out_features", K % 16 ? K : M);
+        return 0;
+    }
+    // The fp8 GEMM writes bf16 rows through cuBLASLt, which wants 16-byte aligned rows and starts.
+    if (col % 8 || ldo % 8) {
+        snprintf(why, n, "its output columns [%d, %d) in rows of %d bf16 are not 16-byte aligned", col, col + M, ldo);
+        return 0;
+    }
+    return 1;
+}
+
+static void grow(size_t *a, size_t b) {
+    if (b > *a) *a = b;
+}
+
+void linear_scratch_add(LinearScratchSize *s, LinearRecipe r, long N, int K, int M, int split) {
+    const Fp8Recipe f = linear_fp8_recipe(r);
+    const size_t n = (size_t)N, k = (size_t)K, m = (size_t)M;
+    grow(&s->qx, n * k);
+    grow(&s->qw, m * k);
+    grow(&s->qg, n * m);
+    if (split) grow(&s->gcopy, n * m);
+    // Stored tensors: x [N, K], W [M, K], g [N, M]; the specs say which are cast transposed.
+    grow(&s->sx, fp8_scale_count(fp8_recipe_cast(f, FP8_X_FWD), (int)N, K, NULL));
+    grow(&s->sx, fp8_scale_count(fp8_recipe_cast(f, FP8_X_GW), (int)N, K, NULL));
+    grow(&s->sw, fp8_scale_count(fp8_recipe_cast(f, FP8_W_FWD), M, K, NULL));
+    grow(&s->sw, fp8_scale_count(fp8_recipe_cast(f, FP8_W_GI), M, K, NULL));
+    grow(&s->sg, fp8_scale_count(fp8_recipe_cast(f, FP8_G_GI), (int)N, M, NULL));
+    grow(&s->sg, fp8_scale_count(fp8_recipe_cast(f, FP8_G_GW), (int)N, M, NULL));
+    const Fp8CastSpec gi = fp8_recipe_cast(f, FP8_G_GI), wi = fp8_recipe_cast(f, FP8_W_GI);
+    if (gi.scaling == FP8_SCALE_AXIS && wi.scaling == FP8_SCALE_TENSOR) grow(&s->svec, k);
+    int tensor = 0;
+    for (int op = 0; op < FP8_NOPERANDS; op++) tensor |= fp8_recipe_cast(f, (Fp8Operand)op).scaling == FP8_SCALE_TENSOR;
+    if (tensor) grow(&s->amax, LINEAR_AMAX_FLOATS);
+}
+
+// One piece of the scratch: 256-byte aligned, like the model's Carver.
+static void *piece(char *base, size_t *used, size_t bytes) {
+    if (!bytes) return NULL;
+    size_t off = (*used + 255) & ~(size_t)255;
+    *used = off + bytes;
+    return base ? base + off : NULL;
+}
+
+size_t linear_ctx_place(LinearCtx *lc, void *base) {
+    char *b = (char *)base;
+    size_t used = 0;
+    const LinearScratchSize *c = &lc->cap;
+    uint8_t *qx = (uint8_t *)piece(b, &used, c->qx), *qw = (uint8_t *)piece(b, &used, c->qw),
+            *qg = (uint8_t *)piece(b, &used, c->qg);
+    void *gcopy = piece(b, &used, c->gcopy * 2);
+    float *sx = (float *)piece(b, &used, c->sx * sizeof(float)), *sw = (float *)piece(b, &used, c->sw * sizeof(float)),
+          *sg = (float *)piece(b, &used, c->sg * sizeof(float)), *sv = (float *)piece(b, &used, c->svec * sizeof(float)),
+          *am = (float *)piece(b, &used, c->amax * sizeof(float));
+    if (b) {
+        lc->qx = qx, lc->qw = qw, lc->qg = qg, lc->gcopy = gcopy;
+        lc->sx = sx, lc->sw = sw, lc->sg = sg, lc->svec = sv, lc->amax = am;
+    }
+    return used;
+}

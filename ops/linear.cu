@@ -1,0 +1,152 @@
+// The Linear dispatch (what runs where: ops/linear.cuh; which Linears take fp8: ops/linear.h).
+#include <string.h>
+
+#include "../common/cuda_utils.cuh"
+#include "../quant/fp8_cast.cuh"
+#include "linear.cuh"
+#include "matmul.cuh"
+#include "matmul_fp8.cuh"
+
+static_assert(LINEAR_AMAX_FLOATS == FP8_AMAX_PARTIALS + 1, "ops/linear.h LINEAR_AMAX_FLOATS must match fp8_cast.cuh");
+
+int linear_group_ld(const LinearGroup *g) {
+    int ld = 0;
+    for (int p = 0; p < g->nparts; p++) ld += g->part[p].M;
+    return ld;
+}
+
+int linear_group_col(const LinearGroup *g, int p) {
+    int c = 0;
+    for (int i = 0; i < p; i++) c += g->part[i].M;
+    return c;
+}
+
+int linear_group_part_fp8(LinearRecipe r, const LinearGroup *g, int p, char *why, size_t n) {
+    return linear_part_fp8(r, g->K, g->part[p].M, linear_group_col(g, p), linear_group_ld(g), g->part[p].hp, why, n);
+}
+
+void linear_group_scratch(LinearScratchSize *s, LinearRecipe r, long N, const LinearGroup *g) {
+    for (int p = 0; p < g->nparts; p++)
+        if (linear_group_part_fp8(r, g, p, NULL, 0)) linear_scratch_add(s, r, N, g->K, g->part[p].M, g->nparts > 1);
+}
+
+static int group_fp8_parts(const LinearCtx *lc, const LinearGroup *g) {
+    int n = 0;
+    for (int p = 0; p < g->nparts; p++) n += linear_group_part_fp8(lc->recipe, g, p, NULL, 0);
+    return n;
+}
+
+static void check_group(const LinearGroup *g, int N, const char *fn) {
+    CHECK(g->nparts >= 1 && g->nparts <= LINEAR_MAX_PARTS && g->K > 0 && N >= 0, "%s: bad group (%d parts, K=%d, N=%d)",
+          fn, g->nparts, g->K, N);
+}
+
+// ---- fp8 pieces ------------------------------------------------------------------------------------
+// One operand of the recipe cast from the stored bf16 tensor src [rows, cols] into q / s.
+static Fp8Mat cast_operand(const LinearCtx *lc, Fp8Operand op, uint8_t *q, size_t qcap, float *s, size_t scap,
+                           const bf16 *src, int rows, int cols, cudaStream_t st) {
+    const Fp8CastSpec spec = fp8_recipe_cast(linear_fp8_recipe(lc->recipe), op);
+    int ld = 0;
+    const size_t ns = fp8_scale_count(spec, rows, cols, &ld);
+    CHECK(q && s && (size_t)rows * cols <= qcap && ns <= scap,
+          "linear: the %s cast of a [%d x %d] tensor needs %zu codes and %zu scales, the scratch holds %zu and %zu\n"
+          "  HINT: the scratch is sized from the model's Linears at start-up (linear_group_scratch); a Linear "
+          "that was not planned for runs here", fp8_operand_name(op), rows, cols, (size_t)rows * cols, ns, qcap, scap);
+    fp8_cast_operand(q, s, NULL, src, rows, cols, spec, lc->amax, st);
+    return fp8_mat(q, s, spec, rows, cols);
+}
+
+// out[n, c] = bf16(out[n, c] + bias[c]): torchao adds the bias to the bf16 GEMM output.
+__global__ void linear_bias_forward_kernel(bf16 *out, const bf16 *bias, int N, int M, int ldo) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)N * M) return;
+    const size_t n = i / M, c = i % M;
+    bf16 *o = out + n * ldo + c;
+    *o = __float2bfloat16(__bfloat162float(*o) + __bfloat162float(bias[c]));
+}
+
+static void linear_bias_forward(bf16 *out, const bf16 *bias, int N, int M, int ldo, cudaStream_t st) {
+    const size_t n = (size_t)N * M;
+    if (!n) return;
+    linear_bias_forward_kernel<<<(unsigned)ceil_div_sz(n, 256), 256, 0, st>>>(out, bias, N, M, ldo);
+    CUDA_CHECK_LAST();
+}
+
+// ---- forward -----------------------------------------------------------------------------------------
+void linear_forward(LinearCtx *lc, GpuCtx *ctx, bf16 *out, const bf16 *x, const LinearGroup *g, int N) {
+    check_group(g, N, "linear_forward");
+    const int K = g->K, ld = linear_group_ld(g), nfp8 = group_fp8_parts(lc, g);
+    if (!nfp8 && g->fused && g->nparts > 1) {  // the bf16 trainer's fused GEMM
+        matmul_forward(ctx, out, x, g->part[0].w, g->part[0].bias, N, K, ld, ld);
+        return;
+    }
+    if (nfp8 && N == 0) return;
+    Fp8Mat xm;
+    memset(&xm, 0, sizeof xm);
+    if (nfp8) xm = cast_operand(lc, FP8_X_FWD, lc->qx, lc->cap.qx, lc->sx, lc->cap.sx, x, N, K, ctx->stream);
+    for (int p = 0; p < g->nparts; p++) {
+        const LinearPart *P = &g->part[p];
+        const int col = linear_group_col(g, p);
+        if (!linear_group_part_fp8(lc->recipe, g, p, NULL, 0)) {
+            matmul_forward(ctx, out + col, x, P->w, P->bias, N, K, P->M, ld);
+            continue;
+        }
+        const Fp8Mat wm = cast_operand(lc, FP8_W_FWD, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, P->M, K, ctx->stream);
+        matmul_fp8_forward(ctx, out + col, ld, xm, wm, N, K, P->M, 1);
+        if (P->bias) linear_bias_forward(out + col, P->bias, N, P->M, ld, ctx->stream);
+    }
+}
+
+// ---- backward ----------------------------------------------------------------------------------------
+void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, const bf16 *x, const LinearGroup *g,
+                     int N) {
+    check_group(g, N, "linear_backward");
+    const int K = g->K, ld = linear_group_ld(g), nfp8 = group_fp8_parts(lc, g);
+    cudaStream_t st = ctx->stream;
+    if (!nfp8 && g->fused && g->nparts > 1) {  // the bf16 trainer's fused GEMMs
+        matmul_backward(ctx, dx, g->part[0].dw, g->part[0].dbias, dout, ld, x, g->part[0].w, N, K, ld, 0);
+        return;
+    }
+    if (nfp8 && N == 0) return;
+    const Fp8Recipe fr = nfp8 ? linear_fp8_recipe(lc->recipe) : FP8_RECIPE_TENSORWISE;
+    const int gw_fp8 = nfp8 && fp8_recipe_cast(fr, FP8_X_GW).scaling != FP8_SCALE_NONE;
+    Fp8Mat xt;
+    memset(&xt, 0, sizeof xt);
+    if (gw_fp8) xt = cast_operand(lc, FP8_X_GW, lc->qx, lc->cap.qx, lc->sx, lc->cap.sx, x, N, K, st);  // x^T [K, N]
+    for (int p = 0; p < g->nparts; p++) {
+        const LinearPart *P = &g->part[p];
+        const int M = P->M, acc = p > 0;
+        const bf16 *gp = dout + linear_group_col(g, p);
+        if (!linear_group_part_fp8(lc->recipe, g, p, NULL, 0)) {
+            matmul_backward(ctx, dx, P->dw, P->dbias, gp, ld, x, P->w, N, K, M, acc);
+            continue;
+        }
+        const bf16 *gd = gp;  // g_p as dense rows for the casts
+        if (ld != M) {
+            CHECK(lc->gcopy && (size_t)N * M <= lc->cap.gcopy, "linear: no gradient copy scratch for %s [%d x %d]",
+                  P->name ? P->name : "?", N, M);
+            CUDA_CHECK(cudaMemcpy2DAsync(lc->gcopy, (size_t)M * sizeof(bf16), gp, (size_t)ld * sizeof(bf16),
+                                         (size_t)M * sizeof(bf16), (size_t)N, cudaMemcpyDeviceToDevice, st));
+            gd = (const bf16 *)lc->gcopy;
+        }
+        if (dx) {
+            const Fp8Mat gm = cast_operand(lc, FP8_G_GI, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);
+            Fp8Mat wt = cast_operand(lc, FP8_W_GI, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, M, K, st);  // W^T [K, M]
+            if (gm.scaling == FP8_SCALE_AXIS && wt.scaling == FP8_SCALE_TENSOR) {
+                // rowwise_with_gw_hp: a per-row g with a tensorwise W^T; cuBLASLt's OUTER_VEC_32F needs
+                // vectors on both sides, so W^T's scale is repeated once per row of W^T (torchao does too).
+                CHECK(lc->svec && (size_t)K <= lc->cap.svec, "linear: no scale-vector scratch for K = %d", K);
+                fp8_scale_broadcast(lc->svec, wt.scale_inv, K, st);
+                wt.scaling = FP8_SCALE_AXIS, wt.scale_inv = lc->svec;
+            }
+            matmul_fp8_dinp(ctx, dx, gm, wt, N, K, M, acc);
+        }
+        if (gw_fp8 && P->dw) {
+            const Fp8Mat gt = cast_operand(lc, FP8_G_GW, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);  // g^T [M, N]
+            matmul_fp8_dweight(ctx, P->dw, FP8_OUT_F32, gt, xt, N, K, M, 1);
+            if (P->dbias) matmul_backward(ctx, nullptr, nullptr, P->dbias, gp, ld, x, P->w, N, K, M, 0);
+        } else if (P->dw || P->dbias) {  // rowwise_with_gw_hp (or dbias alone): as in the bf16 path
+            matmul_backward(ctx, nullptr, gw_fp8 ? nullptr : P->dw, P->dbias, gp, ld, x, P->w, N, K, M, 0);
+        }
+    }
+}
