@@ -101,7 +101,7 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--recompute-attn", nullptr, FLAG_BOOL, &s->recompute_attn, "recompute q/k/v, RoPE and attention in backward", 1, 0},
         {"--attn", nullptr, FLAG_STR, &s->attn, "attention: auto | cudnn | kernel", 1, 0},
         {"--deterministic", nullptr, FLAG_BOOL, &s->deterministic,
-         "bit-reproducible runs: attention backward by our kernel (cuDNN's uses atomics)", 1, 0},
+         "bit-reproducible runs: attention backward by a deterministic cuDNN engine if cuDNN has one, else our kernel", 1, 0},
         {"--lm-chunk", nullptr, FLAG_INT, &s->lm_chunk, "rows of logits materialised at once", 1, 1 << 20},
         {"--zero", nullptr, FLAG_INT, &s->zero,
          "data parallel over the ranks of mpirun (or LLAMA_AO_*): 1 = master weights and optimizer states sharded, "
@@ -401,7 +401,8 @@ int main(int argc, char **argv) {
     o.recompute_ffn = s.recompute_ffn;
     o.recompute_attn = s.recompute_attn;
     o.attn = attn;
-    o.attn_bwd = s.deterministic ? ATTN_KERNEL : attn;
+    // Deterministic: cuDNN's backward on an engine it does not mark non-deterministic, else our kernel.
+    o.attn_bwd = !s.deterministic ? attn : attn == ATTN_KERNEL ? ATTN_KERNEL : ATTN_CUDNN_DET;
     o.lm_chunk = s.lm_chunk;
     o.optim = optim;
     o.master = master;
@@ -414,6 +415,10 @@ int main(int argc, char **argv) {
     LlamaGpu m;
     llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
     llama_gpu_print_linears(&m, stdout);
+    if (rank == 0)
+        printf("attention backward: %s%s\n",
+               attention_backward_path(&ctx, s.B, s.T, c->n_heads, c->n_kv_heads, c->head_dim, o.attn_bwd),
+               s.deterministic ? " (--deterministic: bit-reproducible)" : "");
     ZeroComm zc;
     memset(&zc, 0, sizeof zc);
     if (s.zero) zero_comm_init(&zc, &dist, &zplan, m.grads, m.params, ctx.stream);

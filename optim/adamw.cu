@@ -14,30 +14,54 @@ __device__ __forceinline__ void adamw_one(float &p, float g, float &m, float &v,
     p = adamw_elem(p, g, &m, &v, &a);
 }
 
-// One thread per 4 elements; VEC = 4 moves them as float4 (all fp32 arrays 16-byte and
-// param 8-byte aligned), VEC = 1 element by element. The last n % 4 go element by element.
-template <int VEC>
-__global__ void adamw_kernel(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n,
-                             AdamwScalars a) {
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
-    if (i >= n) return;
-    if (VEC == 4 && i + 4 <= n) {
-        f128 p = load128(master + i), g = load128cs(grad + i), mm = load128(m + i), vv = load128(v + i);
-        __nv_bfloat162 b[2];
+// Vector kernel: each thread updates ADAMW_ILP chunks of 4 elements, a block's chunks contiguous
+// (chunk c of thread t at (block * ADAMW_ILP + c) * blockDim + t), and issues all of its 16-byte
+// loads before the first update so that 4 * ADAMW_ILP loads per thread are in flight (the
+// update is memory-bound: 30 bytes per parameter). Scalar kernel (unaligned arrays): one
+// element per thread. The vector kernel's last n % 4 elements go element by element.
+#define ADAMW_ILP 2
+__global__ void adamw_kernel_scalar(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n,
+                                    AdamwScalars a) {
+    const size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    float p = master[j], mm = m[j], vv = v[j];
+    adamw_one(p, grad[j], mm, vv, a);
+    master[j] = p, m[j] = mm, v[j] = vv;
+    param[j] = __float2bfloat16(p);
+}
+
+__global__ void adamw_kernel_vec(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n,
+                                 AdamwScalars a) {
+    size_t idx[ADAMW_ILP];
+    f128 p[ADAMW_ILP], g[ADAMW_ILP], mm[ADAMW_ILP], vv[ADAMW_ILP];
 #pragma unroll
-        for (int j = 0; j < 4; j++) adamw_one(p[j], g[j], mm[j], vv[j], a);
-        b[0] = __floats2bfloat162_rn(p[0], p[1]);
-        b[1] = __floats2bfloat162_rn(p[2], p[3]);
-        store128(master + i, p);
-        store128(m + i, mm);
-        store128(v + i, vv);
-        *reinterpret_cast<uint2 *>(param + i) = *reinterpret_cast<const uint2 *>(b);
-    } else {
-        for (size_t j = i; j < n && j < i + 4; j++) {
-            float p = master[j], mm = m[j], vv = v[j];
-            adamw_one(p, grad[j], mm, vv, a);
-            master[j] = p, m[j] = mm, v[j] = vv;
-            param[j] = __float2bfloat16(p);
+    for (int c = 0; c < ADAMW_ILP; c++) {
+        idx[c] = (((size_t)blockIdx.x * ADAMW_ILP + c) * blockDim.x + threadIdx.x) * 4;
+        if (idx[c] + 4 <= n) {
+            p[c] = load128(master + idx[c]), g[c] = load128cs(grad + idx[c]);
+            mm[c] = load128(m + idx[c]), vv[c] = load128(v + idx[c]);
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < ADAMW_ILP; c++) {
+        const size_t i = idx[c];
+        if (i + 4 <= n) {
+            __nv_bfloat162 b[2];
+#pragma unroll
+            for (int j = 0; j < 4; j++) adamw_one(p[c][j], g[c][j], mm[c][j], vv[c][j], a);
+            b[0] = __floats2bfloat162_rn(p[c][0], p[c][1]);
+            b[1] = __floats2bfloat162_rn(p[c][2], p[c][3]);
+            store128(master + i, p[c]);
+            store128(m + i, mm[c]);
+            store128(v + i, vv[c]);
+            *reinterpret_cast<uint2 *>(param + i) = *reinterpret_cast<const uint2 *>(b);
+        } else {
+            for (size_t j = i; j < n; j++) {  // the tail (< 4 elements): only its one chunk gets here
+                float q = master[j], m1 = m[j], v1 = v[j];
+                adamw_one(q, grad[j], m1, v1, a);
+                master[j] = q, m[j] = m1, v[j] = v1;
+                param[j] = __float2bfloat16(q);
+            }
         }
     }
 }
@@ -46,11 +70,14 @@ void adamw_update(float *master, bf16 *param, const float *grad, float *m, float
                   float b2, float eps, float wd, int step, float grad_scale, cudaStream_t s) {
     const AdamwScalars a = adamw_scalars(lr, b1, b2, eps, wd, step, grad_scale);  // CHECKs step >= 1
     if (n == 0) return;
-    unsigned grid = (unsigned)ceil_div_sz(ceil_div_sz(n, 4), 256);
     bool vec = is_aligned16(master) && is_aligned16(grad) && is_aligned16(m) && is_aligned16(v) &&
                ((uintptr_t)param & 7) == 0;
-    if (vec) adamw_kernel<4><<<grid, 256, 0, s>>>(master, param, grad, m, v, n, a);
-    else adamw_kernel<1><<<grid, 256, 0, s>>>(master, param, grad, m, v, n, a);
+    if (vec) {
+        const unsigned grid = (unsigned)ceil_div_sz(ceil_div_sz(n, 4), (size_t)256 * ADAMW_ILP);
+        adamw_kernel_vec<<<grid, 256, 0, s>>>(master, param, grad, m, v, n, a);
+    } else {
+        adamw_kernel_scalar<<<(unsigned)ceil_div_sz(n, 256), 256, 0, s>>>(master, param, grad, m, v, n, a);
+    }
     CUDA_CHECK_LAST();
 }
 
