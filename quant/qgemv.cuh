@@ -22,10 +22,10 @@ typedef struct {
     QuantMode mode;  // QUANT_NONE holds bf16 weights
     int rows, cols, group;
     int ld;                    // elements per stored row: cols rounded up to a multiple of 8
-    int tiled;                 // INT4 codes in tensor-core fragment order (qgemv.cu), not rows
+    int tiled;                 // INT4 codes in tensor-core fragment order (qgemv.cu), not rows: 1 v1, 2 v2 kernel
     const void *q;             // NONE: bf16 [rows*cols]; INT8: int8; FP8: e4m3; INT4/8DA4W: nibbles [rows*cols/2]
     const float *scale;        // INT8, FP8: [rows]; 8DA4W: [rows * cols/group]
-    const __nv_bfloat162 *sz;  // INT4: (scale, zero) per group [rows * cols/group]
+    const __nv_bfloat162 *sz;  // INT4: (scale, zero) per group [rows * cols/group] (tiled 2: pre-shuffled, qgemv.cu)
     const float *bias;         // [rows] or NULL
 } QWeightGpu;
 
@@ -39,6 +39,7 @@ typedef struct {
     float *part;   // split-K partial sums
     uint2 *xb;     // int4 tensor-core path: x as (hi, lo) bf16 B fragments
     float *xsum;   // int4 tensor-core path: per-group sums of x
+    int *cnt;      // int4 tensor-core v2: split-K ticket counters (zero between launches)
     int max_rows, max_cols;
 } QActScratch;
 
@@ -59,9 +60,14 @@ void qact_prepare(QuantMode mode, const float *x, int M, int K, QActScratch *s, 
 // *rounded counts the values that were not bf16 already).
 QWeightGpu qweight_upload(const QTensor *const *parts, const float *const *biases, int np, size_t *rounded);
 void qweight_free(QWeightGpu *w);
-// int4 weights uploaded after this use the tensor-core GEMV where cols % 64 == 0 (default on);
-// off: the SIMT kernel for every shape (tests and benchmarks compare the two).
+// The int4 kernel for weights uploaded after this call (tests and benchmarks compare them):
+// 2 (default) the tensor-core GEMV v2 where cols % 64 == 0, 1 the first tensor-core kernel
+// (v1) there, 0 the SIMT kernel for every shape. qgemv_set_int4_mma(on): 2 or 0.
+void qgemv_set_int4_kernel(int version);
 void qgemv_set_int4_mma(int on);
+// v2 launches the GEMV as a programmatic dependent of its x-prep kernel (default on; off for
+// an A/B of that overlap). Takes effect at the next qgemv call (and graph capture).
+void qgemv_set_int4_pdl(int on);
 int qweight_same_format(const QTensor *a, const QTensor *b);
 // f32_to_bf16 (round to nearest even), counting in *inexact the values that were not bf16.
 uint16_t bf16_bits_rne(float f, size_t *inexact);

@@ -25,6 +25,53 @@ static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
 static float frand(void) { return test_rand_uniform(&g_rng); }  // [-1, 1)
 
 // ---- the GEMV of each format ----------------------------------------------------------------
+// GEMV error bound per output, relative to the size of the sum it adds up (the dot product's
+// condition): cond = sum_k |w_k| |x_k| + |bias| with |w_k| dequantized, for int4 sum_k (|s (q_k - 8)|
+// + |z|) |x_k| (the kernels add the scaled codes and the zero term separately). A bound relative
+// to the largest output fails honest kernels where one output cancels to a small value (a single
+// output: [1 x 256] g256 was 6e-5 of it). The tensor-core int4 kernels represent each x to 2^-18
+// relative (bf16 hi + lo), so an output is within 2^-18 cond plus fp32 summation error in any
+// case (random data: 1e-7 at K = 4096 up to 1e-6 at K = 64, a host emulation of the kernel); the
+// fp32 kernels are far below. 8e-6 = 2 x 2^-18 never fails an honest kernel and still catches a
+// dropped x_lo (~2^-9 / sqrt(K)), a wrong scale, zero or group (~1e-2).
+#define GEMV_TOL 8e-6
+
+static double *gemv_condition(const QTensor *t, const float *bias, const float *x, int M) {
+    const int R = t->rows, K = t->cols;
+    double *cond = (double *)ao_calloc((size_t)M * R, sizeof(double));
+    float *w = (float *)ao_malloc((size_t)R * K * sizeof(float));
+    quant_dequantize(t, w);
+    for (int r = 0; r < R; r++)
+        for (int k = 0; k < K; k++) {
+            double a = fabs((double)w[(size_t)r * K + k]);
+            if (t->mode == QUANT_INT4) {
+                const size_t e = (size_t)r * K + k, gi = (size_t)r * (K / t->group) + k / t->group;
+                const int q = (t->q[e / 2] >> ((e & 1) * 4)) & 15;
+                a = fabs((double)t->scale[gi] * (q - 8)) + fabs((double)t->zero[gi]);
+            }
+            for (int m = 0; m < M; m++) cond[(size_t)m * R + r] += a * fabs((double)x[(size_t)m * K + k]);
+        }
+    if (bias)
+        for (int m = 0; m < M; m++)
+            for (int r = 0; r < R; r++) cond[(size_t)m * R + r] += fabs((double)bias[r]);
+    free(w);
+    return cond;
+}
+
+// max_i |got_i - ref_i| / (scale cond_i) <= GEMV_TOL, reporting the worst output.
+static void check_gemv(const char *what, const float *got, const float *ref, const double *cond, double scale, size_t n) {
+    double worst = -1.0;
+    size_t wi = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - (double)ref[i]) / fmax(scale * cond[i], 1e-30);
+        if (!isfinite(got[i])) e = INFINITY;
+        if (e > worst) worst = e, wi = i;
+    }
+    TEST_CHECK(worst <= GEMV_TOL,
+               "%s: error %.3e of the sum's size > %.1e (worst at [%zu]: got %.9g, ref %.9g, sum |w||x| %.6g)", what,
+               worst, GEMV_TOL, wi, got[wi], ref[wi], scale * cond[wi]);
+}
+
 static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bias) {
     const size_t n = (size_t)rows * cols;
     float *w = (float *)ao_malloc(n * sizeof(float));
@@ -54,6 +101,7 @@ static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bi
         if (M > 2) memset(x + (size_t)cols, 0, (size_t)cols * sizeof(float));  // an all-zero token
         float *ref = (float *)ao_malloc((size_t)M * rows * sizeof(float)), *got = (float *)ao_malloc((size_t)M * rows * sizeof(float));
         quant_linear_forward(ref, x, &t, bias, M);
+        double *cond = gemv_condition(&t, bias, x, M);
         float *dx = dalloc<float>((size_t)M * cols), *dy = dalloc<float>((size_t)M * rows);
         h2d(dx, x, (size_t)M * cols * sizeof(float));
         qgemv(dy, dx, M, &gw, 0, &s, g_s);
@@ -61,16 +109,23 @@ static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bi
         char what[160];
         snprintf(what, sizeof what, "qgemv %s g%d [%d x %d] M=%d%s", quant_mode_name(mode), group, rows, cols, M,
                  bias ? " +bias" : "");
-        TEST_CLOSE(what, got, ref, (size_t)M * rows, 2e-5);
+        check_gemv(what, got, ref, cond, 1.0, (size_t)M * rows);
         int finite = 1;
         for (size_t i = 0; i < (size_t)M * rows; i++) finite &= isfinite(got[i]);
         TEST_CHECK(finite, "%s: non-finite output", what);
+        if (mode == QUANT_INT4) {  // split-K partial sums are added in a fixed order: same bits every call
+            float *again = (float *)ao_malloc((size_t)M * rows * sizeof(float));
+            qgemv(dy, dx, M, &gw, 0, &s, g_s);
+            d2h(again, dy, (size_t)M * rows * sizeof(float));
+            TEST_CHECK(!memcmp(again, got, (size_t)M * rows * sizeof(float)), "%s: a second call differs in the bits", what);
+            free(again);
+        }
         // accumulate: y += W x (the residual adds of o_proj and down_proj)
         qgemv(dy, dx, M, &gw, 1, &s, g_s);
         d2h(got, dy, (size_t)M * rows * sizeof(float));
         for (size_t i = 0; i < (size_t)M * rows; i++) ref[i] *= 2.0f;
         snprintf(what + strlen(what), sizeof what - strlen(what), " accumulate");
-        TEST_CLOSE(what, got, ref, (size_t)M * rows, 2e-5);
+        check_gemv(what, got, ref, cond, 2.0, (size_t)M * rows);
         // the dynamic activation quantization, bit for bit with the CPU's
         if (mode == QUANT_8DA4W || mode == QUANT_FP8) {
             const int mc = M < 8 ? M : 8;
@@ -110,7 +165,7 @@ static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bi
             free(xs);
         }
         cudaFree(dx), cudaFree(dy);
-        free(x), free(ref), free(got);
+        free(x), free(ref), free(got), free(cond);
     }
     qact_scratch_free(&s);
     qweight_free(&gw);
@@ -320,20 +375,31 @@ int main(void) {
         test_gemv(QUANT_INT8, r, k, 0, i == 2);
         test_gemv(QUANT_FP8, r, k, 0, 0);
         test_gemv(QUANT_INT4, r, k, 32, i == 3);
+        test_gemv(QUANT_INT4, r, k, 64, i == 0);
         if (k % 128 == 0) test_gemv(QUANT_INT4, r, k, 128, 0);
         if (k % 256 == 0) test_gemv(QUANT_INT4, r, k, 256, 0);
         test_gemv(QUANT_8DA4W, r, k, 32, 0);
         test_gemv(QUANT_8DA4W, r, k, 64, i == 4);
     }
-    // the SIMT int4 kernel too (the tensor-core one takes every cols % 64 == 0 shape above)
-    qgemv_set_int4_mma(0);
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        test_gemv(QUANT_INT4, shapes[i][0], shapes[i][1], 32, i == 3);
-        test_gemv(QUANT_INT4, shapes[i][0], shapes[i][1], 64, 0);
+    // the other int4 kernels too (SIMT, tensor-core v1: bench_infer's int4-simt and int4-v1; the
+    // default v2 takes every cols % 64 == 0 shape above)
+    for (int v = 0; v <= 1; v++) {
+        qgemv_set_int4_kernel(v);
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+            test_gemv(QUANT_INT4, shapes[i][0], shapes[i][1], 32, i == 3);
+            test_gemv(QUANT_INT4, shapes[i][0], shapes[i][1], 64, 0);
+        }
+        test_gemv(QUANT_INT4, 17, 4096, 256, 1);
     }
-    qgemv_set_int4_mma(1);
-    test_gemv(QUANT_INT4, 17, 4096, 256, 1);  // many k-tiles per group
-    test_gemv(QUANT_INT4, 4100, 64, 64, 0);   // one chunk per row, split-K off, padded last row tile
+    qgemv_set_int4_kernel(2);
+    // v2's edges: row-tile pairs (32 rows) with remainders, K = one group, split-K of whole groups
+    // (1, 2 or 4 chunks per group, 2 groups per chunk at g32), several row blocks with counters
+    test_gemv(QUANT_INT4, 17, 4096, 256, 1);    // many k-tiles per group, splits of whole groups
+    test_gemv(QUANT_INT4, 4100, 64, 64, 0);     // K = one group = one chunk: no split; padded last pair
+    test_gemv(QUANT_INT4, 33, 128, 128, 1);     // K = one group of 2 chunks; a pair of one row
+    test_gemv(QUANT_INT4, 48, 256, 256, 0);     // K = one group of 4 chunks; half a pair
+    test_gemv(QUANT_INT4, 200, 14336, 128, 0);  // down_proj's K: many splits
+    test_gemv(QUANT_INT4, 2100, 2048, 32, 1);   // 17 row blocks, 2 groups per chunk
     test_gemv(QUANT_NONE, 13, 100, 0, 1);  // rows not a multiple of 8: padded stride, scalar x tail
     test_gemv(QUANT_INT8, 7, 52, 0, 0);
     test_gemv(QUANT_NONE, 5, 18, 0, 0);
@@ -348,9 +414,11 @@ int main(void) {
         test_fixture(fx[i], QUANT_NONE, 0);
         test_fixture(fx[i], QUANT_INT8, 0);
         test_fixture(fx[i], QUANT_INT4, 32);
-        qgemv_set_int4_mma(0);
+        qgemv_set_int4_kernel(1);
         test_fixture(fx[i], QUANT_INT4, 32);
-        qgemv_set_int4_mma(1);
+        qgemv_set_int4_kernel(0);
+        test_fixture(fx[i], QUANT_INT4, 32);
+        qgemv_set_int4_kernel(2);
         test_fixture(fx[i], QUANT_8DA4W, 32);
         test_fixture(fx[i], QUANT_FP8, 0);
     }

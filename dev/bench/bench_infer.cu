@@ -1,6 +1,6 @@
 // Decode speed of the GPU inference path (model/infer_gpu.cu) per -q mode and batch, on a
 // model of any shape with random bf16-exact weights (speed does not depend on the values):
-//   build/bench/bench_infer --config test/fixtures/configs/llama31_8b.json --modes bf16,int4
+//   build/bench/bench_infer --config test/fixtures/configs/llama31_8b.json --modes bf16,int4,int4-v1
 //       --group 64 --batch 1,4,16 --prompt 128 --steps 128
 // One line per (mode, batch), for dev/bench scripts to grep:
 //   RESULT ours mode=int4 g=64 batch=1 tok_s=... ms_per_step=... weight_bytes=... eff_bw_TBs=...
@@ -67,7 +67,7 @@ int main(int argc, char **argv) {
     int group = 64, prompt = 128, steps = 128, kv_f32 = 0, profile = 0;
     Flag flags[] = {
         {"--config", "-c", FLAG_STR, &config, "model config.json (shape only; weights are random)", 1, 0},
-        {"--modes", "-q", FLAG_STR, &modes, "comma list of bf16|int8|int4|int4-simt|8da4w|fp8", 1, 0},
+        {"--modes", "-q", FLAG_STR, &modes, "comma list of bf16|int8|int4|int4-v1|int4-nopdl|int4-simt|8da4w|fp8", 1, 0},
         {"--group", "-g", FLAG_INT, &group, "group size of int4 / 8da4w", 32, 256},
         {"--batch", "-b", FLAG_STR, &batches, "comma list of sequences decoded together", 1, 0},
         {"--prompt", "-p", FLAG_INT, &prompt, "prompt tokens before decoding", 1, 0},
@@ -99,10 +99,14 @@ int main(int argc, char **argv) {
     char mlist[8][32], blist[8][32];
     const int nm = parse_list(modes, mlist, 8), nb = parse_list(batches, blist, 8);
     for (int mi = 0; mi < nm; mi++) {
-        // "int4-simt": int4 through the SIMT kernel instead of the tensor-core one
-        const int simt = !strcmp(mlist[mi], "int4-simt");
-        qgemv_set_int4_mma(!simt);
-        const char *mname = simt ? "int4" : strcmp(mlist[mi], "bf16") ? mlist[mi] : "none";
+        // int4 kernel variants for an A/B in one run: "int4" the tensor-core v2 kernel (default),
+        // "int4-v1" the first tensor-core kernel, "int4-nopdl" v2 launched without the overlap
+        // with its x prep, "int4-simt" the SIMT kernel
+        const int v1 = !strcmp(mlist[mi], "int4-v1"), simt = !strcmp(mlist[mi], "int4-simt"),
+                  nopdl = !strcmp(mlist[mi], "int4-nopdl");
+        qgemv_set_int4_kernel(simt ? 0 : v1 ? 1 : 2);
+        qgemv_set_int4_pdl(!nopdl);
+        const char *mname = (v1 || simt || nopdl) ? "int4" : strcmp(mlist[mi], "bf16") ? mlist[mi] : "none";
         const int mode = quant_mode_from_name(mname);
         CHECK(mode >= 0, "--modes: unknown mode '%s'", mlist[mi]);
         LlamaModel m;
