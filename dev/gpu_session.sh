@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU-machine session: build, GPU tests, and whichever jobs are named, with every log
 # under $OUT (what comes back from the device tool). Usage:
-#   bash dev/gpu_session.sh [tests] [train] [hfload] [bench] [bench1b] [realrun] [dist] [optim1b] [offload_accum]
+#   bash dev/gpu_session.sh [tests] [train] [hfload] [bench] [bench1b] [realrun] [dist] [optim1b]
+#                           [determinism] [offload_accum] [profile_infer] [optims] [profile] ... [offload_accum]
 set -uo pipefail
 OUT=${OUT:-/tmp/llama_ao_out}
 mkdir -p "$OUT"
@@ -310,6 +311,16 @@ PY
       oa offload --offload
       oa offload-noclip --offload --clip 0
       log "offload_accum: done in $((SECONDS - oa_t0)) s" ;;
+    profile_infer)
+      # Issue 6: where an int4 decode step's time goes (8B shape, batch 1): per-kernel GPU time of
+      # two graph-replayed decode steps (bench_infer --profile brackets them), shares by kernel.
+      log "per-kernel profile: int4 g64 decode step, Llama-3.1-8B shape, batch 1 (ncu)"
+      make -j16 build/bench/bench_infer > /dev/null 2>&1
+      timeout 300 ncu --profile-from-start off --metrics gpu__time_duration.sum --csv \
+        build/bench/bench_infer --config test/fixtures/configs/llama31_8b.json --modes int4 --group 64 --batch 1 \
+        --steps 4 --profile > /tmp/ncu_infer.csv 2> "$OUT/profile_infer.err"
+      python3 dev/bench/profile_kernels.py /tmp/ncu_infer.csv > "$OUT/profile_infer.txt" 2>&1
+      head -25 "$OUT/profile_infer.txt" >> "$OUT/summary.txt" ;;
     mainjob)
       log "README main job: ./train_llama (defaults), then ./infer_llama on its checkpoint"
       rm -rf data/shards out
