@@ -268,6 +268,7 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
         CUDA_CHECK(cudaMallocHost(&m->h_params, (S ? S : 1) * sizeof(uint16_t)));
         lg_offload_plan_slices(m);
     }
+    lg_optim_init(m);  // --optim-overlap: the optimizer stream, when the overlap applies
     if (!lowbit) {
         if (off) {
             CUDA_CHECK(cudaMallocHost(&m->adam_m, (S ? S : 1) * sizeof(float)));
@@ -370,6 +371,7 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
 }
 
 void llama_gpu_free(LlamaGpu *m) {
+    lg_optim_free(m);  // waits for a step still running there
     if (m->param_mem) cudaFree(m->param_mem);
     if (m->act_mem) cudaFree(m->act_mem);
     if (m->opts.offload) {
@@ -457,7 +459,11 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
     cudaStream_t s = ctx->stream;
     const int N = (int)d.N, D = (int)d.D, B = m->B, T = m->T, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     const float eps = c->rms_norm_eps;
+    // After an overlapped step, each stage's weights are waited for just before their first use
+    // (lg_optim_use: stage 0 the embedding, 1 + l layer l, n_layers + 1 the final norm and LM head).
+    lg_optim_use(m, ctx, 0);
     embedding_forward(m->layers[0].resid, m->tokens, m->w.wte, N, D, s);
+    lg_optim_use(m, ctx, 1);
     rmsnorm_forward(m->layers[0].ln1, m->layers[0].ln1_rstd, m->layers[0].resid, m->wl[0].ln1, N, D, eps, s);
     for (int l = 0; l < c->n_layers; l++) {
         GpuLayerActs *L = &m->layers[l];
@@ -471,6 +477,7 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
         gu_forward(m, ctx, l, L->ln2, L->gu);
         swiglu_forward(L->act, L->gu, N, (int)d.F, s);
         linear_forward(&m->lin, ctx, m->scratch_d, L->act, &gd, N);
+        lg_optim_use(m, ctx, l + 2);  // layer l + 1's ln1, or the final norm (and an untied LM head)
         if (l + 1 < c->n_layers) {
             GpuLayerActs *Ln = &m->layers[l + 1];
             residual_rmsnorm_forward(Ln->resid, Ln->ln1, Ln->ln1_rstd, L->resid_mid, m->scratch_d, m->wl[l + 1].ln1, N,
@@ -507,6 +514,7 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
     const int N = (int)d.N, D = (int)d.D, F = (int)d.F, B = m->B, T = m->T, H = c->n_heads, KV = c->n_kv_heads,
               hd = c->head_dim;
     const float eps = c->rms_norm_eps;
+    llama_gpu_optim_wait(m, ctx);  // (nothing pending: the forward before waited for every stage)
     // d_ln holds d loss / d lnf from the LM head.
     rmsnorm_backward(m->d_resid, m->g.norm_f, m->norm_scratch, m->d_ln, nullptr, m->resid_final, m->w.norm_f,
                      m->lnf_rstd, N, D, s);
@@ -550,6 +558,10 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
 }
 
 void llama_gpu_zero_grads(LlamaGpu *m, GpuCtx *ctx) {
+    if (m->grads_zero_queued) {  // the overlapped step zeroed them after each stage's update
+        m->grads_zero_queued = 0;
+        return;
+    }
     CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->tab.total * sizeof(float), ctx->stream));
 }
 
@@ -559,6 +571,7 @@ void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
     const int V = (int)d.V, D = (int)d.D;
     const bf16 *x = m->lnf + ((size_t)b * m->T + pos) * D;
     const LinearGroup head = linear_group(m, m->cfg.n_layers, 0);
+    llama_gpu_optim_wait(m, ctx);
     linear_forward(&m->lin, ctx, m->logits, x, &head, 1);
     cast_bf16_to_f32(m->logits_f32, m->logits, (size_t)V, ctx->stream);
     CUDA_CHECK(cudaMemcpyAsync(out, m->logits_f32, V * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
