@@ -198,7 +198,9 @@ void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, flo
 // After an overlapped step: the compute stream waits for all of it (queued, no host wait), or the
 // host does. Every reader or writer of the weights, masters, states or gradients other than the
 // forward (evaluation, sampling, checkpoints, the end of training, a test's own copies) calls
-// one first; without a pending step they do nothing.
+// one first. _wait does nothing without a pending step; _sync always waits for the optimizer
+// stream (when there is one), since a pending step that was only waited for on the compute stream
+// is not yet done for the host.
 void llama_gpu_optim_wait(LlamaGpu *m, GpuCtx *ctx);
 void llama_gpu_optim_sync(LlamaGpu *m);
 // The optimizer state of piece i of the shard (fp32 moments are viewed as a LOWBIT_F32 state).

@@ -322,7 +322,11 @@ void lg_optim_use(LlamaGpu *m, GpuCtx *ctx, int stage) {
 void llama_gpu_optim_wait(LlamaGpu *m, GpuCtx *ctx) { lg_optim_use(m, ctx, m->cfg.n_layers + 1); }
 
 void llama_gpu_optim_sync(LlamaGpu *m) {
-    if (!m->optim_pending) return;
+    // Not keyed on optim_pending: llama_gpu_optim_wait (or the forward's last wait) clears it once the
+    // compute stream waits, which the host does not; a host reader after it (ckpt_save,
+    // ckpt_load_optimizer's cudaMemcpy on the legacy stream, which does not order against
+    // non-blocking streams) must still find the step done. An idle stream returns at once.
+    if (!m->optim_stream) return;
     CUDA_CHECK(cudaStreamSynchronize(m->optim_stream));
     m->optim_pending = 0;
 }
