@@ -75,7 +75,8 @@ static Flag *make_flags(Settings *s, int *n) {
          "updated with stochastic rounding: 4 bytes/parameter less)", 1, 0},
         {"--recipe", nullptr, FLAG_STR, &s->recipe,
          "precision of the layers' Linears: bf16 | fp8-tensorwise | fp8-rowwise | fp8-rowwise-gw-hp | fp8-blockwise "
-         "(torchao's float8 recipes; lm_head and Linears whose dims are not multiples of 16 stay bf16)", 1, 0},
+         "| mxfp8 | mxfp8-gw-hp (torchao's float8 and MX recipes; lm_head and Linears whose dims are not multiples "
+         "of 16 (MX: 32) stay bf16; MX GEMMs are emulated below sm_100: no speed-up on Hopper)", 1, 0},
         {"--offload", nullptr, FLAG_BOOL, &s->offload,
          "master weights and optimizer states in host memory, AdamW step on the CPU (same bits)", 1, 0},
         {"--offload-overlap", nullptr, FLAG_BOOL, &s->offload_overlap,
@@ -185,8 +186,9 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
     printf("  %-28s %8.2f GiB  (micro-batch %d x %d)\n  %-28s %8.2f GiB\n", "activations", p.activations / G, s->B, s->T,
            "logits chunk (bf16)", p.logits / G);
     if (p.cast_scratch)
-        printf("  %-28s %8.2f GiB  (--recipe %s: fp8 codes and scales of one Linear at a time)\n", "fp8 cast scratch",
-               p.cast_scratch / G, linear_recipe_name(o->recipe));
+        printf("  %-28s %8.2f GiB  (--recipe %s: fp8 codes and scales of one Linear at a time%s)\n", "fp8 cast scratch",
+               p.cast_scratch / G, linear_recipe_name(o->recipe),
+               linear_recipe_is_mx(o->recipe) ? "; MX emulated: + its operands dequantized to bf16" : "");
     if (o->offload) {
         GpuRunOpts on = *o;
         on.offload = 0;

@@ -7,6 +7,7 @@
 #include "../ops/cross_entropy.cuh"
 #include "../ops/embedding.cuh"
 #include "../ops/matmul.cuh"
+#include "../ops/matmul_mx.cuh"
 #include "../ops/rmsnorm.cuh"
 #include "../ops/rope.cuh"
 #include "../ops/swiglu.cuh"
@@ -115,6 +116,18 @@ static LinearScratchSize linear_scratch_need(const LlamaGpu *m) {
     return s;
 }
 
+// The compute capability major of the current device (0 when there is none): which MX GEMM path the
+// scratch is carved for (the plan is made before a GpuCtx exists).
+static int current_cc_major(void) {
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) !=
+                                                  cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return major;
+}
+
 static void carve_acts(LlamaGpu *m, Carver &cv) {
     const LlamaConfig *c = &m->cfg;
     Dims d = dims(c, m->B, m->T);
@@ -165,6 +178,7 @@ static void carve_acts(LlamaGpu *m, Carver &cv) {
     m->logits_f32 = cv.take<float>(d.V);
     // Last, so that the bf16 recipe's layout is what it always was.
     m->lin.recipe = o->recipe;
+    m->lin.mx_native = linear_recipe_is_mx(o->recipe) && mx_gemm_path_for(current_cc_major()) == MX_GEMM_NATIVE;
     m->lin.cap = linear_scratch_need(m);
     m->lin_bytes = linear_ctx_place(&m->lin, nullptr);
     m->lin_mem = m->lin_bytes ? cv.take<char>(m->lin_bytes) : nullptr;
@@ -845,4 +859,6 @@ void llama_gpu_print_linears(const LlamaGpu *m, FILE *f) {
         }
         if (fp8) fprintf(f, count ? "\n" : "  fp8:  none (no Linear has fp8-compatible dimensions)\n");
     }
+    if (linear_recipe_is_mx(r))
+        fprintf(f, "  MX GEMMs: %s\n", mx_gemm_path_name(m->lin.mx_native ? MX_GEMM_NATIVE : MX_GEMM_EMULATED));
 }
