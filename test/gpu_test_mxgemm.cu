@@ -44,23 +44,6 @@ static GpuCtx g_ctx;
 #define U_F32 0x1p-24
 #define E2E_TOL 0.10
 
-static jmp_buf g_jb;
-static char g_fail_msg[2048];
-static void on_fail(const char *msg) {
-    snprintf(g_fail_msg, sizeof g_fail_msg, "%s", msg);
-    longjmp(g_jb, 1);
-}
-static int guarded(const std::function<void()> &f) {
-    g_fail_msg[0] = 0;
-    ao_fail_handler old = ao_set_fail_handler(on_fail);
-    if (setjmp(g_jb) == 0) {
-        f();
-        ao_set_fail_handler(old);
-        return 1;
-    }
-    ao_set_fail_handler(old);
-    return 0;
-}
 
 // ---------------------------------------------------------------- synthetic MX operands
 struct TMx {
