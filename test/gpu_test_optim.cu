@@ -10,7 +10,9 @@
 // equals torchao's search for all 2^32 floats on the device. Stochastic rounding on the device is unbiased (a statistical
 // bound). And the trainer's optimizer on a small model (model/llama_gpu): the offloaded step,
 // overlapped with backward or not, equals the on-GPU step bit for bit, sharded or not, for every
-// --optim and --master; a bf16-sr run resumed from a checkpoint equals the straight run.
+// --optim and --master; a bf16-sr run resumed from a checkpoint equals the straight run; the
+// on-GPU step overlapped with the next forward (--optim-overlap) gives the serial step's losses,
+// norms and weights bit for bit.
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -560,6 +562,7 @@ struct TmRun {
     int offload, sync;  // sync: offload without overlap
     int clip;           // clip at TM_CLIP, the step after the norm; 0: no clipping and, offloaded with
                         // overlap, the step before the norm (train_llama's order then)
+    int overlap;        // --optim-overlap (the on-GPU step beside the next forward; ignored offloaded)
 };
 
 static GpuRunOpts tm_opts(const TmRun &r, const ZeroPlan *z) {
@@ -574,13 +577,15 @@ static GpuRunOpts tm_opts(const TmRun &r, const ZeroPlan *z) {
     o.offload_slice = 19 * 256;  // cuts inside the 16K-65K-element matrices and between the small tensors
     o.seed = 5;
     o.zero = z;
+    o.optim_overlap = r.overlap;
     return o;
 }
 
-// Forward and backward of step t's micro-batches (the last one streamed).
-static void tm_grads(LlamaGpu *m, GpuCtx *ctx, int t) {
+// Forward and backward of step t's micro-batches (the last one streamed); the sum of their losses.
+static double tm_grads(LlamaGpu *m, GpuCtx *ctx, int t) {
     const int N = TM_B * TM_T, V = m->cfg.vocab_size;
     int32_t tok[N], tgt[N];
+    double sum = 0;
     llama_gpu_zero_grads(m, ctx);
     for (int a = 0; a < TM_ACCUM; a++) {
         uint64_t st = 0x51EDull + 1000 * (uint64_t)t + (uint64_t)a;
@@ -588,24 +593,36 @@ static void tm_grads(LlamaGpu *m, GpuCtx *ctx, int t) {
         for (int i = 0; i < N; i++) tgt[i] = i % TM_T == TM_T - 1 ? -1 : tok[i + 1];
         llama_gpu_set_batch(m, ctx, tok, tgt);
         int nv = 0;
-        llama_gpu_forward(m, ctx, 1.0f / (float)(TM_ACCUM * (N - TM_B)), &nv);
+        sum += llama_gpu_forward(m, ctx, 1.0f / (float)(TM_ACCUM * (N - TM_B)), &nv);
         m->stream_grads = a == TM_ACCUM - 1;
         llama_gpu_backward(m, ctx);
         m->stream_grads = 0;
     }
+    return sum;
 }
 
-// Steps t0 .. t1-1 (optimizer steps t0+1 .. t1), as train_llama orders them.
-static void tm_steps(LlamaGpu *m, GpuCtx *ctx, const TmRun &r, int t0, int t1) {
+// Steps t0 .. t1-1 (optimizer steps t0+1 .. t1), as train_llama orders them; each step's loss sum
+// and norm into loss[t - t0], norm[t - t0] when given.
+static void tm_steps(LlamaGpu *m, GpuCtx *ctx, const TmRun &r, int t0, int t1, double *loss = nullptr,
+                     float *norms = nullptr) {
     for (int t = t0; t < t1; t++) {
-        tm_grads(m, ctx, t);
+        const double sum = tm_grads(m, ctx, t);
         const float lr = 1e-3f * (float)(1 + t % 3);  // a function of the step only: runs split anywhere agree
-        const int first = r.offload && !r.sync && !r.clip;
+        const int first = r.offload && !r.sync && !r.clip, norm_first = m->overlap && !r.clip;
         if (first) llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, 1.0f);
-        const float norm = llama_gpu_grad_norm(m, ctx);
+        float norm;
+        if (norm_first) {  // --optim-overlap without clipping: the step queued between the norm and its read
+            llama_gpu_grad_norm_queue(m, ctx);
+            llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, 1.0f);
+            norm = llama_gpu_grad_norm_result(m, ctx);
+        } else {
+            norm = llama_gpu_grad_norm(m, ctx);
+        }
         const float scale = r.clip && norm > TM_CLIP ? TM_CLIP / norm : 1.0f;
-        if (!first) llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, scale);
-        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+        if (!first && !norm_first) llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, scale);
+        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));  // the compute stream only, as train_llama waits
+        if (loss) loss[t - t0] = sum;
+        if (norms) norms[t - t0] = norm;
     }
 }
 
@@ -650,9 +667,10 @@ static size_t tm_diff(const TmSnap &a, const TmSnap &b, const ParamTable *tab) {
 }
 
 static const char *tm_name(const TmRun &r, char *buf, size_t n) {
-    snprintf(buf, n, "--optim %s --master %s%s%s, %s", r.optim == LOWBIT_F32 ? "adamw" : lowbit_format_name(r.optim),
+    snprintf(buf, n, "--optim %s --master %s%s%s%s, %s", r.optim == LOWBIT_F32 ? "adamw" : lowbit_format_name(r.optim),
              r.master == LOWBIT_MASTER_F32 ? "fp32" : "bf16-sr", r.offload ? " --offload" : "",
-             r.offload ? (r.sync ? " (no overlap)" : " (overlapped)") : "", r.clip ? "clipped" : "no clipping");
+             r.offload ? (r.sync ? " (no overlap)" : " (overlapped)") : "", r.overlap ? " --optim-overlap" : "",
+             r.clip ? "clipped" : "no clipping");
     return buf;
 }
 
@@ -703,7 +721,7 @@ static void tm_zero3(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, int ste
         llama_gpu_init(&m[k], ctx, cpu, TM_B, TM_T, &o);
     }
     const size_t P = cpu->tab.total;
-    const TmRun ur = {r.optim, r.master, 0, 0, r.clip};
+    const TmRun ur = {r.optim, r.master, 0, 0, r.clip, 0};
     GpuRunOpts uo = tm_opts(ur, nullptr);
     LlamaGpu u;
     llama_gpu_init(&u, ctx, cpu, TM_B, TM_T, &uo);
@@ -844,10 +862,10 @@ static void test_trainer_steps(GpuCtx *ctx) {
     for (int mi = 0; mi < 2; mi++)
         for (int fi = 0; fi < 4; fi++) {
             for (int clip = 1; clip >= 0; clip--) {
-                const TmRun gpu = {fm[fi], ms[mi], 0, 0, clip};
+                const TmRun gpu = {fm[fi], ms[mi], 0, 0, clip, 0};
                 TmSnap ref = tm_run(ctx, &cpu, gpu, steps);
                 for (int sync = 0; sync <= 1; sync++) {
-                    const TmRun off = {fm[fi], ms[mi], 1, sync, clip};
+                    const TmRun off = {fm[fi], ms[mi], 1, sync, clip, 0};
                     TmSnap s = tm_run(ctx, &cpu, off, steps);
                     const size_t d = tm_diff(s, ref, &cpu.tab);
                     TEST_CHECK(d == 0, "%s, %d steps: == the on-GPU optimizer bit for bit (%zu bytes differ)",
@@ -855,17 +873,17 @@ static void test_trainer_steps(GpuCtx *ctx) {
                     tm_free(&s);
                 }
                 if (clip) {
-                    tm_zero3(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1}, steps, ref);
+                    tm_zero3(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1, 0}, steps, ref);
                     if (ms[mi] == LOWBIT_MASTER_BF16_SR || fi == 0) {
                         tm_resume(ctx, &cpu, gpu, steps, ref);
-                        tm_resume(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1}, steps, ref);
+                        tm_resume(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1, 0}, steps, ref);
                     }
                 }
                 tm_free(&ref);
             }
         }
     // bf16-sr keeps no fp32 master; its optimizer file says so, and an fp32-master run refuses it
-    TmRun r = {LOWBIT_8BIT, LOWBIT_MASTER_BF16_SR, 0, 0, 1};
+    TmRun r = {LOWBIT_8BIT, LOWBIT_MASTER_BF16_SR, 0, 0, 1, 0};
     GpuRunOpts o = tm_opts(r, nullptr);
     LlamaGpu m;
     llama_gpu_init(&m, ctx, &cpu, TM_B, TM_T, &o);
@@ -884,6 +902,102 @@ static void test_trainer_steps(GpuCtx *ctx) {
     MasterArg arg = {dir, &m};
     TEST_EXPECT_FAIL("resume a bf16-sr checkpoint with fp32 masters", load_master_fn, &arg, "--master bf16-sr");
     llama_gpu_free(&m);
+    model_free(&cpu);
+}
+
+// ---- --optim-overlap --------------------------------------------------------------------------
+// The on-GPU step on its own stream, stage by stage beside the next forward, against the serial
+// step: the loss sums (both micro-batches) and norms of every step, an evaluation forward after
+// every other step (without llama_gpu_optim_wait: the forward's own waits), and the final weights,
+// masters and states, bit for bit. Once as it runs, once with a delay queued on the optimizer
+// stream before each stage (optim_stage_hook): the update then lands late, so a missing or
+// misplaced wait reads old weights or races the gradients' zeroing, and the bits show it.
+#define TM_OV_STEPS 6
+__global__ void tm_spin_kernel(unsigned long long ns) {  // one thread waits ns nanoseconds of the global timer
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    while (t - t0 < ns);
+}
+static void tm_delay_hook(void *arg, int, cudaStream_t s) {
+    tm_spin_kernel<<<1, 1, 0, s>>>(*(const unsigned long long *)arg);
+    CUDA_CHECK_LAST();
+}
+
+struct TmTrace {
+    double loss[TM_OV_STEPS], eval[TM_OV_STEPS];
+    float norm[TM_OV_STEPS];
+};
+
+static TmSnap tm_overlap_run(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, unsigned long long delay,
+                             TmTrace *tr) {
+    GpuRunOpts o = tm_opts(r, nullptr);
+    LlamaGpu m;
+    llama_gpu_init(&m, ctx, cpu, TM_B, TM_T, &o);
+    TEST_CHECK(m.overlap == r.overlap, "--optim-overlap %d on one GPU: overlap %d", r.overlap, m.overlap);
+    if (delay) m.optim_stage_hook = tm_delay_hook, m.optim_stage_hook_arg = &delay;
+    const int N = TM_B * TM_T;
+    int32_t tok[N], tgt[N];
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)((37 * i + 11) % m.cfg.vocab_size);
+    for (int i = 0; i < N; i++) tgt[i] = i % TM_T == TM_T - 1 ? -1 : tok[i + 1];
+    memset(tr, 0, sizeof *tr);
+    for (int t = 0; t < TM_OV_STEPS; t++) {
+        tm_steps(&m, ctx, r, t, t + 1, &tr->loss[t], &tr->norm[t]);
+        if (t % 2) continue;
+        llama_gpu_set_batch(&m, ctx, tok, tgt);
+        int nv = 0;
+        tr->eval[t] = llama_gpu_forward(&m, ctx, 0.0f, &nv);
+    }
+    TmSnap s = tm_snap(&m);
+    llama_gpu_free(&m);
+    return s;
+}
+
+static void test_optim_overlap(GpuCtx *ctx) {
+    const LlamaConfig c = tm_config();
+    LlamaModel cpu;
+    model_init(&cpu, &c);
+    model_init_random(&cpu, 4);
+    const LowbitFormat fm[2] = {LOWBIT_F32, LOWBIT_8BIT};
+    const LowbitMaster ms[2] = {LOWBIT_MASTER_F32, LOWBIT_MASTER_BF16_SR};
+    const unsigned long long delay = 300000;  // ns per stage: longer than the tiny model's forward
+    char nm[160];
+    for (int mi = 0; mi < 2; mi++)
+        for (int fi = 0; fi < 2; fi++)
+            for (int clip = 1; clip >= 0; clip--) {
+                TmTrace ref, tr;
+                TmSnap sref = tm_overlap_run(ctx, &cpu, TmRun{fm[fi], ms[mi], 0, 0, clip, 0}, 0, &ref);
+                for (int late = 0; late <= 1; late++) {
+                    const TmRun r = {fm[fi], ms[mi], 0, 0, clip, 1};
+                    TmSnap s = tm_overlap_run(ctx, &cpu, r, late ? delay : 0, &tr);
+                    int t = 0;  // the first step whose loss, norm or evaluation differs, for the message
+                    while (t + 1 < TM_OV_STEPS && !memcmp(&tr.loss[t], &ref.loss[t], 8) &&
+                           !memcmp(&tr.norm[t], &ref.norm[t], 4) && !memcmp(&tr.eval[t], &ref.eval[t], 8))
+                        t++;
+                    const size_t d = tm_diff(s, sref, &cpu.tab);
+                    TEST_CHECK(!memcmp(&tr, &ref, sizeof tr) && d == 0, "%s%s, %d steps: == the serial step bit for bit "
+                               "(step %d: loss %.17g vs %.17g, norm %.9g vs %.9g; %zu bytes of weights, masters, states "
+                               "differ)", tm_name(r, nm, sizeof nm), late ? ", optimizer stream delayed" : "", TM_OV_STEPS,
+                               t + 1, tr.loss[t], ref.loss[t], tr.norm[t], ref.norm[t], d);
+                    tm_free(&s);
+                }
+                // A checkpoint taken while an overlapped step may still run, resumed with the overlap.
+                if (clip && (fi == 1 || mi == 1)) tm_resume(ctx, &cpu, TmRun{fm[fi], ms[mi], 0, 0, 1, 1}, TM_OV_STEPS, sref);
+                tm_free(&sref);
+            }
+    // With --offload or ZeRO the step stays serial (train_llama says so at start-up).
+    GpuRunOpts o = tm_opts(TmRun{LOWBIT_F32, LOWBIT_MASTER_F32, 1, 0, 1, 1}, nullptr);
+    LlamaGpu m;
+    llama_gpu_init(&m, ctx, &cpu, TM_B, TM_T, &o);
+    TEST_CHECK(!m.overlap && !m.optim_stream, "--optim-overlap with --offload: the serial schedule");
+    llama_gpu_free(&m);
+    ZeroPlan z;
+    zero_plan_init(&z, &cpu.tab, c.n_layers, 1, 0, 1);
+    o = tm_opts(TmRun{LOWBIT_F32, LOWBIT_MASTER_F32, 0, 0, 1, 1}, &z);
+    llama_gpu_init(&m, ctx, &cpu, TM_B, TM_T, &o);
+    TEST_CHECK(!m.overlap && !m.optim_stream, "--optim-overlap with ZeRO: the serial schedule");
+    llama_gpu_free(&m);
+    zero_plan_free(&z);
     model_free(&cpu);
 }
 
@@ -943,6 +1057,7 @@ int main(void) {
     test_adamw_bf16_sr();
     test_sr_unbiased_gpu();
     test_trainer_steps(&ctx);
+    test_optim_overlap(&ctx);
     bench();
     gpu_ctx_free(&ctx);
     return test_summary();
