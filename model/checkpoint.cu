@@ -505,7 +505,11 @@ int ckpt_load_optimizer(const char *dir, LlamaGpu *m) {
     // image, copied whole. Everything else goes piece by piece.
     if (m->opts.zero || !file_exists(op)) {
         free(op);
-        return load_pieces(dir, m);
+        const int step = load_pieces(dir, m);
+        // The copies ran on the legacy stream and, from pageable memory, may return before the data
+        // lands; the next step's kernels read the states on non-blocking streams that do not wait for it.
+        CUDA_CHECK(cudaDeviceSynchronize());
+        return step;
     }
     SafeTensors st;
     if (!st_open(&st, op, err, sizeof err)) FAIL("resume: %s", err);
@@ -537,6 +541,7 @@ int ckpt_load_optimizer(const char *dir, LlamaGpu *m) {
               "resume: low-bit optimizer state in %s is not the %zu bytes this model needs", dir, m->state_bytes);
         CUDA_CHECK(cudaMemcpy(m->state_mem, ts->data, ts->nbytes, cudaMemcpyDefault));
     }
+    CUDA_CHECK(cudaDeviceSynchronize());  // the copies have landed, as above
     st_close(&st);
     return (int)step;
 }
