@@ -90,6 +90,7 @@ MPI_INCDIRS := $(or $(if $(MPICC),$(shell $(MPICC) --showme:incdirs 2>/dev/null)
 MPI_LIBDIRS := $(if $(MPICC),$(shell $(MPICC) --showme:libdirs 2>/dev/null))
 MPI_OK := $(firstword $(wildcard $(addsuffix /mpi.h,$(MPI_INCDIRS))))
 NVCCFLAGS := -O3 -g -std=c++17 -arch=$(GPU_ARCH) --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-fopenmp -MMD -MP \
+	$(if $(WERROR),-Werror all-warnings -Xcompiler -Werror) \
 	$(if $(CUDNN_H),-DLLAMA_AO_CUDNN) $(if $(NCCL_H),-DLLAMA_AO_NCCL) \
 	$(if $(MPI_OK),-DLLAMA_AO_MPI $(addprefix -I,$(MPI_INCDIRS)))
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart $(if $(CUDNN_H),-lcudnn) $(if $(NCCL_H),-lnccl) \
@@ -173,4 +174,6 @@ test-gpu: $(GPU_TEST_BIN)
 clean:
 	rm -rf build build-san train_llama
 
--include $(LIB_OBJ:.o=.d) $(CU_OBJ:.o=.d)
+# Every dependency file the compilers wrote (library, CUDA and test objects, benches, train_llama): a
+# header change rebuilds whatever includes it.
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
