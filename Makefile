@@ -106,12 +106,13 @@ train_llama: train_llama.cu $(CU_OBJ) $(LIB)
 	$(NVCC) $(NVCCFLAGS) -MF $(BUILD)/train_llama.d train_llama.cu $(CU_OBJ) $(LIB) -o $@ -Xcompiler -fopenmp $(CUDA_LIBS) -lm
 
 # The inference program: ./infer_llama at the top level, as the README runs it. C on the
-# CPU; with nvcc it also links the GPU backend (model/infer_gpu.cu, quant/qgemv.cu: only the
-# CUDA runtime, no cuBLAS/cuDNN/NCCL) and -d cuda works.
-INFER_CU_OBJ := $(if $(NVCC),$(BUILD)/cuda/model/infer_gpu.o $(BUILD)/cuda/quant/qgemv.o)
+# CPU; with nvcc it also links the GPU backend (model/infer_gpu*.cu, quant/qgemv*.cu: the CUDA
+# runtime and cuBLASLt for the prefill GEMMs, no cuDNN/NCCL) and -d cuda works.
+INFER_CU_OBJ := $(if $(NVCC),$(BUILD)/cuda/model/infer_gpu.o $(BUILD)/cuda/model/infer_gpu_prefill.o $(BUILD)/cuda/quant/qgemv.o \
+	$(BUILD)/cuda/quant/qgemv_int4mma.o $(BUILD)/cuda/quant/qgemv_upload.o)
 infer_llama: infer_llama.c $(LIB) $(INFER_CU_OBJ)
 	$(CC) $(CFLAGS_BASE) $(CFLAGS) $(if $(NVCC),-DLLAMA_AO_CUDA) -MF $(BUILD)/infer_llama.d $< $(INFER_CU_OBJ) $(LIB) -o $@ \
-		$(LDFLAGS) $(if $(NVCC),-L$(CUDA_HOME)/lib64 -lcudart -lstdc++) $(LDLIBS)
+		$(LDFLAGS) $(if $(NVCC),-L$(CUDA_HOME)/lib64 -lcublasLt -lcudart -lstdc++) $(LDLIBS)
 
 all: $(LIB) $(TEST_BIN) $(TOOL_BIN) $(if $(wildcard infer_llama.c),infer_llama) $(if $(NVCC),cuda train_llama)
 

@@ -21,8 +21,8 @@
 #include "quant/qmodel.h"
 
 typedef struct {
-    const char *model, *quant, *prompt, *eval, *out, *device, *system;
-    int group, n_new, top_k, seed, chat, ctx, batch, eval_tokens, quiet, hqq;
+    const char *model, *quant, *prompt, *eval, *out, *device, *system, *kv;
+    int group, n_new, top_k, seed, chat, ctx, batch, eval_tokens, quiet, hqq, gemm_tokens;
     float temp, top_p;
 } Args;
 
@@ -416,7 +416,7 @@ static void perplexity(const Loaded *L, Engine *s, const Args *a) {
 
 int main(int argc, char **argv) {
     Args a = {.quant = "none", .device = "auto", .group = 128, .n_new = 256, .top_k = 0, .seed = 1234, .top_p = 1.0f,
-              .temp = 0.0f, .batch = 64};
+              .temp = 0.0f, .batch = 64, .kv = "bf16", .gemm_tokens = -1};
     const Flag flags[] = {
         {"--model", "-m", FLAG_STR, &a.model, "HF model directory, GGUF file, or a directory written by -o", 1, 0},
         {"--quant", "-q", FLAG_STR, &a.quant, "quantization: none | int8 | int4 | 8da4w | fp8 (torchao numerics)", 1, 0},
@@ -436,6 +436,8 @@ int main(int argc, char **argv) {
         {"--batch", NULL, FLAG_INT, &a.batch, "tokens per forward when processing a prompt", 1, 1 << 16},
         {"--out", "-o", FLAG_STR, &a.out, "save the (quantized) model to this directory", 1, 0},
         {"--device", "-d", FLAG_STR, &a.device, "cpu | cuda | auto (cuda when built with it and a GPU is present)", 1, 0},
+        {"--kv", NULL, FLAG_STR, &a.kv, "GPU KV cache: bf16 | fp32 | fp8 (e4m3, a scale per head vector; not yet run on a GPU); the CPU's is fp32", 1, 0},
+        {"--gemm-tokens", NULL, FLAG_INT, &a.gemm_tokens, "GPU: prompt chunks longer than this run as bf16 GEMMs (0: 16, -1: never; default -1 until this path has run on a GPU)", -1, 1 << 20},
         {"--quiet", NULL, FLAG_BOOL, &a.quiet, "no settings table or progress", 1, 0},
     };
     const int nf = (int)(sizeof flags / sizeof flags[0]);
@@ -456,6 +458,8 @@ int main(int argc, char **argv) {
     CHECK(strcmp(a.device, "cuda") != 0, "-d cuda: this infer_llama was built without CUDA (no nvcc at build time); "
           "rebuild on a machine with the CUDA Toolkit, or use -d cpu");
 #endif
+    CHECK(!strcmp(a.kv, "bf16") || !strcmp(a.kv, "fp32") || !strcmp(a.kv, "fp8"), "--kv %s: unknown (bf16, fp32, fp8)",
+          a.kv);
     int mode = quant_mode_from_name(a.quant);
     CHECK(mode >= 0, "-q %s: unknown mode (none, int8, int4, 8da4w, fp8)", a.quant);
     CHECK(!quant_mode_grouped((QuantMode)mode) || quant_group_ok(a.group), "-g %d: the group size must be 32, 64, 128 "
@@ -499,16 +503,19 @@ int main(int argc, char **argv) {
         s.max_T = ctx, s.max_batch = a.batch < ctx ? a.batch : ctx;
         if (use_gpu) {
 #ifdef LLAMA_AO_CUDA
-            InferGpuOpts go = {ctx, s.max_batch, 1, 0, 1, 0};
+            InferGpuOpts go = {ctx, s.max_batch, 1, !strcmp(a.kv, "fp32"), 1, 0, !strcmp(a.kv, "fp8"), a.gemm_tokens};
             double tg = now_s();
             s.gpu = infer_gpu_create(&L.im, &go);
             if (!a.quiet)
-                fprintf(stderr, "device: %s, %.1f MiB of GPU memory (weights %.1f MiB, %.1f MiB read per token), "
-                        "uploaded in %.2f s%s\n", infer_gpu_name(s.gpu), infer_gpu_alloc_bytes(s.gpu) / 1048576.0,
-                        infer_gpu_weight_bytes(s.gpu) / 1048576.0, infer_gpu_step_bytes(s.gpu) / 1048576.0, now_s() - tg,
+                fprintf(stderr, "device: %s, %.1f MiB of GPU memory (weights %.1f MiB, %.1f MiB read per token, %s KV "
+                        "cache %.1f MiB), uploaded in %.2f s%s\n", infer_gpu_name(s.gpu),
+                        infer_gpu_alloc_bytes(s.gpu) / 1048576.0, infer_gpu_weight_bytes(s.gpu) / 1048576.0,
+                        infer_gpu_step_bytes(s.gpu) / 1048576.0, a.kv, infer_gpu_kv_bytes(s.gpu) / 1048576.0, now_s() - tg,
                         infer_gpu_rounded(s.gpu) ? " (unquantized weights rounded to bf16)" : "");
 #endif
         } else {
+            CHECK(!strcmp(a.kv, "bf16") || !strcmp(a.kv, "fp32"), "--kv %s: the CPU path keeps its KV cache in fp32; "
+                  "fp8 is a -d cuda option", a.kv);
             infer_state_init(&s.cpu, &L.im, ctx, a.batch);
             if (!a.quiet) fprintf(stderr, "device: cpu (%s kernels)\n", quant_isa_name(quant_get_isa()));
         }

@@ -2,6 +2,7 @@
 # One GPU-machine session: build, GPU tests, and whichever jobs are named, with every log
 # under $OUT (what comes back from the device tool). Usage:
 #   bash dev/gpu_session.sh [tests] [train] [hfload] [bench] [bench1b] [realrun] [dist] [optim1b]
+#                           [determinism] [offload_accum] [profile_infer] [optims] [profile] ... [offload_accum]
 set -uo pipefail
 OUT=${OUT:-/tmp/llama_ao_out}
 mkdir -p "$OUT"
@@ -262,6 +263,64 @@ PY
       # extra, if time is left: offload with 8-bit states (scalar host step: a few s/step at 1B)
       ours 1b offload-8bit 60 $c1 4 3 --offload --optim adamw8bit
       log "optim1b: done at ${SECONDS}s (job $((SECONDS - job_t0)) s)" ;;
+    determinism)
+      # Are separate runs bit-identical? The 114M model, 3 steps, same seed and data: twice with each
+      # attention backward, and once with 8-bit AdamW states (another memory plan; step 1's gradient
+      # is computed before any optimizer step, so its loss and norm must not change).
+      log "determinism across runs (114M, 3 steps): step-1..3 loss and grad norm per run"
+      make data > /dev/null 2>&1
+      common="--config dev/configs/llama_114m.json -b 16 -t 512 -n 3 --warmup 1 --eval-every 0 --sample-every 0 --save-final=off"
+      for run in "kernel-a --attn auto" "kernel-b --attn auto" "kernel-8bit --attn auto --optim adamw8bit" \
+                 "cdet-a --attn cudnn-det" "cdet-b --attn cudnn-det" "cdet-8bit --attn cudnn-det --optim adamw8bit" \
+                 "cudnn-a --attn cudnn --deterministic=off" "cudnn-b --attn cudnn --deterministic=off"; do
+        set -- $run; name=$1; shift
+        timeout 90 ./train_llama $common "$@" -o /tmp/det_$name > /tmp/det_$name.log 2>&1
+        echo "$name: $(python3 -c 'import json,sys; print(" | ".join("%d %r %r" % (r["step"], r["loss"], r["norm"]) for r in map(json.loads, open(sys.argv[1])) if "norm" in r))' /tmp/det_$name/log.jsonl 2>&1) | $(grep 'attention backward' /tmp/det_$name.log)" >> "$OUT/summary.txt"
+      done ;;
+    offload_accum)
+      # Issue 8 (<= 20% step-time cost for --offload at 1B): with gradient accumulation the host step is paid
+      # once per 4 micro-batches. Llama-3.2-1B shape, -b 4 -t 2048, --total-batch 32768 (4 x 4 x 2048: 4
+      # micro-batches per step), 8 steps each (the first is not timed): AdamW on the GPU, then --offload
+      # (default --clip 1: the host step follows the norm, only the gradient copies overlap backward), then
+      # --offload --clip 0 (each layer's host step overlaps the rest of the last micro-batch's backward).
+      # Deadline ~120 s: a run that would start after 100 s is skipped, and said so.
+      log "offload_accum: 1B, b=4 t=2048, total batch 32768 (4 micro-batches), 8 steps: on-GPU AdamW vs --offload"
+      oa_t0=$SECONDS
+      oa_cfg=test/fixtures/configs/llama32_1b_v5.json
+      oa() {  # oa LABEL [train_llama flags]: RESULT line with ms/step, GPU and host memory, and the ratio to "gpu"
+        local label=$1 rc; shift
+        if [ $((SECONDS - oa_t0)) -gt 100 ]; then echo "RESULT offload_accum $label | skipped (deadline)" >> "$OUT/summary.txt"; return; fi
+        timeout -k 10 60 ./train_llama --config $oa_cfg --train synthetic --val '' --tokenizer '' -b 4 -t 2048 \
+          --total-batch 32768 -n 8 --warmup 2 --eval-every 0 --sample-every 0 --save-final=off -o /tmp/oa_run "$@" \
+          > "$OUT/offload_accum_$label.log" 2>&1
+        rc=$?
+        local d ms gib host loss
+        d=$(grep -E '^done:' "$OUT/offload_accum_$label.log")
+        ms=$(echo "$d" | sed -n -E 's/.*mean ([0-9.]+) ms\/step.*/\1/p')
+        gib=$(echo "$d" | sed -n -E 's/.*GPU memory in use ([0-9.]+) GiB.*/\1/p')
+        host=$(grep -E 'host memory \(--offload\)' "$OUT/offload_accum_$label.log" | awk '{print $4}')
+        loss=$(grep -E '^\[T\] step +8/' "$OUT/offload_accum_$label.log" | sed -n -E 's/.*loss ([0-9.]+).*/\1/p')
+        [ "$label" = gpu ] && { oa_ms=$ms; oa_gib=$gib; oa_loss=$loss; }
+        echo "RESULT offload_accum $label: rc=$rc | ${ms:-?} ms/step | GPU ${gib:-?} GiB${host:+ | host $host GiB} | step-8 loss" \
+             "${loss:-?} | vs gpu: time $(awk -v a="${ms:-0}" -v b="${oa_ms:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3fx", a / b; else print "-" }')," \
+             "GPU memory $(awk -v a="${gib:-0}" -v b="${oa_gib:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3fx", a / b; else print "-" }')," \
+             "loss $(case $label in *noclip) echo "not compared (no clipping)" ;; *) [ -n "$loss" ] && [ "$loss" = "${oa_loss:-}" ] && echo same || echo differs ;; esac)" \
+             "($((SECONDS - oa_t0)) s)" >> "$OUT/summary.txt"
+      }
+      oa gpu
+      oa offload --offload
+      oa offload-noclip --offload --clip 0
+      log "offload_accum: done in $((SECONDS - oa_t0)) s" ;;
+    profile_infer)
+      # Issue 6: where an int4 decode step's time goes (8B shape, batch 1): per-kernel GPU time of
+      # two graph-replayed decode steps (bench_infer --profile brackets them), shares by kernel.
+      log "per-kernel profile: int4 g64 decode step, Llama-3.1-8B shape, batch 1 (ncu)"
+      make -j16 build/bench/bench_infer > /dev/null 2>&1
+      timeout 300 ncu --profile-from-start off --metrics gpu__time_duration.sum --csv \
+        build/bench/bench_infer --config test/fixtures/configs/llama31_8b.json --modes int4 --group 64 --batch 1 \
+        --steps 4 --profile > /tmp/ncu_infer.csv 2> "$OUT/profile_infer.err"
+      python3 dev/bench/profile_kernels.py /tmp/ncu_infer.csv > "$OUT/profile_infer.txt" 2>&1
+      head -25 "$OUT/profile_infer.txt" >> "$OUT/summary.txt" ;;
     mainjob)
       log "README main job: ./train_llama (defaults), then ./infer_llama on its checkpoint"
       rm -rf data/shards out

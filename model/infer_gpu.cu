@@ -2,8 +2,15 @@
 // squares in double), q/k/v (+ bias), rotate-half RoPE with cos/sin of the fp32 angle
 // computed in double, causal GQA attention over the cache, o_proj + residual, RMSNorm,
 // SwiGLU MLP + residual, final norm, lm_head. q/k/v and gate/up are fused into one GEMV
-// each when their formats agree.
+// each when their formats agree. A forward of more than gemm_tokens tokens runs the linears as
+// bf16 GEMMs (infer_gpu_prefill.cu); attention and everything else is the same code.
+// KV cache formats: fp32, bf16, or e4m3 (kv_fp8) with one fp32 scale per (layer, sequence,
+// position, KV head) = amax / 448 of that head vector, set when the vector is written: no
+// calibration, and an outlier in one position or head costs no precision elsewhere (4 bytes
+// per head_dim codes: 3% at head_dim 128).
 #include "infer_gpu.h"
+
+#include <cuda_fp8.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -14,6 +21,7 @@
 #include "../ops/rope.h"
 #include "safetensors.h"
 #include "../quant/qgemv.cuh"
+#include "infer_gpu_prefill.cuh"
 
 #define ATT_WARPS 4
 #define ATT_GQ 8       // query heads of one KV head handled per block
@@ -39,7 +47,12 @@ struct InferGpu {
     int wte_f32;
     float *norm_f;
     float2 *rope;  // [max_T, hd/2] (cos, sin) of position x inv_freq, as the CPU computes them
-    void *kc, *vc;  // [L, n_seq, max_T, KVD]
+    void *kc, *vc;     // [L, n_seq, max_T, KVD]
+    float *ksc, *vsc;  // fp8 KV: scales [L, n_seq, max_T, KV]
+    size_t kv_bytes;
+    int kvel;          // bytes per cached value: 4, 2 or 1
+    PrefillGemm pf;    // the prefill GEMMs (when max_batch > gemm_tokens)
+    int has_pf, gemm_tokens;
     // scratch, max_rows = n_seq * max_batch
     int max_rows, nsplit_cap;
     float *x, *ln, *qkv, *att, *gu, *act, *logits;
@@ -112,6 +125,15 @@ template <> __device__ __forceinline__ float to_kv<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16 to_kv<bf16>(float v) { return __float2bfloat16(v); }
 __device__ __forceinline__ float kv_f(float v) { return v; }
 __device__ __forceinline__ float kv_f(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float kv_f(uint8_t b) {  // e4m3fn code, exact (satfinite codes: no NaN)
+    const float f = __uint_as_float(((uint32_t)b & 0x7Fu) << 20) * 0x1p120f;
+    return (b & 0x80u) ? -f : f;
+}
+
+// The rotation of a pair as rope_forward_cpu computes it: two rounded products, then the sum
+// (no contraction into an fma, so every RoPE kernel here gives the CPU's bits).
+__device__ __forceinline__ float rot0(float x0, float x1, float2 cs) { return __fsub_rn(__fmul_rn(x0, cs.x), __fmul_rn(x1, cs.y)); }
+__device__ __forceinline__ float rot1(float x0, float x1, float2 cs) { return __fadd_rn(__fmul_rn(x1, cs.x), __fmul_rn(x0, cs.y)); }
 
 // RoPE on q and k of row r (sequence r / n, position pos + r % n), in place in the qkv
 // buffer [rows, QD + 2 KVD], k and v then written to the cache. Grid (pairs / 256, rows): one
@@ -129,7 +151,7 @@ __global__ void rope_kv_kernel(float *qkv, KT *kc, KT *vc, const float2 *rope, c
         const float2 cs = rope[(size_t)pos * h2 + i];
         float *p = row + (size_t)head * hd;  // k heads follow the q heads
         const float x0 = p[i], x1 = p[i + h2];
-        const float y0 = x0 * cs.x - x1 * cs.y, y1 = x1 * cs.x + x0 * cs.y;
+        const float y0 = rot0(x0, x1, cs), y1 = rot1(x0, x1, cs);
         if (head < H) {
             p[i] = y0, p[i + h2] = y1;
         } else {
@@ -143,13 +165,63 @@ __global__ void rope_kv_kernel(float *qkv, KT *kc, KT *vc, const float2 *rope, c
     }
 }
 
+// As rope_kv_kernel with an e4m3 cache: block r = one row; q's pairs rotated in place, then
+// one warp per k or v head vector: its amax gives the scale s = amax / 448 and the codes
+// e4m3(x / s) (round to nearest even, saturating: x / s is within +-448 up to the division's
+// rounding). Lane l holds the pairs (i, i + hd/2), i = l + 32 j (head_dim <= 256).
+__global__ void rope_kv_fp8_kernel(float *qkv, uint8_t *kc, uint8_t *vc, float *ksc, float *vsc, const float2 *rope,
+                                   const int *d_pos, int n, int H, int KV, int hd, int max_T) {
+    const int r = blockIdx.x, b = r / n, pos = *d_pos + r % n, h2 = hd / 2;
+    const int QD = H * hd, KVD = KV * hd;
+    float *row = qkv + (size_t)r * (QD + 2 * KVD);
+    const float2 *cs = rope + (size_t)pos * h2;
+    for (int idx = threadIdx.x; idx < H * h2; idx += blockDim.x) {
+        const int i = idx % h2;
+        float *p = row + (size_t)(idx / h2) * hd;
+        const float x0 = p[i], x1 = p[i + h2];
+        p[i] = rot0(x0, x1, cs[i]), p[i + h2] = rot1(x0, x1, cs[i]);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const size_t slot = (size_t)b * max_T + pos;
+    for (int task = warp; task < 2 * KV; task += nw) {
+        const int isv = task >= KV, h = isv ? task - KV : task;
+        const float *src = row + QD + (size_t)task * hd;  // k heads, then v heads
+        float y0[4], y1[4], amax = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int i = lane + 32 * j;
+            y0[j] = y1[j] = 0.0f;
+            if (i < h2) {
+                const float x0 = src[i], x1 = src[i + h2];
+                if (isv) y0[j] = x0, y1[j] = x1;
+                else y0[j] = rot0(x0, x1, cs[i]), y1[j] = rot1(x0, x1, cs[i]);
+                amax = fmaxf(amax, fmaxf(fabsf(y0[j]), fabsf(y1[j])));
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float s = amax / 448.0f;
+        uint8_t *dst = (isv ? vc : kc) + slot * KVD + (size_t)h * hd;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int i = lane + 32 * j;
+            if (i < h2) {
+                dst[i] = s > 0.0f ? (uint8_t)__nv_cvt_float_to_fp8(y0[j] / s, __NV_SATFINITE, __NV_E4M3) : 0;
+                dst[i + h2] = s > 0.0f ? (uint8_t)__nv_cvt_float_to_fp8(y1[j] / s, __NV_SATFINITE, __NV_E4M3) : 0;
+            }
+        }
+        if (lane == 0) (isv ? vsc : ksc)[slot * KV + h] = s;
+    }
+}
+
 // Split-KV attention: block (KV head x head chunk, split, query row) covers one slice of the
-// causal range of its query and leaves an unnormalised partial (max, sum, sum p v).
+// causal range of its query and leaves an unnormalised partial (max, sum, sum p v). An e4m3
+// cache (KT uint8_t) applies the key's scale to the finished dot product and the value's to p.
 template <typename KT, int E>
 __global__ __launch_bounds__(ATT_WARPS * 32) void attn_split_kernel(float *part_o, float *part_ml, const float *qkv,
-                                                                     const KT *kc, const KT *vc, const int *d_pos,
-                                                                     int n, int H, int KV, int hd, int max_T, int nsplit,
-                                                                     float scale) {
+                                                                     const KT *kc, const KT *vc, const float *ksc,
+                                                                     const float *vsc, const int *d_pos, int n, int H,
+                                                                     int KV, int hd, int max_T, int nsplit, float scale) {
+    constexpr bool F8 = sizeof(KT) == 1;
     extern __shared__ float sm[];  // [ATT_WARPS][ATT_GQ][2 + hd]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gq = H / KV, nhc = (gq + ATT_GQ - 1) / ATT_GQ;
@@ -179,6 +251,11 @@ __global__ __launch_bounds__(ATT_WARPS * 32) void attn_split_kernel(float *part_
             kv[e] = d < hd ? kv_f(kb[(size_t)t * KVD + d]) : 0.0f;
             vv[e] = d < hd ? kv_f(vb[(size_t)t * KVD + d]) : 0.0f;
         }
+        float sk = 1.0f, sv = 1.0f;
+        if constexpr (F8) {
+            const size_t si = ((size_t)b * max_T + t) * KV + kvh;
+            sk = __ldg(ksc + si), sv = __ldg(vsc + si);
+        }
 #pragma unroll
         for (int h = 0; h < ATT_GQ; h++) {
             if (h >= nh) break;
@@ -187,11 +264,13 @@ __global__ __launch_bounds__(ATT_WARPS * 32) void attn_split_kernel(float *part_
             for (int e = 0; e < E; e++) s = fmaf(q[h][e], kv[e], s);
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+            if constexpr (F8) s *= sk;
             s *= scale;
             const float mn = fmaxf(m[h], s), corr = expf(m[h] - mn), p = expf(s - mn);
             l[h] = l[h] * corr + p;
+            const float pv = F8 ? p * sv : p;
 #pragma unroll
-            for (int e = 0; e < E; e++) o[h][e] = fmaf(p, vv[e], o[h][e] * corr);
+            for (int e = 0; e < E; e++) o[h][e] = fmaf(pv, vv[e], o[h][e] * corr);
             m[h] = mn;
         }
     }
@@ -287,6 +366,7 @@ extern "C" InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *
           "GPU inference: context %d, batch %d, sequences %d out of range", opts->max_T, opts->max_batch, opts->n_seq);
     CHECK(c->head_dim <= 256 && c->head_dim % 2 == 0, "GPU inference: head_dim %d is not supported (even, <= 256)",
           c->head_dim);
+    CHECK(!(opts->kv_f32 && opts->kv_fp8), "GPU inference: the KV cache is fp32 or fp8, not both");
     InferGpu *g = (InferGpu *)ao_calloc(1, sizeof *g);
     g->cfg = *c;
     g->o = *opts;
@@ -360,14 +440,23 @@ extern "C" InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *
     free(tab), free(invf);
 
     // cache and scratch
-    const size_t kvel = g->o.kv_f32 ? 4 : 2;
+    g->kvel = g->o.kv_f32 ? 4 : g->o.kv_fp8 ? 1 : 2;
     size_t cache;
-    CHECK(ao_mul_size((size_t)L * (size_t)g->o.n_seq * (size_t)g->o.max_T, (size_t)KVD * kvel, &cache),
+    CHECK(ao_mul_size((size_t)L * (size_t)g->o.n_seq * (size_t)g->o.max_T, (size_t)KVD * g->kvel, &cache),
           "KV cache for %d tokens is too large", g->o.max_T);
     g->kc = galloc(g, cache);
     g->vc = galloc(g, cache);
     CUDA_CHECK(cudaMemset(g->kc, 0, cache));
     CUDA_CHECK(cudaMemset(g->vc, 0, cache));
+    g->kv_bytes = 2 * cache;
+    if (g->o.kv_fp8) {
+        const size_t ns = (size_t)L * g->o.n_seq * g->o.max_T * c->n_kv_heads * sizeof(float);
+        g->ksc = (float *)galloc(g, ns);
+        g->vsc = (float *)galloc(g, ns);
+        CUDA_CHECK(cudaMemset(g->ksc, 0, ns));
+        CUDA_CHECK(cudaMemset(g->vsc, 0, ns));
+        g->kv_bytes += 2 * ns;
+    }
     const size_t MR = (size_t)g->o.n_seq * g->o.max_batch;
     g->max_rows = (int)MR;
     const int W = D > QD ? D : QD;
@@ -388,6 +477,32 @@ extern "C" InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *
     const int maxK = F > W ? F : W;
     qact_scratch_init(&g->act_s, 8, maxK);
     g->alloc_bytes += (size_t)8 * maxK * 5 + ((size_t)4 << 20);
+    // prefill GEMM scratch, when a forward can have more than gemm_tokens tokens
+    g->gemm_tokens = g->o.gemm_tokens == 0 ? 16 : g->o.gemm_tokens;
+    if (g->gemm_tokens > 0 && g->o.max_batch > g->gemm_tokens) {
+        int max_ld = 8, dyn_cols = 0;
+        size_t wbuf = 0, ybuf = 0;
+        auto need = [&](const QWeightGpu *w, int acc, int lm) {
+            if (w->ld > max_ld) max_ld = w->ld;
+            if (w->mode == QUANT_FP8 || w->mode == QUANT_8DA4W) dyn_cols = w->cols > dyn_cols ? w->cols : dyn_cols;
+            if (w->mode != QUANT_NONE) {  // the lm_head in slices of at most 8192 rows
+                const size_t e = (size_t)(lm && w->rows > 8192 ? 8192 : w->rows) * w->ld;
+                wbuf = e > wbuf ? e : wbuf;
+            }
+            if (acc && (w->mode == QUANT_INT8 || w->mode == QUANT_FP8 || w->mode == QUANT_8DA4W || w->bias))
+                ybuf = MR * w->rows > ybuf ? MR * w->rows : ybuf;
+        };
+        for (int l = 0; l < L; l++) {
+            const GpuLayer *gl = &g->layers[l];
+            for (int i = 0; i < gl->n_qkv; i++) need(&gl->qkv[i], 0, 0);
+            for (int i = 0; i < gl->n_gu; i++) need(&gl->gu[i], 0, 0);
+            need(&gl->wo, 1, 0), need(&gl->wd, 1, 0);
+        }
+        need(&g->lm_head, 0, 1);
+        prefill_gemm_init(&g->pf, g->max_rows, max_ld, wbuf, ybuf, dyn_cols);
+        g->alloc_bytes += g->pf.bytes;
+        g->has_pf = 1;
+    }
     g->d_tok = (int32_t *)galloc(g, MR * 4);
     g->d_pos = (int *)galloc(g, 4);
     CUDA_CHECK(cudaMallocHost(&g->h_tok, MR * 4));
@@ -414,9 +529,18 @@ extern "C" void infer_gpu_free(InferGpu *g) {
     cudaFree(g->x), cudaFree(g->ln), cudaFree(g->qkv), cudaFree(g->att), cudaFree(g->gu), cudaFree(g->act);
     cudaFree(g->logits), cudaFree(g->part_o), cudaFree(g->part_ml), cudaFree(g->d_tok), cudaFree(g->d_pos);
     qact_scratch_free(&g->act_s);
+    if (g->has_pf) prefill_gemm_free(&g->pf);
+    cudaFree(g->ksc), cudaFree(g->vsc);
     cudaFreeHost(g->h_tok), cudaFreeHost(g->h_pos), cudaFreeHost(g->h_logits);
     cudaStreamDestroy(g->st);
     free(g);
+}
+
+// One linear of a forward of n tokens per sequence (rows = n_seq n): the decode GEMV, or with
+// more than gemm_tokens tokens the prefill GEMM (a decode step never: its numerics stay the CPU's).
+static void linear(InferGpu *g, float *y, const float *x, int rows, int n, const QWeightGpu *w, int acc) {
+    if (g->has_pf && n > g->gemm_tokens) prefill_linear(&g->pf, y, x, rows, w, acc, g->st);
+    else qgemv(y, x, rows, w, acc, &g->act_s, g->st);
 }
 
 // Everything of one forward after the tokens and the position are on the device.
@@ -424,7 +548,8 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
     const LlamaConfig *c = &g->cfg;
     const int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     const int QD = H * hd, KVD = KV * hd, rows = g->o.n_seq * n;
-    const size_t kvel = g->o.kv_f32 ? 4 : 2, layer_cache = (size_t)g->o.n_seq * g->o.max_T * KVD * kvel;
+    const size_t layer_cache = (size_t)g->o.n_seq * g->o.max_T * KVD * g->kvel;
+    const size_t layer_sc = (size_t)g->o.n_seq * g->o.max_T * KV;
     cudaStream_t st = g->st;
     embed_kernel<<<rows, 256, 0, st>>>(g->x, g->d_tok, g->wte, g->wte_f32, D);
     const int nsplit = nsplit_for(g, rows), gq = H / KV, nhc = (gq + ATT_GQ - 1) / ATT_GQ;
@@ -436,18 +561,22 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
         void *kc = (char *)g->kc + (size_t)l * layer_cache, *vc = (char *)g->vc + (size_t)l * layer_cache;
         rmsnorm_kernel<<<rows, 1024, 0, st>>>(g->ln, g->x, gl->ln1, D, c->rms_norm_eps, 0, 1);
         if (gl->n_qkv == 1) {
-            qgemv(g->qkv, g->ln, rows, &gl->qkv[0], 0, &g->act_s, st);
+            linear(g, g->qkv, g->ln, rows, n, &gl->qkv[0], 0);
         } else {
             // separate projections into the packed row layout: run each into scratch, then copy
             float *tmp = g->att;  // free until attention
             const int off[3] = {0, QD, QD + KVD}, w[3] = {QD, KVD, KVD};
             for (int i = 0; i < 3; i++) {
-                qgemv(tmp, g->ln, rows, &gl->qkv[i], 0, &g->act_s, st);
+                linear(g, tmp, g->ln, rows, n, &gl->qkv[i], 0);
                 CUDA_CHECK(cudaMemcpy2DAsync(g->qkv + off[i], (size_t)(QD + 2 * KVD) * 4, tmp, (size_t)w[i] * 4,
                                              (size_t)w[i] * 4, rows, cudaMemcpyDeviceToDevice, st));
             }
         }
-        if (g->o.kv_f32) {
+        float *ksc = g->ksc ? g->ksc + l * layer_sc : NULL, *vsc = g->vsc ? g->vsc + l * layer_sc : NULL;
+        if (g->o.kv_fp8) {
+            rope_kv_fp8_kernel<<<rows, 256, 0, st>>>(g->qkv, (uint8_t *)kc, (uint8_t *)vc, ksc, vsc, g->rope, g->d_pos, n,
+                                                    H, KV, hd, g->o.max_T);
+        } else if (g->o.kv_f32) {
             rope_kv_kernel<float><<<rope_grid, 256, 0, st>>>(g->qkv, (float *)kc, (float *)vc, g->rope, g->d_pos, n, H,
                                                         KV, hd, g->o.max_T);
         } else {
@@ -457,10 +586,15 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
         const dim3 agrid(KV * nhc, nsplit, rows);
 #define ATT_LAUNCH(KT, E)                                                                                            \
     attn_split_kernel<KT, E><<<agrid, ATT_WARPS * 32, att_smem, st>>>(g->part_o, g->part_ml, g->qkv, (const KT *)kc, \
-                                                                     (const KT *)vc, g->d_pos, n, H, KV, hd,          \
-                                                                     g->o.max_T, nsplit, scale)
+                                                                     (const KT *)vc, ksc, vsc, g->d_pos, n, H, KV,    \
+                                                                     hd, g->o.max_T, nsplit, scale)
         const int E = att_e(hd);
-        if (g->o.kv_f32) {
+        if (g->o.kv_fp8) {
+            if (E == 1) ATT_LAUNCH(uint8_t, 1);
+            else if (E == 2) ATT_LAUNCH(uint8_t, 2);
+            else if (E == 4) ATT_LAUNCH(uint8_t, 4);
+            else ATT_LAUNCH(uint8_t, 8);
+        } else if (g->o.kv_f32) {
             if (E == 1) ATT_LAUNCH(float, 1);
             else if (E == 2) ATT_LAUNCH(float, 2);
             else if (E == 4) ATT_LAUNCH(float, 4);
@@ -474,25 +608,25 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
 #undef ATT_LAUNCH
         CUDA_CHECK_LAST();
         attn_combine_kernel<<<rows * H, 128, 0, st>>>(g->att, g->part_o, g->part_ml, H, hd, nsplit);
-        qgemv(g->x, g->att, rows, &gl->wo, 1, &g->act_s, st);
+        linear(g, g->x, g->att, rows, n, &gl->wo, 1);
         rmsnorm_kernel<<<rows, 1024, 0, st>>>(g->ln, g->x, gl->ln2, D, c->rms_norm_eps, 0, 1);
         const float *gate, *up;
         int ld;
         if (gl->n_gu == 1) {
-            qgemv(g->gu, g->ln, rows, &gl->gu[0], 0, &g->act_s, st);
+            linear(g, g->gu, g->ln, rows, n, &gl->gu[0], 0);
             gate = g->gu, up = g->gu + F, ld = 2 * F;
         } else {
-            qgemv(g->gu, g->ln, rows, &gl->gu[0], 0, &g->act_s, st);
-            qgemv(g->gu + (size_t)rows * F, g->ln, rows, &gl->gu[1], 0, &g->act_s, st);
+            linear(g, g->gu, g->ln, rows, n, &gl->gu[0], 0);
+            linear(g, g->gu + (size_t)rows * F, g->ln, rows, n, &gl->gu[1], 0);
             gate = g->gu, up = g->gu + (size_t)rows * F, ld = F;
         }
         swiglu_kernel<<<dim3(ceil_div(F, 256) < 64 ? ceil_div(F, 256) : 64, rows), 256, 0, st>>>(g->act, gate, up, F, ld);
-        qgemv(g->x, g->act, rows, &gl->wd, 1, &g->act_s, st);
+        linear(g, g->x, g->act, rows, n, &gl->wd, 1);
     }
     const int out_rows = all_logits ? rows : g->o.n_seq;
     rmsnorm_kernel<<<out_rows, 1024, 0, st>>>(g->ln, g->x, g->norm_f, D, c->rms_norm_eps, all_logits ? 0 : n - 1,
                                              all_logits ? 1 : n);
-    qgemv(g->logits, g->ln, out_rows, &g->lm_head, 0, &g->act_s, st);
+    linear(g, g->logits, g->ln, out_rows, all_logits ? n : 1, &g->lm_head, 0);
     CUDA_CHECK(cudaMemcpyAsync(g->h_logits, g->logits, (size_t)out_rows * c->vocab_size * 4, cudaMemcpyDeviceToHost, st));
     CUDA_CHECK_LAST();
 }
@@ -541,5 +675,34 @@ extern "C" void infer_gpu_set_pos(InferGpu *g, int pos) {
 extern "C" size_t infer_gpu_weight_bytes(const InferGpu *g) { return g->weight_bytes; }
 extern "C" size_t infer_gpu_step_bytes(const InferGpu *g) { return g->step_bytes; }
 extern "C" size_t infer_gpu_alloc_bytes(const InferGpu *g) { return g->alloc_bytes; }
+extern "C" size_t infer_gpu_kv_bytes(const InferGpu *g) { return g->kv_bytes; }
+
+extern "C" void infer_gpu_read_kv(const InferGpu *g, int layer, int seq, int pos, float *k, float *v) {
+    const LlamaConfig *c = &g->cfg;
+    CHECK(layer >= 0 && layer < c->n_layers && seq >= 0 && seq < g->o.n_seq && pos >= 0 && pos < g->o.max_T,
+          "infer_gpu_read_kv: layer %d, sequence %d, position %d out of range", layer, seq, pos);
+    const int KV = c->n_kv_heads, hd = c->head_dim, KVD = KV * hd;
+    const size_t slot = ((size_t)layer * g->o.n_seq + seq) * g->o.max_T + pos;
+    uint8_t *raw = (uint8_t *)ao_malloc((size_t)KVD * g->kvel);
+    float *sc = (float *)ao_malloc((size_t)KV * sizeof(float));
+    for (int which = 0; which < 2; which++) {
+        const void *cache = which ? g->vc : g->kc;
+        float *out = which ? v : k;
+        CUDA_CHECK(cudaMemcpy(raw, (const char *)cache + slot * KVD * g->kvel, (size_t)KVD * g->kvel, cudaMemcpyDeviceToHost));
+        if (g->o.kv_fp8)
+            CUDA_CHECK(cudaMemcpy(sc, (which ? g->vsc : g->ksc) + slot * KV, (size_t)KV * sizeof(float), cudaMemcpyDeviceToHost));
+        for (int i = 0; i < KVD; i++) {
+            if (g->kvel == 4) {
+                memcpy(&out[i], raw + 4 * (size_t)i, 4);
+            } else if (g->kvel == 2) {
+                const uint32_t u = (uint32_t)(raw[2 * i] | (raw[2 * i + 1] << 8)) << 16;
+                memcpy(&out[i], &u, 4);
+            } else {
+                out[i] = quant_e4m3_to_f32(raw[i]) * sc[i / hd];
+            }
+        }
+    }
+    free(raw), free(sc);
+}
 extern "C" const char *infer_gpu_name(const InferGpu *g) { return g->name; }
 extern "C" size_t infer_gpu_rounded(const InferGpu *g) { return g->rounded; }

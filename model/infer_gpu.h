@@ -1,10 +1,13 @@
 // GPU inference (infer_llama -d cuda): the CPU inference model (model/infer_cpu.h, already
 // quantized on the host by the same code, so the integers are the CPU's) uploaded to one
 // GPU and run with the decode kernels of quant/qgemv.cu, a split-KV ("flash-decoding")
-// attention over a bf16 (or fp32) KV cache, and the single-token decode step replayed as a
-// CUDA graph. Activations are fp32 as on the CPU; unquantized linears (-q none, and the
-// linears a mode skips) hold bf16 weights. Several sequences may decode together (the
-// benchmark's batch): they share one position.
+// attention over a bf16 (fp32, or e4m3 with a scale per head vector) KV cache, and the
+// single-token decode step replayed as a CUDA graph. Activations are fp32 as on the CPU;
+// unquantized linears (-q none, and the linears a mode skips) hold bf16 weights. A forward of
+// more than gemm_tokens tokens per sequence (a prompt) runs its linears as cuBLASLt bf16 GEMMs
+// instead (model/infer_gpu_prefill.cuh: bf16 activations, fp32 accumulation); decode steps keep
+// the GEMVs. Several sequences may decode together (the benchmark's batch): they share one
+// position.
 #ifndef LLAMA_AO_MODEL_INFER_GPU_H
 #define LLAMA_AO_MODEL_INFER_GPU_H
 
@@ -26,6 +29,9 @@ typedef struct {
     int kv_f32;     // KV cache in fp32 instead of bf16
     int graphs;     // replay single-token steps as CUDA graphs (default on)
     int device;
+    // Added fields (zero: the defaults), after the old ones so positional initializers keep working.
+    int kv_fp8;     // KV cache in e4m3 with one fp32 scale per (layer, sequence, position, KV head)
+    int gemm_tokens;  // forwards of more tokens per sequence use the prefill GEMMs; 0: 16, < 0: never
 } InferGpuOpts;
 
 // GPUs the CUDA runtime sees (0 when there is none or the driver is missing).
@@ -44,6 +50,10 @@ void infer_gpu_set_pos(InferGpu *g, int pos);
 size_t infer_gpu_weight_bytes(const InferGpu *g);
 size_t infer_gpu_step_bytes(const InferGpu *g);
 size_t infer_gpu_alloc_bytes(const InferGpu *g);
+// Bytes of the KV cache (codes and, for fp8, scales).
+size_t infer_gpu_kv_bytes(const InferGpu *g);
+// Tests: the cached k and v of one layer, sequence and position, dequantized to fp32 [KV heads x head_dim].
+void infer_gpu_read_kv(const InferGpu *g, int layer, int seq, int pos, float *k, float *v);
 // The device's name (for the run summary).
 const char *infer_gpu_name(const InferGpu *g);
 // How many unquantized weights were not exactly bf16 (rounded at upload); 0 for bf16 checkpoints.

@@ -22,10 +22,10 @@ typedef struct {
     QuantMode mode;  // QUANT_NONE holds bf16 weights
     int rows, cols, group;
     int ld;                    // elements per stored row: cols rounded up to a multiple of 8
-    int tiled;                 // INT4 codes in tensor-core fragment order (qgemv.cu), not rows: 1 v1, 2 v2 kernel
+    int tiled;                 // INT4 codes in mma fragment order (qgemv_int4mma.cu), not rows: 1 v1, 2 v2 kernel
     const void *q;             // NONE: bf16 [rows*cols]; INT8: int8; FP8: e4m3; INT4/8DA4W: nibbles [rows*cols/2]
     const float *scale;        // INT8, FP8: [rows]; 8DA4W: [rows * cols/group]
-    const __nv_bfloat162 *sz;  // INT4: (scale, zero) per group [rows * cols/group] (tiled 2: pre-shuffled, qgemv.cu)
+    const __nv_bfloat162 *sz;  // INT4: (scale, zero) per group [rows * cols/group] (tiled 2: shuffled, qgemv_upload.cu)
     const float *bias;         // [rows] or NULL
 } QWeightGpu;
 

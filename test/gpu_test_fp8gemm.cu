@@ -60,26 +60,6 @@ static GpuCtx g_ctx;
 enum { G_FWD = 0, G_DINP = 1, G_DW = 2 };
 static const char *gemm_name(int g) { return g == G_FWD ? "forward" : g == G_DINP ? "grad_input" : "grad_weight"; }
 
-// ---------------------------------------------------------------- guarded calls
-// The wrappers fail through ao_fail; a failure inside one becomes a failed check (with the
-// message) instead of ending the program, so one run reports every case.
-static jmp_buf g_jb;
-static char g_fail_msg[2048];
-static void on_fail(const char *msg) {
-    snprintf(g_fail_msg, sizeof g_fail_msg, "%s", msg);
-    longjmp(g_jb, 1);
-}
-static int guarded(const std::function<void()> &f) {
-    g_fail_msg[0] = 0;
-    ao_fail_handler old = ao_set_fail_handler(on_fail);
-    if (setjmp(g_jb) == 0) {
-        f();
-        ao_set_fail_handler(old);
-        return 1;
-    }
-    ao_set_fail_handler(old);
-    return 0;
-}
 
 // ---------------------------------------------------------------- synthetic operands
 typedef struct {

@@ -91,24 +91,6 @@ static uint64_t g_rng = 0x11AEA5ull;
 #define E_GEMM_E5M2 0.16
 static double r_acc_bf16(int k) { return (k + 2) * 0x1p-23; }
 
-// ---------------------------------------------------------------- guarded calls
-static jmp_buf g_jb;
-static char g_fail_msg[2048];
-static void on_fail(const char *msg) {
-    snprintf(g_fail_msg, sizeof g_fail_msg, "%s", msg);
-    longjmp(g_jb, 1);
-}
-static int guarded(const std::function<void()> &f) {
-    g_fail_msg[0] = 0;
-    ao_fail_handler old = ao_set_fail_handler(on_fail);
-    if (setjmp(g_jb) == 0) {
-        f();
-        ao_set_fail_handler(old);
-        return 1;
-    }
-    ao_set_fail_handler(old);
-    return 0;
-}
 
 // ---------------------------------------------------------------- host <-> device
 static float *dl_bf16(const bf16 *d, size_t n) {

@@ -4,7 +4,9 @@
 //       --group 64 --batch 1,4,16 --prompt 128 --steps 128
 // One line per (mode, batch), for dev/bench scripts to grep:
 //   RESULT ours mode=int4 g=64 batch=1 tok_s=... ms_per_step=... weight_bytes=... eff_bw_TBs=...
-//          roofline=... peak_mem_GiB=...
+//          roofline=... peak_mem_GiB=... prefill_tok_s=... kv=bf16 kv_MiB=...
+// prefill_tok_s: the batch's prompts in one forward, timed on a second run (the first loads
+// modules and picks the cuBLASLt algorithms); more than --gemm-tokens tokens run as GEMMs.
 // weight_bytes is what one decode step reads (every linear's codes and scales, the norms; the
 // embedding row is negligible); roofline = eff_bw / the device-to-device copy bandwidth
 // measured here (read + write bytes per second), the practical ceiling of a weight stream.
@@ -64,7 +66,8 @@ static int parse_list(const char *s, char items[][32], int max) {
 
 int main(int argc, char **argv) {
     const char *config = "test/fixtures/configs/llama31_8b.json", *modes = "bf16,int8,int4,8da4w,fp8", *batches = "1";
-    int group = 64, prompt = 128, steps = 128, kv_f32 = 0, profile = 0;
+    const char *kv = "bf16";
+    int group = 64, prompt = 128, steps = 128, kv_f32 = 0, profile = 0, gemm_tokens = 0;
     Flag flags[] = {
         {"--config", "-c", FLAG_STR, &config, "model config.json (shape only; weights are random)", 1, 0},
         {"--modes", "-q", FLAG_STR, &modes, "comma list of bf16|int8|int4|int4-v1|int4-nopdl|int4-simt|8da4w|fp8", 1, 0},
@@ -72,12 +75,16 @@ int main(int argc, char **argv) {
         {"--batch", "-b", FLAG_STR, &batches, "comma list of sequences decoded together", 1, 0},
         {"--prompt", "-p", FLAG_INT, &prompt, "prompt tokens before decoding", 1, 0},
         {"--steps", "-n", FLAG_INT, &steps, "timed decode steps", 1, 0},
-        {"--kv-f32", NULL, FLAG_BOOL, &kv_f32, "KV cache in fp32 (default bf16)", 1, 0},
+        {"--kv-f32", NULL, FLAG_BOOL, &kv_f32, "KV cache in fp32 (same as --kv fp32)", 1, 0},
+        {"--kv", NULL, FLAG_STR, &kv, "KV cache: bf16 | fp32 | fp8 (e4m3, a scale per head vector)", 1, 0},
+        {"--gemm-tokens", NULL, FLAG_INT, &gemm_tokens, "prompts longer than this run as GEMMs (0: 16, -1: never)", -1, 1 << 20},
         {"--profile", NULL, FLAG_BOOL, &profile, "bracket 2 decode steps with cudaProfilerStart/Stop (ncu --profile-from-start off)", 1, 0},
     };
     if (!flags_parse(flags, sizeof flags / sizeof flags[0], argc, argv, "bench_infer", "decode speed of infer_llama -d cuda"))
         return 0;
     CHECK(prompt > 0 && steps > 0, "--prompt and --steps must be positive");
+    CHECK(!strcmp(kv, "bf16") || !strcmp(kv, "fp32") || !strcmp(kv, "fp8"), "--kv %s: bf16, fp32 or fp8", kv);
+    if (kv_f32) kv = "fp32";
     LlamaConfig c;
     char err[512];
     CHECK(config_load(&c, config, err, sizeof err), "%s", err);
@@ -122,10 +129,12 @@ int main(int argc, char **argv) {
             CHECK(B > 0 && B <= 64, "--batch: %s is not in 1..64", blist[bi]);
             size_t free0, total;
             cudaMemGetInfo(&free0, &total);
-            InferGpuOpts o = {prompt + steps + 8, prompt, B, kv_f32, 1, 0};
+            InferGpuOpts o = {prompt + steps + 8, prompt, B, !strcmp(kv, "fp32"), 1, 0, !strcmp(kv, "fp8"), gemm_tokens};
             InferGpu *g = infer_gpu_create(&im, &o);
             int32_t *toks = (int32_t *)ao_malloc((size_t)B * prompt * sizeof(int32_t));
             for (int i = 0; i < B * prompt; i++) toks[i] = (int32_t)((i * 7919u + 11u) % (unsigned)c.vocab_size);
+            infer_gpu_forward(g, toks, prompt, 0);  // cold: module loading, cuBLASLt heuristics
+            infer_gpu_set_pos(g, 0);
             t0 = now_s();
             infer_gpu_forward(g, toks, prompt, 0);
             const double t_prefill = now_s() - t0;
@@ -144,9 +153,10 @@ int main(int argc, char **argv) {
             cudaMemGetInfo(&free1, &total);
             const double sb = (double)infer_gpu_step_bytes(g), eff = sb / dt;
             printf("RESULT ours mode=%s g=%d batch=%d tok_s=%.1f ms_per_step=%.3f weight_bytes=%.0f eff_bw_TBs=%.3f "
-                   "roofline=%.3f peak_mem_GiB=%.2f prefill_tok_s=%.0f\n",
+                   "roofline=%.3f peak_mem_GiB=%.2f prefill_tok_s=%.0f kv=%s kv_MiB=%.1f\n",
                    mlist[mi], quant_mode_grouped((QuantMode)mode) ? group : 0, B, B / dt, dt * 1e3, sb, eff / 1e12,
-                   bw > 0 ? eff / bw : 0.0, (double)(free0 - free1) / (1u << 30), B * prompt / t_prefill);
+                   bw > 0 ? eff / bw : 0.0, (double)(free0 - free1) / (1u << 30), B * prompt / t_prefill, kv,
+                   infer_gpu_kv_bytes(g) / 1048576.0);
             fflush(stdout);
             infer_gpu_free(g);
             free(toks);
