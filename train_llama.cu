@@ -530,7 +530,7 @@ int main(int argc, char **argv) {
         }
         if (last || stop_time) break;
 
-        dist_fault_point(&dist, step);
+        if (s.zero != 3) dist_fault_point(&dist, step);
         double t0 = now_s();
         int n_valid = 0;
         // The step's global batch is accum x W micro-batches; micro-batch a of rank r is number
@@ -556,6 +556,9 @@ int main(int argc, char **argv) {
             dist_allreduce_host(&dist, &nv, 1, "the target-token count of the step");
             n_valid = (int)nv;
         }
+        // ZeRO-3: the injected fault comes after the step's host collective, so the other ranks are
+        // left waiting inside the forward, on weight gathers that cannot complete (test/dist_test.sh)
+        if (s.zero == 3) dist_fault_point(&dist, step);
         llama_gpu_zero_grads(&m, &ctx);
         double loss_sum = 0;
         for (int a = 0; a < accum; a++) {

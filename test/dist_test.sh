@@ -16,7 +16,8 @@
 #      and the line says whether the logs and final weights came out identical
 #   4. faults: one rank exits or hangs at step 5; every rank must exit non-zero within the
 #      timeout (20 s) plus start-up; the surviving rank names itself and what it waited for
-#      (--zero 1, and --zero 3, whose forward and backward are collectives themselves)
+#      (--zero 1, and --zero 3, whose fault comes after the step's target-count all-reduce, so the
+#      surviving rank is left waiting on the forward's weight gathers)
 #   5. ZeRO-3 (issue 9): the all-gather of bf16 weights is exact and every kernel sees the same
 #      addresses modulo 256 bytes, so --zero 3 must be bit-identical to --zero 2 on 2 GPUs (logs and
 #      final model.safetensors): adamw, adamw8bit, bf16-sr masters, offload, recompute + samples + an
