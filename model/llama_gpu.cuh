@@ -137,6 +137,11 @@ typedef struct {
     cudaStream_t gather_stream, zown_stream;
     void (*gather)(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t s);
     void *gather_arg;
+    // Tests only (0: off): a spin of this many ns on the gather stream before each gather [0], or
+    // on the compute stream after each wait for a gather [1]. Results must not change; a missing
+    // event (compute reading a slot before its gather landed, or a gather overwriting a slot the
+    // compute stream has yet to read) then shows as a different loss instead of a rare race.
+    long long zdelay_ns[2];
     LlamaWeightsBf16 w;
     LlamaWeightsBf16Layer *wl;
     LlamaWeights g;  // gradient pointers (fp32)
@@ -210,7 +215,9 @@ void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu);
 void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst);
 // The Linear groups of layer l as the model hands them to ops/linear.cuh (q/k/v, o_proj, gate/up,
 // down_proj), or of the LM head for l = n_layers; inputs[i] (may be NULL) gets the activation group i
-// reads, valid after a forward without recompute flags. Returns the number of groups (<= 4).
+// reads, valid after a forward without recompute flags. Returns the number of groups (<= 4). With
+// ZeRO-3 the weight pointers are gather slots (layer l in slot l % 2): they hold layer l's weights
+// only while it is gathered, so read them only without ZeRO-3.
 int llama_gpu_linears(const LlamaGpu *m, int l, LinearGroup *out, const bf16 **inputs);
 // One line per precision: which Linears run fp8 under the recipe and which stay bf16, and why.
 void llama_gpu_print_linears(const LlamaGpu *m, FILE *f);

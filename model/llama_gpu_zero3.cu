@@ -7,6 +7,22 @@
 
 static int buffer_of(const LlamaGpu *m, int b) { return b < m->plan->n_layers ? b % 2 : 2; }
 
+// LlamaGpu.zdelay_ns (tests): waits ns nanoseconds of the GPU's global timer.
+__global__ static void zero3_spin_kernel(long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        __nanosleep(1000);
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while ((long long)(t - t0) < ns);
+}
+
+static void spin(long long ns, cudaStream_t s) {
+    if (ns <= 0) return;
+    zero3_spin_kernel<<<1, 1, 0, s>>>(ns);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 // Points one struct's fields (the X-macro's order, as LlamaWeightsBf16_point does) at where
 // bucket b's gather puts them; k walks the parameter table.
 #define Z3_POINT_(A, field, hf, ndim, d0, d1, present) \
@@ -62,6 +78,7 @@ void lg_zero3_fetch(LlamaGpu *m, GpuCtx *ctx, int b) {
     // before, or the previous backward) and, after a step, with the writes to the shard.
     CUDA_CHECK(cudaEventRecord(m->zev_compute, ctx->stream));
     CUDA_CHECK(cudaStreamWaitEvent(m->gather_stream, m->zev_compute, 0));
+    spin(m->zdelay_ns[0], m->gather_stream);
     if (m->gather) {
         m->gather(m->gather_arg, dst, lo, hi, m->gather_stream);
     } else {
@@ -77,6 +94,7 @@ void lg_zero3_use(LlamaGpu *m, GpuCtx *ctx, int b) {
     const int k = buffer_of(m, b);
     CHECK(m->zheld[k] == b, "ZeRO-3: bucket %d used while its buffer holds %d (not fetched)", b, m->zheld[k]);
     CUDA_CHECK(cudaStreamWaitEvent(ctx->stream, m->zready[k], 0));
+    spin(m->zdelay_ns[1], ctx->stream);
 }
 
 void llama_gpu_params_changed(LlamaGpu *m) {

@@ -15,7 +15,9 @@
 //     embeddings) of a ZeRO-3 model against a ZeRO-2 model on the same ranks and data: losses,
 //     norms, gradients, master and bf16 weights bit-identical, for fp32 / 8-bit states, bf16-sr
 //     masters and offload; the number of layer gathers per step (held layers are not gathered
-//     twice); a ZeRO-3 plan of one rank without the hook against no ZeRO at all.
+//     twice); a ZeRO-3 plan of one rank without the hook against no ZeRO at all; and the same
+//     with every gather, then the compute after every wait for one, held back 200 us (a missing
+//     event then changes the bits instead of racing rarely).
 // With one process the collective parts run at world size 1 (collectives are no-ops, the ZeRO-3
 // gathers copies).
 #include <math.h>
@@ -582,7 +584,10 @@ static int same_dev(const void *a, const void *b, size_t bytes) {
 
 // ZeRO-3 against ZeRO-2 on this job's ranks (both models in this process, the same data): every
 // number must be the same bits. hook = 0 (one rank only): the model's own copy instead of the hook.
-static void check_zero3_steps(Dist *d, GpuCtx *ctx, LowbitFormat optim, LowbitMaster master, int offload, int hook) {
+// delay 1 / 2: every gather starts 200 us late / the compute stream idles 200 us after each wait for
+// a gather (LlamaGpu.zdelay_ns), so a missing event shows as different bits, not as a rare race.
+static void check_zero3_steps(Dist *d, GpuCtx *ctx, LowbitFormat optim, LowbitMaster master, int offload, int hook,
+                              int delay = 0) {
     const int W = d->world, R = d->rank, B = 2, T = 16, steps = 3, N = B * T;
     enum { ACCUM = 2 };
     const LlamaConfig c = make_config(1000, 256, 768, 3, 4, 2, 1);  // 3 layers (both slots, odd), tied embeddings
@@ -592,11 +597,13 @@ static void check_zero3_steps(Dist *d, GpuCtx *ctx, LowbitFormat optim, LowbitMa
     GpuRunOpts o = opts_for(optim, offload, nullptr);
     o.master = master;
     char what[128];
-    snprintf(what, sizeof what, "rank %d/%d, ZeRO-3 vs ZeRO-2, %s%s%s%s", R, W, lowbit_format_name(optim),
-             master == LOWBIT_MASTER_BF16_SR ? " bf16-sr" : "", offload ? " offload" : "", hook ? "" : " (no hook)");
+    snprintf(what, sizeof what, "rank %d/%d, ZeRO-3 vs ZeRO-2, %s%s%s%s%s", R, W, lowbit_format_name(optim),
+             master == LOWBIT_MASTER_BF16_SR ? " bf16-sr" : "", offload ? " offload" : "", hook ? "" : " (no hook)",
+             delay == 1 ? " (gathers delayed)" : delay == 2 ? " (compute delayed after each gather wait)" : "");
     DpModel *a = (DpModel *)ao_calloc(1, sizeof(DpModel)), *b = (DpModel *)ao_calloc(1, sizeof(DpModel));
     dp_init(a, d, ctx, &cpu, 2, o, B, T, 1);
     dp_init(b, d, ctx, &cpu, 3, o, B, T, hook);
+    if (delay) b->m.zdelay_ns[delay - 1] = 200000;
     {  // the memory plan: the shard of the bf16 weights and the three gather buffers
         GpuRunOpts o3 = o;
         o3.zero = &b->z;
@@ -703,6 +710,8 @@ int main(void) {
     check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_BF16_SR, 0, 1);
     check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 1, 1);
     if (d.world == 1) check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 0);
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1, 1);  // races widened: gathers late
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1, 2);  // ... compute late
     dist_barrier(&d, "every rank to finish the collective tests");
     const int rank = d.rank;
     dist_free(&d);  // finalizing waits for every rank: before rank 0 goes on alone
