@@ -79,25 +79,35 @@ static void check_gemv(const char *what, const float *got, const float *ref, con
     check_gemv_tol(what, got, ref, cond, scale, n, GEMV_TOL);
 }
 
-static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bias) {
+// A random weight (bf16-exact for QUANT_NONE, as the GPU holds bf16), optionally with an all-zero
+// row (rows > 2) and a bias, quantized on the CPU into *t and uploaded.
+static QWeightGpu random_qweight(QuantMode mode, int rows, int cols, int group, int with_bias, int zero_row,
+                                 float **w_out, float **bias_out, QTensor *t) {
     const size_t n = (size_t)rows * cols;
     float *w = (float *)ao_malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) w[i] = 0.05f * frand();
-    if (rows > 2) memset(w + cols, 0, (size_t)cols * sizeof(float));  // an all-zero row
+    if (zero_row && rows > 2) memset(w + cols, 0, (size_t)cols * sizeof(float));
     if (mode == QUANT_NONE)
-        for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);  // the GPU holds bf16
+        for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);
     float *bias = NULL;
     if (with_bias) {
         bias = (float *)ao_malloc((size_t)rows * sizeof(float));
         for (int i = 0; i < rows; i++) bias[i] = 0.1f * frand();
     }
-    QTensor t;
-    quant_quantize(&t, mode, w, rows, cols, group);
-    const QTensor *tp = &t;
+    quant_quantize(t, mode, w, rows, cols, group);
+    const QTensor *tp = t;
     const float *bp = bias;
     size_t rounded = 0;
     QWeightGpu gw = qweight_upload(&tp, &bp, 1, &rounded);
     TEST_CHECK(rounded == 0, "%s upload rounded %zu bf16-exact weights", quant_mode_name(mode), rounded);
+    *w_out = w, *bias_out = bias;
+    return gw;
+}
+
+static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bias) {
+    float *w, *bias;
+    QTensor t;
+    QWeightGpu gw = random_qweight(mode, rows, cols, group, with_bias, 1, &w, &bias, &t);
     QActScratch s;
     qact_scratch_init(&s, 8, cols);
     const int Ms[] = {1, 2, 3, 5, 8, 13};
@@ -195,21 +205,9 @@ static void gemv_bad_stride(void *arg) {
 
 static void test_prefill_linear(QuantMode mode, int rows, int cols, int group, int with_bias, int chunked) {
     const size_t n = (size_t)rows * cols;
-    float *w = (float *)ao_malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) w[i] = 0.05f * frand();
-    if (mode == QUANT_NONE)
-        for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);
-    float *bias = NULL;
-    if (with_bias) {
-        bias = (float *)ao_malloc((size_t)rows * sizeof(float));
-        for (int i = 0; i < rows; i++) bias[i] = 0.1f * frand();
-    }
+    float *w, *bias;
     QTensor t;
-    quant_quantize(&t, mode, w, rows, cols, group);
-    const QTensor *tp = &t;
-    const float *bp = bias;
-    size_t rounded = 0;
-    QWeightGpu gw = qweight_upload(&tp, &bp, 1, &rounded);
+    QWeightGpu gw = random_qweight(mode, rows, cols, group, with_bias, 0, &w, &bias, &t);
     const int ld = gw.ld, MMAX = 40;
     char what[200];
     snprintf(what, sizeof what, "prefill %s g%d [%d x %d]%s%s (int4 layout %d)", quant_mode_name(mode), group, rows,
@@ -296,17 +294,24 @@ static void round_model_bf16(LlamaModel *m) {
     for (size_t i = 0; i < m->tab.total; i++) m->params[i] = bf16r(m->params[i]);
 }
 
-// CPU vs GPU on one model and mode: prefill of n0 tokens (all logits), then single-token
-// steps (graphs), with the KV cache in fp32 and in bf16, and 3 sequences at once.
-static void compare_model(const char *name, const InferModel *im, const int32_t *toks, int n0, int nsteps) {
-    const LlamaConfig *c = &im->cfg;
-    const int V = c->vocab_size, T = n0 + nsteps;
+// The CPU path's logits of T tokens: a prefill of n0 (all logits), then single-token steps.
+static float *cpu_logits(const InferModel *im, const int32_t *toks, int n0, int T) {
+    const int V = im->cfg.vocab_size;
     InferState s;
     infer_state_init(&s, im, T, n0);
     float *ref = (float *)ao_malloc((size_t)T * V * sizeof(float));
     memcpy(ref, infer_forward(im, &s, toks, n0, 1), (size_t)n0 * V * sizeof(float));
     for (int i = n0; i < T; i++) memcpy(ref + (size_t)i * V, infer_forward(im, &s, toks + i, 1, 0), (size_t)V * sizeof(float));
     infer_state_free(&s);
+    return ref;
+}
+
+// CPU vs GPU on one model and mode: prefill of n0 tokens (all logits), then single-token
+// steps (graphs), with the KV cache in fp32 and in bf16, and 3 sequences at once.
+static void compare_model(const char *name, const InferModel *im, const int32_t *toks, int n0, int nsteps) {
+    const LlamaConfig *c = &im->cfg;
+    const int V = c->vocab_size, T = n0 + nsteps;
+    float *ref = cpu_logits(im, toks, n0, T);
     for (int variant = 0; variant < 4; variant++) {
         // 0: fp32 KV, graphs; 1: fp32 KV, no graphs (must equal 0 bit for bit); 2: bf16 KV; 3: 3 sequences
         InferGpuOpts o = {T, n0, variant == 3 ? 3 : 1, variant != 2, variant != 1, 0, 0, 0};
@@ -394,12 +399,7 @@ static void compare_long(const char *name, const InferModel *im, const int32_t *
     const int V = c->vocab_size, T = n0 + nsteps, KVD = c->n_kv_heads * c->head_dim;
     const int dyn = im->mode == QUANT_8DA4W || im->mode == QUANT_FP8;
     const char *mn = quant_mode_name(im->mode);
-    InferState s;
-    infer_state_init(&s, im, T, n0);
-    float *ref = (float *)ao_malloc((size_t)T * V * sizeof(float));
-    memcpy(ref, infer_forward(im, &s, toks, n0, 1), (size_t)n0 * V * sizeof(float));
-    for (int i = n0; i < T; i++) memcpy(ref + (size_t)i * V, infer_forward(im, &s, toks + i, 1, 0), (size_t)V * sizeof(float));
-    infer_state_free(&s);
+    float *ref = cpu_logits(im, toks, n0, T);
     // variants: 0 GEMM prefill fp32 KV; 1 GEMVs fp32 KV; 2 GEMVs bf16 KV; 3 GEMVs fp8 KV; 4 GEMM prefill fp8 KV
     float *got[5];
     float *kv32 = (float *)ao_malloc((size_t)T * KVD * 2 * sizeof(float)), *kv8 = (float *)ao_malloc((size_t)T * KVD * 2 * sizeof(float));
