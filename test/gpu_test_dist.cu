@@ -568,7 +568,7 @@ static void check_zero3_steps(Dist *d, GpuCtx *ctx, LowbitFormat optim, LowbitMa
                               int delay = 0) {
     const int W = d->world, R = d->rank, B = 2, T = 16, steps = 3, N = B * T;
     enum { ACCUM = 2 };
-    const LlamaConfig c = make_config(1000, 256, 768, 3, 4, 2, 1);  // 3 layers (both slots, odd), tied embeddings
+    const LlamaConfig c = test_llama_config(1000, 256, 768, 3, 4, 2, 1);  // 3 layers (both slots, odd), tied embeddings
     LlamaModel cpu;
     model_init(&cpu, &c);
     model_init_random(&cpu, 31);
