@@ -7,6 +7,7 @@
 #include "../ops/cross_entropy.cuh"
 #include "../ops/embedding.cuh"
 #include "../ops/matmul.cuh"
+#include "../ops/matmul_mx.cuh"
 #include "../ops/rmsnorm.cuh"
 #include "../ops/rope.cuh"
 #include "../ops/swiglu.cuh"
@@ -115,6 +116,18 @@ static LinearScratchSize linear_scratch_need(const LlamaGpu *m) {
     return s;
 }
 
+// The compute capability major of the current device (0 when there is none): which MX GEMM path the
+// scratch is carved for (the plan is made before a GpuCtx exists).
+static int current_cc_major(void) {
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) !=
+                                                  cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return major;
+}
+
 static void carve_acts(LlamaGpu *m, Carver &cv) {
     const LlamaConfig *c = &m->cfg;
     Dims d = dims(c, m->B, m->T);
@@ -165,6 +178,7 @@ static void carve_acts(LlamaGpu *m, Carver &cv) {
     m->logits_f32 = cv.take<float>(d.V);
     // Last, so that the bf16 recipe's layout is what it always was.
     m->lin.recipe = o->recipe;
+    m->lin.mx_native = linear_recipe_is_mx(o->recipe) && mx_gemm_path_for(current_cc_major()) == MX_GEMM_NATIVE;
     m->lin.cap = linear_scratch_need(m);
     m->lin_bytes = linear_ctx_place(&m->lin, nullptr);
     m->lin_mem = m->lin_bytes ? cv.take<char>(m->lin_bytes) : nullptr;
@@ -285,6 +299,7 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
         CUDA_CHECK(cudaMallocHost(&m->h_params, (S ? S : 1) * sizeof(uint16_t)));
         lg_offload_plan_slices(m);
     }
+    lg_optim_init(m);  // --optim-overlap: the optimizer stream, when the overlap applies
     if (!lowbit) {
         if (off) {
             CUDA_CHECK(cudaMallocHost(&m->adam_m, (S ? S : 1) * sizeof(float)));
@@ -386,6 +401,7 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
 }
 
 void llama_gpu_free(LlamaGpu *m) {
+    lg_optim_free(m);  // waits for a step still running there
     if (m->zero3) lg_zero3_free(m);
     if (m->param_mem) cudaFree(m->param_mem);
     if (m->act_mem) cudaFree(m->act_mem);
@@ -481,7 +497,13 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
         lg_zero3_use(m, ctx, NL);
         lg_zero3_use(m, ctx, 0);
     }
+    // After an overlapped step, each stage's weights are waited for just before their first use
+    // (lg_optim_use: stage 0 the embedding, 1 + l layer l, n_layers + 1 the final norm and LM head).
+    // Never with ZeRO-3 (lg_optim_init: no overlap with ZeRO): its gathers read the shard with no
+    // wait for the optimizer stream.
+    lg_optim_use(m, ctx, 0);
     embedding_forward(m->layers[0].resid, m->tokens, m->w.wte, N, D, s);
+    lg_optim_use(m, ctx, 1);
     rmsnorm_forward(m->layers[0].ln1, m->layers[0].ln1_rstd, m->layers[0].resid, m->wl[0].ln1, N, D, eps, s);
     for (int l = 0; l < NL; l++) {
         GpuLayerActs *L = &m->layers[l];
@@ -498,6 +520,7 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
         gu_forward(m, ctx, l, L->ln2, L->gu);
         swiglu_forward(L->act, L->gu, N, (int)d.F, s);
         linear_forward(&m->lin, ctx, m->scratch_d, L->act, &gd, N);
+        lg_optim_use(m, ctx, l + 2);  // layer l + 1's ln1, or the final norm (and an untied LM head)
         if (l + 1 < NL) {
             GpuLayerActs *Ln = &m->layers[l + 1];
             if (m->zero3) lg_zero3_use(m, ctx, l + 1);
@@ -535,6 +558,7 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
     const int N = (int)d.N, D = (int)d.D, F = (int)d.F, B = m->B, T = m->T, H = c->n_heads, KV = c->n_kv_heads,
               hd = c->head_dim;
     const float eps = c->rms_norm_eps;
+    llama_gpu_optim_wait(m, ctx);  // (nothing pending: the forward before waited for every stage)
     const int NL = c->n_layers;
     if (m->zero3) {  // the global tensors and the last layer are normally still held from the forward
         lg_zero3_fetch(m, ctx, NL);
@@ -588,6 +612,10 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
 }
 
 void llama_gpu_zero_grads(LlamaGpu *m, GpuCtx *ctx) {
+    if (m->grads_zero_queued) {  // the overlapped step zeroed them after each stage's update
+        m->grads_zero_queued = 0;
+        return;
+    }
     CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->tab.total * sizeof(float), ctx->stream));
 }
 
@@ -597,6 +625,7 @@ void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
     const int V = (int)d.V, D = (int)d.D;
     const bf16 *x = m->lnf + ((size_t)b * m->T + pos) * D;
     const LinearGroup head = linear_group(m, m->cfg.n_layers, 0);
+    llama_gpu_optim_wait(m, ctx);
     if (m->zero3) lg_zero3_use(m, ctx, m->cfg.n_layers);  // held since the forward (no gather here: one rank calls this)
     linear_forward(&m->lin, ctx, m->logits, x, &head, 1);
     cast_bf16_to_f32(m->logits_f32, m->logits, (size_t)V, ctx->stream);
@@ -643,4 +672,6 @@ void llama_gpu_print_linears(const LlamaGpu *m, FILE *f) {
         }
         if (fp8) fprintf(f, count ? "\n" : "  fp8:  none (no Linear has fp8-compatible dimensions)\n");
     }
+    if (linear_recipe_is_mx(r))
+        fprintf(f, "  MX GEMMs: %s\n", mx_gemm_path_name(m->lin.mx_native ? MX_GEMM_NATIVE : MX_GEMM_EMULATED));
 }

@@ -29,3 +29,11 @@ void lg_zero3_free(LlamaGpu *m);
 void lg_zero3_fetch(LlamaGpu *m, GpuCtx *ctx, int b);
 // The compute stream waits until bucket b's gather is in its buffer (fetched before).
 void lg_zero3_use(LlamaGpu *m, GpuCtx *ctx, int b);
+
+// --optim-overlap (llama_gpu_step.cu): the optimizer stream and events (init: only when the
+// overlap is in effect, which it decides: m->overlap), their release; the compute stream waits
+// for stage s of a pending overlapped step (the forward, before the first kernel reading stage
+// s's weights; the last stage, n_layers + 1, ends the pending step).
+void lg_optim_init(LlamaGpu *m);
+void lg_optim_free(LlamaGpu *m);
+void lg_optim_use(LlamaGpu *m, GpuCtx *ctx, int stage);

@@ -112,13 +112,21 @@ void lg_offload_queue_down(LlamaGpu *m, cudaStream_t final_on, int layer) {
     }
 }
 
-float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx) {
-    float *out = m->gn_scratch;
-    grad_norm_squared(out, m->gn_scratch + 1, m->grads, m->tab.total, ctx->stream);
+void llama_gpu_grad_norm_queue(LlamaGpu *m, GpuCtx *ctx) {
+    llama_gpu_optim_wait(m, ctx);  // (nothing pending after a backward)
+    grad_norm_squared(m->gn_scratch, m->gn_scratch + 1, m->grads, m->tab.total, ctx->stream);
+}
+
+float llama_gpu_grad_norm_result(LlamaGpu *m, GpuCtx *ctx) {
     float h;
-    CUDA_CHECK(cudaMemcpyAsync(&h, out, sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
+    CUDA_CHECK(cudaMemcpyAsync(&h, m->gn_scratch, sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
     lg_sync(m, ctx, "the gradient norm (compute stream)");
     return sqrtf(h);
+}
+
+float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx) {
+    llama_gpu_grad_norm_queue(m, ctx);
+    return llama_gpu_grad_norm_result(m, ctx);
 }
 
 LowbitState llama_gpu_piece_state(const LlamaGpu *m, int i) {
@@ -198,6 +206,32 @@ static void offload_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2
     free(jobs);
 }
 
+// The on-GPU step of piece i, queued on `stream`: the one call the serial and the overlapped
+// schedules both make. A piece is a whole tensor without ZeRO; o is its flat offset (grads, and
+// the stochastic-rounding index), so = o - b0 its index into the shard's arrays (pshard, master,
+// moments).
+static void gpu_piece_step(LlamaGpu *m, int i, float lr, float b1, float b2, float eps, float wd, int step,
+                           float grad_scale, cudaStream_t stream) {
+    const ZeroPlan *z = m->plan;
+    const ZeroPiece *pc = &z->pieces[i];
+    const ParamInfo *p = &m->tab.p[pc->tensor];
+    const LowbitMaster mode = m->opts.master;
+    const size_t o = pc->offset, so = o - z->begin, n = pc->n;
+    const float wd_i = p->kind == PARAM_MATRIX ? wd : 0.0f;
+    LowbitStep ls = {lr, b1, b2, eps, wd_i, step, grad_scale, mode, m->opts.seed, o};
+    if (m->opts.optim != LOWBIT_F32)
+        adamw_lowbit_update(m->master ? m->master + so : NULL, m->pshard + so, m->states[i], m->grads + o, &ls, stream);
+    else if (mode == LOWBIT_MASTER_F32)
+        adamw_update(m->master + so, m->pshard + so, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2, eps,
+                     wd_i, step, grad_scale, stream);
+    else
+        adamw_update_bf16_sr(m->pshard + so, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2, eps, wd_i, step,
+                             grad_scale, m->opts.seed, o, stream);
+}
+
+static void overlap_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
+                          float grad_scale);
+
 void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
                      float grad_scale) {
     llama_gpu_params_changed(m);  // ZeRO-3: the next forward gathers the new weights
@@ -205,27 +239,11 @@ void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, flo
         offload_adamw(m, ctx, lr, b1, b2, eps, wd, step, grad_scale);
         return;
     }
-    const ZeroPlan *z = m->plan;
-    const size_t b0 = z->begin;
-    const LowbitMaster mode = m->opts.master;
-    // A piece is a whole tensor without ZeRO; o is its flat offset (grads, and the stochastic-
-    // rounding index), so = o - b0 its index into the shard's arrays (pshard, master, moments).
-    for (int i = 0; i < z->n_pieces; i++) {
-        const ZeroPiece *pc = &z->pieces[i];
-        const ParamInfo *p = &m->tab.p[pc->tensor];
-        const size_t o = pc->offset, so = o - b0, n = pc->n;
-        const float wd_i = p->kind == PARAM_MATRIX ? wd : 0.0f;
-        LowbitStep ls = {lr, b1, b2, eps, wd_i, step, grad_scale, mode, m->opts.seed, o};
-        if (m->opts.optim != LOWBIT_F32)
-            adamw_lowbit_update(m->master ? m->master + so : NULL, m->pshard + so, m->states[i], m->grads + o, &ls,
-                                ctx->stream);
-        else if (mode == LOWBIT_MASTER_F32)
-            adamw_update(m->master + so, m->pshard + so, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2,
-                         eps, wd_i, step, grad_scale, ctx->stream);
-        else
-            adamw_update_bf16_sr(m->pshard + so, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2, eps, wd_i,
-                                 step, grad_scale, m->opts.seed, o, ctx->stream);
+    if (m->overlap) {  // stage by stage on the optimizer stream, beside the next forward
+        overlap_adamw(m, ctx, lr, b1, b2, eps, wd, step, grad_scale);
+        return;
     }
+    for (int i = 0; i < m->plan->n_pieces; i++) gpu_piece_step(m, i, lr, b1, b2, eps, wd, step, grad_scale, ctx->stream);
 }
 
 void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu) {
@@ -246,6 +264,7 @@ void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu) {
 
 void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst) {
     if (!m->shard_n) return;
+    if (m->optim_pending) CUDA_CHECK(cudaStreamWaitEvent(ctx->stream, m->ev_stage[m->cfg.n_layers + 1], 0));
     if (m->master)
         CUDA_CHECK(cudaMemcpyAsync(dst + m->plan->begin, m->master, m->shard_n * sizeof(float), cudaMemcpyDefault,
                                    ctx->stream));
@@ -253,3 +272,96 @@ void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst) {
         cast_bf16_to_f32(dst + m->plan->begin, m->pshard, m->shard_n, ctx->stream);
 }
 
+// ---- the on-GPU step, overlapped with the next forward (--optim-overlap) --------------------
+// AdamW is memory-bound (fp32 states: 30 bytes per parameter, ~12 ms a step at the 1B shape) and
+// the forward's GEMMs are compute-bound, so the step runs beside the next forward, not before it:
+//   llama_gpu_adamw    optim_stream waits for ev_grads (the compute stream's work so far: the
+//                      backward, and the norm's reduction, which reads the gradients); then per
+//                      stage, in the order the forward reads the weights (the embedding; layer 0,
+//                      1, ...; the final norm and an untied LM head): its pieces' update kernels
+//                      (gpu_piece_step, the serial step's calls on another stream), a memset of its
+//                      gradients (the next step's zeroing, which must follow the update that reads
+//                      them), and ev_stage[s]
+//   llama_gpu_forward  waits for stage 0 before the embedding, stage 1 before layer 0's first norm,
+//                      stage l + 2 before the norm that ends layer l (it reads layer l + 1's ln1, or
+//                      the final norm); the last wait ends the pending step (the stream is in order:
+//                      ev_stage[s] follows every stage before it)
+// The pieces are disjoint and every kernel deterministic, so the order and the concurrency change
+// no bit. The backward comes after a forward, which has waited for every stage; anything else
+// that touches the weights, masters, states or gradients waits for the whole step first.
+
+static int stage_of(const LlamaGpu *m, int tensor) {
+    const ParamInfo *p = &m->tab.p[tensor];
+    if (p->layer >= 0) return 1 + p->layer;
+    return strcmp(p->field, "wte") == 0 ? 0 : m->cfg.n_layers + 1;
+}
+
+void lg_optim_init(LlamaGpu *m) {
+    m->overlap = m->opts.optim_overlap && !m->opts.offload && !m->opts.zero;
+    if (!m->overlap) return;
+    const int NS = m->cfg.n_layers + 2;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&m->optim_stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&m->ev_grads, cudaEventDisableTiming));
+    m->ev_stage = (cudaEvent_t *)ao_calloc((size_t)NS, sizeof(cudaEvent_t));
+    for (int k = 0; k < NS; k++) CUDA_CHECK(cudaEventCreateWithFlags(&m->ev_stage[k], cudaEventDisableTiming));
+}
+
+void lg_optim_free(LlamaGpu *m) {
+    if (!m->optim_stream) return;
+    cudaStreamSynchronize(m->optim_stream);
+    for (int k = 0; m->ev_stage && k < m->cfg.n_layers + 2; k++) cudaEventDestroy(m->ev_stage[k]);
+    free(m->ev_stage);
+    cudaEventDestroy(m->ev_grads);
+    cudaStreamDestroy(m->optim_stream);
+}
+
+void lg_optim_use(LlamaGpu *m, GpuCtx *ctx, int stage) {
+    if (!m->optim_pending) return;
+    CUDA_CHECK(cudaStreamWaitEvent(ctx->stream, m->ev_stage[stage], 0));
+    if (stage == m->cfg.n_layers + 1) m->optim_pending = 0;
+}
+
+void llama_gpu_optim_wait(LlamaGpu *m, GpuCtx *ctx) { lg_optim_use(m, ctx, m->cfg.n_layers + 1); }
+
+void llama_gpu_optim_sync(LlamaGpu *m) {
+    // Not keyed on optim_pending: llama_gpu_optim_wait (or the forward's last wait) clears it once the
+    // compute stream waits, which the host does not; a host reader after it (ckpt_save,
+    // ckpt_load_optimizer's cudaMemcpy on the legacy stream, which does not order against
+    // non-blocking streams) must still find the step done. An idle stream returns at once.
+    if (!m->optim_stream) return;
+    CUDA_CHECK(cudaStreamSynchronize(m->optim_stream));
+    m->optim_pending = 0;
+}
+
+static void overlap_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
+                          float grad_scale) {
+    const ZeroPlan *z = m->plan;
+    const int NS = m->cfg.n_layers + 2;
+    cudaStream_t os = m->optim_stream;
+    CUDA_CHECK(cudaEventRecord(m->ev_grads, ctx->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(os, m->ev_grads, 0));
+    for (int st = 0; st < NS; st++) {
+        if (m->optim_stage_hook) m->optim_stage_hook(m->optim_stage_hook_arg, st, os);
+        for (int i = 0; i < z->n_pieces; i++)
+            if (stage_of(m, z->pieces[i].tensor) == st) gpu_piece_step(m, i, lr, b1, b2, eps, wd, step, grad_scale, os);
+        // The stage's gradients, with the padding after each tensor (piece i's range runs to the next
+        // piece; the first from 0, the last to the end): the stages tile the whole buffer, as the
+        // serial schedule's one memset does. Adjacent ranges go in one memset.
+        size_t lo = 0, hi = 0;  // the range gathered so far (empty: hi == lo)
+        for (int i = 0; i < z->n_pieces; i++) {
+            if (stage_of(m, z->pieces[i].tensor) != st) continue;
+            const size_t a = i == 0 ? 0 : z->pieces[i].offset,
+                         b = i + 1 < z->n_pieces ? z->pieces[i + 1].offset : m->tab.total;
+            if (hi > lo && a == hi) {
+                hi = b;
+                continue;
+            }
+            if (hi > lo) CUDA_CHECK(cudaMemsetAsync(m->grads + lo, 0, (hi - lo) * sizeof(float), os));
+            lo = a, hi = b;
+        }
+        if (hi > lo) CUDA_CHECK(cudaMemsetAsync(m->grads + lo, 0, (hi - lo) * sizeof(float), os));
+        CUDA_CHECK(cudaEventRecord(m->ev_stage[st], os));
+    }
+    m->optim_pending = 1;
+    m->grads_zero_queued = 1;
+}
