@@ -6,6 +6,7 @@
 //   ./train_llama -m HF_DIR --train 'a.bin,b.bin' --lr 2e-5 -n 1000
 //   ./train_llama --resume out/            continue bit-exactly from the latest checkpoint
 //   mpirun -np 8 ./train_llama --zero 1    data parallel, optimizer states sharded (dist/)
+//   mpirun -np 8 ./train_llama --zero 3    ... and the bf16 weights too, gathered layer by layer
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,7 +116,8 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--lm-chunk", nullptr, FLAG_INT, &s->lm_chunk, "rows of logits materialised at once", 1, 1 << 20},
         {"--zero", nullptr, FLAG_INT, &s->zero,
          "data parallel over the ranks of mpirun (or LLAMA_AO_*): 1 = master weights and optimizer states sharded, "
-         "gradients all-reduced; 2 = gradients reduce-scattered too; 0 = one GPU", 0, 2},
+         "gradients all-reduced; 2 = gradients reduce-scattered too; 3 = the bf16 weights sharded too, each layer's "
+         "all-gathered around its forward and backward (same losses as 2); 0 = one GPU", 0, 3},
         {"--dist-timeout", nullptr, FLAG_FLOAT, &s->dist_timeout,
          "seconds a rank waits for the others (start-up, each communication) before it aborts and exits", 1, 1e6},
     };
@@ -182,7 +184,15 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
     const double G = 1024.0 * 1024 * 1024;
     printf("GPU memory plan (%s, %.1f GiB total, %.1f GiB free):\n", ctx->prop.name, total_b / G, free_b / G);
     const int bf16m = o->master != LOWBIT_MASTER_F32;
-    printf("  %-28s %8.2f GiB%s\n", "parameters (bf16)", p.params / G, bf16m ? "  (the master weights: --master bf16-sr)" : "");
+    const int zero3 = o->zero && o->zero->level == 3;
+    printf("  %-28s %8.2f GiB%s%s\n", zero3 ? "parameters (bf16, shard)" : "parameters (bf16)", p.params / G,
+           bf16m ? "  (the master weights: --master bf16-sr)" : "", zero3 ? "  (ZeRO-3: this rank's part only)" : "");
+    if (zero3) {
+        GpuRunOpts z2 = *o;
+        z2.zero = nullptr;  // every parameter: what ZeRO-1/2 keep
+        printf("  %-28s %8.2f GiB  (2 layers + embeddings/final norm/LM head, all-gathered; whole bf16 weights "
+               "would take %.2f GiB)\n", "ZeRO-3 gather buffers", p.gather / G, llama_gpu_plan(c, s->B, s->T, &z2).params / G);
+    }
     if (bf16m) {
         GpuRunOpts f = *o;
         f.master = LOWBIT_MASTER_F32;
@@ -206,10 +216,10 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
                (q.master + q.moments + q.grads + q.params) / G);
     }
     if (o->zero)
-        printf("  ZeRO-%d over %d ranks: this rank keeps master weights and optimizer states of %zu of %zu parameters "
-               "(%.1f%%)\n", o->zero->level, o->zero->world, o->zero->end - o->zero->begin, o->zero->total,
-               100.0 * (o->zero->end - o->zero->begin) / (o->zero->total ? o->zero->total : 1));
-    size_t fixed = p.params + p.master + p.grads + p.moments, best = 0;
+        printf("  ZeRO-%d over %d ranks: this rank keeps master weights%s and optimizer states of %zu of %zu parameters "
+               "(%.1f%%)\n", o->zero->level, o->zero->world, zero3 ? ", bf16 weights" : "", o->zero->end - o->zero->begin,
+               o->zero->total, 100.0 * (o->zero->end - o->zero->begin) / (o->zero->total ? o->zero->total : 1));
+    size_t fixed = p.params + p.master + p.grads + p.moments + p.gather, best = 0;
     for (int b = 1; b <= 1024; b *= 2) {
         GpuMemPlan q = llama_gpu_plan(c, b, s->T, o);
         if (fixed + q.activations + q.logits + q.cast_scratch + (256u << 20) <= free_b) best = (size_t)b;
@@ -223,16 +233,21 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
 }
 
 // Mean validation loss over eval_batches micro-batches from the start of the val set; with
-// several ranks, rank r evaluates micro-batches r, r + world, ... and the sums are added.
+// several ranks, rank r evaluates micro-batches r, r + world, ... and the sums are added. With
+// ZeRO-3 a forward is a sequence of collectives, so every rank runs as many: a rank without a
+// micro-batch in the last round runs one whose targets are all ignored (it adds exactly 0).
 static double evaluate(LlamaGpu *m, GpuCtx *ctx, const Settings *s, char **paths, size_t n_paths, int32_t *tok,
                        int32_t *tgt, Dist *dist) {
     DataLoader vl;
     loader_init(&vl, (const char *const *)paths, n_paths, m->cfg.vocab_size, s->B, s->T, 0, 1, 0, 0);
     double sum = 0;
     long count = 0;
-    for (int i = 0; i < s->eval_batches; i++) {
-        loader_next(&vl, tok, tgt);
-        if (i % dist->world != dist->rank) continue;
+    const int W = dist->world, lockstep = m->zero3 && W > 1;
+    const int n = lockstep ? (s->eval_batches + W - 1) / W * W : s->eval_batches;
+    for (int i = 0; i < n; i++) {
+        if (i < s->eval_batches) loader_next(&vl, tok, tgt);
+        if (i % W != dist->rank) continue;
+        if (i >= s->eval_batches) for (size_t j = 0; j < (size_t)s->B * s->T; j++) tgt[j] = -1;
         llama_gpu_set_batch(m, ctx, tok, tgt);
         int nv = 0;
         sum += llama_gpu_forward(m, ctx, 0.0f, &nv);
@@ -313,7 +328,7 @@ int main(int argc, char **argv) {
     dist_init(&dist, s.dist_timeout);
     const int W = dist.world, rank = dist.rank;
     CHECK(W == 1 || s.zero > 0, "%d ranks but --zero 0\n  HINT: multi-GPU training is data parallel with sharded "
-          "optimizer states: pass --zero 1 or --zero 2", W);
+          "optimizer states: pass --zero 1 or --zero 2 (--zero 3 shards the bf16 weights too)", W);
     if (rank != 0) CHECK(freopen("/dev/null", "w", stdout), "cannot silence stdout of rank %d", rank);
     int lr_kind = lr_kind_from_name(s.schedule);
     CHECK(lr_kind >= 0, "--schedule %s: expected cosine, linear, constant or wsd", s.schedule);
@@ -452,7 +467,12 @@ int main(int argc, char **argv) {
                o.attn_bwd == ATTN_KERNEL && s.deterministic ? " (--deterministic: bit-reproducible)" : "");
     ZeroComm zc;
     memset(&zc, 0, sizeof zc);
-    if (s.zero) zero_comm_init(&zc, &dist, &zplan, m.grads, m.params, ctx.stream);
+    if (s.zero) zero_comm_init(&zc, &dist, &zplan, m.grads, s.zero == 3 ? m.pshard : m.params, ctx.stream);
+    if (s.zero == 3) {  // each layer's weights gathered from the shards, on the communication stream with several ranks
+        m.gather = zero_params_fetch;
+        m.gather_arg = &zc;
+        if (W > 1) m.gather_stream = dist.stream;
+    }
     // --offload: a layer's gradients go to the host once final: after its backward, or with
     // several ranks after its reduction on the communication stream
     if (s.zero && W > 1) m.grads_stream = dist.stream;
@@ -509,7 +529,9 @@ int main(int argc, char **argv) {
             stop_time = st > 0;
         }
         const int do_eval = n_val && s.eval_every > 0 && (step % s.eval_every == 0 || last || stop_time),
-                  do_sample = rank == 0 && tk && s.sample_every > 0 && step > 0 && (step % s.sample_every == 0 || last),
+                  // ZeRO-3: every rank runs the sample's forwards (collectives); only rank 0's stdout is open
+                  do_sample = (rank == 0 || s.zero == 3) && tk && s.sample_every > 0 && step > 0 &&
+                              (step % s.sample_every == 0 || last),
                   do_save = (s.save_every > 0 && step > step0 && step % s.save_every == 0) ||
                             ((last || stop_time) && s.save_final);
         // They read what the last step wrote: an overlapped one is waited for whole (the next
@@ -540,7 +562,7 @@ int main(int argc, char **argv) {
         }
         if (last || stop_time) break;
 
-        dist_fault_point(&dist, step);
+        if (s.zero != 3) dist_fault_point(&dist, step);
         double t0 = now_s();
         int n_valid = 0;
         // The step's global batch is accum x W micro-batches; micro-batch a of rank r is number
@@ -566,6 +588,9 @@ int main(int argc, char **argv) {
             dist_allreduce_host(&dist, &nv, 1, "the target-token count of the step");
             n_valid = (int)nv;
         }
+        // ZeRO-3: the injected fault comes after the step's host collective, so the other ranks are
+        // left waiting inside the forward, on weight gathers that cannot complete (test/dist_test.sh)
+        if (s.zero == 3) dist_fault_point(&dist, step);
         llama_gpu_zero_grads(&m, &ctx);
         double loss_sum = 0;
         for (int a = 0; a < accum; a++) {

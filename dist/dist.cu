@@ -162,6 +162,21 @@ int dist_device(Dist *d) {
     return d->device;
 }
 
+// The part of [lo, hi) in [bounds[r], bounds[r+1]): [*a, *b), empty when *a >= *b.
+static void clip_range(const size_t *bounds, int r, size_t lo, size_t hi, size_t *a, size_t *b) {
+    *a = bounds[r] > lo ? bounds[r] : lo;
+    *b = bounds[r + 1] < hi ? bounds[r + 1] : hi;
+}
+
+static void allgather_into_local(Dist *d, bf16 *dst, const bf16 *shard, const size_t *bounds, size_t lo, size_t hi,
+                                 cudaStream_t s) {
+    size_t a, b;
+    clip_range(bounds, d->rank, lo, hi, &a, &b);
+    if (a < b)
+        CUDA_CHECK(cudaMemcpyAsync(dst + (a - lo), shard + (a - bounds[d->rank]), (b - a) * sizeof(bf16),
+                                   cudaMemcpyDeviceToDevice, s));
+}
+
 #ifdef LLAMA_AO_NCCL
 
 static double now_s(void) {
@@ -388,6 +403,25 @@ void dist_allgather_ranges_bf16(Dist *d, bf16 *buf, const size_t *bounds, const 
     nccl_call(d, ncclGroupEnd(), what);
 }
 
+void dist_allgather_into_bf16(Dist *d, bf16 *dst, const bf16 *shard, const size_t *bounds, size_t lo, size_t hi,
+                              cudaStream_t s, const char *what) {
+    if (!d->impl) {
+        allgather_into_local(d, dst, shard, bounds, lo, hi, s);
+        return;
+    }
+    // One broadcast per rank owning part of [lo, hi): the root sends from its shard, every rank
+    // (the root too: out of place) receives into dst. Uneven ranges rule out ncclAllGather.
+    nccl_call(d, ncclGroupStart(), what);
+    for (int r = 0; r < d->world; r++) {
+        size_t a, b;
+        clip_range(bounds, r, lo, hi, &a, &b);
+        if (a >= b) continue;
+        const bf16 *send = r == d->rank ? shard + (a - bounds[r]) : dst + (a - lo);
+        nccl_call(d, ncclBroadcast(send, dst + (a - lo), b - a, ncclBfloat16, r, d->impl->comm, s), what);
+    }
+    nccl_call(d, ncclGroupEnd(), what);
+}
+
 void dist_gather_ranges_f32(Dist *d, float *buf, const size_t *bounds, const char *what) {
     if (!d->impl) return;
     nccl_call(d, ncclGroupStart(), what);
@@ -439,6 +473,11 @@ void dist_allreduce_f32(Dist *, float *, size_t, const char *) {}
 void dist_reduce_ranges_f32(Dist *, float *, const size_t *, size_t, size_t, const char *) {}
 void dist_allgather_ranges_bf16(Dist *, bf16 *, const size_t *, const char *) {}
 void dist_gather_ranges_f32(Dist *, float *, const size_t *, const char *) {}
+void dist_allgather_into_bf16(Dist *d, bf16 *dst, const bf16 *shard, const size_t *bounds, size_t lo, size_t hi,
+                              cudaStream_t s, const char *what) {
+    (void)what;
+    allgather_into_local(d, dst, shard, bounds, lo, hi, s);
+}
 void dist_allreduce_host(Dist *, double *, int, const char *) {}
 
 #endif

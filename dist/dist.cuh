@@ -71,6 +71,13 @@ void dist_allreduce_f32(Dist *d, float *buf, size_t n, const char *what);
 void dist_reduce_ranges_f32(Dist *d, float *buf, const size_t *bounds, size_t lo, size_t hi, const char *what);
 // All-gather over uneven ranges: every rank receives rank r's buf[bounds[r], bounds[r+1]).
 void dist_allgather_ranges_bf16(Dist *d, bf16 *buf, const size_t *bounds, const char *what);
+// All-gather of a sharded vector into a separate buffer (ZeRO-3): dst[0, hi - lo) receives the
+// flat elements [lo, hi), of which rank r holds [bounds[r], bounds[r+1]) in its `shard` (this
+// rank's shard starts at flat element bounds[rank]). Exact: only copies. Queued on s (the
+// communication stream with several ranks: one stream keeps every rank's collectives in one
+// order); without a communicator (world size 1) it is a device copy of the own range on s.
+void dist_allgather_into_bf16(Dist *d, bf16 *dst, const bf16 *shard, const size_t *bounds, size_t lo, size_t hi,
+                              cudaStream_t s, const char *what);
 // Gather to rank 0: rank 0 receives rank r's buf[bounds[r], bounds[r+1]) (ncclSend/ncclRecv).
 void dist_gather_ranges_f32(Dist *d, float *buf, const size_t *bounds, const char *what);
 // Host values summed over the ranks (n <= 16), blocking with the timeout.

@@ -40,7 +40,7 @@ int zero_pieces(const ParamTable *tab, size_t begin, size_t end, ZeroPiece *out)
 
 void zero_plan_init(ZeroPlan *z, const ParamTable *tab, int n_layers, int level, int rank, int world) {
     memset(z, 0, sizeof *z);
-    CHECK(level >= 0 && level <= 2, "ZeRO level %d: expected 0, 1 or 2", level);
+    CHECK(level >= 0 && level <= 3, "ZeRO level %d: expected 0, 1, 2 or 3", level);
     CHECK(world >= 1 && rank >= 0 && rank < world, "ZeRO plan: rank %d of world %d", rank, world);
     CHECK(level > 0 || world == 1, "an unsharded plan (level 0) is for one process, not %d", world);
     z->level = level;
@@ -96,3 +96,14 @@ LowbitLayout zero_piece_layout(LowbitFormat want, size_t tensor_numel, size_t n)
     // the whole tensor's format (m, v, m scales, v scales, each 16-byte aligned) over n elements
     return lowbit_layout_of(lowbit_format_for(want, tensor_numel, LOWBIT_MASTER_F32), n);
 }
+
+size_t zero3_layer_buf_elems(const ZeroPlan *z) {
+    size_t n = 0;
+    for (int l = 0; l < z->n_layers; l++) {
+        const size_t e = zero3_buf_index(z, l, z->bucket_hi[l]);
+        n = e > n ? e : n;
+    }
+    return n;
+}
+
+size_t zero3_global_buf_elems(const ZeroPlan *z) { return zero3_buf_index(z, z->n_layers, z->bucket_hi[z->n_layers]); }

@@ -2,8 +2,9 @@
 //
 // The parameters are one flat vector in the parameter table's order (model/params.h). Rank r
 // owns the contiguous range [bounds[r], bounds[r+1]) of it: its fp32 master weights and its
-// optimizer states live only there (ZeRO-1), and with ZeRO-2 only that range of the gradient
-// is reduced onto it. A range is cut either at a tensor's start or inside a tensor at a
+// optimizer states live only there (ZeRO-1), with ZeRO-2 only that range of the gradient
+// is reduced onto it, and with ZeRO-3 only that range of the bf16 working weights is kept
+// (each layer's are all-gathered into one of two per-layer buffers around its use). A range is cut either at a tensor's start or inside a tensor at a
 // multiple of ZERO_ALIGN elements from the tensor's start. That keeps every quantization
 // block of the low-bit optimizers (128 or 256 elements, counted from the tensor's start,
 // optim/lowbit.h) on one rank, so a sharded step computes what the unsharded one does, bit for
@@ -30,7 +31,7 @@ typedef struct {
 } ZeroPiece;
 
 typedef struct {
-    int level;          // 0: unsharded (one process owns everything), 1 or 2
+    int level;          // 0: unsharded (one process owns everything), 1, 2 or 3
     int rank, world;
     size_t total;       // the table's flat size
     size_t *bounds;     // [world + 1]: rank r owns [bounds[r], bounds[r + 1])
@@ -56,3 +57,16 @@ int zero_pieces(const ParamTable *tab, size_t begin, size_t end, ZeroPiece *out)
 // tensor (torchao's rule, lowbit_format_for), never on the piece; for a whole tensor the
 // result is exactly lowbit_layout's, so an unsharded run keeps its memory layout.
 LowbitLayout zero_piece_layout(LowbitFormat want, size_t tensor_numel, size_t n);
+
+// ZeRO-3 gather buffers. Bucket b's gathered weights (b < n_layers: layer b; b == n_layers: the
+// global tensors) sit in a buffer at zero3_buf_index(z, b, o) for flat element o: shifted by
+// bucket_lo % ZERO3_PAD, so every tensor keeps its address modulo 256 bytes (bf16) from the flat
+// buffer of ZeRO-1/2 -- cuBLASLt picks its algorithm by pointer alignment (up to 256 bytes,
+// ops/matmul.cu), and the same algorithm is what makes ZeRO-3 give ZeRO-2's bits.
+#define ZERO3_PAD 128
+static inline size_t zero3_buf_index(const ZeroPlan *z, int b, size_t o) {
+    return o - z->bucket_lo[b] + z->bucket_lo[b] % ZERO3_PAD;
+}
+// Elements of one layer buffer (the largest layer bucket, shifted) and of the global tensors' buffer.
+size_t zero3_layer_buf_elems(const ZeroPlan *z);
+size_t zero3_global_buf_elems(const ZeroPlan *z);

@@ -7,7 +7,7 @@
 
 void zero_comm_init(ZeroComm *zc, Dist *d, const ZeroPlan *z, float *grads, bf16 *params, cudaStream_t compute) {
     memset(zc, 0, sizeof *zc);
-    CHECK(z->level == 1 || z->level == 2, "ZeRO communication for level %d", z->level);
+    CHECK(z->level >= 1 && z->level <= 3, "ZeRO communication for level %d", z->level);
     CHECK(z->world == d->world && z->rank == d->rank, "ZeRO plan for rank %d of %d, process is rank %d of %d", z->rank,
           z->world, d->rank, d->world);
     zc->dist = d;
@@ -56,7 +56,15 @@ float zero_grad_norm(ZeroComm *zc) {
 }
 
 void zero_params_gather(ZeroComm *zc) {
+    if (zc->plan->level == 3) return;  // the shard is all a rank keeps; the next forward gathers it
     dist_comm_after(zc->dist, zc->compute);  // the shard's parameters are updated
     dist_allgather_ranges_bf16(zc->dist, zc->params, zc->plan->bounds, "the all-gather of parameters");
     dist_compute_after(zc->dist, zc->compute);
+}
+
+void zero_params_fetch(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t s) {
+    ZeroComm *zc = (ZeroComm *)arg;
+    CHECK(zc->plan->level == 3, "zero_params_fetch: a ZeRO-%d plan keeps every parameter", zc->plan->level);
+    dist_allgather_into_bf16(zc->dist, dst, zc->params, zc->plan->bounds, lo, hi, s,
+                             "the all-gather of a layer's weights (ZeRO-3)");
 }

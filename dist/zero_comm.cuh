@@ -1,5 +1,11 @@
-// The communication of one ZeRO-1/2 data-parallel step, on the model's flat buffers (bf16
-// parameters and fp32 gradients in parameter-table order, all parameters on every rank):
+// The communication of one ZeRO-1/2/3 data-parallel step, on the model's flat buffers (bf16
+// parameters and fp32 gradients in parameter-table order; ZeRO-1/2: all parameters on every
+// rank; ZeRO-3: only the rank's shard of the bf16 parameters, the gradients whole as ZeRO-2):
+//
+//   forward and backward (ZeRO-3)      before each layer (and the global tensors) is used, its
+//                                      weights are all-gathered from the shards into a per-layer
+//                                      buffer (LlamaGpu's gather hook: zero_params_fetch), on the
+//                                      communication stream, one layer ahead of the compute
 //
 //   backward of the last micro-batch   as each layer's gradients are queued (LlamaGpu's
 //                                      grads_ready hook), they are reduced on the communication
@@ -13,6 +19,7 @@
 //                                      ZeRO-2 from each rank's shard, the squares summed over ranks
 //   (optimizer step on the own shard)
 //   zero_params_gather                 every rank's updated bf16 parameters to every rank
+//                                      (ZeRO-1/2; nothing for ZeRO-3, whose next forward gathers)
 //
 // The loss is scaled by the global number of target tokens, so the reduction is a sum.
 #pragma once
@@ -23,7 +30,7 @@ typedef struct {
     Dist *dist;
     const ZeroPlan *plan;
     float *grads;  // [plan->total] device
-    bf16 *params;  // [plan->total] device
+    bf16 *params;  // device: [plan->total] for ZeRO-1/2; ZeRO-3: this rank's shard [plan->end - plan->begin]
     cudaStream_t compute;
     float *norm_scratch;  // device: result + grad_norm_squared's partials
     float *h_norm;        // pinned
@@ -38,3 +45,6 @@ void zero_grads_wait(ZeroComm *zc);
 // Synchronises (through dist_wait) and returns the global gradient norm.
 float zero_grad_norm(ZeroComm *zc);
 void zero_params_gather(ZeroComm *zc);
+// LlamaGpu.gather hook (ZeRO-3), arg = ZeroComm *: the flat weights [lo, hi) from every rank's
+// shard into dst[0, hi - lo), queued on s (exact: copies only).
+void zero_params_fetch(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t s);

@@ -207,7 +207,9 @@ GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *
     if (!z) zero_plan_init(&whole, &tab, c->n_layers, 0, 0, 1);
     const ZeroPlan *zp = z ? z : &whole;
     const size_t S = zp->end - zp->begin;
-    p.params = tab.total * sizeof(bf16);
+    const int zero3 = zp->level == 3;
+    p.params = (zero3 ? S : tab.total) * sizeof(bf16);
+    p.gather = zero3 ? (2 * zero3_layer_buf_elems(zp) + zero3_global_buf_elems(zp)) * sizeof(bf16) : 0;
     p.master = opts->offload || opts->master != LOWBIT_MASTER_F32 ? 0 : S * sizeof(float);
     p.grads = tab.total * sizeof(float);
     p.moments = 0;
@@ -260,19 +262,34 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     const ZeroPlan *z = m->plan;
     const size_t S = z->end - z->begin;
     m->shard_n = S;
-    // On the GPU: bf16 params and fp32 grads always (all parameters); fp32 master (with fp32
-    // masters) and moments of the shard unless offloaded.
+    // On the GPU: bf16 params (all of them, or the shard with ZeRO-3) and fp32 grads (all);
+    // fp32 master (with fp32 masters) and moments of the shard unless offloaded; ZeRO-3's gather
+    // buffers last. Every part starts 256-byte aligned, so a tensor's gradient has the same
+    // address modulo 256 at every ZeRO level.
+    m->zero3 = z->level == 3;
+    const size_t PW = m->zero3 ? S : P, ZL = m->zero3 ? zero3_layer_buf_elems(z) : 0,
+                 ZG = m->zero3 ? zero3_global_buf_elems(z) : 0;
     Carver pc = {nullptr, 0};
-    pc.take<bf16>(P);
-    if (!off && f32m) pc.take<float>(S);
-    pc.take<float>(P);
-    if (!off && !lowbit) pc.take<float>(S), pc.take<float>(S);
-    m->param_bytes = pc.used;
-    CUDA_CHECK(cudaMalloc(&m->param_mem, m->param_bytes));
-    pc = {(char *)m->param_mem, 0};
-    m->params = pc.take<bf16>(P);
-    if (!off && f32m) m->master = pc.take<float>(S);
-    m->grads = pc.take<float>(P);
+    for (int pass = 0; pass < 2; pass++) {
+        bf16 *pw = pc.take<bf16>(PW);
+        float *master = !off && f32m ? pc.take<float>(S) : nullptr;
+        float *grads = pc.take<float>(P);
+        float *am = !off && !lowbit ? pc.take<float>(S) : nullptr, *av = !off && !lowbit ? pc.take<float>(S) : nullptr;
+        bf16 *zb[3] = {nullptr, nullptr, nullptr};
+        if (m->zero3) zb[0] = pc.take<bf16>(ZL), zb[1] = pc.take<bf16>(ZL), zb[2] = pc.take<bf16>(ZG);
+        if (pass == 0) {
+            m->param_bytes = pc.used;
+            CUDA_CHECK(cudaMalloc(&m->param_mem, m->param_bytes));
+            pc = {(char *)m->param_mem, 0};
+            continue;
+        }
+        m->params = m->zero3 ? nullptr : pw;
+        m->pshard = m->zero3 ? pw : pw + z->begin;
+        m->master = master;
+        m->grads = grads;
+        m->adam_m = am, m->adam_v = av;
+        for (int k = 0; k < 3; k++) m->zbuf[k] = zb[k];
+    }
     // --offload: master weights and optimizer states live in pinned host memory, where the
     // AdamW step runs (optim/adamw_cpu.h, the same bits as the GPU kernels); the pointers
     // below are host pointers then, and copies use cudaMemcpyDefault (unified addressing).
@@ -287,9 +304,6 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
         if (off) {
             CUDA_CHECK(cudaMallocHost(&m->adam_m, (S ? S : 1) * sizeof(float)));
             CUDA_CHECK(cudaMallocHost(&m->adam_v, (S ? S : 1) * sizeof(float)));
-        } else {
-            m->adam_m = pc.take<float>(S);
-            m->adam_v = pc.take<float>(S);
         }
     } else {
         // One region per piece (per tensor without ZeRO), laid out by torchao's rule
@@ -318,7 +332,8 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     }
     m->wl = (LlamaWeightsBf16Layer *)ao_calloc((size_t)c->n_layers, sizeof *m->wl);
     m->gl = (LlamaWeightsLayer *)ao_calloc((size_t)c->n_layers, sizeof *m->gl);
-    LlamaWeightsBf16_point(&m->w, m->params, &m->tab, c, m->wl);
+    if (m->zero3) lg_zero3_init(m);  // the weights point into the gather buffers
+    else LlamaWeightsBf16_point(&m->w, m->params, &m->tab, c, m->wl);
     LlamaWeights_point(&m->g, m->grads, &m->tab, c, m->gl);
     // Fused projections need the group's tensors back to back (see model/params.h).
     int iq = param_table_find(&m->tab, "model.layers.0.self_attn.q_proj.weight");
@@ -340,11 +355,12 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     if (off && f32m) memcpy(m->master, cpu->params + z->begin, S * sizeof(float));
     else if (f32m && stage != m->master)  // on the compute stream, before the memset below reuses the stage
         CUDA_CHECK(cudaMemcpyAsync(m->master, stage + z->begin, S * sizeof(float), cudaMemcpyDeviceToDevice, ctx->stream));
-    cast_f32_to_bf16(m->params, stage, P, ctx->stream);
+    if (m->zero3) cast_f32_to_bf16(m->pshard, stage + z->begin, S, ctx->stream);  // the same bits, the shard only
+    else cast_f32_to_bf16(m->params, stage, P, ctx->stream);
     // The host step's bf16 weights start as the GPU's (the masters with bf16-sr; with fp32 masters
     // this defines the padding between tensors, which the step never writes but uploads).
     if (off && S)
-        CUDA_CHECK(cudaMemcpyAsync(m->h_params, m->params + z->begin, S * sizeof(uint16_t), cudaMemcpyDeviceToHost,
+        CUDA_CHECK(cudaMemcpyAsync(m->h_params, m->pshard, S * sizeof(uint16_t), cudaMemcpyDeviceToHost,
                                    ctx->stream));
     CUDA_CHECK(cudaMemsetAsync(m->grads, 0, P * sizeof(float), ctx->stream));
     if (!lowbit) {
@@ -386,6 +402,7 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
 
 void llama_gpu_free(LlamaGpu *m) {
     lg_optim_free(m);  // waits for a step still running there
+    if (m->zero3) lg_zero3_free(m);
     if (m->param_mem) cudaFree(m->param_mem);
     if (m->act_mem) cudaFree(m->act_mem);
     if (m->opts.offload) {
@@ -473,16 +490,28 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
     cudaStream_t s = ctx->stream;
     const int N = (int)d.N, D = (int)d.D, B = m->B, T = m->T, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     const float eps = c->rms_norm_eps;
+    const int NL = c->n_layers;
+    if (m->zero3) {  // the global tensors, and layer 0 (used by the embedding's fused norm)
+        lg_zero3_fetch(m, ctx, NL);
+        lg_zero3_fetch(m, ctx, 0);
+        lg_zero3_use(m, ctx, NL);
+        lg_zero3_use(m, ctx, 0);
+    }
     // After an overlapped step, each stage's weights are waited for just before their first use
     // (lg_optim_use: stage 0 the embedding, 1 + l layer l, n_layers + 1 the final norm and LM head).
+    // Never with ZeRO-3 (lg_optim_init: no overlap with ZeRO): its gathers read the shard with no
+    // wait for the optimizer stream.
     lg_optim_use(m, ctx, 0);
     embedding_forward(m->layers[0].resid, m->tokens, m->w.wte, N, D, s);
     lg_optim_use(m, ctx, 1);
     rmsnorm_forward(m->layers[0].ln1, m->layers[0].ln1_rstd, m->layers[0].resid, m->wl[0].ln1, N, D, eps, s);
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = 0; l < NL; l++) {
         GpuLayerActs *L = &m->layers[l];
         const LlamaWeightsBf16Layer *W = &m->wl[l];
         const LinearGroup go = linear_group(m, l, LIN_O), gd = linear_group(m, l, LIN_DOWN);
+        // ZeRO-3: layer l + 1's gather runs while this layer computes; its first weight (ln1) is
+        // read by this layer's last kernel
+        if (m->zero3 && l + 1 < NL) lg_zero3_fetch(m, ctx, l + 1);
         qkv_forward(m, ctx, l, L->ln1, L->qkv);
         rope_forward(L->qkv, m->inv_freq, B, T, H, KV, hd, 0, s);
         attention_forward(ctx, L->attn, L->lse, L->qkv, B, T, H, KV, hd, m->opts.attn);
@@ -492,8 +521,9 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
         swiglu_forward(L->act, L->gu, N, (int)d.F, s);
         linear_forward(&m->lin, ctx, m->scratch_d, L->act, &gd, N);
         lg_optim_use(m, ctx, l + 2);  // layer l + 1's ln1, or the final norm (and an untied LM head)
-        if (l + 1 < c->n_layers) {
+        if (l + 1 < NL) {
             GpuLayerActs *Ln = &m->layers[l + 1];
+            if (m->zero3) lg_zero3_use(m, ctx, l + 1);
             residual_rmsnorm_forward(Ln->resid, Ln->ln1, Ln->ln1_rstd, L->resid_mid, m->scratch_d, m->wl[l + 1].ln1, N,
                                      D, eps, s);
         } else {
@@ -529,6 +559,12 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
               hd = c->head_dim;
     const float eps = c->rms_norm_eps;
     llama_gpu_optim_wait(m, ctx);  // (nothing pending: the forward before waited for every stage)
+    const int NL = c->n_layers;
+    if (m->zero3) {  // the global tensors and the last layer are normally still held from the forward
+        lg_zero3_fetch(m, ctx, NL);
+        lg_zero3_fetch(m, ctx, NL - 1);
+        lg_zero3_use(m, ctx, NL);
+    }
     // d_ln holds d loss / d lnf from the LM head.
     rmsnorm_backward(m->d_resid, m->g.norm_f, m->norm_scratch, m->d_ln, nullptr, m->resid_final, m->w.norm_f,
                      m->lnf_rstd, N, D, s);
@@ -537,6 +573,10 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
         const LlamaWeightsBf16Layer *W = &m->wl[l];
         LlamaWeightsLayer *G = &m->gl[l];
         const LinearGroup go = linear_group(m, l, LIN_O), gd = linear_group(m, l, LIN_DOWN);
+        if (m->zero3) {  // this layer's weights; layer l - 1's gather overlaps this layer's backward
+            lg_zero3_use(m, ctx, l);
+            if (l > 0) lg_zero3_fetch(m, ctx, l - 1);
+        }
         if (m->opts.recompute_norm) {
             rmsnorm_forward(L->ln2, L->ln2_rstd, L->resid_mid, W->ln2, N, D, eps, s);
             rmsnorm_forward(L->ln1, L->ln1_rstd, L->resid, W->ln1, N, D, eps, s);
@@ -586,6 +626,7 @@ void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
     const bf16 *x = m->lnf + ((size_t)b * m->T + pos) * D;
     const LinearGroup head = linear_group(m, m->cfg.n_layers, 0);
     llama_gpu_optim_wait(m, ctx);
+    if (m->zero3) lg_zero3_use(m, ctx, m->cfg.n_layers);  // held since the forward (no gather here: one rank calls this)
     linear_forward(&m->lin, ctx, m->logits, x, &head, 1);
     cast_bf16_to_f32(m->logits_f32, m->logits, (size_t)V, ctx->stream);
     CUDA_CHECK(cudaMemcpyAsync(out, m->logits_f32, V * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));

@@ -4,7 +4,21 @@
 // backward are assembled from the ops/*.cu kernels; every linear goes through the one
 // Linear dispatch (ops/linear.cuh: bf16, or the fp8 GEMMs of --recipe), attention through
 // ops/attention. With ZeRO (GpuRunOpts.zero, dist/zero.cuh) the master weights and moments
-// are those of this rank's shard only; parameters and gradients are always whole.
+// are those of this rank's shard only; the gradients are always whole, and so are the bf16
+// parameters except with ZeRO-3.
+//
+// ZeRO-3 (plan level 3): the bf16 parameters are this rank's shard only (pshard). Before a
+// layer's forward, its weights are gathered (the gather hook: an all-gather over the ranks, or a
+// copy with one) into one of two layer buffers, layer l into slot l % 2, on the gather stream,
+// while the layer before computes (layer l + 1 is fetched when layer l starts); the compute
+// stream waits for a layer's gather by event before its first kernel. The global tensors
+// (embeddings, final norm, LM head) have a third buffer, gathered before the embedding and held
+// through the LM head and the backward's final norm. Backward gathers again, from the last layer
+// down (the last layers are still held from the forward and are not gathered twice), prefetching
+// layer l - 1 while layer l runs. A buffer is gathered again only after the shard changes (the
+// optimizer step) or another layer took its slot. A tensor keeps its flat-buffer address modulo
+// 256 bytes in its slot (dist/zero.cuh), so every kernel and cuBLASLt algorithm is ZeRO-2's and
+// the losses are ZeRO-2's bit for bit.
 #pragma once
 
 #include <stdio.h>
@@ -69,7 +83,9 @@ typedef struct {
     // parameter memory (one cudaMalloc)
     void *param_mem;
     size_t param_bytes;
-    bf16 *params;   // working copy used by the matmuls (all parameters, on every rank)
+    bf16 *params;   // working copy used by the matmuls (all parameters, on every rank); NULL with ZeRO-3
+    bf16 *pshard;   // the bf16 weights of the shard [plan->begin, plan->end), indexed by (flat - begin):
+                    // what the optimizer writes; params + plan->begin unless ZeRO-3
     float *grads;   // fp32 gradients, accumulated over micro-batches (all parameters)
     // Optimizer side: only the shard [plan->begin, plan->end) of the flat parameter vector,
     // indexed by (flat offset - plan->begin); the whole vector without ZeRO.
@@ -112,6 +128,23 @@ typedef struct {
     void *sync_arg;
     void (*grads_ready)(void *arg, int layer);
     void *grads_ready_arg;
+    // ZeRO-3 (see the top). gather: the hook that fills dst[0, hi - lo) with the flat weights
+    // [lo, hi) from every rank's shard, queued on s (train_llama: zero_params_fetch); NULL: a copy
+    // from pshard, for a plan of one rank. gather_stream: where gathers run (set it to the
+    // communication stream with several ranks, so gathers and gradient reductions keep one order);
+    // the model's own stream until then.
+    int zero3;
+    bf16 *zbuf[3];               // layer slots 0 and 1, the global tensors
+    int zheld[3];                // bucket each buffer holds (-1: none, or the shard changed since)
+    cudaEvent_t zready[3], zev_compute;
+    cudaStream_t gather_stream, zown_stream;
+    void (*gather)(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t s);
+    void *gather_arg;
+    // Tests only (0: off): a spin of this many ns on the gather stream before each gather [0], or
+    // on the compute stream after each wait for a gather [1]. Results must not change; a missing
+    // event (compute reading a slot before its gather landed, or a gather overwriting a slot the
+    // compute stream has yet to read) then shows as a different loss instead of a rare race.
+    long long zdelay_ns[2];
     // --optim-overlap (llama_gpu_step.cu). The on-GPU step runs on optim_stream in stages, in the
     // order the forward needs the weights: stage 0 the embedding, 1 + l layer l, n_layers + 1 the
     // final norm and an untied LM head. After ev_grads (the compute stream's work so far: backward
@@ -164,7 +197,9 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
 void llama_gpu_free(LlamaGpu *m);
 // Bytes each part holds, for the start-up memory table.
 // cast_scratch: the fp8 operands of one Linear at a time (ops/linear.h), part of the activation allocation.
-typedef struct { size_t params, master, grads, moments, activations, logits, cast_scratch; } GpuMemPlan;
+// params: the bf16 weights this rank keeps (the shard with ZeRO-3); gather: ZeRO-3's buffers (two
+// layers + the global tensors).
+typedef struct { size_t params, master, grads, moments, activations, logits, cast_scratch, gather; } GpuMemPlan;
 GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *opts);
 
 // Copies tokens/targets ([B*T], host) to the device; targets < 0 are ignored.
@@ -205,6 +240,9 @@ void llama_gpu_optim_wait(LlamaGpu *m, GpuCtx *ctx);
 void llama_gpu_optim_sync(LlamaGpu *m);
 // The optimizer state of piece i of the shard (fp32 moments are viewed as a LOWBIT_F32 state).
 LowbitState llama_gpu_piece_state(const LlamaGpu *m, int i);
+// The shard's bf16 weights changed outside the optimizer step (ZeRO-3: the gathered buffers are
+// stale; a test that writes pshard calls it). llama_gpu_adamw calls it itself.
+void llama_gpu_params_changed(LlamaGpu *m);
 // Copies master weights back into a CPU model (for saving; without ZeRO). bf16 masters are
 // widened to fp32 (exactly).
 void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu);
@@ -213,7 +251,9 @@ void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu);
 void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst);
 // The Linear groups of layer l as the model hands them to ops/linear.cuh (q/k/v, o_proj, gate/up,
 // down_proj), or of the LM head for l = n_layers; inputs[i] (may be NULL) gets the activation group i
-// reads, valid after a forward without recompute flags. Returns the number of groups (<= 4).
+// reads, valid after a forward without recompute flags. Returns the number of groups (<= 4). With
+// ZeRO-3 the weight pointers are gather slots (layer l in slot l % 2): they hold layer l's weights
+// only while it is gathered, so read them only without ZeRO-3.
 int llama_gpu_linears(const LlamaGpu *m, int l, LinearGroup *out, const bf16 **inputs);
 // One line per precision: which Linears run fp8 under the recipe and which stay bf16, and why.
 void llama_gpu_print_linears(const LlamaGpu *m, FILE *f);

@@ -1,5 +1,6 @@
 // What the files of the GPU model share (llama_gpu.cu: memory, forward, backward;
-// llama_gpu_step.cu: the optimizer step). Not for use outside model/.
+// llama_gpu_step.cu: the optimizer step; llama_gpu_zero3.cu: ZeRO-3's weight gathers). Not for
+// use outside model/.
 #pragma once
 #include "llama_gpu.cuh"
 
@@ -13,6 +14,21 @@ void lg_sync(LlamaGpu *m, GpuCtx *ctx, const char *what);
 void lg_offload_plan_slices(LlamaGpu *m);
 int lg_streaming(const LlamaGpu *m);
 void lg_offload_queue_down(LlamaGpu *m, cudaStream_t final_on, int layer);
+
+// ZeRO-3 (llama_gpu_zero3.cu). Buffers: k = 0, 1 the two layer slots (layer l uses slot l % 2),
+// k = 2 the global tensors (bucket n_layers).
+// (Their sizes: zero3_layer_buf_elems / zero3_global_buf_elems, dist/zero.cuh.)
+// Points m->w / m->wl into the buffers (every pointer is static: a layer always uses the same
+// slot) and creates the events and the own gather stream. The buffers are carved already.
+void lg_zero3_init(LlamaGpu *m);
+void lg_zero3_free(LlamaGpu *m);
+// Queues the gather of bucket b (layer b, or n_layers: the global tensors) into its buffer unless
+// the buffer holds it already (gathered since the shard last changed). The gather starts once
+// the compute stream has done what is queued on it now: the step that wrote the shard and the
+// last reader of the buffer. Every rank makes the same calls in the same order (collectives).
+void lg_zero3_fetch(LlamaGpu *m, GpuCtx *ctx, int b);
+// The compute stream waits until bucket b's gather is in its buffer (fetched before).
+void lg_zero3_use(LlamaGpu *m, GpuCtx *ctx, int b);
 
 // --optim-overlap (llama_gpu_step.cu): the optimizer stream and events (init: only when the
 // overlap is in effect, which it decides: m->overlap), their release; the compute stream waits

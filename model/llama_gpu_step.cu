@@ -175,7 +175,7 @@ static void offload_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2
         for (int i = 0; i < z->n_pieces; i++)
             jobs[i] = piece_job(m, i, 0, z->pieces[i].n, lr, b1, b2, eps, wd, step, grad_scale);
         adamw_cpu_run(jobs, z->n_pieces);
-        CUDA_CHECK(cudaMemcpyAsync(m->params + b0, m->h_params, S * sizeof(uint16_t), cudaMemcpyHostToDevice, ctx->stream));
+        CUDA_CHECK(cudaMemcpyAsync(m->pshard, m->h_params, S * sizeof(uint16_t), cudaMemcpyHostToDevice, ctx->stream));
         free(jobs);
         return;
     }
@@ -197,7 +197,7 @@ static void offload_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2
             if (x0 < x1) jobs[nj++] = piece_job(m, i, x0 - pc->offset, x1 - x0, lr, b1, b2, eps, wd, step, grad_scale);
         }
         adamw_cpu_run(jobs, nj);
-        CUDA_CHECK(cudaMemcpyAsync(m->params + lo, m->h_params + (lo - b0), (hi - lo) * sizeof(uint16_t),
+        CUDA_CHECK(cudaMemcpyAsync(m->pshard + (lo - b0), m->h_params + (lo - b0), (hi - lo) * sizeof(uint16_t),
                                    cudaMemcpyHostToDevice, m->up_stream));
     }
     CUDA_CHECK(cudaEventRecord(m->ev_up, m->up_stream));
@@ -207,8 +207,9 @@ static void offload_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2
 }
 
 // The on-GPU step of piece i, queued on `stream`: the one call the serial and the overlapped
-// schedules both make. A piece is a whole tensor without ZeRO; o is its flat offset (params,
-// grads, and the stochastic-rounding index), so = o - b0 its index into the shard's arrays.
+// schedules both make. A piece is a whole tensor without ZeRO; o is its flat offset (grads, and
+// the stochastic-rounding index), so = o - b0 its index into the shard's arrays (pshard, master,
+// moments).
 static void gpu_piece_step(LlamaGpu *m, int i, float lr, float b1, float b2, float eps, float wd, int step,
                            float grad_scale, cudaStream_t stream) {
     const ZeroPlan *z = m->plan;
@@ -219,12 +220,12 @@ static void gpu_piece_step(LlamaGpu *m, int i, float lr, float b1, float b2, flo
     const float wd_i = p->kind == PARAM_MATRIX ? wd : 0.0f;
     LowbitStep ls = {lr, b1, b2, eps, wd_i, step, grad_scale, mode, m->opts.seed, o};
     if (m->opts.optim != LOWBIT_F32)
-        adamw_lowbit_update(m->master ? m->master + so : NULL, m->params + o, m->states[i], m->grads + o, &ls, stream);
+        adamw_lowbit_update(m->master ? m->master + so : NULL, m->pshard + so, m->states[i], m->grads + o, &ls, stream);
     else if (mode == LOWBIT_MASTER_F32)
-        adamw_update(m->master + so, m->params + o, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2, eps,
+        adamw_update(m->master + so, m->pshard + so, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2, eps,
                      wd_i, step, grad_scale, stream);
     else
-        adamw_update_bf16_sr(m->params + o, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2, eps, wd_i, step,
+        adamw_update_bf16_sr(m->pshard + so, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2, eps, wd_i, step,
                              grad_scale, m->opts.seed, o, stream);
 }
 
@@ -233,6 +234,7 @@ static void overlap_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2
 
 void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
                      float grad_scale) {
+    llama_gpu_params_changed(m);  // ZeRO-3: the next forward gathers the new weights
     if (m->opts.offload) {  // the shard's gradients to the host; the step runs there; its bf16 weights come back
         offload_adamw(m, ctx, lr, b1, b2, eps, wd, step, grad_scale);
         return;
@@ -255,7 +257,7 @@ void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu) {
     }
     // bf16 masters: the GPU's weights (the offloaded step's copy is on the GPU after every step)
     uint16_t *h = (uint16_t *)ao_malloc((P ? P : 1) * sizeof(uint16_t));
-    CUDA_CHECK(cudaMemcpy(h, m->params, P * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(h, m->pshard, P * sizeof(uint16_t), cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < P; i++) cpu->params[i] = lowbit_bf16_to_f32(h[i]);
     free(h);
 }
@@ -267,7 +269,7 @@ void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst) {
         CUDA_CHECK(cudaMemcpyAsync(dst + m->plan->begin, m->master, m->shard_n * sizeof(float), cudaMemcpyDefault,
                                    ctx->stream));
     else
-        cast_bf16_to_f32(dst + m->plan->begin, m->params + m->plan->begin, m->shard_n, ctx->stream);
+        cast_bf16_to_f32(dst + m->plan->begin, m->pshard, m->shard_n, ctx->stream);
 }
 
 // ---- the on-GPU step, overlapped with the next forward (--optim-overlap) --------------------

@@ -16,6 +16,14 @@
 #      and the line says whether the logs and final weights came out identical
 #   4. faults: one rank exits or hangs at step 5; every rank must exit non-zero within the
 #      timeout (20 s) plus start-up; the surviving rank names itself and what it waited for
+#      (--zero 1, and --zero 3, whose fault comes after the step's target-count all-reduce, so the
+#      surviving rank is left waiting on the forward's weight gathers)
+#   5. ZeRO-3 (issue 9): the all-gather of bf16 weights is exact and every kernel sees the same
+#      addresses modulo 256 bytes, so --zero 3 must be bit-identical to --zero 2 on 2 GPUs (logs and
+#      final model.safetensors): adamw, adamw8bit, bf16-sr masters, offload, recompute + samples + an
+#      odd number of eval batches (ranks stay in step); --zero 3 on 1 GPU (gathers are copies) vs no
+#      ZeRO, bitwise; the memory table shows the shard and the gather buffers; resume on 2 GPUs
+#      bit-exact; resume of a ZeRO-3 checkpoint with --zero 2 bit-exact; re-shard 2 -> 1 and 1 -> 2
 set -u
 build=${1:-build}
 TL=./train_llama
@@ -130,14 +138,14 @@ ls "$T/z1/ckpt_000012" | tr '\n' ' '; echo
 # ---- 4. faults -------------------------------------------------------------------------------
 TMO=20
 LIMIT=$((TMO + 90))  # timeout + start-up and 5 steps, generously
-fault() {  # label, launcher kind (local|mpi), kind (exit|hang)
-  local label=$1 how=$2 kind=$3
-  local log="$T/fault_${how}_$kind.log" t0 t1 rc
+fault() {  # label, launcher kind (local|mpi), kind (exit|hang), ZeRO level (default 1)
+  local label=$1 how=$2 kind=$3 zl=${4:-1}
+  local log="$T/fault_${how}_${kind}_z$zl.log" t0 t1 rc
   t0=$(date +%s)
   if [ "$how" = local ]; then
-    LLAMA_AO_FAULT=1:5:$kind timeout 300 $LOCAL $TL $common --dist-timeout $TMO --zero 1 -o "$T/f_$how$kind" > "$log" 2>&1
+    LLAMA_AO_FAULT=1:5:$kind timeout 300 $LOCAL $TL $common --dist-timeout $TMO --zero $zl -o "$T/f_$how${kind}_z$zl" > "$log" 2>&1
   else
-    timeout 300 $MPI -x LLAMA_AO_FAULT=1:5:$kind $TL $common --dist-timeout $TMO --zero 1 -o "$T/f_$how$kind" > "$log" 2>&1
+    timeout 300 $MPI -x LLAMA_AO_FAULT=1:5:$kind $TL $common --dist-timeout $TMO --zero $zl -o "$T/f_$how${kind}_z$zl" > "$log" 2>&1
   fi
   rc=$?; t1=$(date +%s)
   local el=$((t1 - t0)) r0 r1 named
@@ -154,6 +162,8 @@ fault() {  # label, launcher kind (local|mpi), kind (exit|hang)
 }
 fault "rank 1 dies at step 5 (launch_local)" local exit
 fault "rank 1 hangs at step 5 (launch_local)" local hang
+fault "rank 1 dies at step 5, --zero 3 (launch_local)" local exit 3
+fault "rank 1 hangs at step 5, --zero 3 (launch_local)" local hang 3
 if [ -n "$MPI" ]; then
   fault "rank 1 dies at step 5 (mpirun)" mpi exit
   fault "rank 1 hangs at step 5 (mpirun)" mpi hang
@@ -169,5 +179,42 @@ rc=$?; el=$(($(date +%s) - t0))
 if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "already exists" "$T/stale.log" && [ "$(grep -c 'exit [1-9]' "$T/stale.log")" -eq 2 ]; then
   ok "stale init file: both ranks exit non-zero after $el s, rank 0 names the file"
 else bad "stale init file: rc $rc after $el s (log $T/stale.log)"; fi
+
+# ---- 5. ZeRO-3 -------------------------------------------------------------------------------
+run z3 "$LOCAL" --zero 3
+compare z2 z3 bitwise "2 GPUs --zero 3 vs --zero 2 (adamw)"
+run z3_8 "$LOCAL" --zero 3 --optim adamw8bit
+compare z2_8 z3_8 bitwise "2 GPUs --zero 3 vs --zero 2 (adamw8bit)"
+run z2_sr "$LOCAL" --zero 2 --master bf16-sr
+run z3_sr "$LOCAL" --zero 3 --master bf16-sr
+compare z2_sr z3_sr bitwise "2 GPUs --zero 3 vs --zero 2 (--master bf16-sr)"
+run z3_off "$LOCAL" --zero 3 --offload
+compare z2 z3_off bitwise "2 GPUs --zero 3 --offload vs --zero 2 (the offloaded step has the GPU step's bits)"
+extra="--recompute-attn --recompute-norm --eval-batches 3 --sample-every 12 --sample-tokens 16"
+run z2_x "$LOCAL" --zero 2 $extra
+run z3_x "$LOCAL" --zero 3 $extra
+compare z2_x z3_x bitwise "2 GPUs --zero 3 vs --zero 2 with recompute, samples and 3 eval batches over 2 ranks"
+if [ "$(grep -c '^---- sample' "$T/z3_x.log")" -ge 2 ]; then ok "--zero 3: samples printed (every rank ran the sample's forwards)"
+else bad "--zero 3: fewer than 2 samples in $T/z3_x.log"; fi
+run w1z3 "" --zero 3
+compare one w1z3 bitwise "1 GPU vs --zero 3 on 1 GPU (gathers are copies)"
+if [ -n "$MPI" ]; then
+  run z3_mpi "$MPI" --zero 3
+  compare z3 z3_mpi bitwise "2 GPUs --zero 3: launch_local vs mpirun"
+fi
+mt=$(grep -E "parameters \(bf16, shard\)|ZeRO-3 gather buffers|ZeRO-3 over" "$T/z3.log")
+if [ "$(echo "$mt" | grep -c .)" -eq 3 ]; then ok "--zero 3 memory table shows the shard and the gather buffers"; echo "$mt"
+else bad "--zero 3 memory table lines missing (log $T/z3.log)"; fi
+resume z3_r "$LOCAL" z3/ckpt_000012 --zero 3
+compare z3 z3_r bitwise "resume on 2 GPUs --zero 3 from step 12" 13
+resume z3_as2 "$LOCAL" z3/ckpt_000012 --zero 2
+compare z3 z3_as2 bitwise "resume a --zero 3 checkpoint with --zero 2 on 2 GPUs" 13
+resume z3_to1 "" z3/ckpt_000012 --zero 3
+compare z3 z3_to1 tol "re-shard 2 GPUs (--zero 3) -> 1 GPU (--zero 3)" 13
+resume z3_to1n "" z3/ckpt_000012
+compare z3 z3_to1n tol "re-shard 2 GPUs (--zero 3) -> 1 GPU without ZeRO" 13
+resume one_to2z3 "$LOCAL" one/ckpt_000012 --zero 3
+compare one one_to2z3 tol "re-shard 1 GPU (no ZeRO) -> 2 GPUs (--zero 3)" 13
+ls "$T/z3/ckpt_000012" | tr '\n' ' '; echo
 
 finish

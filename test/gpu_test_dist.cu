@@ -8,8 +8,18 @@
 //   - with N ranks (mpirun -np N build/test/gpu_test_dist): every collective of dist.cuh on
 //     uneven ranges, and a whole ZeRO-1 / ZeRO-2 step (per-layer reduction, norm, step,
 //     all-gather) against one process stepping on the summed gradients (bitwise for 2 ranks,
-//     where every sum is a single fp32 addition; within 1e-6 otherwise).
-// With one process the last part runs at world size 1 (the collectives are no-ops).
+//     where every sum is a single fp32 addition; within 1e-6 otherwise);
+//   - ZeRO-3: the gather-buffer geometry (every tensor keeps its address modulo 256 bytes), the
+//     all-gather into a separate buffer over uneven ranges and windows, and whole training steps
+//     (forward, backward with per-layer reduction, norm, step; 2 micro-batches; 3 layers, tied
+//     embeddings) of a ZeRO-3 model against a ZeRO-2 model on the same ranks and data: losses,
+//     norms, gradients, master and bf16 weights bit-identical, for fp32 / 8-bit states, bf16-sr
+//     masters and offload; the number of layer gathers per step (held layers are not gathered
+//     twice); a ZeRO-3 plan of one rank without the hook against no ZeRO at all; and the same
+//     with every gather, then the compute after every wait for one, held back 200 us (a missing
+//     event then changes the bits instead of racing rarely).
+// With one process the collective parts run at world size 1 (collectives are no-ops, the ZeRO-3
+// gathers copies).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,16 +151,18 @@ static int same_states(const LlamaGpu *a, const LlamaGpu *b) {
     return ok;
 }
 
-// Master weights and bf16 weights of b's shard equal a's over the same range?
+// Master weights (none with bf16-sr masters: both must lack them) and bf16 weights of b's shard
+// equal a's over the same range?
 static int same_shard(const LlamaGpu *a, const LlamaGpu *b) {
     const size_t b0 = b->plan->begin, n = b->shard_n;
     if (!n) return 1;
-    float *ma = (float *)ao_malloc(n * 4), *mb = (float *)ao_malloc(n * 4);
+    if (!a->master != !b->master) return 0;
+    float *ma = (float *)ao_calloc(n, 4), *mb = (float *)ao_calloc(n, 4);
     uint16_t *pa = (uint16_t *)ao_malloc(n * 2), *pb = (uint16_t *)ao_malloc(n * 2);
-    CUDA_CHECK(cudaMemcpy(ma, a->master + (b0 - a->plan->begin), n * 4, cudaMemcpyDefault));
-    CUDA_CHECK(cudaMemcpy(mb, b->master, n * 4, cudaMemcpyDefault));
-    CUDA_CHECK(cudaMemcpy(pa, a->params + b0, n * 2, cudaMemcpyDefault));
-    CUDA_CHECK(cudaMemcpy(pb, b->params + b0, n * 2, cudaMemcpyDefault));
+    if (a->master) CUDA_CHECK(cudaMemcpy(ma, a->master + (b0 - a->plan->begin), n * 4, cudaMemcpyDefault));
+    if (b->master) CUDA_CHECK(cudaMemcpy(mb, b->master, n * 4, cudaMemcpyDefault));
+    CUDA_CHECK(cudaMemcpy(pa, a->pshard + (b0 - a->plan->begin), n * 2, cudaMemcpyDefault));
+    CUDA_CHECK(cudaMemcpy(pb, b->pshard, n * 2, cudaMemcpyDefault));
     int ok = memcmp(ma, mb, n * 4) == 0 && memcmp(pa, pb, n * 2) == 0;
     free(ma), free(mb), free(pa), free(pb);
     return ok;
@@ -199,7 +211,9 @@ static void check_sharded_step(GpuCtx *ctx, LowbitFormat optim, int offload) {
     model_init_random(&cpu, 11);
     const int W3 = 3, W2 = 2, steps = 3;
     ZeroPlan p3[W3], p2[W2];
-    for (int r = 0; r < W3; r++) zero_plan_init(&p3[r], &cpu.tab, c.n_layers, 1, r, W3);
+    // ZeRO-3 for the quantized formats and offload (the step writes the bf16 shard only), ZeRO-1 else
+    const int level3 = optim == LOWBIT_8BIT || optim == LOWBIT_4BIT || offload ? 3 : 1;
+    for (int r = 0; r < W3; r++) zero_plan_init(&p3[r], &cpu.tab, c.n_layers, level3, r, W3);
     for (int r = 0; r < W2; r++) zero_plan_init(&p2[r], &cpu.tab, c.n_layers, 2, r, W2);
     GpuRunOpts oa = opts_for(optim, offload, nullptr);
     LlamaGpu a, b3[W3];
@@ -216,8 +230,8 @@ static void check_sharded_step(GpuCtx *ctx, LowbitFormat optim, int offload) {
     }
     const char *fname = lowbit_format_name(optim);
     for (int r = 0; r < W3; r++) {
-        TEST_CHECK(same_shard(&a, &b3[r]), "%s%s: rank %d/3's master or bf16 weights differ from the unsharded step",
-                   fname, offload ? " offload" : "", r);
+        TEST_CHECK(same_shard(&a, &b3[r]), "%s%s: rank %d/3's (ZeRO-%d) master or bf16 weights differ from the "
+                   "unsharded step", fname, offload ? " offload" : "", r, level3);
         TEST_CHECK(same_states(&a, &b3[r]), "%s%s: rank %d/3's optimizer states differ from the unsharded step", fname,
                    offload ? " offload" : "", r);
     }
@@ -407,6 +421,224 @@ static void check_zero_step(Dist *d, GpuCtx *ctx, int level, LowbitFormat optim)
     model_free(&cpu);
 }
 
+// ---- F: ZeRO-3 ----------------------------------------------------------------------------------
+
+// Host only: every tensor's place in its gather buffer keeps its flat address modulo 256 bytes and
+// lies inside the buffer; buffers are as large as their largest bucket.
+static void check_zero3_geometry(const LlamaConfig *c, const char *name) {
+    ParamTable tab;
+    param_table_init(&tab, c);
+    const int worlds[] = {1, 2, 3, 8};
+    for (int W : worlds) {
+        ZeroPlan z;
+        zero_plan_init(&z, &tab, c->n_layers, 3, W - 1, W);
+        const size_t nl = zero3_layer_buf_elems(&z), ng = zero3_global_buf_elems(&z);
+        int ok = 1;
+        for (int i = 0; i < tab.n; i++) {
+            const ParamInfo *p = &tab.p[i];
+            const int b = p->layer < 0 ? c->n_layers : p->layer;
+            const size_t at = zero3_buf_index(&z, b, p->offset), cap = b < c->n_layers ? nl : ng;
+            ok &= at % ZERO3_PAD == p->offset % ZERO3_PAD && at + p->numel <= cap;
+        }
+        size_t most = 0;
+        for (int l = 0; l < c->n_layers; l++)
+            most = z.bucket_hi[l] - z.bucket_lo[l] > most ? z.bucket_hi[l] - z.bucket_lo[l] : most;
+        ok &= nl >= most && nl < most + ZERO3_PAD && ng == z.bucket_hi[c->n_layers];
+        TEST_CHECK(ok, "%s world %d: a tensor's gather-buffer place changes its alignment or leaves the buffer "
+                   "(layer buffer %zu, largest layer %zu, global %zu)", name, W, nl, most, ng);
+        zero_plan_free(&z);
+    }
+    param_table_free(&tab);
+}
+
+// dist_allgather_into_bf16 over uneven shards, for windows inside one rank, across all, empty for
+// some ranks, and the whole vector; the elements of dst past the window stay as they were.
+static void check_gather_into(Dist *d, GpuCtx *ctx) {
+    const int W = d->world, R = d->rank;
+    const size_t n = 300007;
+    size_t *bounds = (size_t *)ao_malloc(((size_t)W + 1) * sizeof(size_t));
+    for (int r = 0; r <= W; r++) bounds[r] = (size_t)((double)n * r * r / ((double)W * W));  // rank 0 the smallest
+    auto val = [](size_t i) { return bf16r((float)(i % 509) - 254.0f); };
+    const size_t S = bounds[R + 1] - bounds[R];
+    bf16 *hs = (bf16 *)ao_malloc((S ? S : 1) * 2), *ds = dalloc<bf16>(S ? S : 1);
+    for (size_t i = 0; i < S; i++) hs[i] = __float2bfloat16(val(bounds[R] + i));
+    h2d(ds, hs, S * 2);
+    const size_t win[][2] = {{0, n}, {3, 17}, {bounds[W - 1] + 1, n - 1}, {n / 3, n / 3 + 4096}, {n - 5, n}, {7, 7}};
+    bf16 *hd = (bf16 *)ao_malloc((n + 64) * 2), *dd = dalloc<bf16>(n + 64);
+    for (const auto &w : win) {
+        const size_t lo = w[0], hi = w[1];
+        CUDA_CHECK(cudaMemsetAsync(dd, 0xff, (n + 64) * 2, ctx->stream));  // NaN canaries
+        dist_comm_after(d, ctx->stream);
+        cudaStream_t s = d->stream ? d->stream : ctx->stream;
+        dist_allgather_into_bf16(d, dd, ds, bounds, lo, hi, s, "test all-gather into a buffer");
+        dist_compute_after(d, ctx->stream);
+        dist_wait(d, ctx->stream, "test all-gather into a buffer");
+        d2h(hd, dd, (n + 64) * 2);
+        size_t bad = 0, first = 0;
+        for (size_t i = 0; i < n + 64; i++) {
+            const float got = __bfloat162float(hd[i]);
+            const int ok = i < hi - lo ? got == val(lo + i) : isnan(got);
+            if (!ok && !bad++) first = i;
+        }
+        TEST_CHECK(bad == 0, "rank %d/%d: all-gather of [%zu, %zu) into a buffer: %zu wrong elements, the first at %zu",
+                   R, W, lo, hi, bad, first);
+    }
+    free(bounds), free(hs), free(hd);
+    CUDA_CHECK(cudaFree(ds));
+    CUDA_CHECK(cudaFree(dd));
+}
+
+// A model with its plan and communication, stepped as train_llama steps it.
+struct DpModel {
+    ZeroPlan z;
+    LlamaGpu m;
+    ZeroComm zc;
+    long gathers;  // layer gathers (ZeRO-3)
+};
+
+static void count_fetch(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t s) {
+    DpModel *x = (DpModel *)arg;
+    x->gathers++;
+    zero_params_fetch(&x->zc, dst, lo, hi, s);
+}
+
+static void dp_init(DpModel *x, Dist *d, GpuCtx *ctx, const LlamaModel *cpu, int level, GpuRunOpts o, int B, int T,
+                    int hook) {
+    memset(x, 0, sizeof *x);
+    zero_plan_init(&x->z, &cpu->tab, cpu->cfg.n_layers, level, d->rank, d->world);
+    o.zero = &x->z;
+    llama_gpu_init(&x->m, ctx, cpu, B, T, &o);
+    zero_comm_init(&x->zc, d, &x->z, x->m.grads, level == 3 ? x->m.pshard : x->m.params, ctx->stream);
+    if (d->world > 1) x->m.grads_stream = d->stream, x->m.sync = dist_sync_hook, x->m.sync_arg = d;
+    if (level == 3 && hook) {
+        x->m.gather = count_fetch;
+        x->m.gather_arg = x;
+        if (d->world > 1) x->m.gather_stream = d->stream;
+    }
+}
+
+static void dp_free(DpModel *x) {
+    zero_comm_free(&x->zc);
+    llama_gpu_free(&x->m);
+    zero_plan_free(&x->z);
+}
+
+// Forward + backward over the micro-batches (the last one reduced per layer), the loss sum over
+// the ranks and the global norm; the step itself is dp_step.
+static float dp_grads(DpModel *x, Dist *d, GpuCtx *ctx, int32_t **tok, int32_t **tgt, int accum, int n_valid,
+                      double *loss) {
+    LlamaGpu *m = &x->m;
+    llama_gpu_zero_grads(m, ctx);
+    double sum = 0;
+    for (int a = 0; a < accum; a++) {
+        llama_gpu_set_batch(m, ctx, tok[a], tgt[a]);
+        int nv;
+        sum += llama_gpu_forward(m, ctx, 1.0f / n_valid, &nv);
+        if (a == accum - 1) m->grads_ready = zero_grads_ready, m->grads_ready_arg = &x->zc;
+        m->stream_grads = a == accum - 1;
+        llama_gpu_backward(m, ctx);
+        m->grads_ready = nullptr, m->stream_grads = 0;
+    }
+    zero_grads_wait(&x->zc);
+    dist_allreduce_host(d, &sum, 1, "the test's loss sums");
+    *loss = sum;
+    return zero_grad_norm(&x->zc);
+}
+
+static void dp_step(DpModel *x, Dist *d, GpuCtx *ctx, int t, float norm) {
+    llama_gpu_adamw(&x->m, ctx, 2e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t, norm > 1.0f ? 1.0f / norm : 1.0f);
+    zero_params_gather(&x->zc);
+    dist_wait(d, ctx->stream, "the test's optimizer step");
+}
+
+static int same_dev(const void *a, const void *b, size_t bytes) {
+    unsigned char *x = (unsigned char *)ao_malloc(bytes ? bytes : 1), *y = (unsigned char *)ao_malloc(bytes ? bytes : 1);
+    CUDA_CHECK(cudaMemcpy(x, a, bytes, cudaMemcpyDefault));
+    CUDA_CHECK(cudaMemcpy(y, b, bytes, cudaMemcpyDefault));
+    const int ok = memcmp(x, y, bytes) == 0;
+    free(x), free(y);
+    return ok;
+}
+
+// ZeRO-3 against ZeRO-2 on this job's ranks (both models in this process, the same data): every
+// number must be the same bits. hook = 0 (one rank only): the model's own copy instead of the hook.
+// delay 1 / 2: every gather starts 200 us late / the compute stream idles 200 us after each wait for
+// a gather (LlamaGpu.zdelay_ns), so a missing event shows as different bits, not as a rare race.
+static void check_zero3_steps(Dist *d, GpuCtx *ctx, LowbitFormat optim, LowbitMaster master, int offload, int hook,
+                              int delay = 0) {
+    const int W = d->world, R = d->rank, B = 2, T = 16, steps = 3, N = B * T;
+    enum { ACCUM = 2 };
+    const LlamaConfig c = test_llama_config(1000, 256, 768, 3, 4, 2, 1);  // 3 layers (both slots, odd), tied embeddings
+    LlamaModel cpu;
+    model_init(&cpu, &c);
+    model_init_random(&cpu, 31);
+    GpuRunOpts o = opts_for(optim, offload, nullptr);
+    o.master = master;
+    char what[128];
+    snprintf(what, sizeof what, "rank %d/%d, ZeRO-3 vs ZeRO-2, %s%s%s%s%s", R, W, lowbit_format_name(optim),
+             master == LOWBIT_MASTER_BF16_SR ? " bf16-sr" : "", offload ? " offload" : "", hook ? "" : " (no hook)",
+             delay == 1 ? " (gathers delayed)" : delay == 2 ? " (compute delayed after each gather wait)" : "");
+    DpModel *a = (DpModel *)ao_calloc(1, sizeof(DpModel)), *b = (DpModel *)ao_calloc(1, sizeof(DpModel));
+    dp_init(a, d, ctx, &cpu, 2, o, B, T, 1);
+    dp_init(b, d, ctx, &cpu, 3, o, B, T, hook);
+    if (delay) b->m.zdelay_ns[delay - 1] = 200000;
+    {  // the memory plan: the shard of the bf16 weights and the three gather buffers
+        GpuRunOpts o3 = o;
+        o3.zero = &b->z;
+        const GpuMemPlan p = llama_gpu_plan(&c, B, T, &o3);
+        const size_t S = b->z.end - b->z.begin;
+        const size_t g = (2 * zero3_layer_buf_elems(&b->z) + zero3_global_buf_elems(&b->z)) * 2;
+        TEST_CHECK(p.params == S * 2 && p.gather == g && b->m.params == nullptr,
+                   "%s: memory plan params %zu (want %zu), gather %zu (want %zu)", what, p.params, S * 2, p.gather, g);
+    }
+    int32_t *tok[ACCUM], *tgt[ACCUM];
+    for (int k = 0; k < ACCUM; k++) tok[k] = (int32_t *)ao_malloc(N * 4), tgt[k] = (int32_t *)ao_malloc(N * 4);
+    int ok_loss = 1, ok_norm = 1, ok_grad = 1, ok_w = 1, ok_gathers = 1;
+    long per_step[steps];
+    for (int t = 1; t <= steps; t++) {
+        uint64_t st = 1000 * (uint64_t)t + (uint64_t)R;
+        for (int k = 0; k < ACCUM; k++)
+            for (int i = 0; i < N; i++) {
+                tok[k][i] = (int32_t)(test_rand_u64(&st) % 1000);
+                tgt[k][i] = i % 7 == 3 ? -1 : (int32_t)(test_rand_u64(&st) % 1000);  // some ignored targets
+            }
+        double nv = 0;
+        for (int k = 0; k < ACCUM; k++)
+            for (int i = 0; i < N; i++) nv += tgt[k][i] >= 0;
+        dist_allreduce_host(d, &nv, 1, "the test's target count");
+        double la, lb;
+        const long g0 = b->gathers;
+        const float na = dp_grads(a, d, ctx, tok, tgt, ACCUM, (int)nv, &la);
+        const float nb = dp_grads(b, d, ctx, tok, tgt, ACCUM, (int)nv, &lb);
+        ok_loss &= la == lb;
+        ok_norm &= na == nb;
+        ok_grad &= same_dev(a->m.grads, b->m.grads, cpu.tab.total * 4);  // own range reduced, the rest local
+        dp_step(a, d, ctx, t, na);
+        dp_step(b, d, ctx, t, nb);
+        per_step[t - 1] = b->gathers - g0;
+        ok_gathers &= !hook || per_step[t - 1] == 7;
+        ok_w &= same_shard(&a->m, &b->m);
+    }
+    // an evaluation forward after the last step gathers the new weights (1 + layers gathers)
+    const long g0 = b->gathers;
+    int nva, nvb;
+    llama_gpu_set_batch(&a->m, ctx, tok[0], tgt[0]);
+    const double ea = llama_gpu_forward(&a->m, ctx, 0.0f, &nva);
+    llama_gpu_set_batch(&b->m, ctx, tok[0], tgt[0]);
+    const double eb = llama_gpu_forward(&b->m, ctx, 0.0f, &nvb);
+    TEST_CHECK(ok_loss && ea == eb, "%s: losses differ (eval after the steps: %.9g vs %.9g)", what, ea, eb);
+    TEST_CHECK(ok_norm, "%s: gradient norms differ", what);
+    TEST_CHECK(ok_grad, "%s: gradients differ", what);
+    TEST_CHECK(ok_w, "%s: master or bf16 weights of the shard differ after a step", what);
+    TEST_CHECK(ok_gathers && (!hook || b->gathers - g0 == 1 + c.n_layers),
+               "%s: layer gathers per step %ld %ld %ld (want 7: 4 + 1 + 1 + 1 over 2 micro-batches), eval %ld (want %d)",
+               what, per_step[0], per_step[1], per_step[2], b->gathers - g0, 1 + c.n_layers);
+    for (int k = 0; k < ACCUM; k++) free(tok[k]), free(tgt[k]);
+    dp_free(a), dp_free(b);
+    free(a), free(b);
+    model_free(&cpu);
+}
+
 int main(void) {
     Dist d;
     dist_init(&d, 120);
@@ -428,6 +660,14 @@ int main(void) {
         LlamaConfig oc = opt_config();
         check_plan(&oc, "opt");
         check_layouts();
+        for (const char *f : fixtures) {
+            char dir[512];
+            snprintf(dir, sizeof dir, "%s/fixtures/%s", test_dir(), f);
+            LlamaConfig c;
+            if (config_load(&c, dir, err, sizeof err)) check_zero3_geometry(&c, f);
+        }
+        check_zero3_geometry(&big, "llama32_1b");
+        check_zero3_geometry(&oc, "opt");
         printf("plan and layout checks: %d passed, %d failed so far\n", test_passed, test_failed);
     }
     GpuCtx ctx;
@@ -441,6 +681,15 @@ int main(void) {
         check_zero_step(&d, &ctx, level, LOWBIT_F32);
         check_zero_step(&d, &ctx, level, LOWBIT_8BIT);
     }
+    // F: ZeRO-3 over the job's ranks
+    check_gather_into(&d, &ctx);
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1);
+    check_zero3_steps(&d, &ctx, LOWBIT_8BIT, LOWBIT_MASTER_F32, 0, 1);
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_BF16_SR, 0, 1);
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 1, 1);
+    if (d.world == 1) check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 0);
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1, 1);  // races widened: gathers late
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1, 2);  // ... compute late
     dist_barrier(&d, "every rank to finish the collective tests");
     const int rank = d.rank;
     dist_free(&d);  // finalizing waits for every rank: before rank 0 goes on alone
