@@ -78,6 +78,8 @@ static int linear_groups(const LlamaGpu *m, int l, LinearGroup *out) {
     static const LlamaWeightsLayer G0 = {};
     const LlamaWeightsBf16Layer *W = m->wl ? &m->wl[l] : &W0;
     const LlamaWeightsLayer *G = m->gl ? &m->gl[l] : &G0;
+    for (int i = 0; i < LIN_PER_LAYER; i++)  // each group's amax of x / W from its forward to its backward
+        out[i].saved = m->lin_saved ? m->lin_saved + ((size_t)l * LIN_PER_LAYER + i) * LINEAR_SAVED_FLOATS : nullptr;
     LinearGroup *g = &out[LIN_QKV];
     g->K = D, g->nparts = 3, g->fused = m->fused_qkv && (!W->bq || m->fused_qkv_bias);
     g->part[0] = lin_part("q_proj", QD, W->wq, W->bq, G->wq, G->bq, 0);
@@ -183,6 +185,8 @@ static void carve_acts(LlamaGpu *m, Carver &cv) {
     m->lin_bytes = linear_ctx_place(&m->lin, nullptr);
     m->lin_mem = m->lin_bytes ? cv.take<char>(m->lin_bytes) : nullptr;
     if (m->lin_mem) linear_ctx_place(&m->lin, m->lin_mem);
+    m->lin_saved = o->recipe != LINEAR_BF16 ? cv.take<float>((size_t)c->n_layers * LIN_PER_LAYER * LINEAR_SAVED_FLOATS)
+                                            : nullptr;
 }
 
 static size_t logits_rows(const GpuRunOpts *o, size_t N) {

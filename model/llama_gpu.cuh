@@ -176,6 +176,7 @@ typedef struct {
     LinearCtx lin;     // the recipe and the fp8 casts' scratch (carved here; none with bf16)
     void *lin_mem;
     size_t lin_bytes;
+    float *lin_saved;  // per layer and Linear group, LINEAR_SAVED_FLOATS (LinearGroup.saved); NULL with bf16
     bf16 *logits;      // [lm_chunk, V]
     float *losses;     // [N]
     bf16 *d_resid, *d_ln, *d_attn, *d_qkv, *d_gu, *d_act;

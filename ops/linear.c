@@ -61,6 +61,12 @@ int linear_tokens_ok(LinearRecipe r, long N, char *why, size_t n) {
     return 0;
 }
 
+int linear_same_cast(LinearRecipe r, Fp8Operand a, Fp8Operand b) {
+    if (r == LINEAR_BF16) return 0;
+    const Fp8CastSpec sa = fp8_recipe_cast(linear_fp8_recipe(r), a), sb = fp8_recipe_cast(linear_fp8_recipe(r), b);
+    return sa.scaling == FP8_SCALE_TENSOR && sb.scaling == FP8_SCALE_TENSOR && sa.dtype == sb.dtype && sa.pow2 == sb.pow2;
+}
+
 int linear_part_fp8(LinearRecipe r, int K, int M, int col, int ldo, int hp, char *why, size_t n) {
     char tmp[8];
     if (!why) why = tmp, n = sizeof tmp;
@@ -120,7 +126,8 @@ void linear_scratch_add(LinearScratchSize *s, LinearRecipe r, long N, int K, int
     grow(&s->qx, n * k);
     grow(&s->qw, m * k);
     grow(&s->qg, n * m);
-    if (split) grow(&s->gcopy, n * m);
+    if (linear_same_cast(r, FP8_G_GI, FP8_G_GW)) grow(&s->qgt, n * m);  // g and g^T from one strided read
+    else if (split) grow(&s->gcopy, n * m);
     // Stored tensors: x [N, K], W [M, K], g [N, M]; the specs say which are cast transposed.
     grow(&s->sx, scale_floats(f, FP8_X_FWD, (int)N, K));
     grow(&s->sx, scale_floats(f, FP8_X_GW, (int)N, K));
@@ -149,7 +156,7 @@ size_t linear_ctx_place(LinearCtx *lc, void *base) {
     size_t used = 0;
     const LinearScratchSize *c = &lc->cap;
     uint8_t *qx = (uint8_t *)piece(b, &used, c->qx), *qw = (uint8_t *)piece(b, &used, c->qw),
-            *qg = (uint8_t *)piece(b, &used, c->qg);
+            *qg = (uint8_t *)piece(b, &used, c->qg), *qgt = (uint8_t *)piece(b, &used, c->qgt);
     void *gcopy = piece(b, &used, c->gcopy * 2);
     float *sx = (float *)piece(b, &used, c->sx * sizeof(float)), *sw = (float *)piece(b, &used, c->sw * sizeof(float)),
           *sg = (float *)piece(b, &used, c->sg * sizeof(float)), *sv = (float *)piece(b, &used, c->svec * sizeof(float)),
@@ -158,7 +165,7 @@ size_t linear_ctx_place(LinearCtx *lc, void *base) {
     uint8_t *mxsp = (uint8_t *)piece(b, &used, lc->mx_native ? c->mxsp : 0),
             *mxsq = (uint8_t *)piece(b, &used, lc->mx_native ? c->mxsq : 0);
     if (b) {
-        lc->qx = qx, lc->qw = qw, lc->qg = qg, lc->gcopy = gcopy;
+        lc->qx = qx, lc->qw = qw, lc->qg = qg, lc->qgt = qgt, lc->gcopy = gcopy;
         lc->sx = sx, lc->sw = sw, lc->sg = sg, lc->svec = sv, lc->amax = am;
         lc->mxp = mxp, lc->mxq = mxq, lc->mxsp = mxsp, lc->mxsq = mxsq;
     }

@@ -8,7 +8,7 @@
 #include "matmul_fp8.cuh"
 #include "matmul_mx.cuh"
 
-static_assert(LINEAR_AMAX_FLOATS == FP8_AMAX_PARTIALS + 1, "ops/linear.h LINEAR_AMAX_FLOATS must match fp8_cast.cuh");
+static_assert(LINEAR_AMAX_FLOATS == FP8_AMAX_WS_FLOATS, "ops/linear.h LINEAR_AMAX_FLOATS must match fp8_cast.cuh");
 
 int linear_group_ld(const LinearGroup *g) {
     int ld = 0;
@@ -50,9 +50,12 @@ struct LinOp {
     int is_mx;
 };
 
-// One operand of the recipe cast from the stored bf16 tensor src [rows, cols] into q / s.
+// One operand of the recipe cast from the stored bf16 tensor src [rows, cols] into q / s. Tensor
+// scaling: the amax goes to *amax (NULL: the scratch's), or is read from there when have_amax (the
+// forward's amax of the same tensor, LinearGroup.saved).
 static LinOp cast_operand(const LinearCtx *lc, Fp8Operand op, uint8_t *q, size_t qcap, float *s, size_t scap,
-                          const bf16 *src, int rows, int cols, cudaStream_t st) {
+                          const bf16 *src, int rows, int cols, cudaStream_t st, float *amax = nullptr,
+                          int have_amax = 0) {
     const Fp8CastSpec spec = fp8_recipe_cast(linear_fp8_recipe(lc->recipe), op);
     const int mx = spec.scaling == FP8_SCALE_MX32;
     int ld = 0;
@@ -61,7 +64,15 @@ static LinOp cast_operand(const LinearCtx *lc, Fp8Operand op, uint8_t *q, size_t
           "linear: the %s cast of a [%d x %d] tensor needs %zu codes and %zu scale floats, the scratch holds %zu and "
           "%zu\n  HINT: the scratch is sized from the model's Linears at start-up (linear_group_scratch); a Linear "
           "that was not planned for runs here", fp8_operand_name(op), rows, cols, (size_t)rows * cols, nf, qcap, scap);
-    fp8_cast_operand(q, s, (uint8_t *)s, src, rows, cols, spec, lc->amax, st);
+    if (spec.scaling == FP8_SCALE_TENSOR) {
+        float *am = amax ? amax : lc->amax + FP8_AMAX_PARTIALS;
+        CHECK(lc->amax && (amax || !have_amax), "linear: no amax workspace for the %s cast", fp8_operand_name(op));
+        if (!have_amax) fp8_amax_tensor(am, lc->amax, src, rows, cols, (size_t)cols, st);
+        fp8_cast_tensor(spec.transposed ? nullptr : q, spec.transposed ? q : nullptr, s, src, rows, cols, (size_t)cols,
+                        am, spec.dtype, spec.pow2, st);
+    } else {
+        fp8_cast_operand(q, s, (uint8_t *)s, src, rows, cols, spec, lc->amax, st);
+    }
     LinOp o;
     memset(&o, 0, sizeof o);
     o.is_mx = mx;
@@ -127,7 +138,13 @@ void linear_forward(LinearCtx *lc, GpuCtx *ctx, bf16 *out, const bf16 *x, const 
     if (nfp8 && N == 0) return;
     LinOp xm;
     memset(&xm, 0, sizeof xm);
-    if (nfp8) xm = cast_operand(lc, FP8_X_FWD, lc->qx, lc->cap.qx, lc->sx, lc->cap.sx, x, N, K, ctx->stream);
+    float *sx = nullptr, *sw = nullptr;  // where this forward leaves the amax of x / W_p (LinearGroup.saved)
+    if (nfp8 && g->saved) {
+        const Fp8Recipe fr = linear_fp8_recipe(lc->recipe);
+        sx = fp8_recipe_cast(fr, FP8_X_FWD).scaling == FP8_SCALE_TENSOR ? g->saved : nullptr;
+        sw = fp8_recipe_cast(fr, FP8_W_FWD).scaling == FP8_SCALE_TENSOR ? g->saved + 1 : nullptr;
+    }
+    if (nfp8) xm = cast_operand(lc, FP8_X_FWD, lc->qx, lc->cap.qx, lc->sx, lc->cap.sx, x, N, K, ctx->stream, sx);
     for (int p = 0; p < g->nparts; p++) {
         const LinearPart *P = &g->part[p];
         const int col = linear_group_col(g, p);
@@ -135,7 +152,8 @@ void linear_forward(LinearCtx *lc, GpuCtx *ctx, bf16 *out, const bf16 *x, const 
             matmul_forward(ctx, out + col, x, P->w, P->bias, N, K, P->M, ld);
             continue;
         }
-        const LinOp wm = cast_operand(lc, FP8_W_FWD, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, P->M, K, ctx->stream);
+        const LinOp wm = cast_operand(lc, FP8_W_FWD, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, P->M, K, ctx->stream,
+                                      sw ? sw + p : nullptr);
         gemm_forward(lc, ctx, out + col, ld, xm, wm, N, K, P->M);
         if (P->bias) linear_bias_forward(out + col, P->bias, N, P->M, ld, ctx->stream);
     }
@@ -154,9 +172,16 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
     if (nfp8 && N == 0) return;
     const Fp8Recipe fr = nfp8 ? linear_fp8_recipe(lc->recipe) : FP8_RECIPE_TENSORWISE;
     const int gw_fp8 = nfp8 && fp8_recipe_cast(fr, FP8_X_GW).scaling != FP8_SCALE_NONE;
+    // The forward's amax of x / W_p, where both casts of the tensor are tensor-scaled (LinearGroup.saved).
+    auto tensor2 = [&](Fp8Operand a, Fp8Operand b) {
+        return fp8_recipe_cast(fr, a).scaling == FP8_SCALE_TENSOR && fp8_recipe_cast(fr, b).scaling == FP8_SCALE_TENSOR;
+    };
+    float *sx = nfp8 && g->saved && tensor2(FP8_X_FWD, FP8_X_GW) ? g->saved : nullptr;
+    float *sw = nfp8 && g->saved && tensor2(FP8_W_FWD, FP8_W_GI) ? g->saved + 1 : nullptr;
+    const int g_pair = nfp8 && linear_same_cast(lc->recipe, FP8_G_GI, FP8_G_GW);  // g and g^T in one pass
     LinOp xt;
     memset(&xt, 0, sizeof xt);
-    if (gw_fp8) xt = cast_operand(lc, FP8_X_GW, lc->qx, lc->cap.qx, lc->sx, lc->cap.sx, x, N, K, st);  // x^T [K, N]
+    if (gw_fp8) xt = cast_operand(lc, FP8_X_GW, lc->qx, lc->cap.qx, lc->sx, lc->cap.sx, x, N, K, st, sx, sx != nullptr);
     for (int p = 0; p < g->nparts; p++) {
         const LinearPart *P = &g->part[p];
         const int M = P->M, acc = p > 0;
@@ -165,8 +190,22 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
             matmul_backward(ctx, dx, P->dw, P->dbias, gp, ld, x, P->w, N, K, M, acc);
             continue;
         }
-        const bf16 *gd = gp;  // g_p as dense rows for the casts
-        if (ld != M) {
+        LinOp gm, gt;  // g_p [N, M] for grad_input, g_p^T [M, N] for grad_weight
+        memset(&gm, 0, sizeof gm), memset(&gt, 0, sizeof gt);
+        const int want_gt = gw_fp8 && P->dw;
+        if (g_pair && (dx || want_gt)) {  // one amax and one read of the part's columns, both layouts
+            const Fp8CastSpec sgi = fp8_recipe_cast(fr, FP8_G_GI), sgw = fp8_recipe_cast(fr, FP8_G_GW);
+            CHECK(lc->amax && lc->qg && lc->qgt && (size_t)N * M <= lc->cap.qg && (size_t)N * M <= lc->cap.qgt &&
+                      lc->cap.sg >= 1, "linear: no g / g^T scratch for %s [%d x %d]", P->name ? P->name : "?", N, M);
+            float *am = lc->amax + FP8_AMAX_PARTIALS;
+            fp8_amax_tensor(am, lc->amax, gp, N, M, (size_t)ld, st);
+            fp8_cast_tensor(dx ? lc->qg : nullptr, want_gt ? lc->qgt : nullptr, lc->sg, gp, N, M, (size_t)ld, am,
+                            sgi.dtype, sgi.pow2, st);
+            gm.f = fp8_mat(lc->qg, lc->sg, sgi, N, M);
+            gt.f = fp8_mat(lc->qgt, lc->sg, sgw, N, M);
+        }
+        const bf16 *gd = gp;  // g_p as dense rows for the other casts
+        if (!g_pair && ld != M) {
             CHECK(lc->gcopy && (size_t)N * M <= lc->cap.gcopy, "linear: no gradient copy scratch for %s [%d x %d]",
                   P->name ? P->name : "?", N, M);
             CUDA_CHECK(cudaMemcpy2DAsync(lc->gcopy, (size_t)M * sizeof(bf16), gp, (size_t)ld * sizeof(bf16),
@@ -174,8 +213,9 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
             gd = (const bf16 *)lc->gcopy;
         }
         if (dx) {
-            const LinOp gm = cast_operand(lc, FP8_G_GI, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);
-            LinOp wt = cast_operand(lc, FP8_W_GI, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, M, K, st);  // W^T [K, M]
+            if (!g_pair) gm = cast_operand(lc, FP8_G_GI, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);
+            LinOp wt = cast_operand(lc, FP8_W_GI, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, M, K, st,
+                                    sw ? sw + p : nullptr, sw != nullptr);  // W^T [K, M]
             if (!gm.is_mx && gm.f.scaling == FP8_SCALE_AXIS && wt.f.scaling == FP8_SCALE_TENSOR) {
                 // rowwise_with_gw_hp: a per-row g with a tensorwise W^T; cuBLASLt's OUTER_VEC_32F needs
                 // vectors on both sides, so W^T's scale is repeated once per row of W^T (torchao does too).
@@ -185,8 +225,8 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
             }
             gemm_dinp(lc, ctx, dx, gm, wt, N, K, M, acc);
         }
-        if (gw_fp8 && P->dw) {
-            const LinOp gt = cast_operand(lc, FP8_G_GW, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);  // g^T [M, N]
+        if (want_gt) {
+            if (!g_pair) gt = cast_operand(lc, FP8_G_GW, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);  // g^T [M, N]
             gemm_dweight(lc, ctx, P->dw, gt, xt, N, K, M);
             if (P->dbias) matmul_backward(ctx, nullptr, nullptr, P->dbias, gp, ld, x, P->w, N, K, M, 0);
         } else if (P->dw || P->dbias) {  // rowwise_with_gw_hp (or dbias alone): as in the bf16 path

@@ -22,6 +22,12 @@
 //   grad_weight   x^T cast once per group, g_p^T cast; dW_p += g^T . x in fp32 with beta = 1, as the
 //                 bf16 path accumulates; rowwise_with_gw_hp: the bf16 GEMM of ops/matmul.cuh instead.
 //   dbias         the bf16 path's deterministic fp32 kernel on the bf16 gradient.
+// Tensor scaling moves each tensor as few times as its scale allows (the bits are those of the casts
+// above: an amax is the same whoever computes it, and g / g^T of tensorwise are one cast in two layouts):
+//   - one amax of x and of each W_p in the forward; with g->saved the backward reuses them for x^T
+//     and W_p^T (torchao recomputes them from the saved bf16 tensors: the same values);
+//   - g_p and g_p^T (tensorwise: one dtype and scale) from one amax and one read of g_p's columns in
+//     the packed gradient (fp8_cast_tensor with its row stride): no copy to dense rows.
 // MX recipes take the same steps with MX casts (e8m0 per 32 along each GEMM's reduction dim: x, W along
 // K; g, W^T along M; g^T, x^T along N) and the MX GEMMs of ops/matmul_mx.cuh: native on sm_100+,
 // emulated (dequantize to bf16 + bf16 GEMM, no speed-up) below; lc->mx_native says which the scratch holds.
@@ -43,11 +49,18 @@ typedef struct {
 } LinearPart;
 
 #define LINEAR_MAX_PARTS 3
+#define LINEAR_SAVED_FLOATS (1 + LINEAR_MAX_PARTS)
 typedef struct {
     int K;       // in_features of every part
     int nparts;  // 1..LINEAR_MAX_PARTS
     int fused;   // parts contiguous in memory: the bf16 path may run them as one GEMM
     LinearPart part[LINEAR_MAX_PARTS];
+    // What a forward leaves for its backward (torchao's autograd context), or NULL: device floats
+    // [LINEAR_SAVED_FLOATS], the amax of x ([0]) and of each W_p ([1 + p]) when the recipe scales
+    // them per tensor in both the forward and the backward. The backward of a group with saved
+    // must see the same x and weights as the last forward with that saved (the model gives every
+    // layer's group its own; recomputed activations are bit-identical); NULL recomputes them.
+    float *saved;
 } LinearGroup;
 
 // Output row stride of the group (the sum of out_features) and part p's first column.

@@ -54,6 +54,11 @@ int linear_recipe_parse(const char *s, LinearRecipe *r, char *err, size_t n);
 // Whether a run of N tokens per micro-batch can use the recipe (always for bf16); why otherwise.
 int linear_tokens_ok(LinearRecipe r, long N, char *why, size_t n);
 
+// Whether operands a and b of the recipe get the same cast up to layout: both tensor-scaled with one
+// dtype and pow2 rule, so that one amax and one read of the stored tensor make both (tensorwise: g for
+// grad_input and g^T for grad_weight). 0 for bf16.
+int linear_same_cast(LinearRecipe r, Fp8Operand a, Fp8Operand b);
+
 // Whether one Linear (W [M, K]) runs the recipe's fp8 GEMMs. Its output are columns [col, col + M)
 // of rows of ldo elements (a group of Linears writes one packed output, see ops/linear.cuh); hp: the
 // model keeps it in bf16 whatever the recipe (lm_head). 0 with the reason in why (may be NULL).
@@ -62,15 +67,17 @@ int linear_part_fp8(LinearRecipe r, int K, int M, int col, int ldo, int hp, char
 // ---- cast scratch --------------------------------------------------------------------------------
 // One Linear runs at a time on the compute stream, so every fp8 Linear shares one scratch, sized for
 // the largest. Codes in bytes, scales in floats, gcopy in bf16 elements.
-#define LINEAR_AMAX_FLOATS 1025  // FP8_AMAX_PARTIALS + 1 (quant/fp8_cast.cuh; ops/linear.cu asserts it)
+#define LINEAR_AMAX_FLOATS 1026  // FP8_AMAX_WS_FLOATS (quant/fp8_cast.cuh; ops/linear.cu asserts it)
 typedef struct {
     size_t qx;     // x [N, K] (forward) or x^T [K, N] (grad_weight)
     size_t qw;     // W [M, K] (forward) or W^T [K, M] (grad_input)
     size_t qg;     // g [N, M] (grad_input) or g^T [M, N] (grad_weight)
-    size_t gcopy;  // a Linear's columns of a packed gradient made contiguous (the casts read dense rows)
+    size_t qgt;    // g^T [M, N] next to g in qg, when one pass casts both (linear_same_cast of G_GI, G_GW)
+    size_t gcopy;  // a Linear's columns of a packed gradient made contiguous (casts that read dense rows;
+                   // the one-pass g cast reads the packed rows itself)
     size_t sx, sw, sg;  // their scale_inv entries (fp8_scale_count)
     size_t svec;   // rowwise_with_gw_hp: W^T's tensor scale broadcast into K entries (OUTER_VEC_32F)
-    size_t amax;   // tensor scaling: fp8_amax_tensor's partials + the amax
+    size_t amax;   // tensor scaling: fp8_amax_tensor's workspace (partials, the amax, its ticket counter)
     // MX recipes (ops/matmul_mx.cuh): the emulated GEMM's dequantized P and Q (bf16 elements) and the
     // native GEMM's swizzled e8m0 scales of P and Q (bytes). Both are sized; linear_ctx_place carves only
     // the pair of the path in use (LinearCtx.mx_native). The naive e8m0 scales live in sx / sw / sg.
@@ -86,7 +93,7 @@ typedef struct {
     LinearRecipe recipe;
     int mx_native;  // MX GEMMs on cuBLASLt's VEC32_UE8M0 (sm_100+) rather than emulated (set before placing)
     LinearScratchSize cap;
-    uint8_t *qx, *qw, *qg;
+    uint8_t *qx, *qw, *qg, *qgt;
     void *gcopy;  // bf16
     float *sx, *sw, *sg, *svec, *amax;  // MX: the e8m0 bytes of x / W / g in sx / sw / sg
     void *mxp, *mxq;                    // bf16, emulated MX GEMM (NULL when mx_native)
@@ -94,7 +101,8 @@ typedef struct {
 } LinearCtx;
 
 // Bytes the scratch of lc->cap takes (each piece 256-byte aligned: cuBLASLt wants 16-byte aligned
-// codes and block scales); 0 when cap is all zero (the bf16 recipe carves nothing). With base != NULL
+// codes and block scales); 0 when cap is all zero (the bf16 recipe carves nothing). The scratch must
+// be zeroed once before use (the amax workspace's counter; 128x128 scale padding). With base != NULL
 // the pointers are set into [base, base + bytes). MX: the dequantization pair when !lc->mx_native,
 // the swizzled-scale pair when lc->mx_native.
 size_t linear_ctx_place(LinearCtx *lc, void *base);

@@ -1,12 +1,17 @@
 // fp8 / MX cast kernels (interface and layouts in fp8_cast.cuh). Every element goes through the
 // shared functions of fp8.h / mx.h (fp8_quantize, fp8_scale_from_amax, mx_scale_from_amax, ...),
-// so results equal the CPU reference bit for bit; the kernels only choose who loads what.
+// so results equal the CPU reference bit for bit; the kernels only choose who loads what. The one
+// exception is the element rounding itself (quant2 below): on sm_89+ the hardware converter
+// (cvt.rn.satfinite) gives fp8_quantize's bits for every non-NaN product (gpu_test_fp8 checks all
+// 2^32 fp32 inputs), and NaN products take fp8_quantize for our sign rule.
 //
 // Memory-bound: a bf16 -> fp8 cast must read 2 bytes and write 1 per element; tensor scaling reads
 // x once more in its amax pass (the scale must exist before the first code is written). The kernels
 // are shaped so that DRAM sees no more than that:
 //   - 16-byte loads of 8 bf16, coalesced along the rows of x (a warp load covers whole 32-byte
 //     sectors: 64 to 512 contiguous bytes); codes leave in 8- or 16-byte stores;
+//   - tensor scaling: one amax launch (partials + the last CTA's reduction), then one cast that may
+//     write both layouts of the operand (a gradient's g and g^T) from one read;
 //   - amax and cast fused wherever a scaling group fits one CTA (a row, 1x128, 128x128, the columns
 //     of a 512-row stripe): the values stay in registers between the reduction and the cast, so x
 //     is read once;
@@ -17,11 +22,13 @@
 //     of up to 8 CTAs through distributed shared memory (sm_90 thread block clusters): no
 //     workspace, no atomics, no second pass over x in DRAM;
 //   - 2 to 8 loads in flight per thread, so that a few warps per SM cover the DRAM latency.
-// Work per element: fp8_quantize is ~20 instructions (software RNE, the CPU reference's bits);
-// that is about as long as the element's memory time on H100/H200, so nothing else per element
-// (scales are computed once per group, the float64 division included).
+// Work per element: fp8_quantize is ~20 instructions (software RNE, the CPU reference's bits), about
+// as long as the element's memory time on H100/H200; the hardware converter (2 elements per
+// instruction, sm_89+) takes it down to ~3, so the casts are bound by memory. Scales are computed
+// once per group (the float64 division included).
 #include <algorithm>
 #include <cooperative_groups.h>
+#include <cuda_fp8.h>
 
 #include "../common/cuda_utils.cuh"
 #include "fp8_cast.cuh"
@@ -60,26 +67,52 @@ __device__ __forceinline__ float amax8(float m, const x128 &v) {
     return m;
 }
 
+// fp8_quantize(a, s) | fp8_quantize(b, s) << 8. On sm_89+ through the hardware converter: RNE with
+// subnormals, finite values past the fp8 maximum saturated to it (.satfinite), which is exactly
+// fp8_quantize's clamp + software rounding for every product that is not NaN (gpu_test_fp8 compares
+// the two on all 2^32 fp32 values); a NaN product takes fp8_quantize (our NaN sign rule).
+template <Fp8Dtype DT>
+__device__ __forceinline__ uint32_t quant2(float a, float b, float s) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    const float va = a * s, vb = b * s;
+    if (va != va || vb != vb) return fp8_quantize(a, s, DT) | (uint32_t)fp8_quantize(b, s, DT) << 8;
+    return __nv_cvt_float2_to_fp8x2(make_float2(va, vb), __NV_SATFINITE, DT == FP8_E4M3 ? __NV_E4M3 : __NV_E5M2);
+#else
+    return fp8_quantize(a, s, DT) | (uint32_t)fp8_quantize(b, s, DT) << 8;
+#endif
+}
+// Four codes at one scale, a in the low byte.
+template <Fp8Dtype DT>
+__device__ __forceinline__ uint32_t quant4(float a, float b, float c, float d, float s) {
+    return quant2<DT>(a, b, s) | quant2<DT>(c, d, s) << 16;
+}
 // 8 fp8 codes of 8 bf16 at one scale, packed for one 8-byte store.
 template <Fp8Dtype DT>
 __device__ __forceinline__ uint2 quant8(const x128 &v, float s) {
-    uint32_t w[2] = {0, 0};
-#pragma unroll
-    for (int j = 0; j < 8; j++) w[j / 4] |= (uint32_t)fp8_quantize(bf(v[j]), s, DT) << (8 * (j % 4));
-    return make_uint2(w[0], w[1]);
+    return make_uint2(quant4<DT>(bf(v[0]), bf(v[1]), bf(v[2]), bf(v[3]), s),
+                      quant4<DT>(bf(v[4]), bf(v[5]), bf(v[6]), bf(v[7]), s));
+}
+// The 4x4 byte transpose: byte j of out[i] = byte i of the j-th input.
+__device__ __forceinline__ void transpose4x4(uint32_t (&out)[4], uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+    const uint32_t ab0 = __byte_perm(a, b, 0x5140), ab1 = __byte_perm(a, b, 0x7362);  // a0 b0 a1 b1 | a2 b2 a3 b3
+    const uint32_t cd0 = __byte_perm(c, d, 0x5140), cd1 = __byte_perm(c, d, 0x7362);
+    out[0] = __byte_perm(ab0, cd0, 0x5410), out[1] = __byte_perm(ab0, cd0, 0x7632);
+    out[2] = __byte_perm(ab1, cd1, 0x5410), out[3] = __byte_perm(ab1, cd1, 0x7632);
 }
 
-// The 8 bf16 of row r, columns c .. c + 7 of x [rows, cols] (zeros past the edges). vl: 16-byte
-// loads allowed (x 16-byte aligned, cols % 8 == 0, c % 8 == 0); stream: read once (evict-first).
-__device__ __forceinline__ x128 load_row8(const bf16 *x, int rows, int cols, int r, int c, bool vl, bool stream) {
+// The 8 bf16 of row r, columns c .. c + 7 of x [rows, cols] with row stride ld (zeros past the
+// edges). vl: 16-byte loads allowed (x 16-byte aligned, cols and ld % 8 == 0, c % 8 == 0); stream:
+// read once (evict-first).
+__device__ __forceinline__ x128 load_row8(const bf16 *x, int rows, int cols, size_t ld, int r, int c, bool vl,
+                                          bool stream) {
     x128 v;
     if (r < rows && vl && c < cols) {
-        const bf16 *p = x + (size_t)r * cols + c;
+        const bf16 *p = x + (size_t)r * ld + c;
         return stream ? load128cs(p) : load128(p);
     }
 #pragma unroll
     for (int j = 0; j < 8; j++)
-        v[j] = (r < rows && c + j < cols) ? x[(size_t)r * cols + c + j] : __ushort_as_bfloat16((unsigned short)0);
+        v[j] = (r < rows && c + j < cols) ? x[(size_t)r * ld + c + j] : __ushort_as_bfloat16((unsigned short)0);
     return v;
 }
 // The first n (>= 1) of 8 codes to dst: one 8-byte store when allowed (vs: dst 8-byte aligned) and whole.
@@ -111,34 +144,52 @@ __device__ __forceinline__ void store16(uint8_t *dst, uint4 p, int n, bool vs) {
 __device__ __forceinline__ int swz(int orow, int word) { return word ^ (((orow >> 3) & 3) << 3); }
 
 // ---- tensor amax ---------------------------------------------------------------------------------
-// Grid-stride over 16-byte vectors, four loads in flight per thread; one partial per CTA.
-__global__ void __launch_bounds__(kThreads) fp8_amax_partial_kernel(float *partials, const bf16 *x, size_t n, int vec) {
+// Grid-stride over 16-byte vectors (vec: x 16-byte aligned, cols and ld multiples of 8), four loads in
+// flight per thread; one partial per CTA into ws, and the last CTA to take a ticket reduces them (the
+// threadFenceReduction pattern: each partial is fenced before its CTA's ticket). Vector i of a strided
+// x is row i / (cols / 8): 32-bit indices (the launcher checks the count). keep: plain loads, so that
+// the cast that follows finds a tensor that fits L2 still there; else evict-first.
+__device__ __forceinline__ const bf16 *amax_vec_at(const bf16 *x, unsigned i, unsigned cv, size_t ld, bool contig) {
+    if (contig) return x + 8 * (size_t)i;
+    const unsigned r = i / cv;
+    return x + (size_t)r * ld + 8 * (size_t)(i - r * cv);
+}
+__global__ void __launch_bounds__(kThreads)
+    fp8_amax_kernel(float *amax, float *ws, const bf16 *x, unsigned rows, unsigned cols, size_t ld, int vec, int keep) {
     __shared__ float red[32];
+    __shared__ bool last;
     float m = 0.0f;
-    const size_t tid = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
-    size_t done = 0;
+    const unsigned tid = blockIdx.x * kThreads + threadIdx.x, stride = gridDim.x * kThreads;
+    const bool contig = ld == cols;
     if (vec) {
-        const size_t nv = n / 8;
-        done = nv * 8;
-        size_t i = tid;
+        const unsigned cv = cols / 8, nv = rows * cv;
+        auto ld8 = [&](unsigned i) {
+            const bf16 *p = amax_vec_at(x, i, cv, ld, contig);
+            return keep ? load128(p) : load128cs(p);
+        };
+        unsigned i = tid;
         for (; i + 3 * stride < nv; i += 4 * stride) {
-            const x128 a = load128cs(x + 8 * i), b = load128cs(x + 8 * (i + stride));
-            const x128 c = load128cs(x + 8 * (i + 2 * stride)), d = load128cs(x + 8 * (i + 3 * stride));
+            const x128 a = ld8(i), b = ld8(i + stride), c = ld8(i + 2 * stride), d = ld8(i + 3 * stride);
             m = amax8(amax8(amax8(amax8(m, a), b), c), d);
         }
-        for (; i < nv; i += stride) m = amax8(m, load128cs(x + 8 * i));
+        for (; i < nv; i += stride) m = amax8(m, ld8(i));
+    } else {
+        const size_t n = (size_t)rows * cols;
+        for (size_t i = tid; i < n; i += stride) m = fp8_amax_step(m, bf(x[(i / cols) * ld + i % cols]));
     }
-    for (size_t i = done + tid; i < n; i += stride) m = fp8_amax_step(m, bf(x[i]));
     m = block_max(m, red);
-    if (threadIdx.x == 0) partials[blockIdx.x] = m;
-}
-
-__global__ void __launch_bounds__(kThreads) fp8_amax_final_kernel(float *amax, const float *partials, int np) {
-    __shared__ float red[32];
-    float m = 0.0f;
-    for (int i = threadIdx.x; i < np; i += kThreads) m = fmaxf(m, partials[i]);
-    m = block_max(m, red);
-    if (threadIdx.x == 0) *amax = m;
+    unsigned *ticket = reinterpret_cast<unsigned *>(ws + FP8_AMAX_PARTIALS + 1);
+    if (threadIdx.x == 0) {
+        ws[blockIdx.x] = m;
+        __threadfence();
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    float a = 0.0f;
+    for (unsigned i = threadIdx.x; i < gridDim.x; i += kThreads) a = fmaxf(a, __ldcg(ws + i));
+    a = block_max(a, red);
+    if (threadIdx.x == 0) *amax = a, *ticket = 0;
 }
 
 // ---- tensor scaling, direct layout ----------------------------------------------------------------
@@ -230,21 +281,25 @@ __global__ void __launch_bounds__(kThreads)
 //              tokens: 1024 rows, 64 KiB per CTA) is walked twice, the second time from L1 / L2
 //              (2 CTAs per SM x 64 KiB: the whole grid's shares in flight are ~17 MB, well inside
 //              L2), so DRAM still sees x once. Before sm_90 (no clusters) cs = 1.
+// x has row stride ld (a Linear's columns of a packed gradient). q (the transposed codes) may be NULL;
+// TM_TENSOR may also write the direct layout qd [rows, cols] from the same registers: the codes of the
+// 8 columns of one row a thread holds are its transposed words' bytes l, one 8-byte store per row
+// (vd: qd 8-byte aligned and cols % 8 == 0).
 enum { TM_TENSOR = 0, TM_AXIS = 1, TM_B1X128 = 2 };
 constexpr int kTW = 32, kSub = 512, kJ = kSub / 256;
 
-__device__ __forceinline__ void load_sub(x128 (&v)[kJ][4], const bf16 *x, int re, int cols, int rs, int rl, int c,
-                                         bool vl, bool stream) {
+__device__ __forceinline__ void load_sub(x128 (&v)[kJ][4], const bf16 *x, int re, int cols, size_t ld, int rs, int rl,
+                                         int c, bool vl, bool stream) {
 #pragma unroll
     for (int j = 0; j < kJ; j++)
 #pragma unroll
-        for (int l = 0; l < 4; l++) v[j][l] = load_row8(x, re, cols, rs + 256 * j + 4 * rl + l, c, vl, stream);
+        for (int l = 0; l < 4; l++) v[j][l] = load_row8(x, re, cols, ld, rs + 256 * j + 4 * rl + l, c, vl, stream);
 }
 
 template <int MODE, Fp8Dtype DT>
 __global__ void __launch_bounds__(kThreads, 2)
-    fp8_cast_t_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, const float *tensor_amax,
-                      int pow2, int rpc, int vl, int vs) {
+    fp8_cast_t_kernel(uint8_t *q, uint8_t *qd, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
+                      const float *tensor_amax, int pow2, int rpc, int vl, int vs, int vd) {
     __shared__ __align__(16) uint32_t tile[kTW][kSub / 4];
     __shared__ float red[kThreads / 32][kJ][kTW];  // per-warp maxima [warp][j][column]
     __shared__ float scl[2 * kJ][kTW];             // scales [128-row block][column] (B1X128), [0][column] (AXIS)
@@ -262,14 +317,14 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
         for (int e = 0; e < 8; e++) s8[e] = s;
         if (blockIdx.x == 0 && blockIdx.y == 0 && t == 0) scale_inv[0] = fp8_scale_inv(s);
-        if (nsub == 1) load_sub(v, x, rend, cols, rbeg, rl, c, vl, stream);
+        if (nsub == 1) load_sub(v, x, rend, cols, ld, rbeg, rl, c, vl, stream);
     } else if (MODE == TM_AXIS) {
         float cm[8];
 #pragma unroll
         for (int e = 0; e < 8; e++) cm[e] = 0.0f;
         for (int sub = 0; sub < nsub; sub++) {
             const int rs = rbeg + sub * kSub;
-            load_sub(v, x, min(rend, rs + kSub), cols, rs, rl, c, vl, stream);
+            load_sub(v, x, min(rend, rs + kSub), cols, ld, rs, rl, c, vl, stream);
 #pragma unroll
             for (int j = 0; j < kJ; j++)
 #pragma unroll
@@ -315,7 +370,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
         for (int e = 0; e < 8; e++) s8[e] = scl[0][8 * k + e];
     } else {  // TM_B1X128: e4m3, no pow2 (DeepSeek-V3 / torchao blockwise)
-        if (nsub == 1) load_sub(v, x, rend, cols, rbeg, rl, c, vl, stream);
+        if (nsub == 1) load_sub(v, x, rend, cols, ld, rbeg, rl, c, vl, stream);
 #pragma unroll
         for (int j = 0; j < kJ; j++) {
             float bm[8];
@@ -347,22 +402,31 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     for (int sub = 0; sub < nsub; sub++) {
         const int rs = rbeg + sub * kSub, re = min(rend, rs + kSub);
-        if (nsub > 1) load_sub(v, x, re, cols, rs, rl, c, vl, false);  // AXIS past 512 rows: read again
+        if (nsub > 1) load_sub(v, x, re, cols, ld, rs, rl, c, vl, false);  // AXIS past 512 rows: read again
 #pragma unroll
         for (int j = 0; j < kJ; j++) {
             if (MODE == TM_B1X128)
 #pragma unroll
                 for (int e = 0; e < 8; e++) s8[e] = scl[2 * j + w / 4][8 * k + e];
-            uint32_t wd[8];
+            uint32_t wd[8];  // column c + e, rows 4 rl .. 4 rl + 3 of the j-th 256
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-                wd[e] = 0;
+            for (int e = 0; e < 8; e++)
+                wd[e] = quant4<DT>(bf(v[j][0][e]), bf(v[j][1][e]), bf(v[j][2][e]), bf(v[j][3][e]), s8[e]);
+            if (MODE == TM_TENSOR && qd) {  // the direct layout: row 4 rl + l, columns c .. c + 7
+                uint32_t lo[4], hi[4];
+                transpose4x4(lo, wd[0], wd[1], wd[2], wd[3]);
+                transpose4x4(hi, wd[4], wd[5], wd[6], wd[7]);
 #pragma unroll
-                for (int l = 0; l < 4; l++) wd[e] |= (uint32_t)fp8_quantize(bf(v[j][l][e]), s8[e], DT) << (8 * l);
+                for (int l = 0; l < 4; l++) {
+                    const int r = rs + 256 * j + 4 * rl + l;
+                    if (r < re && c < cols) store8(qd + (size_t)r * cols + c, make_uint2(lo[l], hi[l]), cols - c, vd);
+                }
             }
+            if (q)
 #pragma unroll
-            for (int e = 0; e < 8; e++) tile[8 * k + e][swz(8 * k + e, 64 * j + rl)] = wd[e];
+                for (int e = 0; e < 8; e++) tile[8 * k + e][swz(8 * k + e, 64 * j + rl)] = wd[e];
         }
+        if (!q) continue;  // the same for the whole CTA
         __syncthreads();
 #pragma unroll
         for (int it = 0; it < kTW * (kSub / 16) / kThreads; it++) {
@@ -450,7 +514,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int h = 0; h < 2; h++)
 #pragma unroll
         for (int l = 0; l < 4; l++) {
-            v[h][l] = load_row8(x, rows, cols, r0 + 4 * rg + l + 64 * h, c, vl, true);
+            v[h][l] = load_row8(x, rows, cols, (size_t)cols, r0 + 4 * rg + l + 64 * h, c, vl, true);
             m = amax8(m, v[h][l]);
         }
     const float s = fp8_scale_from_amax(block_max(m, red), FP8_E4M3, 0);
@@ -468,11 +532,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int h = 0; h < 2; h++) {
         uint32_t wd[8];
 #pragma unroll
-        for (int e = 0; e < 8; e++) {
-            wd[e] = 0;
-#pragma unroll
-            for (int l = 0; l < 4; l++) wd[e] |= (uint32_t)fp8_quantize(bf(v[h][l][e]), s, FP8_E4M3) << (8 * l);
-        }
+        for (int e = 0; e < 8; e++)
+            wd[e] = quant4<FP8_E4M3>(bf(v[h][0][e]), bf(v[h][1][e]), bf(v[h][2][e]), bf(v[h][3][e]), s);
 #pragma unroll
         for (int e = 0; e < 8; e++) tile[8 * k + e][swz(8 * k + e, rg + 16 * h)] = wd[e];
     }
@@ -550,16 +611,38 @@ __global__ void __launch_bounds__(128)
     mx_store_block(dst, v, n, n == MX_BLOCK && ((uintptr_t)dst & 15) == 0, s, dt);
 }
 
+// ---- the element rounding against fp8_quantize, every fp32 value (fp8_quantize_check_all) ----------
+template <Fp8Dtype DT>
+__global__ void fp8_quantize_check_kernel(unsigned long long *bad, unsigned *first) {
+    unsigned long long nbad = 0;
+    unsigned f = 0xFFFFFFFFu;
+    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < ((uint64_t)1 << 32); i += stride) {
+        const float v = __uint_as_float((unsigned)i);
+        const uint32_t want = fp8_quantize(v, 1.0f, DT);
+        const uint32_t lo = quant2<DT>(v, 1.0f, 1.0f) & 0xFFu, hi = quant2<DT>(1.0f, v, 1.0f) >> 8;
+        if (lo != want || hi != want) nbad++, f = min(f, (unsigned)i);
+    }
+    if (nbad) atomicAdd(bad, nbad), atomicMin(first, f);
+}
+
 }  // namespace
 
 // ---- launchers ---------------------------------------------------------------------------------------
-void fp8_amax_tensor(float *amax, float *partials, const bf16 *x, size_t n, cudaStream_t stream) {
-    const int vec = is_aligned16(x);
+// Tensors up to this size are read by the amax pass with plain loads (kept in L2 for the cast that
+// reads them next; the H100/H200 L2 is 50 MB), larger ones evict-first.
+constexpr size_t kAmaxKeepBytes = (size_t)32 << 20;
+
+void fp8_amax_tensor(float *amax, float *ws, const bf16 *x, int rows, int cols, size_t ld, cudaStream_t stream) {
+    CHECK(rows >= 0 && cols >= 0 && ld >= (size_t)cols, "fp8_amax_tensor: bad shape %dx%d (row stride %zu)", rows, cols,
+          ld);
+    const size_t n = (size_t)rows * cols;
+    CHECK(n / 8 < ((size_t)1 << 31), "fp8_amax_tensor: %zu elements exceed the kernel's 32-bit vector indices", n);
+    const int vec = is_aligned16(x) && cols % 8 == 0 && ld % 8 == 0;
     const size_t want = (n + kThreads * 32 - 1) / (kThreads * 32);  // 4 vectors per thread at least
     const int np = (int)(want < 1 ? 1 : want > FP8_AMAX_PARTIALS ? FP8_AMAX_PARTIALS : want);
-    fp8_amax_partial_kernel<<<np, kThreads, 0, stream>>>(partials, x, n, vec);
-    CUDA_CHECK_LAST();
-    fp8_amax_final_kernel<<<1, kThreads, 0, stream>>>(amax, partials, np);
+    fp8_amax_kernel<<<np, kThreads, 0, stream>>>(amax, ws, x, (unsigned)rows, (unsigned)cols, ld, vec,
+                                                 n * sizeof(bf16) <= kAmaxKeepBytes);
     CUDA_CHECK_LAST();
 }
 
@@ -579,10 +662,12 @@ static bool clusters_ok(void) {
     return ok != 0;
 }
 
+// q: the transposed codes (NULL: none); qd: the direct ones too (TM_TENSOR only; NULL: none).
 template <int MODE, Fp8Dtype DT>
-static void launch_transposed(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols,
-                             const float *tensor_amax, int pow2, cudaStream_t stream) {
-    const int vl = is_aligned16(x) && cols % 8 == 0, vs = is_aligned16(q) && rows % 16 == 0;
+static void launch_transposed(uint8_t *q, uint8_t *qd, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
+                              const float *tensor_amax, int pow2, cudaStream_t stream) {
+    const int vl = is_aligned16(x) && cols % 8 == 0 && ld % 8 == 0, vs = is_aligned16(q) && rows % 16 == 0;
+    const int vd = ((uintptr_t)qd & 7) == 0 && cols % 8 == 0;
     dim3 grid(ceil_div(cols, kTW), ceil_div(rows, kSub));
     int rpc = kSub, cs = 1;
     if (MODE == TM_AXIS) {
@@ -599,11 +684,11 @@ static void launch_transposed(uint8_t *q, float *scale_inv, const bf16 *x, int r
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = grid, cfg.blockDim = dim3(kThreads), cfg.dynamicSmemBytes = 0, cfg.stream = stream;
         cfg.attrs = attr, cfg.numAttrs = 1;
-        CUDA_CHECK(cudaLaunchKernelEx(&cfg, fp8_cast_t_kernel<MODE, DT>, q, scale_inv, x, rows, cols, tensor_amax, pow2,
-                                      rpc, vl, vs));
+        CUDA_CHECK(cudaLaunchKernelEx(&cfg, fp8_cast_t_kernel<MODE, DT>, q, qd, scale_inv, x, rows, cols, ld,
+                                      tensor_amax, pow2, rpc, vl, vs, vd));
     } else {
         fp8_cast_t_kernel<MODE, DT>
-            <<<grid, kThreads, 0, stream>>>(q, scale_inv, x, rows, cols, tensor_amax, pow2, rpc, vl, vs);
+            <<<grid, kThreads, 0, stream>>>(q, qd, scale_inv, x, rows, cols, ld, tensor_amax, pow2, rpc, vl, vs, vd);
     }
     CUDA_CHECK_LAST();
 }
@@ -634,15 +719,47 @@ void fp8_cast(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, c
     // dt as a template argument, so that each kernel's inner loop has one conversion
     const bool e4 = dt == FP8_E4M3;
     if (transposed && tensor_amax) {
-        if (e4) launch_transposed<TM_TENSOR, FP8_E4M3>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
-        else launch_transposed<TM_TENSOR, FP8_E5M2>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
+        fp8_cast_tensor(NULL, q, scale_inv, x, rows, cols, (size_t)cols, tensor_amax, dt, pow2, stream);
     } else if (transposed) {
-        if (e4) launch_transposed<TM_AXIS, FP8_E4M3>(q, scale_inv, x, rows, cols, NULL, pow2, stream);
-        else launch_transposed<TM_AXIS, FP8_E5M2>(q, scale_inv, x, rows, cols, NULL, pow2, stream);
+        if (e4) launch_transposed<TM_AXIS, FP8_E4M3>(q, NULL, scale_inv, x, rows, cols, cols, NULL, pow2, stream);
+        else launch_transposed<TM_AXIS, FP8_E5M2>(q, NULL, scale_inv, x, rows, cols, cols, NULL, pow2, stream);
     } else {
         if (e4) launch_direct<FP8_E4M3>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
         else launch_direct<FP8_E5M2>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
     }
+}
+
+void fp8_cast_tensor(uint8_t *q, uint8_t *qt, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
+                     const float *tensor_amax, Fp8Dtype dt, int pow2, cudaStream_t stream) {
+    CHECK(rows >= 0 && cols >= 0 && ld >= (size_t)cols && tensor_amax, "fp8_cast_tensor: bad shape %dx%d (row stride "
+          "%zu) or no amax", rows, cols, ld);
+    if (rows == 0 || cols == 0 || (!q && !qt)) return;
+    const bool e4 = dt == FP8_E4M3;
+    if (!qt && ld == (size_t)cols) {  // direct from a dense x: the flat kernel
+        if (e4) launch_direct<FP8_E4M3>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
+        else launch_direct<FP8_E5M2>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
+    } else {
+        if (e4) launch_transposed<TM_TENSOR, FP8_E4M3>(qt, q, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
+        else launch_transposed<TM_TENSOR, FP8_E5M2>(qt, q, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
+    }
+}
+
+unsigned long long fp8_quantize_check_all(Fp8Dtype dt, uint32_t *first, cudaStream_t stream) {
+    unsigned long long *d_bad = NULL, bad = 0;
+    unsigned *d_first = NULL, f = 0;
+    CUDA_CHECK(cudaMalloc(&d_bad, sizeof *d_bad));
+    CUDA_CHECK(cudaMalloc(&d_first, sizeof *d_first));
+    CUDA_CHECK(cudaMemsetAsync(d_bad, 0, sizeof *d_bad, stream));
+    CUDA_CHECK(cudaMemsetAsync(d_first, 0xFF, sizeof *d_first, stream));
+    if (dt == FP8_E4M3) fp8_quantize_check_kernel<FP8_E4M3><<<4096, kThreads, 0, stream>>>(d_bad, d_first);
+    else fp8_quantize_check_kernel<FP8_E5M2><<<4096, kThreads, 0, stream>>>(d_bad, d_first);
+    CUDA_CHECK_LAST();
+    CUDA_CHECK(cudaMemcpyAsync(&bad, d_bad, sizeof bad, cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaMemcpyAsync(&f, d_first, sizeof f, cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    cudaFree(d_bad), cudaFree(d_first);
+    if (first) *first = bad ? f : 0;
+    return bad;
 }
 
 void fp8_cast_block1x128(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, int transposed,
@@ -650,7 +767,7 @@ void fp8_cast_block1x128(uint8_t *q, float *scale_inv, const bf16 *x, int rows, 
     CHECK(rows >= 0 && cols >= 0, "fp8_cast_block1x128: bad shape %dx%d", rows, cols);
     if (rows == 0 || cols == 0) return;
     if (transposed) {
-        launch_transposed<TM_B1X128, FP8_E4M3>(q, scale_inv, x, rows, cols, NULL, 0, stream);
+        launch_transposed<TM_B1X128, FP8_E4M3>(q, NULL, scale_inv, x, rows, cols, cols, NULL, 0, stream);
         return;
     }
     if (cols % FP8_BLOCK == 0 && is_aligned16(x) && ((uintptr_t)q & 7) == 0) {
@@ -708,7 +825,7 @@ void fp8_cast_operand(uint8_t *q, float *scale_inv, uint8_t *e8m0, const bf16 *x
     switch (spec.scaling) {
         case FP8_SCALE_TENSOR:
             CHECK(amax_ws != NULL, "fp8_cast_operand: tensor scaling needs amax_ws");
-            fp8_amax_tensor(amax_ws + FP8_AMAX_PARTIALS, amax_ws, x, (size_t)rows * cols, stream);
+            fp8_amax_tensor(amax_ws + FP8_AMAX_PARTIALS, amax_ws, x, rows, cols, (size_t)cols, stream);
             fp8_cast(q, scale_inv, x, rows, cols, amax_ws + FP8_AMAX_PARTIALS, spec.dtype, spec.pow2, spec.transposed,
                      stream);
             break;

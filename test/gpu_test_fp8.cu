@@ -80,11 +80,12 @@ static void test_shape(int rows, int cols, int specials, int offset) {
     uint8_t *dq = dalloc<uint8_t>(n + 16) + offset, *q = (uint8_t *)ao_malloc(n + 1), *rq = (uint8_t *)ao_malloc(n + 1);
     const size_t ns = n / 2 + rows + cols + 1024;  // bounds every scale count; holds the bf16 dequantization
     float *ds = dalloc<float>(ns), *s = (float *)ao_malloc(ns * 4), *rs = (float *)ao_malloc(ns * 4);
-    float *ws = dalloc<float>(FP8_AMAX_PARTIALS + 1);
+    float *ws = dalloc<float>(FP8_AMAX_WS_FLOATS);
+    CUDA_CHECK(cudaMemsetAsync(ws, 0, FP8_AMAX_WS_FLOATS * sizeof(float), g_s));  // the ticket counter
     uint8_t *de = dalloc<uint8_t>(ns), *e = (uint8_t *)ao_malloc(ns), *re = (uint8_t *)ao_malloc(ns);
 
     // Tensor amax.
-    fp8_amax_tensor(ws + FP8_AMAX_PARTIALS, ws, dx, n, g_s);
+    fp8_amax_tensor(ws + FP8_AMAX_PARTIALS, ws, dx, rows, cols, (size_t)cols, g_s);
     float amax, ramax = fp8_amax_cpu(x, n);
     d2h(&amax, ws + FP8_AMAX_PARTIALS, 4);
     snprintf(w, sizeof w, "amax %dx%d specials=%d offset=%d", rows, cols, specials, offset);
@@ -169,6 +170,61 @@ static void test_shape(int rows, int cols, int specials, int offset) {
     cudaFree(dbase), cudaFree(dq - offset), cudaFree(ds), cudaFree(ws), cudaFree(de);
 }
 
+// fp8_amax_tensor and fp8_cast_tensor on columns [c0, c0 + cols) of rows of ld elements (a Linear's part
+// of a packed gradient), both layouts from one call or either alone, against the CPU casts of those
+// columns made dense: codes and scale bit for bit.
+static void test_strided(int rows, int cols, int ld, int c0, int specials) {
+    char w[200];
+    const size_t n = (size_t)rows * cols;
+    float *full = make_input(rows, ld, specials), *x = (float *)ao_malloc((n + 1) * sizeof(float));
+    for (int r = 0; r < rows; r++) memcpy(x + (size_t)r * cols, full + (size_t)r * ld + c0, cols * sizeof(float));
+    bf16 *dfull = to_device(full, (size_t)rows * ld, 0), *dx = dfull + c0;
+    uint8_t *dq = dalloc<uint8_t>(n), *dqt = dalloc<uint8_t>(n), *q = (uint8_t *)ao_malloc(n + 1);
+    uint8_t *rq = (uint8_t *)ao_malloc(n + 1), *rqt = (uint8_t *)ao_malloc(n + 1);
+    float *ws = dalloc<float>(FP8_AMAX_WS_FLOATS), *ds = dalloc<float>(1), *am = dalloc<float>(1);
+    CUDA_CHECK(cudaMemsetAsync(ws, 0, FP8_AMAX_WS_FLOATS * sizeof(float), g_s));
+    fp8_amax_tensor(am, ws, dx, rows, cols, (size_t)ld, g_s);
+    float amax, ramax = fp8_amax_cpu(x, n);
+    d2h(&amax, am, 4);
+    snprintf(w, sizeof w, "strided amax %dx%d of rows of %d from column %d sp=%d", rows, cols, ld, c0, specials);
+    check_same(w, &amax, &ramax, 1, 4);
+    for (int dt = 0; dt < 2; dt++)
+        for (int pow2 = 0; pow2 < 2; pow2++) {
+            float rs, rst, s;
+            fp8_cast_cpu(rq, &rs, x, rows, cols, (Fp8Dtype)dt, 0, pow2, 0);
+            fp8_cast_cpu(rqt, &rst, x, rows, cols, (Fp8Dtype)dt, 0, pow2, 1);
+            rs = fp8_scale_inv(rs);
+            for (int mode = 1; mode < 4; mode++) {  // 1 direct, 2 transposed, 3 both
+                CUDA_CHECK(cudaMemsetAsync(dq, 0xAB, n, g_s));
+                CUDA_CHECK(cudaMemsetAsync(dqt, 0xAB, n, g_s));
+                fp8_cast_tensor(mode & 1 ? dq : NULL, mode & 2 ? dqt : NULL, ds, dx, rows, cols, (size_t)ld, am,
+                                (Fp8Dtype)dt, pow2, g_s);
+                snprintf(w, sizeof w, "fp8_cast_tensor %s pow2=%d %s %dx%d ld=%d c0=%d sp=%d", dt ? "e5m2" : "e4m3", pow2,
+                         mode == 1 ? "direct" : mode == 2 ? "transposed" : "both", rows, cols, ld, c0, specials);
+                d2h(&s, ds, 4);
+                check_same(w, &s, &rs, 1, 4);
+                if (mode & 1) d2h(q, dq, n), check_same(w, q, rq, n, 1);
+                if (mode & 2) d2h(q, dqt, n), check_same(w, q, rqt, n, 1);
+            }
+        }
+    printf("  strided tensor casts %5d x %-5d of rows of %-5d from column %-4d specials=%d checked\n", rows, cols, ld,
+           c0, specials);
+    free(full), free(x), free(q), free(rq), free(rqt);
+    cudaFree(dfull), cudaFree(dq), cudaFree(dqt), cudaFree(ws), cudaFree(ds), cudaFree(am);
+}
+
+// The hardware rounding of the cast kernels against fp8_quantize, every fp32 value, both dtypes.
+static void test_rounding_all(void) {
+    for (int dt = 0; dt < 2; dt++) {
+        uint32_t first = 0;
+        const unsigned long long bad = fp8_quantize_check_all((Fp8Dtype)dt, &first, g_s);
+        TEST_CHECK(bad == 0, "cast rounding %s: %llu of 2^32 fp32 values round differently from fp8_quantize (first "
+                   "0x%08x = %g)", dt ? "e5m2" : "e4m3", bad, first, (double)ao_u2f(first));
+        printf("  cast rounding %s: all 2^32 fp32 values as fp8_quantize: %s\n", dt ? "e5m2" : "e4m3",
+               bad ? "NO" : "yes");
+    }
+}
+
 // Every (code, exponent) pair dequantized to bf16, both dtypes; the scale swizzle at odd shapes.
 static void test_mx_tables(void) {
     // Each row holds the codes 0..255; block b of row r has exponent (r + 37 b) % 256, so over the 512
@@ -226,7 +282,8 @@ static void test_recipes(int N, int K, int M) {
     const size_t ns = cap / 16 + 4096;  // bounds every scale count
     uint8_t *de = dalloc<uint8_t>(ns), *e = (uint8_t *)ao_malloc(ns), *re = (uint8_t *)ao_malloc(ns);
     float *ds = dalloc<float>(ns), *s = (float *)ao_malloc(ns * 4), *rs = (float *)ao_malloc(ns * 4);
-    float *ws = dalloc<float>(FP8_AMAX_PARTIALS + 1);
+    float *ws = dalloc<float>(FP8_AMAX_WS_FLOATS);
+    CUDA_CHECK(cudaMemsetAsync(ws, 0, FP8_AMAX_WS_FLOATS * sizeof(float), g_s));
     for (int r = 0; r < FP8_NRECIPES; r++)
         for (int op = 0; op < FP8_NOPERANDS; op++) {
             Fp8CastSpec sp = fp8_recipe_cast((Fp8Recipe)r, (Fp8Operand)op);
@@ -288,6 +345,9 @@ int main(void) {
     test_shape(37, 200, 1, 0), test_shape(256, 384, 1, 0);  // NaN / inf
     test_shape(64, 256, 0, 1), test_shape(129, 257, 1, 3);  // misaligned: the scalar paths
     test_recipes(37, 200, 72), test_recipes(256, 512, 384);
+    test_rounding_all();
+    test_strided(37, 200, 200, 0, 0), test_strided(64, 256, 768, 256, 0), test_strided(129, 96, 300, 8, 1);
+    test_strided(1000, 512, 3072, 2560, 0), test_strided(2048, 1024, 2048, 1024, 1), test_strided(5, 24, 60, 36, 0);
     test_mx_tables();
     gpu_ctx_free(&g_ctx);
     return test_summary();

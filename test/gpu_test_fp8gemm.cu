@@ -505,7 +505,8 @@ static void test_end_to_end(Fp8Recipe r, int N, int K, int M) {
     const char *rn = fp8_recipe_name(r);
     float *hx = rand_matrix(N, K, 2.0f), *hw = rand_matrix(M, K, 0.05f), *hg = rand_matrix(N, M, 1e-3f);
     bf16 *x = upload_bf16(hx, (size_t)N * K), *w = upload_bf16(hw, (size_t)M * K), *g = upload_bf16(hg, (size_t)N * M);
-    float *amax_ws = dalloc<float>(FP8_AMAX_PARTIALS + 1);
+    float *amax_ws = dalloc<float>(FP8_AMAX_WS_FLOATS);
+    CUDA_CHECK(cudaMemsetAsync(amax_ws, 0, FP8_AMAX_WS_FLOATS * sizeof(float), g_s));  // the ticket counter
     bf16 *y_ref = dalloc<bf16>((size_t)N * M), *dx_ref = dalloc<bf16>((size_t)N * K);
     float *dw_ref = dalloc<float>((size_t)M * K);
     bf16 *y = dalloc<bf16>((size_t)N * M), *dx = dalloc<bf16>((size_t)N * K);
@@ -578,9 +579,10 @@ static void test_casts_tall(int rows, int cols) {
     uint8_t *dq = dalloc<uint8_t>(n), *q = (uint8_t *)ao_malloc(n), *rq = (uint8_t *)ao_malloc(n);
     const size_t ns = n / 128 + (size_t)rows + cols + 1024;  // bounds every scale count
     float *ds = dalloc<float>(ns), *sc = (float *)ao_malloc(ns * 4), *rs = (float *)ao_malloc(ns * 4);
-    float *ws = dalloc<float>(FP8_AMAX_PARTIALS + 1);
+    float *ws = dalloc<float>(FP8_AMAX_WS_FLOATS);
+    CUDA_CHECK(cudaMemsetAsync(ws, 0, FP8_AMAX_WS_FLOATS * sizeof(float), g_s));  // the ticket counter
     char w[160];
-    fp8_amax_tensor(ws + FP8_AMAX_PARTIALS, ws, dx, n, g_s);
+    fp8_amax_tensor(ws + FP8_AMAX_PARTIALS, ws, dx, rows, cols, (size_t)cols, g_s);
     float amax, ramax = fp8_amax_cpu(hx, n);
     d2h(&amax, ws + FP8_AMAX_PARTIALS, 4);
     snprintf(w, sizeof w, "cast amax %dx%d", rows, cols);

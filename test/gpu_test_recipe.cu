@@ -493,6 +493,49 @@ static void test_group(LinearRecipe r, const GroupCase &gc) {
     void *mem = make_ctx(&lc, r, &G, N);
     check_forward(&lc, x, &G, N, gc.name, nullptr);
     check_backward(&lc, x, &G, N, gc.name);
+    if (r != LINEAR_BF16) {
+        // With a saved context (as the model runs it: the backward reuses the forward's amax of x and
+        // W): the reference again, and the same bits as without it.
+        char name[160];
+        snprintf(name, sizeof name, "%s, saved amax", gc.name);
+        G.saved = dalloc<float>(LINEAR_SAVED_FLOATS);
+        check_forward(&lc, x, &G, N, name, nullptr);
+        check_backward(&lc, x, &G, N, name);
+        float *hg = rand_matrix(N, ld, 2e-3f);
+        bf16 *g = dalloc<bf16>((size_t)N * ld), *y[2], *dx[2];
+        float *dwv[2], *dbv[2];
+        ul_bf16(g, hg, (size_t)N * ld);
+        for (int v = 0; v < 2; v++) {
+            y[v] = dalloc<bf16>((size_t)N * ld), dx[v] = dalloc<bf16>((size_t)N * K);
+            dwv[v] = dalloc<float>((size_t)ld * K), dbv[v] = dalloc<float>((size_t)ld);
+            CUDA_CHECK(cudaMemsetAsync(dwv[v], 0, (size_t)ld * K * sizeof(float), g_s));
+            CUDA_CHECK(cudaMemsetAsync(dbv[v], 0, (size_t)ld * sizeof(float), g_s));
+            LinearGroup Gv = G;
+            if (!v) Gv.saved = nullptr;
+            for (int p = 0, col = 0; p < gc.nparts; col += gc.M[p], p++)
+                Gv.part[p].dw = dwv[v] + (size_t)col * K, Gv.part[p].dbias = gc.bias ? dbv[v] + col : nullptr;
+            linear_forward(&lc, &g_ctx, y[v], x, &Gv, N);
+            linear_backward(&lc, &g_ctx, dx[v], g, x, &Gv, N);
+        }
+        CUDA_CHECK(cudaStreamSynchronize(g_s));
+        float *a[2], *b[2], *c[2], *e[2];
+        for (int v = 0; v < 2; v++)
+            a[v] = dl_bf16(y[v], (size_t)N * ld), b[v] = dl_bf16(dx[v], (size_t)N * K),
+            c[v] = dl_f32(dwv[v], (size_t)ld * K), e[v] = dl_f32(dbv[v], (size_t)ld);
+        const int same = !memcmp(a[0], a[1], (size_t)N * ld * 4) && !memcmp(b[0], b[1], (size_t)N * K * 4) &&
+                         !memcmp(c[0], c[1], (size_t)ld * K * 4) && !memcmp(e[0], e[1], (size_t)ld * 4);
+        TEST_CHECK(same, "%s [%s]: the saved context changes the bits (y %d dx %d dW %d db %d)", gc.name,
+                   linear_recipe_name(r), !memcmp(a[0], a[1], (size_t)N * ld * 4),
+                   !memcmp(b[0], b[1], (size_t)N * K * 4), !memcmp(c[0], c[1], (size_t)ld * K * 4),
+                   !memcmp(e[0], e[1], (size_t)ld * 4));
+        printf("  %-100s %s\n", name, same ? "the same bits as without it" : "DIFFERS");
+        for (int v = 0; v < 2; v++) {
+            free(a[v]), free(b[v]), free(c[v]), free(e[v]);
+            cudaFree(y[v]), cudaFree(dx[v]), cudaFree(dwv[v]), cudaFree(dbv[v]);
+        }
+        free(hg), cudaFree(g), cudaFree(G.saved);
+        G.saved = nullptr;
+    }
 
     if (r == LINEAR_BF16) {  // the trainer's calls before the dispatch, bit for bit
         h2d(dw, hdw, (size_t)ld * K * sizeof(float)), h2d(db, hdb, (size_t)ld * sizeof(float));

@@ -147,6 +147,21 @@ static void test_scratch(void) {
     linear_scratch_add(&s, LINEAR_FP8_TENSORWISE, 32, 48, 48, 0);
     TEST_CHECK(s.sx == 1 && s.sw == 1 && s.sg == 1 && s.gcopy == 0 && s.amax == LINEAR_AMAX_FLOATS,
                "tensorwise: sx %zu sw %zu sg %zu gcopy %zu amax %zu", s.sx, s.sw, s.sg, s.gcopy, s.amax);
+    // tensorwise casts g and g^T (one dtype, one scale) in one pass over the packed gradient's
+    // columns: a g^T piece, never a dense copy of the columns
+    TEST_CHECK(s.qg == 32 * 48 && s.qgt == 32 * 48, "tensorwise g / g^T codes: qg %zu qgt %zu", s.qg, s.qgt);
+    linear_scratch_add(&s, LINEAR_FP8_TENSORWISE, 64, 48, 96, 1);
+    TEST_CHECK(s.gcopy == 0 && s.qgt == 64 * 96, "tensorwise in a packed group: gcopy %zu qgt %zu", s.gcopy, s.qgt);
+    for (int r = 0; r < LINEAR_NRECIPES; r++) {
+        const int want = r == LINEAR_FP8_TENSORWISE;  // e5m2 g and g^T, tensor scales, no pow2
+        TEST_CHECK(linear_same_cast((LinearRecipe)r, FP8_G_GI, FP8_G_GW) == want, "linear_same_cast(%s, g_gi, g_gw)",
+                   linear_recipe_name((LinearRecipe)r));
+    }
+    TEST_CHECK(linear_same_cast(LINEAR_FP8_TENSORWISE, FP8_X_FWD, FP8_X_GW) &&
+                   linear_same_cast(LINEAR_FP8_TENSORWISE, FP8_W_FWD, FP8_W_GI) &&
+                   !linear_same_cast(LINEAR_FP8_TENSORWISE, FP8_X_FWD, FP8_G_GI) &&
+                   !linear_same_cast(LINEAR_FP8_ROWWISE_GW_HP, FP8_W_FWD, FP8_W_GI),
+               "linear_same_cast: x / W casts of tensorwise are one, e4m3 x vs e5m2 g are not, rowwise-gw-hp's W is not");
     memset(&s, 0, sizeof s);
     linear_scratch_add(&s, LINEAR_FP8_ROWWISE_GW_HP, 32, 48, 64, 0);
     // fwd axis (x N, W M); grad_input g axis (N) x W^T tensor (1, broadcast into K); no grad_weight casts
@@ -181,10 +196,11 @@ static void test_scratch(void) {
     LinearCtx lc;
     memset(&lc, 0, sizeof lc);
     TEST_CHECK(linear_ctx_place(&lc, NULL) == 0, "an empty scratch takes bytes (the bf16 layout must not change)");
-    // rowwise-gw-hp (every fp8 piece), then mxfp8 carved for the emulated and for the native MX GEMM.
-    for (int v = 0; v < 3; v++) {
+    // rowwise-gw-hp (every fp8 piece), then mxfp8 carved for the emulated and for the native MX GEMM,
+    // then tensorwise (g^T next to g, no gradient copy).
+    for (int v = 0; v < 4; v++) {
         memset(&lc, 0, sizeof lc);
-        lc.recipe = v == 0 ? LINEAR_FP8_ROWWISE_GW_HP : LINEAR_MXFP8;
+        lc.recipe = v == 0 ? LINEAR_FP8_ROWWISE_GW_HP : v == 3 ? LINEAR_FP8_TENSORWISE : LINEAR_MXFP8;
         lc.mx_native = v == 2;
         linear_scratch_add(&lc.cap, lc.recipe, v ? 64 : 40, v ? 96 : 48, v ? 160 : 64, 1);
         size_t bytes = linear_ctx_place(&lc, NULL);
@@ -192,9 +208,10 @@ static void test_scratch(void) {
         TEST_CHECK(linear_ctx_place(&lc, base) == bytes, "placing changes the size");
         struct { const void *p; size_t n; const char *name; int want; } pc[] = {
             {lc.qx, lc.cap.qx, "qx", 1}, {lc.qw, lc.cap.qw, "qw", 1}, {lc.qg, lc.cap.qg, "qg", 1},
-            {lc.gcopy, lc.cap.gcopy * 2, "gcopy", 1}, {lc.sx, lc.cap.sx * 4, "sx", 1}, {lc.sw, lc.cap.sw * 4, "sw", 1},
+            {lc.qgt, lc.cap.qgt, "qgt", v == 3},
+            {lc.gcopy, lc.cap.gcopy * 2, "gcopy", v != 3}, {lc.sx, lc.cap.sx * 4, "sx", 1}, {lc.sw, lc.cap.sw * 4, "sw", 1},
             {lc.sg, lc.cap.sg * 4, "sg", 1}, {lc.svec, lc.cap.svec * 4, "svec", v == 0},
-            {lc.amax, lc.cap.amax * 4, "amax", v == 0}, {lc.mxp, lc.cap.mxp * 2, "mxp", v == 1},
+            {lc.amax, lc.cap.amax * 4, "amax", v == 0 || v == 3}, {lc.mxp, lc.cap.mxp * 2, "mxp", v == 1},
             {lc.mxq, lc.cap.mxq * 2, "mxq", v == 1}, {lc.mxsp, lc.cap.mxsp, "mxsp", v == 2},
             {lc.mxsq, lc.cap.mxsq, "mxsq", v == 2}};
         const int np = (int)(sizeof pc / sizeof pc[0]);
@@ -212,7 +229,7 @@ static void test_scratch(void) {
             }
         }
         printf("  %s%s scratch: %zu bytes\n", linear_recipe_name(lc.recipe),
-               v == 0 ? "" : v == 1 ? " (emulated MX GEMM)" : " (native MX GEMM)", bytes);
+               v == 1 ? " (emulated MX GEMM)" : v == 2 ? " (native MX GEMM)" : "", bytes);
         free(base);
     }
 }

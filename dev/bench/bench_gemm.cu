@@ -143,7 +143,8 @@ int main(int argc, char **argv) {
         CUDA_CHECK(cudaMalloc(&dw, (size_t)M * K * sizeof(float)));
         CUDA_CHECK(cudaMemsetAsync(dw, 0, (size_t)M * K * sizeof(float), s));
         float *amax_ws;
-        CUDA_CHECK(cudaMalloc(&amax_ws, (FP8_AMAX_PARTIALS + 1) * sizeof(float)));
+        CUDA_CHECK(cudaMalloc(&amax_ws, FP8_AMAX_WS_FLOATS * sizeof(float)));
+        CUDA_CHECK(cudaMemsetAsync(amax_ws, 0, FP8_AMAX_WS_FLOATS * sizeof(float), s));  // the ticket counter
 
         // bf16 baselines.
         double t16[3];
