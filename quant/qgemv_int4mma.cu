@@ -162,9 +162,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// Programmatic dependent launch (sm_90): no-ops when the launch did not ask for it.
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-__device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 
 // Ring units (16 bytes per lane each) of one stage: 0, 1 codes of tile 0 / 1; 2 .. 1 + gpc the
 // (scale, zero) pairs of the groups ending in the chunk; 2 + gpc the groups' x sums (gpc x NT
@@ -225,6 +222,8 @@ __global__ __launch_bounds__(QV2_WARPS * 32, 2) void qgemv_int4_mma2_kernel(QWei
             acc[r][0][n] = acc[r][1][n] = 0.0f;
             c[r][n][0] = c[r][n][1] = c[r][n][2] = c[r][n][3] = 0.0f;
         }
+    // The next kernel may launch (it waits for this grid's completion before it reads anything).
+    pdl_launch_dependents();
     // Prologue: the weights of the first S - 1 chunks before the wait for the prep kernel.
     if (active)
         for (int i = 0; i < S - 1; i++) {
@@ -334,20 +333,27 @@ __global__ __launch_bounds__(QV2_WARPS * 32, 2) void qgemv_int4_mma2_kernel(QWei
 // fragment of k-tile 4 chunk + j, column tile n (columns 8n + 2 token' + lo: token 4n + token',
 // hi or lo part); and the group sums [group][t][n] (token t + 4n) in the CPU's order (a plain
 // left-to-right fp32 sum per group, as quant/qkernels.c prep_acts). Tokens >= M are zeros.
-template <int NT>
-__global__ void int4_mma2_prep_kernel(uint2 *xb, float *xsum, const float *x, int M, int K, int G) {
+// x is the source's rows (KIND: qact_src.cuh; an RMSNorm source: every block recomputes the
+// tokens' 1 / rms, 16 KB of L2 reads per token at K = 4096, instead of a kernel of its own).
+template <int NT, int KIND>
+__global__ void int4_mma2_prep_kernel(uint2 *xb, float *xsum, QActSrc src, int M, int K, int G) {
+    __shared__ double sh[32];
+    __shared__ float rinv[4 * NT];
     pdl_launch_dependents();  // the GEMV may start its weight prefetch; it waits for this grid's writes
+    pdl_wait();               // launched as a dependent of the previous kernel (QActScratch.pdl)
+    if (KIND == QSRC_RMSNORM) qsrc_rms_inv(rinv, src, M, K, sh);
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < K / 16 * 32 * NT) {
         const int n = i % NT, j = (i / NT) & 3, lane = (i / (4 * NT)) & 31, ch = i / (128 * NT);
         const int col = lane >> 2, t = lane & 3, m = 4 * n + (col >> 1), lo = col & 1;
         uint32_t r[2] = {0, 0};
         if (m < M) {
-            const float *xr = x + (size_t)m * K + (size_t)(4 * ch + j) * 16;
+            const int k0 = (4 * ch + j) * 16;
             const int ks[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
+            const float rm = KIND == QSRC_RMSNORM ? rinv[m] : 1.0f;
             uint32_t v[4];
             for (int e = 0; e < 4; e++) {
-                const float f = xr[ks[e]];
+                const float f = qsrc_at<KIND>(src, rm, m, k0 + ks[e]);
                 const __nv_bfloat16 hi = __float2bfloat16_rn(f);
                 const __nv_bfloat16 b = lo ? __float2bfloat16_rn(f - __bfloat162float(hi)) : hi;
                 v[e] = *(const uint16_t *)&b;
@@ -360,8 +366,8 @@ __global__ void int4_mma2_prep_kernel(uint2 *xb, float *xsum, const float *x, in
         const int n = i % NT, t = (i / NT) & 3, grp = i / (4 * NT), m = 4 * n + t;
         float s = 0.0f;
         if (m < M) {
-            const float *xr = x + (size_t)m * K + (size_t)grp * G;
-            for (int k = 0; k < G; k++) s += xr[k];
+            const float rm = KIND == QSRC_RMSNORM ? rinv[m] : 1.0f;
+            for (int k = 0; k < G; k++) s += qsrc_at<KIND>(src, rm, m, grp * G + k);
         }
         xsum[i] = s;
     }
@@ -398,7 +404,7 @@ template <int NT> static int int4_mma2_blocks_per_sm(size_t smem) {
 // chosen so that every block is resident at once (one wave of equal tasks): as many splits as the
 // SMs have room for beside the row blocks, whole groups per split, within the partials scratch.
 template <int NT>
-static void int4_mma2_launch(float *y, const float *x, int M, const QWeightGpu *w, int acc, QActScratch *s,
+static void int4_mma2_launch(float *y, const QActSrc &src, int M, const QWeightGpu *w, int acc, QActScratch *s,
                              cudaStream_t st) {
     const int K = w->cols, G = w->group, nch = K / 64, ng = K / G;
     const int gpc = G < 64 ? 64 / G : 1, cpg = G > 64 ? G / 64 : 1;
@@ -411,8 +417,13 @@ static void int4_mma2_launch(float *y, const float *x, int M, const QWeightGpu *
         cpb += cpg;
     const int ks = ceil_div(nch, cpb);
     const int nprep = (K / 16) * 32 * NT > ng * 4 * NT ? (K / 16) * 32 * NT : ng * 4 * NT;
-    int4_mma2_prep_kernel<NT><<<ceil_div(nprep, 256), 256, 0, st>>>(s->xb, s->xsum, x, M, K, G);
-    CUDA_CHECK_LAST();
+    const dim3 pgrid(ceil_div(nprep, 256)), pblock(256);
+    if (src.kind == QSRC_RMSNORM)
+        qlaunch(s->pdl, int4_mma2_prep_kernel<NT, QSRC_RMSNORM>, pgrid, pblock, 0, st, s->xb, s->xsum, src, M, K, G);
+    else if (src.kind == QSRC_SWIGLU)
+        qlaunch(s->pdl, int4_mma2_prep_kernel<NT, QSRC_SWIGLU>, pgrid, pblock, 0, st, s->xb, s->xsum, src, M, K, G);
+    else
+        qlaunch(s->pdl, int4_mma2_prep_kernel<NT, QSRC_X>, pgrid, pblock, 0, st, s->xb, s->xsum, src, M, K, G);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(rowblocks, ks);
     cfg.blockDim = dim3(QV2_WARPS * 32);
@@ -448,12 +459,12 @@ void qgemv_int4_mma(float *y, const float *x, int M, const QWeightGpu *w, int ac
     }
 }
 
-void qgemv_int4_mma2(float *y, const float *x, int M, const QWeightGpu *w, int accumulate, QActScratch *s,
+void qgemv_int4_mma2(float *y, const QActSrc &src, int M, const QWeightGpu *w, int accumulate, QActScratch *s,
                      cudaStream_t st) {
-    const int K = w->cols;
     for (int m0 = 0; m0 < M; m0 += QG_MAX_M) {
         const int mc = M - m0 < QG_MAX_M ? M - m0 : QG_MAX_M;
-        if (mc <= 4) int4_mma2_launch<1>(y + (size_t)m0 * w->rows, x + (size_t)m0 * K, mc, w, accumulate, s, st);
-        else int4_mma2_launch<2>(y + (size_t)m0 * w->rows, x + (size_t)m0 * K, mc, w, accumulate, s, st);
+        const QActSrc sc = qsrc_rows(src, m0);
+        if (mc <= 4) int4_mma2_launch<1>(y + (size_t)m0 * w->rows, sc, mc, w, accumulate, s, st);
+        else int4_mma2_launch<2>(y + (size_t)m0 * w->rows, sc, mc, w, accumulate, s, st);
     }
 }

@@ -180,6 +180,56 @@ static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bi
     free(w), free(bias);
 }
 
+// A GEMV whose input is an RMSNorm or SwiGLU of the previous op's output (qgemv_src): folded into
+// the activation prep (int4 v2, 8da4w, fp8; the 1 / rms recomputed by 256-thread blocks in the
+// 1024-thread kernel's order) or materialized first (the other formats) must give the bits of
+// the separate kernel (qact_src_forward) followed by qgemv, also when launched with PDL.
+static void test_gemv_src(QuantMode mode, int rows, int cols, int group) {
+    const size_t n = (size_t)rows * cols;
+    float *w = (float *)ao_malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) w[i] = 0.05f * frand();
+    if (mode == QUANT_NONE)
+        for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);
+    QTensor t;
+    quant_quantize(&t, mode, w, rows, cols, group);
+    const QTensor *tp = &t;
+    size_t rounded = 0;
+    QWeightGpu gw = qweight_upload(&tp, NULL, 1, &rounded);
+    QActScratch s;
+    qact_scratch_init(&s, 8, cols);
+    const int M = 13, ld = 2 * cols + 8;  // rows at a stride, as the fused gate/up output
+    float *h = (float *)ao_malloc((size_t)M * ld * sizeof(float)), *nw = (float *)ao_malloc((size_t)cols * sizeof(float));
+    for (size_t i = 0; i < (size_t)M * ld; i++) h[i] = 3.0f * frand();
+    for (int i = 0; i < cols; i++) nw[i] = 1.0f + 0.5f * frand();
+    float *dx = dalloc<float>((size_t)M * ld), *dw = dalloc<float>(cols), *xbuf = dalloc<float>((size_t)M * cols);
+    float *y0 = dalloc<float>((size_t)M * rows), *y1 = dalloc<float>((size_t)M * rows);
+    h2d(dx, h, (size_t)M * ld * sizeof(float));
+    h2d(dw, nw, (size_t)cols * sizeof(float));
+    float *a = (float *)ao_malloc((size_t)M * rows * sizeof(float)), *b = (float *)ao_malloc((size_t)M * rows * sizeof(float));
+    const int Ms[] = {1, 3, 8, 13};
+    for (int kind = QSRC_RMSNORM; kind <= QSRC_SWIGLU; kind++)
+        for (int mi = 0; mi < 4; mi++) {
+            const QActSrc src = {kind, dx, kind == QSRC_SWIGLU ? dx + cols : NULL, dw, ld, 1e-5f};
+            s.pdl = 0;
+            qact_src_forward(xbuf, &src, Ms[mi], cols, 0, g_s);
+            qgemv(y0, xbuf, Ms[mi], &gw, 0, &s, g_s);
+            s.pdl = 1;
+            qgemv_src(y1, &src, xbuf, Ms[mi], &gw, 0, &s, g_s);
+            d2h(a, y0, (size_t)Ms[mi] * rows * sizeof(float));
+            d2h(b, y1, (size_t)Ms[mi] * rows * sizeof(float));
+            size_t bad = 0;
+            for (size_t i = 0; i < (size_t)Ms[mi] * rows; i++) bad += memcmp(&a[i], &b[i], 4) != 0;
+            TEST_CHECK(bad == 0, "qgemv_src %s g%d [%d x %d] M=%d %s (%s): %zu outputs differ from the separate kernel's",
+                       quant_mode_name(mode), group, rows, cols, Ms[mi], kind == QSRC_RMSNORM ? "RMSNorm" : "SwiGLU",
+                       qgemv_src_direct(&gw) ? "in the prep" : "materialized", bad);
+        }
+    cudaFree(dx), cudaFree(dw), cudaFree(xbuf), cudaFree(y0), cudaFree(y1);
+    free(h), free(nw), free(a), free(b), free(w);
+    qact_scratch_free(&s);
+    qweight_free(&gw);
+    quant_free(&t);
+}
+
 static void gemv_bad_stride(void *arg) {
     QWeightGpu w = *(QWeightGpu *)arg;
     qgemv(NULL, NULL, 1, &w, 0, NULL, g_s);
@@ -307,9 +357,12 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
     memcpy(ref, infer_forward(im, &s, toks, n0, 1), (size_t)n0 * V * sizeof(float));
     for (int i = n0; i < T; i++) memcpy(ref + (size_t)i * V, infer_forward(im, &s, toks + i, 1, 0), (size_t)V * sizeof(float));
     infer_state_free(&s);
-    for (int variant = 0; variant < 4; variant++) {
-        // 0: fp32 KV, graphs; 1: fp32 KV, no graphs (must equal 0 bit for bit); 2: bf16 KV; 3: 3 sequences
-        InferGpuOpts o = {T, n0, variant == 3 ? 3 : 1, variant != 2, variant != 1, 0, 0, 0};
+    for (int variant = 0; variant < 6; variant++) {
+        // 0: fp32 KV, graphs; 1: fp32 KV, no graphs (must equal 0 bit for bit); 2: bf16 KV; 3: 3 sequences;
+        // 4, 5: 0 and 3 unfused (separate RMSNorm / SwiGLU kernels, no PDL), equal to them bit for bit
+        const int unf = variant >= 4;
+        InferGpuOpts o = {T, n0, (variant == 3 || variant == 5) ? 3 : 1, variant != 2, variant != 1, 0, 0, 0,
+                          unf ? INFER_GPU_NO_FUSE | INFER_GPU_NO_PDL : 0};
         InferGpu *g = infer_gpu_create(im, &o);
         float *got = (float *)ao_malloc((size_t)T * V * sizeof(float) * o.n_seq);
         int32_t *in = (int32_t *)ao_malloc((size_t)n0 * o.n_seq * sizeof(int32_t));
@@ -322,7 +375,7 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
             lg = infer_gpu_forward(g, in, 1, 0);
             for (int q = 0; q < o.n_seq; q++) memcpy(got + ((size_t)q * T + i) * V, lg + (size_t)q * V, (size_t)V * sizeof(float));
         }
-        static float *first = NULL;
+        static float *first = NULL, *seq3 = NULL;
         static size_t first_n = 0;
         // fp32 KV: fp32 summation order only, except that the dynamically quantized modes
         // (8da4w, fp8) may round an activation to the neighbouring code where the CPU and GPU
@@ -332,9 +385,9 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
         const double tol = variant == 2 ? (dyn ? 1e-1 : 3e-2) : (dyn ? 1e-2 : 2e-4);
         for (int q = 0; q < o.n_seq; q++) {
             char what[200];
-            snprintf(what, sizeof what, "%s %s: GPU logits (%s KV%s%s) vs CPU", name, quant_mode_name(im->mode),
+            snprintf(what, sizeof what, "%s %s: GPU logits (%s KV%s%s%s) vs CPU", name, quant_mode_name(im->mode),
                      variant == 2 ? "bf16" : "fp32", variant == 1 ? ", no graph" : "",
-                     variant == 3 ? ", 3 sequences" : "");
+                     (variant == 3 || variant == 5) ? ", 3 sequences" : "", unf ? ", unfused" : "");
             TEST_CLOSE(what, got + (size_t)q * T * V, ref, (size_t)T * V, tol);
         }
         if (variant == 0) {
@@ -343,9 +396,20 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
             first = (float *)ao_malloc(first_n * sizeof(float));
             memcpy(first, got, first_n * sizeof(float));
         }
-        if (variant == 1)
-            TEST_CHECK(first_n == (size_t)T * V && !memcmp(first, got, first_n * sizeof(float)),
-                       "%s %s: CUDA-graph replay differs from the eager steps", name, quant_mode_name(im->mode));
+        if (variant == 1 || variant == 4)
+            TEST_CHECK(first_n == (size_t)T * V && !memcmp(first, got, first_n * sizeof(float)), "%s %s: %s",
+                       name, quant_mode_name(im->mode),
+                       variant == 1 ? "CUDA-graph replay differs from the eager steps"
+                                    : "the unfused decode differs from the fused one");
+        if (variant == 3) {
+            free(seq3);
+            seq3 = (float *)ao_malloc((size_t)3 * T * V * sizeof(float));
+            memcpy(seq3, got, (size_t)3 * T * V * sizeof(float));
+        }
+        if (variant == 5)
+            TEST_CHECK(!memcmp(seq3, got, (size_t)3 * T * V * sizeof(float)),
+                       "%s %s: the unfused decode of 3 sequences differs from the fused one", name,
+                       quant_mode_name(im->mode));
         infer_gpu_free(g);
         free(got), free(in);
     }
@@ -405,7 +469,7 @@ static void compare_long(const char *name, const InferModel *im, const int32_t *
     float *kv32 = (float *)ao_malloc((size_t)T * KVD * 2 * sizeof(float)), *kv8 = (float *)ao_malloc((size_t)T * KVD * 2 * sizeof(float));
     size_t kv_bytes[5];
     for (int vnt = 0; vnt < 5; vnt++) {
-        InferGpuOpts o = {T, n0, 1, vnt <= 1, 1, 0, vnt >= 3, (vnt == 0 || vnt == 4) ? 0 : -1};
+        InferGpuOpts o = {T, n0, 1, vnt <= 1, 1, 0, vnt >= 3, (vnt == 0 || vnt == 4) ? 0 : -1, 0};
         InferGpu *g = infer_gpu_create(im, &o);
         kv_bytes[vnt] = infer_gpu_kv_bytes(g);
         got[vnt] = (float *)ao_malloc((size_t)T * V * sizeof(float));
@@ -537,7 +601,7 @@ static void smollm2_mode(const char *path, QuantMode mode, int group) {
         }
         infer_state_free(&s);
         for (int kv32 = 1; kv32 >= 0; kv32--) {
-            InferGpuOpts o = {T, n0, 1, kv32, 1, 0, 0, 0};
+            InferGpuOpts o = {T, n0, 1, kv32, 1, 0, 0, 0, 0};
             InferGpu *g = infer_gpu_create(&im, &o);
             const float *gl = infer_gpu_forward(g, ids.ids, n0, 0);
             int same = 0, tie = 0;
@@ -578,7 +642,7 @@ static void smollm2_mode(const char *path, QuantMode mode, int group) {
     const char *vname[3] = {"GEMVs, bf16 KV", "prefill GEMMs, bf16 KV", "GEMVs, fp8 KV"};
     const double margin[3] = {1e-3, 5e-3, 2e-2};
     for (int vnt = 0; vnt < 3; vnt++) {
-        InferGpuOpts o = {n, n, 1, 0, 1, 0, vnt == 2, vnt == 1 ? 0 : -1};
+        InferGpuOpts o = {n, n, 1, 0, 1, 0, vnt == 2, vnt == 1 ? 0 : -1, 0};
         InferGpu *g = infer_gpu_create(&im, &o);
         const double nll_g = mean_nll(infer_gpu_forward(g, ids.ids, n, 1), ids.ids, n, V);
         infer_gpu_free(g);
@@ -650,6 +714,17 @@ int main(void) {
     test_gemv(QUANT_INT4, 48, 256, 256, 0);     // K = one group of 4 chunks; half a pair
     test_gemv(QUANT_INT4, 200, 14336, 128, 0);  // down_proj's K: many splits
     test_gemv(QUANT_INT4, 2100, 2048, 32, 1);   // 17 row blocks, 2 groups per chunk
+    // RMSNorm / SwiGLU inputs folded into the activation prep, and materialized for the others
+    test_gemv_src(QUANT_INT4, 300, 576, 64);
+    test_gemv_src(QUANT_INT4, 129, 4096, 128);  // the 8B model's hidden size: 4 values per thread
+    test_gemv_src(QUANT_INT4, 64, 2048, 32);
+    test_gemv_src(QUANT_8DA4W, 300, 576, 32);
+    test_gemv_src(QUANT_FP8, 129, 1536, 0);
+    test_gemv_src(QUANT_NONE, 37, 100, 0);
+    test_gemv_src(QUANT_INT8, 300, 576, 0);
+    qgemv_set_int4_kernel(0);
+    test_gemv_src(QUANT_INT4, 300, 576, 64);  // SIMT: materialized
+    qgemv_set_int4_kernel(2);
     test_gemv(QUANT_NONE, 13, 100, 0, 1);  // rows not a multiple of 8: padded stride, scalar x tail
     test_gemv(QUANT_INT8, 7, 52, 0, 0);
     test_gemv(QUANT_NONE, 5, 18, 0, 0);
