@@ -42,10 +42,11 @@ __device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepc
 // model/infer_cpu.c: the sum of squares in double, in the order of a 1024-thread block: thread t
 // sums d = t, t + 1024, ...; each warp's 32 sums by an xor-shuffle tree; thread 0 adds the 32
 // warps' in order. Any blockDim.x that is a multiple of 32 dividing 1024 gives the same bits:
-// thread t plays threads t + j blockDim.x (same lane, warp + j blockDim.x / 32). Every thread of
-// the block must call it. The products of two floats are exact in double, so an fma contraction
-// of the sum changes nothing.
-__device__ __forceinline__ void qsrc_rms_inv(float *r, const QActSrc &s, int M, int K, double *sh /* [32] */) {
+// thread t plays threads t + j blockDim.x (same lane, warp + j blockDim.x / 32). The rows'
+// reads are all issued before one barrier, and thread m finishes row m. sh: [32 M] shared
+// doubles. Every thread of the block must call it. The products of two floats are exact in
+// double, so an fma contraction of the sum changes nothing.
+__device__ __forceinline__ void qsrc_rms_inv(float *r, const QActSrc &s, int M, int K, double *sh) {
     const int nt = blockDim.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = nt >> 5;
     for (int m = 0; m < M; m++) {
         const float *xr = s.x + (size_t)m * s.ld;
@@ -53,16 +54,16 @@ __device__ __forceinline__ void qsrc_rms_inv(float *r, const QActSrc &s, int M, 
             double ss = 0.0;
             for (int d = threadIdx.x + j * nt; d < K; d += 1024) ss += (double)xr[d] * xr[d];
             for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-            if (lane == 0) sh[warp + j * nw] = ss;
+            if (lane == 0) sh[32 * m + warp + j * nw] = ss;
         }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            double t = 0.0;
-            for (int i = 0; i < 32; i++) t += sh[i];
-            r[m] = (float)(1.0 / sqrt(t / K + (double)s.eps));
-        }
-        __syncthreads();
     }
+    __syncthreads();
+    if (threadIdx.x < M) {
+        double t = 0.0;
+        for (int i = 0; i < 32; i++) t += sh[32 * threadIdx.x + i];
+        r[threadIdx.x] = (float)(1.0 / sqrt(t / K + (double)s.eps));
+    }
+    __syncthreads();
 }
 
 // The source's value at (row m, feature k); rm: row m's 1 / rms (RMSNORM only). RMSNORM: (x r) w

@@ -337,7 +337,7 @@ __global__ __launch_bounds__(QV2_WARPS * 32, 2) void qgemv_int4_mma2_kernel(QWei
 // tokens' 1 / rms, 16 KB of L2 reads per token at K = 4096, instead of a kernel of its own).
 template <int NT, int KIND>
 __global__ void int4_mma2_prep_kernel(uint2 *xb, float *xsum, QActSrc src, int M, int K, int G) {
-    __shared__ double sh[32];
+    __shared__ double sh[32 * 4 * NT];
     __shared__ float rinv[4 * NT];
     pdl_launch_dependents();  // the GEMV may start its weight prefetch; it waits for this grid's writes
     pdl_wait();               // launched as a dependent of the previous kernel (QActScratch.pdl)
