@@ -67,6 +67,10 @@ LIB := $(BUILD)/libao.a
 TEST_SRC := $(wildcard test/test_*.c)
 TEST_BIN := $(patsubst test/%.c,$(BUILD)/test/%,$(TEST_SRC))
 TEST_HARNESS := $(BUILD)/test/test.o
+# Checkers several test programs share: test/<subject>_checks.c (+ .h). They go into one
+# archive linked into every test program, so each takes only the objects it calls.
+TEST_CHECKS_OBJ := $(patsubst test/%.c,$(BUILD)/test/%.o,$(wildcard test/*_checks.c))
+TEST_CHECKS := $(if $(TEST_CHECKS_OBJ),$(BUILD)/test/libchecks.a)
 
 TOOL_SRC := $(wildcard tools/*.c)
 TOOL_BIN := $(patsubst tools/%.c,$(BUILD)/%,$(TOOL_SRC))
@@ -133,9 +137,17 @@ $(TEST_HARNESS): test/test.c test/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/test/%: test/%.c $(LIB) $(TEST_HARNESS)
+$(BUILD)/test/%_checks.o: test/%_checks.c test/%_checks.h test/test.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) $(CFLAGS) $< $(TEST_HARNESS) $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/test/libchecks.a: $(TEST_CHECKS_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/test/%: test/%.c $(LIB) $(TEST_HARNESS) $(TEST_CHECKS) $(wildcard test/*_checks.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) $< $(TEST_HARNESS) $(TEST_CHECKS) $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/%: tools/%.c $(LIB)
 	@mkdir -p $(dir $@)
