@@ -79,25 +79,35 @@ static void check_gemv(const char *what, const float *got, const float *ref, con
     check_gemv_tol(what, got, ref, cond, scale, n, GEMV_TOL);
 }
 
-static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bias) {
+// A random weight (bf16-exact for QUANT_NONE, as the GPU holds bf16), optionally with an all-zero
+// row (rows > 2) and a bias, quantized on the CPU into *t and uploaded.
+static QWeightGpu random_qweight(QuantMode mode, int rows, int cols, int group, int with_bias, int zero_row,
+                                 float **w_out, float **bias_out, QTensor *t) {
     const size_t n = (size_t)rows * cols;
     float *w = (float *)ao_malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) w[i] = 0.05f * frand();
-    if (rows > 2) memset(w + cols, 0, (size_t)cols * sizeof(float));  // an all-zero row
+    if (zero_row && rows > 2) memset(w + cols, 0, (size_t)cols * sizeof(float));
     if (mode == QUANT_NONE)
-        for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);  // the GPU holds bf16
+        for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);
     float *bias = NULL;
     if (with_bias) {
         bias = (float *)ao_malloc((size_t)rows * sizeof(float));
         for (int i = 0; i < rows; i++) bias[i] = 0.1f * frand();
     }
-    QTensor t;
-    quant_quantize(&t, mode, w, rows, cols, group);
-    const QTensor *tp = &t;
+    quant_quantize(t, mode, w, rows, cols, group);
+    const QTensor *tp = t;
     const float *bp = bias;
     size_t rounded = 0;
     QWeightGpu gw = qweight_upload(&tp, &bp, 1, &rounded);
     TEST_CHECK(rounded == 0, "%s upload rounded %zu bf16-exact weights", quant_mode_name(mode), rounded);
+    *w_out = w, *bias_out = bias;
+    return gw;
+}
+
+static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bias) {
+    float *w, *bias;
+    QTensor t;
+    QWeightGpu gw = random_qweight(mode, rows, cols, group, with_bias, 1, &w, &bias, &t);
     QActScratch s;
     qact_scratch_init(&s, 8, cols);
     const int Ms[] = {1, 2, 3, 5, 8, 13};
@@ -245,21 +255,9 @@ static void gemv_bad_stride(void *arg) {
 
 static void test_prefill_linear(QuantMode mode, int rows, int cols, int group, int with_bias, int chunked) {
     const size_t n = (size_t)rows * cols;
-    float *w = (float *)ao_malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) w[i] = 0.05f * frand();
-    if (mode == QUANT_NONE)
-        for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);
-    float *bias = NULL;
-    if (with_bias) {
-        bias = (float *)ao_malloc((size_t)rows * sizeof(float));
-        for (int i = 0; i < rows; i++) bias[i] = 0.1f * frand();
-    }
+    float *w, *bias;
     QTensor t;
-    quant_quantize(&t, mode, w, rows, cols, group);
-    const QTensor *tp = &t;
-    const float *bp = bias;
-    size_t rounded = 0;
-    QWeightGpu gw = qweight_upload(&tp, &bp, 1, &rounded);
+    QWeightGpu gw = random_qweight(mode, rows, cols, group, with_bias, 0, &w, &bias, &t);
     const int ld = gw.ld, MMAX = 40;
     char what[200];
     snprintf(what, sizeof what, "prefill %s g%d [%d x %d]%s%s (int4 layout %d)", quant_mode_name(mode), group, rows,
