@@ -585,10 +585,14 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
             float *tmp = g->att;  // free until attention
             const int off[3] = {0, QD, QD + KVD}, w[3] = {QD, KVD, KVD};
             for (int i = 0; i < 3; i++) {
+                // Projections 1 and 2 follow the copy of the one before (which reads tmp, which they
+                // write): their GEMVs launch without PDL, as the RoPE after the last copy does.
+                g->act_s.pdl = i == 0 ? pdl : 0;
                 linear(g, tmp, &xs, NULL, rows, n, &gl->qkv[i], 0);
                 CUDA_CHECK(cudaMemcpy2DAsync(g->qkv + off[i], (size_t)(QD + 2 * KVD) * 4, tmp, (size_t)w[i] * 4,
                                              (size_t)w[i] * 4, rows, cudaMemcpyDeviceToDevice, st));
             }
+            g->act_s.pdl = pdl;
             pdl_rope = 0;  // after a copy, not a kernel
         }
         float *ksc = g->ksc ? g->ksc + l * layer_sc : NULL, *vsc = g->vsc ? g->vsc + l * layer_sc : NULL;
