@@ -408,8 +408,8 @@ int main(int argc, char **argv) {
     // engine cuDNN does not note as non-deterministic; a repeat in one process is bit-identical
     // (gpu_test_attention), but the step-1 gradient norms of separate runs differed in the 5th digit
     // (2026-11-28 numerics runs), so it is not the default until that is explained.
+    // (the forward treats ATTN_CUDNN_DET as ATTN_AUTO: cuDNN's forward has one writer per output)
     o.attn_bwd = attn == ATTN_CUDNN_DET ? ATTN_CUDNN_DET : s.deterministic ? ATTN_KERNEL : attn;
-    if (attn == ATTN_CUDNN_DET) o.attn = ATTN_AUTO;
     o.lm_chunk = s.lm_chunk;
     o.optim = optim;
     o.master = master;

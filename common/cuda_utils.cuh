@@ -107,3 +107,11 @@ __device__ __forceinline__ float block_reduce_sum(float v, float *shared) {
 
 // 16-byte alignment test for choosing the vectorized path in launchers.
 static inline bool is_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+// The largest power of two <= 256 that divides the address: what cuBLASLt's algorithm choice
+// depends on (its MIN_ALIGNMENT preferences), so the key of the GEMM algorithm caches.
+static inline unsigned ptr_align256(const void *p) {
+    const uintptr_t a = (uintptr_t)p;
+    unsigned al = 256;
+    while (al > 1 && (a % al) != 0) al >>= 1;
+    return al;
+}

@@ -4,6 +4,7 @@
 // [C, R] matrix with leading dimension ld. With W [N, ld] and x [M, ld] (bf16, zero past the
 // features) and y [M, N] fp32:  y^T (N x M, ld N) = op_T(W) @ x^T,  m = N, n = M, k = ld.
 #include "infer_gpu_prefill.cuh"
+#include "../common/cuda_utils.cuh"
 
 #include <string.h>
 
@@ -121,13 +122,6 @@ __global__ void prefill_epilogue_kernel(float *y, const float *t, int M, int N, 
     }
 }
 
-static unsigned pf_align(const void *p) {
-    uintptr_t a = (uintptr_t)p;
-    unsigned al = 256;
-    while (al > 1 && a % al) al >>= 1;
-    return al;
-}
-
 static int grid_for(size_t n) {
     const size_t b = (n + 255) / 256;
     return (int)(b < 8192 ? (b ? b : 1) : 8192);
@@ -149,7 +143,7 @@ static void lt_gemm(PrefillGemm *p, float *D, int ldd, const bf16 *A, int lda, c
     PrefillAlgoKey key;
     memset(&key, 0, sizeof key);
     key.m = m, key.n = n, key.k = k, key.lda = lda, key.ldb = ldb, key.ldd = ldd, key.beta = beta != 0.0f;
-    key.align[0] = pf_align(A), key.align[1] = pf_align(B), key.align[2] = pf_align(D);
+    key.align[0] = ptr_align256(A), key.align[1] = ptr_align256(B), key.align[2] = ptr_align256(D);
     cublasLtMatmulAlgo_t algo;
     int found = 0;
     for (int i = 0; i < p->n_algo && !found; i++)

@@ -294,12 +294,12 @@ static void build_backward(Builder *b, const Shape &p) {
     pointwise(b, CUDNN_POINTWISE_IDENTITY, f32, dQacc, NULL, NULL, dQ);
 }
 
-// The engine behind an engine config: whether cuDNN notes it as non-deterministic, and (for
-// LLAMA_AO_CUDNN_DEBUG=1) a line naming it, its numerical notes and its knob choices.
+// The engine behind an engine config: whether cuDNN notes it as non-deterministic, and (with a
+// line to fill: LLAMA_AO_CUDNN_DEBUG=1) its index, numerical notes and knob choices.
 static bool engine_nondeterministic(Desc cfg, char *line, size_t cap) {
     Desc eng = NULL;
     int64_t got = 0;
-    line[0] = 0;
+    if (line) line[0] = 0;
     if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng) != CUDNN_STATUS_SUCCESS) return true;
     bool nondet = true;  // unknown counts as non-deterministic
     if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &got, &eng) ==
@@ -311,6 +311,10 @@ static bool engine_nondeterministic(Desc cfg, char *line, size_t cap) {
                                      CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &nn, notes) == CUDNN_STATUS_SUCCESS) {
             nondet = false;
             for (int64_t i = 0; i < nn; i++) nondet |= notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+        }
+        if (!line) {
+            cudnnBackendDestroyDescriptor(eng);
+            return nondet;
         }
         int n = snprintf(line, cap, "engine %lld notes [", (long long)idx);
         for (int64_t i = 0; i < nn && n > 0 && (size_t)n < cap; i++)
@@ -371,7 +375,7 @@ static Desc make_plan(Builder *b, cudnnHandle_t handle, int64_t *ws, bool det) {
                                            cfg));
         for (int64_t i = 0; i < got && b->err == CUDNN_STATUS_SUCCESS; i++) {
             char line[512];
-            const bool nondet = engine_nondeterministic(cfg[i], line, sizeof line);
+            const bool nondet = engine_nondeterministic(cfg[i], debug ? line : NULL, sizeof line);
             if (debug) fprintf(stderr, "[cuDNN] heuristics %s config %lld: %s%s\n", m ? "fallback" : "A", (long long)i,
                                line, nondet ? " (non-deterministic)" : "");
             if (det && nondet) {

@@ -33,13 +33,6 @@ static AlgoEntry g_algo_cache[ALGO_CACHE_SIZE];
 static int g_algo_count;
 static std::mutex g_algo_mutex;
 
-static unsigned ptr_align(const void *p) {
-    uintptr_t a = (uintptr_t)p;
-    unsigned al = 256;
-    while (al > 1 && (a % al) != 0) al >>= 1;
-    return al;
-}
-
 enum { OP_FWD = 0, OP_DINP = 1, OP_DWEIGHT = 2 };
 static const char *op_name(int op) { return op == OP_FWD ? "forward" : op == OP_DINP ? "dinp" : "dweight"; }
 
@@ -69,8 +62,8 @@ static void lt_matmul(GpuCtx *ctx, int op, cublasOperation_t ta, cublasOperation
     memset(&key, 0, sizeof key);  // padding-free, but keep memcmp well defined
     key.device = ctx->device, key.op = op, key.m = m, key.n = n, key.k = k;
     key.lda = lda, key.ldb = ldb, key.ldd = ldd, key.epilogue = (int)epi;
-    key.align[0] = ptr_align(A), key.align[1] = ptr_align(B), key.align[2] = ptr_align(D);
-    key.align[3] = bias ? ptr_align(bias) : 0;
+    key.align[0] = ptr_align256(A), key.align[1] = ptr_align256(B), key.align[2] = ptr_align256(D);
+    key.align[3] = bias ? ptr_align256(bias) : 0;
 
     cublasLtMatmulAlgo_t algo;
     int found = 0;

@@ -6,6 +6,7 @@
 
 #include <mutex>
 
+#include "../common/cuda_utils.cuh"
 #include "matmul_fp8.cuh"
 
 const char *fp8_dtype_name(Fp8Dtype dt) { return dt == FP8_E4M3 ? "e4m3" : dt == FP8_E5M2 ? "e5m2" : "?"; }
@@ -150,13 +151,6 @@ static Fp8AlgoEntry g_fp8_algos[FP8_ALGO_CACHE_SIZE];
 static int g_fp8_algo_count;
 static std::mutex g_fp8_algo_mutex;
 
-static unsigned ptr_align(const void *p) {
-    uintptr_t a = (uintptr_t)p;
-    unsigned al = 256;
-    while (al > 1 && (a % al) != 0) al >>= 1;
-    return al;
-}
-
 static void describe_algo(Fp8GemmInfo *info, const cublasLtMatmulAlgo_t *algo) {
     int32_t id = -1, splitk = -1;
     uint32_t tile = 0, stages = 0;
@@ -234,7 +228,7 @@ int fp8_gemm_try(GpuCtx *ctx, void *out, Fp8OutType out_type, int ldo, float bet
     key.device = ctx->device, key.m = m, key.n = n, key.k = k, key.ldo = ldo, key.out_type = (int)out_type;
     key.adt = (int)adt, key.bdt = (int)bdt, key.amode = amode, key.bmode = bmode;
     key.accumulate = beta != 0.0f, key.fast_accum = fast_accum ? 1 : 0;
-    key.align[0] = ptr_align(q.q), key.align[1] = ptr_align(p.q), key.align[2] = ptr_align(out);
+    key.align[0] = ptr_align256(q.q), key.align[1] = ptr_align256(p.q), key.align[2] = ptr_align256(out);
     {
         std::lock_guard<std::mutex> lock(g_fp8_algo_mutex);
         for (int i = 0; i < g_fp8_algo_count && !found; i++)

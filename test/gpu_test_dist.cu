@@ -26,31 +26,9 @@ extern "C" {
 #include "test.h"
 }
 
-static LlamaConfig make_config(int vocab, int D, int F, int L, int H, int KV, int tied) {
-    LlamaConfig c;
-    memset(&c, 0, sizeof c);
-    c.arch = ARCH_LLAMA;
-    c.vocab_size = vocab;
-    c.hidden_size = D;
-    c.intermediate_size = F;
-    c.n_layers = L;
-    c.n_heads = H;
-    c.n_kv_heads = KV;
-    c.head_dim = D / H;
-    c.max_position_embeddings = 64;
-    c.rms_norm_eps = 1e-5f;
-    c.rope.type = ROPE_DEFAULT;
-    c.rope.theta = 10000.0f;
-    c.tie_word_embeddings = tied;
-    c.bos_token_id = -1;
-    c.initializer_range = 0.02f;
-    snprintf(c.dtype, sizeof c.dtype, "bfloat16");
-    return c;
-}
-
 // The model the optimizer tests step: tensors above and below the 4096-element threshold,
 // block counts that cuts can split (wte: 1000 blocks of 256), and 7 sub-threshold vectors.
-static LlamaConfig opt_config(void) { return make_config(1000, 256, 768, 2, 4, 2, 0); }
+static LlamaConfig opt_config(void) { return test_llama_config(1000, 256, 768, 2, 4, 2, 0); }
 
 // ---- A: the plan ---------------------------------------------------------------------------
 

@@ -344,17 +344,24 @@ static void round_model_bf16(LlamaModel *m) {
     for (size_t i = 0; i < m->tab.total; i++) m->params[i] = bf16r(m->params[i]);
 }
 
-// CPU vs GPU on one model and mode: prefill of n0 tokens (all logits), then single-token
-// steps (graphs), with the KV cache in fp32 and in bf16, and 3 sequences at once.
-static void compare_model(const char *name, const InferModel *im, const int32_t *toks, int n0, int nsteps) {
-    const LlamaConfig *c = &im->cfg;
-    const int V = c->vocab_size, T = n0 + nsteps;
+// The CPU path's logits of T tokens: a prefill of n0 (all logits), then single-token steps.
+static float *cpu_logits(const InferModel *im, const int32_t *toks, int n0, int T) {
+    const int V = im->cfg.vocab_size;
     InferState s;
     infer_state_init(&s, im, T, n0);
     float *ref = (float *)ao_malloc((size_t)T * V * sizeof(float));
     memcpy(ref, infer_forward(im, &s, toks, n0, 1), (size_t)n0 * V * sizeof(float));
     for (int i = n0; i < T; i++) memcpy(ref + (size_t)i * V, infer_forward(im, &s, toks + i, 1, 0), (size_t)V * sizeof(float));
     infer_state_free(&s);
+    return ref;
+}
+
+// CPU vs GPU on one model and mode: prefill of n0 tokens (all logits), then single-token
+// steps (graphs), with the KV cache in fp32 and in bf16, and 3 sequences at once.
+static void compare_model(const char *name, const InferModel *im, const int32_t *toks, int n0, int nsteps) {
+    const LlamaConfig *c = &im->cfg;
+    const int V = c->vocab_size, T = n0 + nsteps;
+    float *ref = cpu_logits(im, toks, n0, T);
     for (int variant = 0; variant < 6; variant++) {
         // 0: fp32 KV, graphs; 1: fp32 KV, no graphs (must equal 0 bit for bit); 2: bf16 KV; 3: 3 sequences;
         // 4, 5: 0 and 3 unfused (separate RMSNorm / SwiGLU kernels, no PDL), equal to them bit for bit
@@ -456,12 +463,7 @@ static void compare_long(const char *name, const InferModel *im, const int32_t *
     const int V = c->vocab_size, T = n0 + nsteps, KVD = c->n_kv_heads * c->head_dim;
     const int dyn = im->mode == QUANT_8DA4W || im->mode == QUANT_FP8;
     const char *mn = quant_mode_name(im->mode);
-    InferState s;
-    infer_state_init(&s, im, T, n0);
-    float *ref = (float *)ao_malloc((size_t)T * V * sizeof(float));
-    memcpy(ref, infer_forward(im, &s, toks, n0, 1), (size_t)n0 * V * sizeof(float));
-    for (int i = n0; i < T; i++) memcpy(ref + (size_t)i * V, infer_forward(im, &s, toks + i, 1, 0), (size_t)V * sizeof(float));
-    infer_state_free(&s);
+    float *ref = cpu_logits(im, toks, n0, T);
     // variants: 0 GEMM prefill fp32 KV; 1 GEMVs fp32 KV; 2 GEMVs bf16 KV; 3 GEMVs fp8 KV; 4 GEMM prefill fp8 KV
     float *got[5];
     float *kv32 = (float *)ao_malloc((size_t)T * KVD * 2 * sizeof(float)), *kv8 = (float *)ao_malloc((size_t)T * KVD * 2 * sizeof(float));

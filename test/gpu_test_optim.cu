@@ -313,27 +313,7 @@ static void test_sr_unbiased_gpu(void) {
 #define TM_ACCUM 2
 #define TM_CLIP 0.05f  // below the norms seen: clipping acts on every step
 
-static LlamaConfig tm_config(void) {
-    LlamaConfig c;
-    memset(&c, 0, sizeof c);
-    c.arch = ARCH_LLAMA;
-    c.vocab_size = 512;
-    c.hidden_size = 128;
-    c.intermediate_size = 384;
-    c.n_layers = 2;
-    c.n_heads = 2;
-    c.n_kv_heads = 1;
-    c.head_dim = 64;
-    c.max_position_embeddings = 64;
-    c.rms_norm_eps = 1e-5f;
-    c.rope.type = ROPE_DEFAULT;
-    c.rope.theta = 10000.0f;
-    c.tie_word_embeddings = 1;
-    c.bos_token_id = -1;
-    c.initializer_range = 0.02f;
-    snprintf(c.dtype, sizeof c.dtype, "bfloat16");
-    return c;
-}
+static LlamaConfig tm_config(void) { return test_llama_config(512, 128, 384, 2, 2, 1, 1); }
 
 struct TmRun {
     LowbitFormat optim;

@@ -176,3 +176,25 @@ uint64_t test_rand_u64(uint64_t *s) {
 }
 
 float test_rand_uniform(uint64_t *s) { return (float)((test_rand_u64(s) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
+
+LlamaConfig test_llama_config(int vocab, int D, int F, int L, int H, int KV, int tied) {
+    LlamaConfig c;
+    memset(&c, 0, sizeof c);
+    c.arch = ARCH_LLAMA;
+    c.vocab_size = vocab;
+    c.hidden_size = D;
+    c.intermediate_size = F;
+    c.n_layers = L;
+    c.n_heads = H;
+    c.n_kv_heads = KV;
+    c.head_dim = D / H;
+    c.max_position_embeddings = 64;
+    c.rms_norm_eps = 1e-5f;
+    c.rope.type = ROPE_DEFAULT;
+    c.rope.theta = 10000.0f;
+    c.tie_word_embeddings = tied;
+    c.bos_token_id = -1;
+    c.initializer_range = 0.02f;
+    snprintf(c.dtype, sizeof c.dtype, "bfloat16");
+    return c;
+}

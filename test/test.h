@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../model/config.h"
+
 // Tolerances, named per dtype (scale-free: max |got - ref| / max |ref|).
 #define TOL_F32 1e-4
 #define TOL_F32_LOOSE 1e-3
@@ -25,6 +27,9 @@ double test_close_f32_(const char *what, const float *got, const float *ref, siz
 #define TEST_CLOSE(what, got, ref, n, tol) test_close_f32_((what), (got), (ref), (n), (tol), __FILE__, __LINE__)
 // Elements whose bits differ (0 when identical; prints the first difference). Counts no check.
 size_t test_diff_bits_f32(const char *what, const float *got, const float *ref, size_t n);
+// A small Llama config for tests: llama architecture, head_dim = D / H, 64 positions, eps
+// 1e-5, default rope (theta 1e4), no BOS, init std 0.02, bf16 dtype.
+LlamaConfig test_llama_config(int vocab, int D, int F, int L, int H, int KV, int tied);
 // Measures without counting a pass/fail.
 double rel_err_f32(const float *got, const float *ref, size_t n, size_t *worst);
 
