@@ -367,6 +367,9 @@ __global__ void int4_mma2_prep_kernel(uint2 *xb, float *xsum, QActSrc src, int M
         float s = 0.0f;
         if (m < M) {
             const float rm = KIND == QSRC_RMSNORM ? rinv[m] : 1.0f;
+            // Left to right as the CPU; unrolled so that the values (an RMSNorm or SwiGLU source:
+            // multiplies, expf, a division each) are computed ahead of the one serial chain of adds.
+#pragma unroll 16
             for (int k = 0; k < G; k++) s += qsrc_at<KIND>(src, rm, m, grp * G + k);
         }
         xsum[i] = s;
