@@ -42,7 +42,7 @@ struct Settings {
     float decay_frac = 0.2f;
     int eval_every = 250, eval_batches = 20, sample_every = 500, sample_tokens = 48, save_every = 0;
     int save_final = 1;
-    int deterministic = 1, offload = 0, offload_overlap = 1;
+    int deterministic = 1, offload = 0, offload_overlap = 1, optim_overlap = 0, overlap_priority = 1;
     int recompute_ffn = 0, recompute_attn = 0;
     int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
     int zero = 0;
@@ -75,12 +75,20 @@ static Flag *make_flags(Settings *s, int *n) {
          "updated with stochastic rounding: 4 bytes/parameter less)", 1, 0},
         {"--recipe", nullptr, FLAG_STR, &s->recipe,
          "precision of the layers' Linears: bf16 | fp8-tensorwise | fp8-rowwise | fp8-rowwise-gw-hp | fp8-blockwise "
-         "(torchao's float8 recipes; lm_head and Linears whose dims are not multiples of 16 stay bf16)", 1, 0},
+         "| mxfp8 | mxfp8-gw-hp (torchao's float8 and MX recipes; lm_head and Linears whose dims are not multiples "
+         "of 16 (MX: 32) stay bf16; MX GEMMs are emulated below sm_100: no speed-up on Hopper)", 1, 0},
         {"--offload", nullptr, FLAG_BOOL, &s->offload,
          "master weights and optimizer states in host memory, AdamW step on the CPU (same bits)", 1, 0},
         {"--offload-overlap", nullptr, FLAG_BOOL, &s->offload_overlap,
          "--offload: stream each layer's gradients down during backward and step it on the CPU as it arrives, "
          "weights up on a copy stream (off: one copy each way around the whole step; same bits)", 1, 0},
+        {"--optim-overlap", nullptr, FLAG_BOOL, &s->optim_overlap,
+         "the on-GPU AdamW step layer by layer on a second stream, overlapped with the next step's forward (same "
+         "bits; one GPU without --offload, else the step stays serial). Default off until a GPU run has checked its "
+         "bits and speed", 1, 0},
+        {"--optim-overlap-priority", nullptr, FLAG_BOOL, &s->overlap_priority,
+         "with --optim-overlap: the compute stream at the highest stream priority, so the forward's kernels get free "
+         "SMs before the step's (off: both at the default priority; the bits are the same)", 1, 0},
         {"--wd", nullptr, FLAG_FLOAT, &s->wd, "AdamW weight decay (matrices only)", 0, 10},
         {"--beta1", nullptr, FLAG_FLOAT, &s->beta1, "AdamW beta1", 0, 1},
         {"--beta2", nullptr, FLAG_FLOAT, &s->beta2, "AdamW beta2", 0, 1},
@@ -187,8 +195,9 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
     printf("  %-28s %8.2f GiB  (micro-batch %d x %d)\n  %-28s %8.2f GiB\n", "activations", p.activations / G, s->B, s->T,
            "logits chunk (bf16)", p.logits / G);
     if (p.cast_scratch)
-        printf("  %-28s %8.2f GiB  (--recipe %s: fp8 codes and scales of one Linear at a time)\n", "fp8 cast scratch",
-               p.cast_scratch / G, linear_recipe_name(o->recipe));
+        printf("  %-28s %8.2f GiB  (--recipe %s: fp8 codes and scales of one Linear at a time%s)\n", "fp8 cast scratch",
+               p.cast_scratch / G, linear_recipe_name(o->recipe),
+               linear_recipe_is_mx(o->recipe) ? "; MX emulated: + its operands dequantized to bf16" : "");
     if (o->offload) {
         GpuRunOpts on = *o;
         on.offload = 0;
@@ -391,6 +400,9 @@ int main(int argc, char **argv) {
                                            "corpus, or pass --train FILES made by build/tokenize", train_paths[i]);
     GpuCtx ctx;
     gpu_ctx_init(&ctx, dist_device(&dist));
+    // --optim-overlap (one GPU, no offload; llama_gpu_init decides the same): the forward is the
+    // critical path, the step on the optimizer stream fills what it leaves free.
+    if (s.optim_overlap && s.overlap_priority && !s.offload && !s.zero) gpu_ctx_stream_priority(&ctx, 1);
     dist_comm_init(&dist);
     if (W > 1) printf("%d ranks (%s), NCCL communicator ready, timeout %g s\n", W,
                       dist.launch == DIST_LAUNCH_MPI ? "MPI" : "LLAMA_AO_* variables", s.dist_timeout);
@@ -418,10 +430,22 @@ int main(int argc, char **argv) {
     o.seed = (uint64_t)s.seed;
     o.zero = s.zero ? &zplan : nullptr;
     o.recipe = recipe;
+    o.optim_overlap = s.optim_overlap;
     print_memory_table(c, &s, &o, &ctx);
     LlamaGpu m;
     llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
     llama_gpu_print_linears(&m, stdout);
+    // Which schedule the optimizer step runs (--optim-overlap applies to one GPU without --offload).
+    printf("optimizer step: %s%s\n",
+           m.overlap ? (s.overlap_priority ? "on the GPU, layer by layer on a second stream beside the next step's forward "
+                                             "(--optim-overlap; the forward's stream at the highest priority)"
+                                           : "on the GPU, layer by layer on a second stream beside the next step's forward "
+                                             "(--optim-overlap; both streams at the default priority)")
+           : s.offload ? (s.offload_overlap ? "on the host (--offload), layer by layer as the gradients arrive"
+                                            : "on the host (--offload), after the backward")
+                       : "on the GPU, after the backward and the gradient norm (serial)",
+           s.optim_overlap && !m.overlap ? (s.offload ? "; --optim-overlap is not used with --offload"
+                                                      : "; --optim-overlap is not used with ZeRO") : "");
     if (rank == 0)
         printf("attention backward: %s%s\n",
                attention_backward_path(&ctx, s.B, s.T, c->n_heads, c->n_kv_heads, c->head_dim, o.attn_bwd),
@@ -484,7 +508,15 @@ int main(int argc, char **argv) {
             dist_allreduce_host(&dist, &st, 1, "the ranks' stop decision (--max-seconds)");
             stop_time = st > 0;
         }
-        if (n_val && s.eval_every > 0 && (step % s.eval_every == 0 || last || stop_time)) {
+        const int do_eval = n_val && s.eval_every > 0 && (step % s.eval_every == 0 || last || stop_time),
+                  do_sample = rank == 0 && tk && s.sample_every > 0 && step > 0 && (step % s.sample_every == 0 || last),
+                  do_save = (s.save_every > 0 && step > step0 && step % s.save_every == 0) ||
+                            ((last || stop_time) && s.save_final);
+        // They read what the last step wrote: an overlapped one is waited for whole (the next
+        // training forward instead waits layer by layer). The end of training waits too.
+        if (do_eval || do_sample) llama_gpu_optim_wait(&m, &ctx);
+        if (do_save || last || stop_time) llama_gpu_optim_sync(&m);
+        if (do_eval) {
             double vl = evaluate(&m, &ctx, &s, val_paths, n_val, tok, tgt, &dist);
             printf("[V] step %d | val loss %.4f\n", step, vl);
             fprintf(logf, "{\"step\": %d, \"val_loss\": %.6f}\n", step, vl);
@@ -495,9 +527,8 @@ int main(int argc, char **argv) {
             if (rank == 0 && !plot_svg(svg_path, "llama.ao training", "step", "loss", ps, 2, err, sizeof err))
                 ao_warn("%s", err);
         }
-        if (rank == 0 && tk && s.sample_every > 0 && step > 0 && (step % s.sample_every == 0 || last))
-            sample(&m, &ctx, &s, tk, mb_tok[0], tok);
-        if ((s.save_every > 0 && step > step0 && step % s.save_every == 0) || ((last || stop_time) && s.save_final)) {
+        if (do_sample) sample(&m, &ctx, &s, tk, mb_tok[0], tok);
+        if (do_save) {
             snprintf(trainer_json, sizeof trainer_json,
                      "{\"step\": %d, \"seed\": %d, \"batch\": %d, \"seq\": %d, \"total_batch\": %d, \"steps\": %d, "
                      "\"lr\": %g, \"schedule\": \"%s\", \"warmup\": %d, \"wd\": %g, \"clip\": %g, \"optim\": \"%s\", "
@@ -554,13 +585,20 @@ int main(int argc, char **argv) {
         // Offloaded without clipping, the step needs no norm: the host steps each layer as its
         // gradients arrive, while the GPU runs the layers below (the norm, of the same gradients,
         // follows). With clipping, or ZeRO's reductions to wait for, the step follows the norm.
+        // With --optim-overlap and no clipping, the step is queued right behind the norm's reduction
+        // (it zeroes the gradients stage by stage, so it follows the norm), before the host waits for it.
         const int step_first = s.offload && s.offload_overlap && s.clip == 0 && !s.zero;
+        const int norm_first = m.overlap && s.clip == 0;
         if (step_first) llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, 1.0f);
         float norm;
         if (s.zero) {
             zero_grads_wait(&zc);
             dist_allreduce_host(&dist, &loss_sum, 1, "the loss sums of the step");
             norm = zero_grad_norm(&zc);
+        } else if (norm_first) {
+            llama_gpu_grad_norm_queue(&m, &ctx);
+            llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, 1.0f);
+            norm = llama_gpu_grad_norm_result(&m, &ctx);
         } else {
             norm = llama_gpu_grad_norm(&m, &ctx);
         }
@@ -568,8 +606,10 @@ int main(int argc, char **argv) {
         CHECK(isfinite(loss) && isfinite(norm), "step %d: loss %g, gradient norm %g: training diverged\n"
               "  HINT: lower --lr, raise --warmup, or check the data", step, loss, norm);
         const float scale = s.clip > 0 && norm > s.clip ? s.clip / norm : 1.0f;
-        if (!step_first) llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, scale);
+        if (!step_first && !norm_first) llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, scale);
         if (s.zero) zero_params_gather(&zc);
+        // The compute stream only: an overlapped step (--optim-overlap) runs on beside the next
+        // step's forward, which waits for it layer by layer, so its time counts in the next step's.
         dist_wait(&dist, ctx.stream, "the optimizer step and the parameter all-gather");
         const double dt = now_s() - t0;
         if (step > step0) { t_steps += dt; steps_timed++; }  // the first step pays for warm-up

@@ -24,6 +24,17 @@ void gpu_ctx_init(GpuCtx *ctx, int device) {
 #endif
 }
 
+void gpu_ctx_stream_priority(GpuCtx *ctx, int high) {
+    int least = 0, greatest = 0;
+    CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    CUDA_CHECK(cudaStreamDestroy(ctx->stream));
+    CUDA_CHECK(cudaStreamCreateWithPriority(&ctx->stream, cudaStreamNonBlocking, high ? greatest : least));
+#ifdef LLAMA_AO_CUDNN
+    CUDNN_CHECK(cudnnSetStream(ctx->cudnn, ctx->stream));
+#endif
+}
+
 void gpu_ctx_cudnn_workspace(GpuCtx *ctx, size_t n) {
     if (n <= ctx->cudnn_workspace_size) return;
     if (ctx->cudnn_workspace) CUDA_CHECK(cudaFree(ctx->cudnn_workspace));

@@ -57,6 +57,11 @@ typedef struct {
 
 void gpu_ctx_init(GpuCtx *ctx, int device);
 void gpu_ctx_free(GpuCtx *ctx);
+// Recreates the compute stream at the device's greatest stream priority (high != 0) or the
+// default one, before anything is queued on it: where another stream runs beside it (the
+// optimizer stream of --optim-overlap), pending blocks of the compute stream's kernels are
+// dispatched first. Priorities change the schedule, never the results.
+void gpu_ctx_stream_priority(GpuCtx *ctx, int high);
 // Grows ctx->cudnn_workspace to at least n bytes.
 void gpu_ctx_cudnn_workspace(GpuCtx *ctx, size_t n);
 

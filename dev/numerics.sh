@@ -3,7 +3,7 @@
 # (dev/configs/llama_114m.json) trained on the bundled corpus for the same steps, seed and data
 # (the realrun job's settings: b=16 t=512 = 8192 tokens/step, lr 6e-4 cosine, warmup 100, val
 # loss every 100 steps) with
-#   fp8:   --recipe bf16 | fp8-tensorwise | fp8-rowwise | fp8-rowwise-gw-hp | fp8-blockwise
+#   fp8:   --recipe bf16 | fp8-tensorwise | fp8-rowwise | fp8-rowwise-gw-hp | fp8-blockwise | mxfp8 | mxfp8-gw-hp
 #   optim: --optim adamw | adamw8bit | adamw4bit | adamwfp8, --master bf16-sr, --offload
 # The bf16 run is also the fp32-AdamW run (bf16 recipe + fp32 AdamW are both defaults), so it is
 # trained once and is the reference of both comparisons. Each run is compared by build/plot_runs:
@@ -13,7 +13,8 @@
 #
 # Environment: OUT (where results go; default /tmp/llama_ao_numerics_out), NUMERICS_END_S (global
 # deadline, seconds after this script started; default 300), NUMERICS_STEPS (default 1000: ~3.7
-# epochs of the 2.2M-token corpus; the 1500-step real run's val loss flattened at ~1100).
+# epochs of the 2.2M-token corpus; the 1500-step real run's val loss flattened at ~1100),
+# NUMERICS_RUNS (default: all; else a space-separated list of run names, e.g. "bf16 mxfp8 mxfp8-gw-hp").
 # Runs go in priority order, each under a timeout (its cap or the time left before the deadline)
 # and --max-seconds a little below it, so a slow run still ends with an evaluation (its table row
 # then says "other step"); a run that cannot get 20 s is skipped, and the summary says so.
@@ -50,6 +51,7 @@ log "numerics: ./train_llama ${common[*]} [-o DIR] [run flags]; deadline ${end}s
 # run NAME CAP [train_llama flags]: one run into $work/NAME (log.jsonl) and $work/NAME.log (output)
 run() {
   local name=$1 cap=$2 left=$((end - SECONDS - 10)) t=$SECONDS rc; shift 2
+  case " ${NUMERICS_RUNS:-$name} " in *" $name "*) ;; *) return ;; esac
   [ "$left" -lt "$cap" ] && cap=$left
   if [ "$cap" -lt 20 ]; then
     echo "$name: skipped (deadline: ${left}s left) [$*]" | tee -a "$S"
@@ -67,7 +69,7 @@ run() {
 
 log "fp8 recipes (issue 7) and optimizers (issue 8), $steps steps each"
 run bf16 60 --recipe bf16
-for r in fp8-tensorwise fp8-rowwise fp8-rowwise-gw-hp fp8-blockwise; do run "$r" 60 --recipe "$r"; done
+for r in fp8-tensorwise fp8-rowwise fp8-rowwise-gw-hp fp8-blockwise mxfp8 mxfp8-gw-hp; do run "$r" 60 --recipe "$r"; done
 for o in adamw8bit adamw4bit adamwfp8; do run "$o" 60 --optim "$o"; done
 run bf16-sr 60 --master bf16-sr
 run offload 150 --offload
@@ -86,7 +88,7 @@ plot() {
 }
 log "issue 7: fp8 recipes vs bf16 (114M, $steps steps x 8192 tokens, same seed and data)"
 plot numerics_fp8 "114M Llama, fp8 recipes vs bf16" bf16=bf16 fp8-tensorwise=fp8-tensorwise fp8-rowwise=fp8-rowwise \
-  fp8-rowwise-gw-hp=fp8-rowwise-gw-hp fp8-blockwise=fp8-blockwise
+  fp8-rowwise-gw-hp=fp8-rowwise-gw-hp fp8-blockwise=fp8-blockwise mxfp8=mxfp8 mxfp8-gw-hp=mxfp8-gw-hp
 log "issue 8: optimizers vs fp32 AdamW (114M, $steps steps x 8192 tokens, same seed and data)"
 plot numerics_optim "114M Llama, optimizers vs fp32 AdamW" "bf16=adamw (fp32 states)" adamw8bit=adamw8bit \
   adamw4bit=adamw4bit adamwfp8=adamwfp8 "bf16-sr=adamw, --master bf16-sr" "offload=adamw, --offload"

@@ -191,6 +191,7 @@ static void save_optimizer_single(const char *dir, int step, const LlamaGpu *m) 
 void ckpt_save(const char *out_dir, int step, LlamaGpu *m, GpuCtx *ctx, LlamaModel *cpu, const DataLoader *dl,
                const char *tokenizer, const char *trainer_json, Dist *dist) {
     char name[64], err[1024];
+    llama_gpu_optim_sync(m);  // an overlapped step (--optim-overlap) is done before anything is read
     const int sharded = m->opts.zero != NULL, rank = dist ? dist->rank : 0;
     CHECK(!sharded || dist || m->plan->world == 1, "checkpoint: a ZeRO shard of %d ranks needs the communicator",
           m->plan->world);
@@ -498,12 +499,17 @@ static int load_pieces(const char *dir, LlamaGpu *m) {
 
 int ckpt_load_optimizer(const char *dir, LlamaGpu *m) {
     char err[1024];
+    llama_gpu_optim_sync(m);  // no overlapped step (--optim-overlap) may still write the states
     char *op = path_join(dir, "optimizer.safetensors");
     // A one-process checkpoint into a one-process run: the saved arrays are this run's memory
     // image, copied whole. Everything else goes piece by piece.
     if (m->opts.zero || !file_exists(op)) {
         free(op);
-        return load_pieces(dir, m);
+        const int step = load_pieces(dir, m);
+        // The copies ran on the legacy stream and, from pageable memory, may return before the data
+        // lands; the next step's kernels read the states on non-blocking streams that do not wait for it.
+        CUDA_CHECK(cudaDeviceSynchronize());
+        return step;
     }
     SafeTensors st;
     if (!st_open(&st, op, err, sizeof err)) FAIL("resume: %s", err);
@@ -535,6 +541,7 @@ int ckpt_load_optimizer(const char *dir, LlamaGpu *m) {
               "resume: low-bit optimizer state in %s is not the %zu bytes this model needs", dir, m->state_bytes);
         CUDA_CHECK(cudaMemcpy(m->state_mem, ts->data, ts->nbytes, cudaMemcpyDefault));
     }
+    CUDA_CHECK(cudaDeviceSynchronize());  // the copies have landed, as above
     st_close(&st);
     return (int)step;
 }

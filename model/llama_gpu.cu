@@ -1,4 +1,4 @@
-#include "llama_gpu.cuh"
+#include "llama_gpu_internal.cuh"
 
 #include <math.h>
 #include <stdlib.h>
@@ -7,6 +7,7 @@
 #include "../ops/cross_entropy.cuh"
 #include "../ops/embedding.cuh"
 #include "../ops/matmul.cuh"
+#include "../ops/matmul_mx.cuh"
 #include "../ops/rmsnorm.cuh"
 #include "../ops/rope.cuh"
 #include "../ops/swiglu.cuh"
@@ -115,6 +116,18 @@ static LinearScratchSize linear_scratch_need(const LlamaGpu *m) {
     return s;
 }
 
+// The compute capability major of the current device (0 when there is none): which MX GEMM path the
+// scratch is carved for (the plan is made before a GpuCtx exists).
+static int current_cc_major(void) {
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) !=
+                                                  cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return major;
+}
+
 static void carve_acts(LlamaGpu *m, Carver &cv) {
     const LlamaConfig *c = &m->cfg;
     Dims d = dims(c, m->B, m->T);
@@ -165,6 +178,7 @@ static void carve_acts(LlamaGpu *m, Carver &cv) {
     m->logits_f32 = cv.take<float>(d.V);
     // Last, so that the bf16 recipe's layout is what it always was.
     m->lin.recipe = o->recipe;
+    m->lin.mx_native = linear_recipe_is_mx(o->recipe) && mx_gemm_path_for(current_cc_major()) == MX_GEMM_NATIVE;
     m->lin.cap = linear_scratch_need(m);
     m->lin_bytes = linear_ctx_place(&m->lin, nullptr);
     m->lin_mem = m->lin_bytes ? cv.take<char>(m->lin_bytes) : nullptr;
@@ -214,69 +228,6 @@ GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *
     p.activations = cv.used - m.lin_bytes;
     p.logits = logits_rows(opts, (size_t)B * T) * (size_t)c->vocab_size * sizeof(bf16);
     return p;
-}
-
-// Bucket b's part of this rank's shard, [lo, hi) in the flat vector (empty: lo >= hi).
-static void bucket_range(const LlamaGpu *m, int b, size_t *lo, size_t *hi) {
-    const ZeroPlan *z = m->plan;
-    *lo = z->bucket_lo[b] > z->begin ? z->bucket_lo[b] : z->begin;
-    *hi = z->bucket_hi[b] < z->end ? z->bucket_hi[b] : z->end;
-}
-
-// The k-th bucket the host steps: the layers from the last (their gradients arrive first),
-// then the global tensors.
-static int bucket_in_order(const ZeroPlan *z, int k) { return k < z->n_layers ? z->n_layers - 1 - k : z->n_layers; }
-
-// Offload: the streams and events of the overlapped step (timing off: they only order) and its
-// slices. Whole pieces are gathered into a slice up to opts.offload_slice elements; a larger
-// piece is cut every offload_slice elements, a multiple of ZERO_ALIGN, so every cut falls on
-// whole quantization blocks; a slice's range includes the padding before the next piece.
-static void offload_plan_slices(LlamaGpu *m) {
-    const ZeroPlan *z = m->plan;
-    const int NB = z->n_layers + 1;
-    size_t slice = m->opts.offload_slice ? m->opts.offload_slice : (size_t)1 << 22;
-    slice = (slice + ZERO_ALIGN - 1) / ZERO_ALIGN * ZERO_ALIGN;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&m->down_stream, cudaStreamNonBlocking));
-    CUDA_CHECK(cudaStreamCreateWithFlags(&m->up_stream, cudaStreamNonBlocking));
-    m->ev_final = (cudaEvent_t *)ao_calloc((size_t)NB, sizeof(cudaEvent_t));
-    m->down_queued = (int *)ao_calloc((size_t)NB, sizeof(int));
-    m->slice_first = (int *)ao_calloc((size_t)NB, sizeof(int));
-    m->slice_count = (int *)ao_calloc((size_t)NB, sizeof(int));
-    for (int b = 0; b < NB; b++) CUDA_CHECK(cudaEventCreateWithFlags(&m->ev_final[b], cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventCreateWithFlags(&m->ev_up, cudaEventDisableTiming));
-    int cap = 0;
-    for (int k = 0; k < NB; k++) {
-        const int b = bucket_in_order(z, k);
-        size_t lo, hi;
-        bucket_range(m, b, &lo, &hi);
-        m->slice_first[b] = m->n_slices;
-        if (lo >= hi) continue;
-        size_t at = lo, acc = 0;
-        for (int i = 0; i <= z->n_pieces; i++) {
-            const int end = i == z->n_pieces;
-            const ZeroPiece *pc = end ? nullptr : &z->pieces[i];
-            if (!end && (pc->offset < lo || pc->offset >= hi)) continue;
-            for (size_t e = 0; end || e < pc->n;) {
-                const size_t part = end ? 0 : (pc->n - e < slice ? pc->n - e : slice);
-                if (end || (acc > 0 && acc + part > slice)) {  // close the slice [at, here)
-                    const size_t here = end ? hi : pc->offset + e;
-                    if (m->n_slices == cap) {
-                        cap = cap ? 2 * cap : 16;
-                        m->slice_lo = (size_t *)ao_realloc(m->slice_lo, (size_t)cap * sizeof(size_t));
-                        m->slice_hi = (size_t *)ao_realloc(m->slice_hi, (size_t)cap * sizeof(size_t));
-                    }
-                    m->slice_lo[m->n_slices] = at, m->slice_hi[m->n_slices] = here;
-                    m->n_slices++;
-                    m->slice_count[b]++;
-                    at = here, acc = 0;
-                    if (end) break;
-                }
-                acc += part, e += part;
-            }
-        }
-    }
-    m->ev_down = (cudaEvent_t *)ao_calloc((size_t)(m->n_slices ? m->n_slices : 1), sizeof(cudaEvent_t));
-    for (int k = 0; k < m->n_slices; k++) CUDA_CHECK(cudaEventCreateWithFlags(&m->ev_down[k], cudaEventDisableTiming));
 }
 
 void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int T, const GpuRunOpts *opts) {
@@ -329,8 +280,9 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
         if (f32m) CUDA_CHECK(cudaMallocHost(&m->master, (S ? S : 1) * sizeof(float)));
         CUDA_CHECK(cudaMallocHost(&m->h_grads, (S ? S : 1) * sizeof(float)));
         CUDA_CHECK(cudaMallocHost(&m->h_params, (S ? S : 1) * sizeof(uint16_t)));
-        offload_plan_slices(m);
+        lg_offload_plan_slices(m);
     }
+    lg_optim_init(m);  // --optim-overlap: the optimizer stream, when the overlap applies
     if (!lowbit) {
         if (off) {
             CUDA_CHECK(cudaMallocHost(&m->adam_m, (S ? S : 1) * sizeof(float)));
@@ -433,6 +385,7 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
 }
 
 void llama_gpu_free(LlamaGpu *m) {
+    lg_optim_free(m);  // waits for a step still running there
     if (m->param_mem) cudaFree(m->param_mem);
     if (m->act_mem) cudaFree(m->act_mem);
     if (m->opts.offload) {
@@ -464,7 +417,7 @@ void llama_gpu_free(LlamaGpu *m) {
 
 // Waits for the compute stream: through the multi-GPU hook when one is set (it polls for
 // failed peers), else plainly.
-static void gpu_sync(LlamaGpu *m, GpuCtx *ctx, const char *what) {
+void lg_sync(LlamaGpu *m, GpuCtx *ctx, const char *what) {
     if (m->sync) m->sync(m->sync_arg, ctx->stream, what);
     else CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
 }
@@ -480,7 +433,7 @@ void llama_gpu_set_batch(LlamaGpu *m, GpuCtx *ctx, const int32_t *tokens, const 
     }
     // The stream is in order, so the pinned staging buffers may be reused only once the
     // previous batch's copies are done.
-    gpu_sync(m, ctx, "the previous batch's copies (compute stream)");
+    lg_sync(m, ctx, "the previous batch's copies (compute stream)");
     m->n_buckets = embedding_buckets_cpu(m->h_pos, m->h_start, m->h_token, tokens, N, V);
     CUDA_CHECK(cudaMemcpyAsync(m->tokens, tokens, N * sizeof(int32_t), cudaMemcpyHostToDevice, ctx->stream));
     if (targets) CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, N * sizeof(int32_t), cudaMemcpyHostToDevice, ctx->stream));
@@ -520,7 +473,11 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
     cudaStream_t s = ctx->stream;
     const int N = (int)d.N, D = (int)d.D, B = m->B, T = m->T, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     const float eps = c->rms_norm_eps;
+    // After an overlapped step, each stage's weights are waited for just before their first use
+    // (lg_optim_use: stage 0 the embedding, 1 + l layer l, n_layers + 1 the final norm and LM head).
+    lg_optim_use(m, ctx, 0);
     embedding_forward(m->layers[0].resid, m->tokens, m->w.wte, N, D, s);
+    lg_optim_use(m, ctx, 1);
     rmsnorm_forward(m->layers[0].ln1, m->layers[0].ln1_rstd, m->layers[0].resid, m->wl[0].ln1, N, D, eps, s);
     for (int l = 0; l < c->n_layers; l++) {
         GpuLayerActs *L = &m->layers[l];
@@ -534,6 +491,7 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
         gu_forward(m, ctx, l, L->ln2, L->gu);
         swiglu_forward(L->act, L->gu, N, (int)d.F, s);
         linear_forward(&m->lin, ctx, m->scratch_d, L->act, &gd, N);
+        lg_optim_use(m, ctx, l + 2);  // layer l + 1's ln1, or the final norm (and an untied LM head)
         if (l + 1 < c->n_layers) {
             GpuLayerActs *Ln = &m->layers[l + 1];
             residual_rmsnorm_forward(Ln->resid, Ln->ln1, Ln->ln1_rstd, L->resid_mid, m->scratch_d, m->wl[l + 1].ln1, N,
@@ -555,50 +513,12 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
         if (dloss != 0.0f) linear_backward(&m->lin, ctx, m->d_ln + (size_t)r0 * D, m->logits, x, &head, nr);
     }
     CUDA_CHECK(cudaMemcpyAsync(m->h_losses, m->losses, N * sizeof(float), cudaMemcpyDeviceToHost, s));
-    gpu_sync(m, ctx, "the forward pass's losses (compute stream)");
+    lg_sync(m, ctx, "the forward pass's losses (compute stream)");
     // Ignored rows have loss 0, so a fixed-order sum over all rows is the sum over valid ones.
     double sum = 0;
     for (int i = 0; i < N; i++) sum += m->h_losses[i];
     if (n_valid) *n_valid = m->n_valid;
     return sum;
-}
-
-// ---- the offloaded step, overlapped ---------------------------------------------------------
-// The gradients come down and the weights go up per bucket of the ZeRO plan (dist/zero.cuh:
-// layer l's tensors, and the global ones as bucket n_layers), cut into slices:
-//   backward of the step's last micro-batch   after each layer (after its reduction with ZeRO), the
-//                                             bucket's part of this rank's shard -> h_grads (D2H on
-//                                             down_stream, slice by slice)
-//   llama_gpu_adamw                           the host takes the slices in the order they arrive
-//                                             (layers from the last, then the global tensors), waits
-//                                             for each one's copy, steps its tensors (adamw_cpu_run,
-//                                             every core) and queues its bf16 weights' copy up (H2D on
-//                                             up_stream, so uploads overlap the downloads still going)
-//                                             while it steps the next; the compute stream waits for
-//                                             the last upload, so the next forward sees every weight.
-// The step needs the gradient-norm clip scale, so with clipping the host starts after the norm
-// (the copies down still overlap the backward, the copies up the host step); train_llama calls
-// llama_gpu_adamw before the norm when clipping is off, and the host step then overlaps the
-// backward too (a layer's weights are not read by the backward of the layers below it, so its
-// upload may land while they run). Each element is stepped by the same function with the same
-// arguments as without overlap, so the bits are the same.
-
-static int streaming(const LlamaGpu *m) { return m->opts.offload && !m->opts.offload_sync && m->stream_grads; }
-
-// Queues bucket b's copies down, slice by slice, once what `final_on` holds so far is done
-// (the bucket's gradients are final).
-static void offload_queue_down(LlamaGpu *m, cudaStream_t final_on, int layer) {
-    const int b = layer < 0 ? m->plan->n_layers : layer;
-    m->down_queued[b] = 1;
-    if (!m->slice_count[b]) return;
-    CUDA_CHECK(cudaEventRecord(m->ev_final[b], final_on));
-    CUDA_CHECK(cudaStreamWaitEvent(m->down_stream, m->ev_final[b], 0));
-    for (int k = m->slice_first[b]; k < m->slice_first[b] + m->slice_count[b]; k++) {
-        const size_t lo = m->slice_lo[k], hi = m->slice_hi[k];
-        CUDA_CHECK(cudaMemcpyAsync(m->h_grads + (lo - m->plan->begin), m->grads + lo, (hi - lo) * sizeof(float),
-                                   cudaMemcpyDeviceToHost, m->down_stream));
-        CUDA_CHECK(cudaEventRecord(m->ev_down[k], m->down_stream));
-    }
 }
 
 void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
@@ -608,6 +528,7 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
     const int N = (int)d.N, D = (int)d.D, F = (int)d.F, B = m->B, T = m->T, H = c->n_heads, KV = c->n_kv_heads,
               hd = c->head_dim;
     const float eps = c->rms_norm_eps;
+    llama_gpu_optim_wait(m, ctx);  // (nothing pending: the forward before waited for every stage)
     // d_ln holds d loss / d lnf from the LM head.
     rmsnorm_backward(m->d_resid, m->g.norm_f, m->norm_scratch, m->d_ln, nullptr, m->resid_final, m->w.norm_f,
                      m->lnf_rstd, N, D, s);
@@ -643,155 +564,19 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
         rmsnorm_backward(m->d_resid, G->ln1, m->norm_scratch, m->d_ln, m->d_resid, L->resid, W->ln1, L->ln1_rstd, N, D,
                          s);
         if (m->grads_ready) m->grads_ready(m->grads_ready_arg, l);
-        if (streaming(m)) offload_queue_down(m, m->grads_stream ? m->grads_stream : s, l);
+        if (lg_streaming(m)) lg_offload_queue_down(m, m->grads_stream ? m->grads_stream : s, l);
     }
     embedding_backward(m->g.wte, m->d_resid, m->emb_pos, m->emb_start, m->emb_token, m->n_buckets, D, s);
     if (m->grads_ready) m->grads_ready(m->grads_ready_arg, -1);
-    if (streaming(m)) offload_queue_down(m, m->grads_stream ? m->grads_stream : s, c->n_layers);
+    if (lg_streaming(m)) lg_offload_queue_down(m, m->grads_stream ? m->grads_stream : s, c->n_layers);
 }
 
 void llama_gpu_zero_grads(LlamaGpu *m, GpuCtx *ctx) {
+    if (m->grads_zero_queued) {  // the overlapped step zeroed them after each stage's update
+        m->grads_zero_queued = 0;
+        return;
+    }
     CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->tab.total * sizeof(float), ctx->stream));
-}
-
-float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx) {
-    float *out = m->gn_scratch;
-    grad_norm_squared(out, m->gn_scratch + 1, m->grads, m->tab.total, ctx->stream);
-    float h;
-    CUDA_CHECK(cudaMemcpyAsync(&h, out, sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
-    gpu_sync(m, ctx, "the gradient norm (compute stream)");
-    return sqrtf(h);
-}
-
-LowbitState llama_gpu_piece_state(const LlamaGpu *m, int i) {
-    const ZeroPlan *z = m->plan;
-    CHECK(i >= 0 && i < z->n_pieces, "piece %d of %d", i, z->n_pieces);
-    if (m->opts.optim != LOWBIT_F32) return m->states[i];
-    const size_t so = z->pieces[i].offset - z->begin;
-    LowbitState st;
-    memset(&st, 0, sizeof st);
-    st.fmt = LOWBIT_F32;
-    st.n = z->pieces[i].n;
-    st.m = m->adam_m + so;
-    st.v = m->adam_v + so;
-    return st;
-}
-
-// The host step of elements [e0, e0 + n) of piece i (offload): the same call, and so the same
-// bits, as the GPU's (e0, n: whole quantization blocks, see offload_plan_slices).
-static AdamwCpuJob piece_job(const LlamaGpu *m, int i, size_t e0, size_t n, float lr, float b1, float b2, float eps,
-                             float wd, int step, float grad_scale) {
-    const ZeroPlan *z = m->plan;
-    const ZeroPiece *pc = &z->pieces[i];
-    const size_t o = pc->offset + e0, so = o - z->begin;
-    const float wd_i = m->tab.p[pc->tensor].kind == PARAM_MATRIX ? wd : 0.0f;
-    AdamwCpuJob j;
-    memset(&j, 0, sizeof j);
-    j.kind = m->opts.optim == LOWBIT_F32 ? ADAMW_CPU_TORCH : ADAMW_CPU_LOWBIT;
-    j.master = m->master ? m->master + so : NULL;
-    j.param = m->h_params + so;
-    j.grad = m->h_grads + so;
-    const LowbitState whole = llama_gpu_piece_state(m, i);
-    j.st = lowbit_state_range(&whole, e0, n);
-    j.s = LowbitStep{lr, b1, b2, eps, wd_i, step, grad_scale, m->opts.master, m->opts.seed, o};
-    return j;
-}
-
-static void offload_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
-                          float grad_scale) {
-    const ZeroPlan *z = m->plan;
-    const size_t S = m->shard_n, b0 = z->begin;
-    const int NB = z->n_layers + 1;
-    AdamwCpuJob *jobs = (AdamwCpuJob *)ao_malloc((size_t)(z->n_pieces ? z->n_pieces : 1) * sizeof *jobs);
-    if (m->opts.offload_sync) {  // one copy down, the whole step, one copy up, each after the other
-        CUDA_CHECK(cudaMemcpyAsync(m->h_grads, m->grads + b0, S * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
-        gpu_sync(m, ctx, "the gradients for the host optimizer step (compute stream)");
-        for (int i = 0; i < z->n_pieces; i++)
-            jobs[i] = piece_job(m, i, 0, z->pieces[i].n, lr, b1, b2, eps, wd, step, grad_scale);
-        adamw_cpu_run(jobs, z->n_pieces);
-        CUDA_CHECK(cudaMemcpyAsync(m->params + b0, m->h_params, S * sizeof(uint16_t), cudaMemcpyHostToDevice, ctx->stream));
-        free(jobs);
-        return;
-    }
-    // Buckets the backward did not stream (no stream_grads: e.g. gradients set by a test) go
-    // down now, in the same order.
-    for (int k = 0; k < NB; k++) {
-        const int b = bucket_in_order(z, k);
-        if (!m->down_queued[b]) offload_queue_down(m, ctx->stream, b);
-    }
-    // Slices are in the order the host steps them; pieces in table order.
-    for (int k = 0; k < m->n_slices; k++) {
-        const size_t lo = m->slice_lo[k], hi = m->slice_hi[k];
-        // Local copies only: with ZeRO every reduction was waited for before the norm.
-        CUDA_CHECK(cudaEventSynchronize(m->ev_down[k]));
-        int nj = 0;
-        for (int i = 0; i < z->n_pieces; i++) {
-            const ZeroPiece *pc = &z->pieces[i];
-            const size_t x0 = pc->offset > lo ? pc->offset : lo, x1 = pc->offset + pc->n < hi ? pc->offset + pc->n : hi;
-            if (x0 < x1) jobs[nj++] = piece_job(m, i, x0 - pc->offset, x1 - x0, lr, b1, b2, eps, wd, step, grad_scale);
-        }
-        adamw_cpu_run(jobs, nj);
-        CUDA_CHECK(cudaMemcpyAsync(m->params + lo, m->h_params + (lo - b0), (hi - lo) * sizeof(uint16_t),
-                                   cudaMemcpyHostToDevice, m->up_stream));
-    }
-    CUDA_CHECK(cudaEventRecord(m->ev_up, m->up_stream));
-    CUDA_CHECK(cudaStreamWaitEvent(ctx->stream, m->ev_up, 0));
-    memset(m->down_queued, 0, (size_t)NB * sizeof(int));
-    free(jobs);
-}
-
-void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
-                     float grad_scale) {
-    if (m->opts.offload) {  // the shard's gradients to the host; the step runs there; its bf16 weights come back
-        offload_adamw(m, ctx, lr, b1, b2, eps, wd, step, grad_scale);
-        return;
-    }
-    const ZeroPlan *z = m->plan;
-    const size_t b0 = z->begin;
-    const LowbitMaster mode = m->opts.master;
-    // A piece is a whole tensor without ZeRO; o is its flat offset (params, grads, and the
-    // stochastic-rounding index), so = o - b0 its index into the shard's arrays.
-    for (int i = 0; i < z->n_pieces; i++) {
-        const ZeroPiece *pc = &z->pieces[i];
-        const ParamInfo *p = &m->tab.p[pc->tensor];
-        const size_t o = pc->offset, so = o - b0, n = pc->n;
-        const float wd_i = p->kind == PARAM_MATRIX ? wd : 0.0f;
-        LowbitStep ls = {lr, b1, b2, eps, wd_i, step, grad_scale, mode, m->opts.seed, o};
-        if (m->opts.optim != LOWBIT_F32)
-            adamw_lowbit_update(m->master ? m->master + so : NULL, m->params + o, m->states[i], m->grads + o, &ls,
-                                ctx->stream);
-        else if (mode == LOWBIT_MASTER_F32)
-            adamw_update(m->master + so, m->params + o, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2,
-                         eps, wd_i, step, grad_scale, ctx->stream);
-        else
-            adamw_update_bf16_sr(m->params + o, m->grads + o, m->adam_m + so, m->adam_v + so, n, lr, b1, b2, eps, wd_i,
-                                 step, grad_scale, m->opts.seed, o, ctx->stream);
-    }
-}
-
-void llama_gpu_download(const LlamaGpu *m, LlamaModel *cpu) {
-    CHECK(m->plan->begin == 0 && m->shard_n == m->tab.total,
-          "llama_gpu_download: this process holds only a shard of the master weights (gather them first)");
-    CUDA_CHECK(cudaDeviceSynchronize());
-    const size_t P = m->tab.total;
-    if (m->master) {
-        CUDA_CHECK(cudaMemcpy(cpu->params, m->master, P * sizeof(float), cudaMemcpyDefault));
-        return;
-    }
-    // bf16 masters: the GPU's weights (the offloaded step's copy is on the GPU after every step)
-    uint16_t *h = (uint16_t *)ao_malloc((P ? P : 1) * sizeof(uint16_t));
-    CUDA_CHECK(cudaMemcpy(h, m->params, P * sizeof(uint16_t), cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < P; i++) cpu->params[i] = lowbit_bf16_to_f32(h[i]);
-    free(h);
-}
-
-void llama_gpu_master_to_device(const LlamaGpu *m, GpuCtx *ctx, float *dst) {
-    if (!m->shard_n) return;
-    if (m->master)
-        CUDA_CHECK(cudaMemcpyAsync(dst + m->plan->begin, m->master, m->shard_n * sizeof(float), cudaMemcpyDefault,
-                                   ctx->stream));
-    else
-        cast_bf16_to_f32(dst + m->plan->begin, m->params + m->plan->begin, m->shard_n, ctx->stream);
 }
 
 void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
@@ -800,10 +585,11 @@ void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
     const int V = (int)d.V, D = (int)d.D;
     const bf16 *x = m->lnf + ((size_t)b * m->T + pos) * D;
     const LinearGroup head = linear_group(m, m->cfg.n_layers, 0);
+    llama_gpu_optim_wait(m, ctx);
     linear_forward(&m->lin, ctx, m->logits, x, &head, 1);
     cast_bf16_to_f32(m->logits_f32, m->logits, (size_t)V, ctx->stream);
     CUDA_CHECK(cudaMemcpyAsync(out, m->logits_f32, V * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
-    gpu_sync(m, ctx, "the sampled logits (compute stream)");
+    lg_sync(m, ctx, "the sampled logits (compute stream)");
 }
 
 int llama_gpu_linears(const LlamaGpu *m, int l, LinearGroup *out, const bf16 **inputs) {
@@ -845,4 +631,6 @@ void llama_gpu_print_linears(const LlamaGpu *m, FILE *f) {
         }
         if (fp8) fprintf(f, count ? "\n" : "  fp8:  none (no Linear has fp8-compatible dimensions)\n");
     }
+    if (linear_recipe_is_mx(r))
+        fprintf(f, "  MX GEMMs: %s\n", mx_gemm_path_name(m->lin.mx_native ? MX_GEMM_NATIVE : MX_GEMM_EMULATED));
 }

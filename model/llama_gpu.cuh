@@ -40,6 +40,9 @@ typedef struct {
                            // Must outlive the model.
     LinearRecipe recipe;   // --recipe: how the layers' Linears run (ops/linear.h); LINEAR_BF16 (0) is the
                            // bf16 trainer, bit for bit. lm_head stays bf16 in every recipe.
+    int optim_overlap;     // --optim-overlap: the on-GPU AdamW step on its own stream, stage by stage in
+                           // forward order, overlapped with the next forward (the same bits). Only on one
+                           // GPU without offload: with zero or offload the step stays serial (LlamaGpu.overlap)
 } GpuRunOpts;
 
 // Per-layer activations kept for backward (bf16 unless marked), N = B*T rows.
@@ -109,6 +112,22 @@ typedef struct {
     void *sync_arg;
     void (*grads_ready)(void *arg, int layer);
     void *grads_ready_arg;
+    // --optim-overlap (llama_gpu_step.cu). The on-GPU step runs on optim_stream in stages, in the
+    // order the forward needs the weights: stage 0 the embedding, 1 + l layer l, n_layers + 1 the
+    // final norm and an untied LM head. After ev_grads (the compute stream's work so far: backward
+    // and norm), each stage's tensors are stepped, then their gradients zeroed (for the next step,
+    // whose llama_gpu_zero_grads then has nothing to do: grads_zero_queued), then ev_stage[s] is
+    // recorded. While optim_pending, the forward makes the compute stream wait for stage s before
+    // its first kernel reading stage s's weights; anything else that touches what the step writes
+    // waits for all of it first (llama_gpu_optim_wait / llama_gpu_optim_sync).
+    int overlap;                 // the schedule in effect: opts.optim_overlap without zero and offload
+    cudaStream_t optim_stream;
+    cudaEvent_t ev_grads, *ev_stage;  // [n_layers + 2]
+    int optim_pending, grads_zero_queued;
+    // Tests only (NULL otherwise): called before each stage's kernels are queued on optim_stream,
+    // e.g. to queue a delay there that a missing wait would turn into different bits.
+    void (*optim_stage_hook)(void *arg, int stage, cudaStream_t s);
+    void *optim_stage_hook_arg;
     LlamaWeightsBf16 w;
     LlamaWeightsBf16Layer *wl;
     LlamaWeights g;  // gradient pointers (fp32)
@@ -156,17 +175,34 @@ void llama_gpu_set_batch(LlamaGpu *m, GpuCtx *ctx, const int32_t *tokens, const 
 double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid);
 // Accumulates gradients into m->grads (call after forward with dloss != 0).
 void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx);
+// Zeroes the gradients; nothing to do after an overlapped step, which zeroed them stage by stage
+// on the optimizer stream (the next forward waits for that before any backward; a caller that
+// writes the gradients itself calls llama_gpu_optim_wait first).
 void llama_gpu_zero_grads(LlamaGpu *m, GpuCtx *ctx);
-// Global L2 norm of the gradients (synchronises).
+// Global L2 norm of the gradients (synchronises). In two halves: _queue queues the reduction on
+// the compute stream, _result waits for it (so that a step which needs no norm, clipping off,
+// can be queued in between).
 float llama_gpu_grad_norm(LlamaGpu *m, GpuCtx *ctx);
+void llama_gpu_grad_norm_queue(LlamaGpu *m, GpuCtx *ctx);
+float llama_gpu_grad_norm_result(LlamaGpu *m, GpuCtx *ctx);
 // One AdamW step over the shard's pieces (all tensors without ZeRO; weight decay on matrices
 // only). With ZeRO the other ranks' parameters are left as they were: all-gather them after.
 // Offloaded, the host steps one gradient bucket at a time as its gradients arrive and copies its
 // bf16 weights back on the copy stream; it returns when the host step is done, with the compute
 // stream waiting for the last copy (so the next forward sees the new weights). The bits are the
 // on-GPU step's in every case.
+// With m->overlap (--optim-overlap) the step is queued on the optimizer stream stage by stage and
+// this returns at once; see LlamaGpu.overlap for the order and the waits.
 void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
                      float grad_scale);
+// After an overlapped step: the compute stream waits for all of it (queued, no host wait), or the
+// host does. Every reader or writer of the weights, masters, states or gradients other than the
+// forward (evaluation, sampling, checkpoints, the end of training, a test's own copies) calls
+// one first. _wait does nothing without a pending step; _sync always waits for the optimizer
+// stream (when there is one), since a pending step that was only waited for on the compute stream
+// is not yet done for the host.
+void llama_gpu_optim_wait(LlamaGpu *m, GpuCtx *ctx);
+void llama_gpu_optim_sync(LlamaGpu *m);
 // The optimizer state of piece i of the shard (fp32 moments are viewed as a LOWBIT_F32 state).
 LowbitState llama_gpu_piece_state(const LlamaGpu *m, int i);
 // Copies master weights back into a CPU model (for saving; without ZeRO). bf16 masters are

@@ -6,9 +6,10 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "../quant/mx.h"
 
-static const char *const NAMES[LINEAR_NRECIPES] = {"bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise-gw-hp",
-                                                   "fp8-blockwise"};
+static const char *const NAMES[LINEAR_NRECIPES] = {"bf16",          "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise-gw-hp",
+                                                   "fp8-blockwise", "mxfp8",          "mxfp8-gw-hp"};
 
 const char *linear_recipe_name(LinearRecipe r) { return (unsigned)r < LINEAR_NRECIPES ? NAMES[r] : "?"; }
 
@@ -18,9 +19,13 @@ Fp8Recipe linear_fp8_recipe(LinearRecipe r) {
         case LINEAR_FP8_ROWWISE: return FP8_RECIPE_ROWWISE;
         case LINEAR_FP8_ROWWISE_GW_HP: return FP8_RECIPE_ROWWISE_GW_HP;
         case LINEAR_FP8_BLOCKWISE: return FP8_RECIPE_BLOCKWISE;
+        case LINEAR_MXFP8: return FP8_RECIPE_MXFP8;
+        case LINEAR_MXFP8_GW_HP: return FP8_RECIPE_MXFP8_GW_HP;
         default: FAIL("linear_fp8_recipe: recipe %d (%s) has no fp8 casts", (int)r, linear_recipe_name(r));
     }
 }
+
+int linear_recipe_is_mx(LinearRecipe r) { return r == LINEAR_MXFP8 || r == LINEAR_MXFP8_GW_HP; }
 
 int linear_recipe_parse(const char *s, LinearRecipe *r, char *err, size_t n) {
     for (int i = 0; i < LINEAR_NRECIPES; i++)
@@ -28,20 +33,25 @@ int linear_recipe_parse(const char *s, LinearRecipe *r, char *err, size_t n) {
             *r = (LinearRecipe)i;
             return 1;
         }
-    if (s && strncmp(s, "mx", 2) == 0)
-        snprintf(err, n,
-                 "--recipe %s: MXFP8 training is not available yet (issue 7, item 4). The MX casts exist "
-                 "(quant/mx.h, bit-exact with torchao), but Hopper has no MX tensor-core GEMM: it needs the emulated "
-                 "path (dequantize to bf16 tiles) or an sm_100 GPU, and neither is wired in\n  HINT: fp8-blockwise "
-                 "is the fine-grained-scaling recipe that runs on H100/H200", s);
-    else
-        snprintf(err, n, "--recipe %s: expected bf16, fp8-tensorwise, fp8-rowwise, fp8-rowwise-gw-hp or fp8-blockwise",
-                 s ? s : "(null)");
+    snprintf(err, n,
+             "--recipe %s: expected bf16, fp8-tensorwise, fp8-rowwise, fp8-rowwise-gw-hp, fp8-blockwise, mxfp8 or "
+             "mxfp8-gw-hp", s ? s : "(null)");
     return 0;
 }
 
 int linear_tokens_ok(LinearRecipe r, long N, char *why, size_t n) {
-    if (r == LINEAR_BF16 || (N > 0 && N % 16 == 0)) return 1;
+    if (r == LINEAR_BF16) return 1;
+    if (r == LINEAR_MXFP8) {
+        if (N > 0 && N % MX_BLOCK == 0) return 1;
+        if (why)
+            snprintf(why, n,
+                     "--recipe %s needs b*t (the tokens of a micro-batch, here %ld) to be a multiple of 32: the "
+                     "grad_weight GEMM reduces over the tokens, and its MX operands (g^T, x^T) are cast in blocks of 32 "
+                     "along them (torchao's to_mx refuses a partial block)\n  HINT: pick -b and -t with b*t a multiple "
+                     "of 32, or --recipe mxfp8-gw-hp (grad_weight in bf16)", linear_recipe_name(r), N);
+        return 0;
+    }
+    if (N > 0 && N % 16 == 0) return 1;
     if (why)
         snprintf(why, n,
                  "--recipe %s needs b*t (the tokens of a micro-batch, here %ld) to be a multiple of 16: the "
@@ -67,6 +77,12 @@ int linear_part_fp8(LinearRecipe r, int K, int M, int col, int ldo, int hp, char
                  K % 16 ? "in_features" : "out_features", K % 16 ? K : M);
         return 0;
     }
+    if (linear_recipe_is_mx(r) && (K % MX_BLOCK || M % MX_BLOCK)) {
+        snprintf(why, n, "%s %d is not a multiple of 32: torchao's to_mx needs whole blocks of 32 along %s, so it "
+                 "stays in high precision", K % MX_BLOCK ? "in_features" : "out_features", K % MX_BLOCK ? K : M,
+                 K % MX_BLOCK ? "in_features (the forward's reduction)" : "out_features (grad_input's reduction)");
+        return 0;
+    }
     // The fp8 GEMM writes bf16 rows through cuBLASLt, which wants 16-byte aligned rows and starts.
     if (col % 8 || ldo % 8) {
         snprintf(why, n, "its output columns [%d, %d) in rows of %d bf16 are not 16-byte aligned", col, col + M, ldo);
@@ -79,6 +95,25 @@ static void grow(size_t *a, size_t b) {
     if (b > *a) *a = b;
 }
 
+// Scale entries of one cast in floats (MX: e8m0 bytes, 4 to a float).
+static size_t scale_floats(Fp8Recipe f, Fp8Operand op, int rows, int cols) {
+    const Fp8CastSpec sp = fp8_recipe_cast(f, op);
+    const size_t c = fp8_scale_count(sp, rows, cols, NULL);
+    return sp.scaling == FP8_SCALE_MX32 ? (c + 3) / 4 : c;
+}
+
+// MX: per GEMM, its P and Q operands (rows x reduction dim): dequantized bf16 and swizzled scales.
+static void mx_scratch_add(LinearScratchSize *s, Fp8Recipe f, int N, int K, int M) {
+    const int gw = fp8_recipe_cast(f, FP8_X_GW).scaling == FP8_SCALE_MX32;
+    const int rp[3] = {N, N, M}, rq[3] = {M, K, K}, kd[3] = {K, M, N};  // forward, grad_input, grad_weight
+    for (int g = 0; g < (gw ? 3 : 2); g++) {
+        grow(&s->mxp, (size_t)rp[g] * kd[g]);
+        grow(&s->mxq, (size_t)rq[g] * kd[g]);
+        grow(&s->mxsp, mx_swizzled_bytes(rp[g], (kd[g] + MX_BLOCK - 1) / MX_BLOCK));
+        grow(&s->mxsq, mx_swizzled_bytes(rq[g], (kd[g] + MX_BLOCK - 1) / MX_BLOCK));
+    }
+}
+
 void linear_scratch_add(LinearScratchSize *s, LinearRecipe r, long N, int K, int M, int split) {
     const Fp8Recipe f = linear_fp8_recipe(r);
     const size_t n = (size_t)N, k = (size_t)K, m = (size_t)M;
@@ -87,12 +122,13 @@ void linear_scratch_add(LinearScratchSize *s, LinearRecipe r, long N, int K, int
     grow(&s->qg, n * m);
     if (split) grow(&s->gcopy, n * m);
     // Stored tensors: x [N, K], W [M, K], g [N, M]; the specs say which are cast transposed.
-    grow(&s->sx, fp8_scale_count(fp8_recipe_cast(f, FP8_X_FWD), (int)N, K, NULL));
-    grow(&s->sx, fp8_scale_count(fp8_recipe_cast(f, FP8_X_GW), (int)N, K, NULL));
-    grow(&s->sw, fp8_scale_count(fp8_recipe_cast(f, FP8_W_FWD), M, K, NULL));
-    grow(&s->sw, fp8_scale_count(fp8_recipe_cast(f, FP8_W_GI), M, K, NULL));
-    grow(&s->sg, fp8_scale_count(fp8_recipe_cast(f, FP8_G_GI), (int)N, M, NULL));
-    grow(&s->sg, fp8_scale_count(fp8_recipe_cast(f, FP8_G_GW), (int)N, M, NULL));
+    grow(&s->sx, scale_floats(f, FP8_X_FWD, (int)N, K));
+    grow(&s->sx, scale_floats(f, FP8_X_GW, (int)N, K));
+    grow(&s->sw, scale_floats(f, FP8_W_FWD, M, K));
+    grow(&s->sw, scale_floats(f, FP8_W_GI, M, K));
+    grow(&s->sg, scale_floats(f, FP8_G_GI, (int)N, M));
+    grow(&s->sg, scale_floats(f, FP8_G_GW, (int)N, M));
+    if (linear_recipe_is_mx(r)) mx_scratch_add(s, f, (int)N, K, M);
     const Fp8CastSpec gi = fp8_recipe_cast(f, FP8_G_GI), wi = fp8_recipe_cast(f, FP8_W_GI);
     if (gi.scaling == FP8_SCALE_AXIS && wi.scaling == FP8_SCALE_TENSOR) grow(&s->svec, k);
     int tensor = 0;
@@ -118,9 +154,13 @@ size_t linear_ctx_place(LinearCtx *lc, void *base) {
     float *sx = (float *)piece(b, &used, c->sx * sizeof(float)), *sw = (float *)piece(b, &used, c->sw * sizeof(float)),
           *sg = (float *)piece(b, &used, c->sg * sizeof(float)), *sv = (float *)piece(b, &used, c->svec * sizeof(float)),
           *am = (float *)piece(b, &used, c->amax * sizeof(float));
+    void *mxp = piece(b, &used, lc->mx_native ? 0 : c->mxp * 2), *mxq = piece(b, &used, lc->mx_native ? 0 : c->mxq * 2);
+    uint8_t *mxsp = (uint8_t *)piece(b, &used, lc->mx_native ? c->mxsp : 0),
+            *mxsq = (uint8_t *)piece(b, &used, lc->mx_native ? c->mxsq : 0);
     if (b) {
         lc->qx = qx, lc->qw = qw, lc->qg = qg, lc->gcopy = gcopy;
         lc->sx = sx, lc->sw = sw, lc->sg = sg, lc->svec = sv, lc->amax = am;
+        lc->mxp = mxp, lc->mxq = mxq, lc->mxsp = mxsp, lc->mxsq = mxsq;
     }
     return used;
 }

@@ -6,6 +6,7 @@
 #include "linear.cuh"
 #include "matmul.cuh"
 #include "matmul_fp8.cuh"
+#include "matmul_mx.cuh"
 
 static_assert(LINEAR_AMAX_FLOATS == FP8_AMAX_PARTIALS + 1, "ops/linear.h LINEAR_AMAX_FLOATS must match fp8_cast.cuh");
 
@@ -41,19 +42,62 @@ static void check_group(const LinearGroup *g, int N, const char *fn) {
           fn, g->nparts, g->K, N);
 }
 
-// ---- fp8 pieces ------------------------------------------------------------------------------------
+// ---- fp8 / MX pieces -------------------------------------------------------------------------------
+// A GEMM operand: fp8 (ops/matmul_fp8.cuh) or MX (ops/matmul_mx.cuh; its e8m0 bytes in the float scratch).
+struct LinOp {
+    Fp8Mat f;
+    MxMat mx;
+    int is_mx;
+};
+
 // One operand of the recipe cast from the stored bf16 tensor src [rows, cols] into q / s.
-static Fp8Mat cast_operand(const LinearCtx *lc, Fp8Operand op, uint8_t *q, size_t qcap, float *s, size_t scap,
-                           const bf16 *src, int rows, int cols, cudaStream_t st) {
+static LinOp cast_operand(const LinearCtx *lc, Fp8Operand op, uint8_t *q, size_t qcap, float *s, size_t scap,
+                          const bf16 *src, int rows, int cols, cudaStream_t st) {
     const Fp8CastSpec spec = fp8_recipe_cast(linear_fp8_recipe(lc->recipe), op);
+    const int mx = spec.scaling == FP8_SCALE_MX32;
     int ld = 0;
-    const size_t ns = fp8_scale_count(spec, rows, cols, &ld);
-    CHECK(q && s && (size_t)rows * cols <= qcap && ns <= scap,
-          "linear: the %s cast of a [%d x %d] tensor needs %zu codes and %zu scales, the scratch holds %zu and %zu\n"
-          "  HINT: the scratch is sized from the model's Linears at start-up (linear_group_scratch); a Linear "
-          "that was not planned for runs here", fp8_operand_name(op), rows, cols, (size_t)rows * cols, ns, qcap, scap);
-    fp8_cast_operand(q, s, NULL, src, rows, cols, spec, lc->amax, st);
-    return fp8_mat(q, s, spec, rows, cols);
+    const size_t ns = fp8_scale_count(spec, rows, cols, &ld), nf = mx ? (ns + 3) / 4 : ns;
+    CHECK(q && s && (size_t)rows * cols <= qcap && nf <= scap,
+          "linear: the %s cast of a [%d x %d] tensor needs %zu codes and %zu scale floats, the scratch holds %zu and "
+          "%zu\n  HINT: the scratch is sized from the model's Linears at start-up (linear_group_scratch); a Linear "
+          "that was not planned for runs here", fp8_operand_name(op), rows, cols, (size_t)rows * cols, nf, qcap, scap);
+    fp8_cast_operand(q, s, (uint8_t *)s, src, rows, cols, spec, lc->amax, st);
+    LinOp o;
+    memset(&o, 0, sizeof o);
+    o.is_mx = mx;
+    if (mx) o.mx.q = q, o.mx.e8m0 = (const uint8_t *)s, o.mx.dtype = spec.dtype;
+    else o.f = fp8_mat(q, s, spec, rows, cols);
+    return o;
+}
+
+// out[rp, rq] (row stride ldo) = beta * out + P . Q^T for MX operands, through the path the scratch was
+// carved for (lc->mx_native; mx_gemm_try refuses the native path below sm_100).
+static void mx_lin_gemm(const LinearCtx *lc, GpuCtx *ctx, void *out, Fp8OutType ot, int ldo, float beta, const MxMat &p,
+                        const MxMat &q, int rp, int rq, int kd) {
+    MxGemmScratch ws;
+    ws.p = (bf16 *)lc->mxp, ws.q = (bf16 *)lc->mxq, ws.p_cap = lc->mxp ? lc->cap.mxp : 0, ws.q_cap = lc->mxq ? lc->cap.mxq : 0;
+    ws.sp = lc->mxsp, ws.sq = lc->mxsq, ws.sp_cap = lc->mxsp ? lc->cap.mxsp : 0, ws.sq_cap = lc->mxsq ? lc->cap.mxsq : 0;
+    Fp8GemmInfo info;
+    if (!mx_gemm_try(ctx, out, ot, ldo, beta, p, q, rp, rq, kd, &ws, lc->mx_native ? MX_GEMM_NATIVE : MX_GEMM_EMULATED,
+                     &info))
+        FAIL("linear (--recipe %s): %s", linear_recipe_name(lc->recipe), info.msg);
+}
+
+// The three GEMMs of a Linear (operand table: ops/matmul_fp8.cuh), fp8 or MX.
+static void gemm_forward(const LinearCtx *lc, GpuCtx *ctx, bf16 *out, int ldo, const LinOp &x, const LinOp &w, int N,
+                         int K, int M) {
+    if (x.is_mx) mx_lin_gemm(lc, ctx, out, FP8_OUT_BF16, ldo, 0.0f, x.mx, w.mx, N, M, K);
+    else matmul_fp8_forward(ctx, out, ldo, x.f, w.f, N, K, M, 1);
+}
+static void gemm_dinp(const LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const LinOp &g, const LinOp &wt, int N, int K, int M,
+                      int acc) {
+    if (g.is_mx) mx_lin_gemm(lc, ctx, dx, FP8_OUT_BF16, K, acc ? 1.0f : 0.0f, g.mx, wt.mx, N, K, M);
+    else matmul_fp8_dinp(ctx, dx, g.f, wt.f, N, K, M, acc);
+}
+static void gemm_dweight(const LinearCtx *lc, GpuCtx *ctx, float *dw, const LinOp &gt, const LinOp &xt, int N, int K,
+                         int M) {
+    if (gt.is_mx) mx_lin_gemm(lc, ctx, dw, FP8_OUT_F32, K, 1.0f, gt.mx, xt.mx, M, K, N);
+    else matmul_fp8_dweight(ctx, dw, FP8_OUT_F32, gt.f, xt.f, N, K, M, 1);
 }
 
 // out[n, c] = bf16(out[n, c] + bias[c]): torchao adds the bias to the bf16 GEMM output.
@@ -81,7 +125,7 @@ void linear_forward(LinearCtx *lc, GpuCtx *ctx, bf16 *out, const bf16 *x, const 
         return;
     }
     if (nfp8 && N == 0) return;
-    Fp8Mat xm;
+    LinOp xm;
     memset(&xm, 0, sizeof xm);
     if (nfp8) xm = cast_operand(lc, FP8_X_FWD, lc->qx, lc->cap.qx, lc->sx, lc->cap.sx, x, N, K, ctx->stream);
     for (int p = 0; p < g->nparts; p++) {
@@ -91,8 +135,8 @@ void linear_forward(LinearCtx *lc, GpuCtx *ctx, bf16 *out, const bf16 *x, const 
             matmul_forward(ctx, out + col, x, P->w, P->bias, N, K, P->M, ld);
             continue;
         }
-        const Fp8Mat wm = cast_operand(lc, FP8_W_FWD, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, P->M, K, ctx->stream);
-        matmul_fp8_forward(ctx, out + col, ld, xm, wm, N, K, P->M, 1);
+        const LinOp wm = cast_operand(lc, FP8_W_FWD, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, P->M, K, ctx->stream);
+        gemm_forward(lc, ctx, out + col, ld, xm, wm, N, K, P->M);
         if (P->bias) linear_bias_forward(out + col, P->bias, N, P->M, ld, ctx->stream);
     }
 }
@@ -110,7 +154,7 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
     if (nfp8 && N == 0) return;
     const Fp8Recipe fr = nfp8 ? linear_fp8_recipe(lc->recipe) : FP8_RECIPE_TENSORWISE;
     const int gw_fp8 = nfp8 && fp8_recipe_cast(fr, FP8_X_GW).scaling != FP8_SCALE_NONE;
-    Fp8Mat xt;
+    LinOp xt;
     memset(&xt, 0, sizeof xt);
     if (gw_fp8) xt = cast_operand(lc, FP8_X_GW, lc->qx, lc->cap.qx, lc->sx, lc->cap.sx, x, N, K, st);  // x^T [K, N]
     for (int p = 0; p < g->nparts; p++) {
@@ -130,20 +174,20 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
             gd = (const bf16 *)lc->gcopy;
         }
         if (dx) {
-            const Fp8Mat gm = cast_operand(lc, FP8_G_GI, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);
-            Fp8Mat wt = cast_operand(lc, FP8_W_GI, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, M, K, st);  // W^T [K, M]
-            if (gm.scaling == FP8_SCALE_AXIS && wt.scaling == FP8_SCALE_TENSOR) {
+            const LinOp gm = cast_operand(lc, FP8_G_GI, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);
+            LinOp wt = cast_operand(lc, FP8_W_GI, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, M, K, st);  // W^T [K, M]
+            if (!gm.is_mx && gm.f.scaling == FP8_SCALE_AXIS && wt.f.scaling == FP8_SCALE_TENSOR) {
                 // rowwise_with_gw_hp: a per-row g with a tensorwise W^T; cuBLASLt's OUTER_VEC_32F needs
                 // vectors on both sides, so W^T's scale is repeated once per row of W^T (torchao does too).
                 CHECK(lc->svec && (size_t)K <= lc->cap.svec, "linear: no scale-vector scratch for K = %d", K);
-                fp8_scale_broadcast(lc->svec, wt.scale_inv, K, st);
-                wt.scaling = FP8_SCALE_AXIS, wt.scale_inv = lc->svec;
+                fp8_scale_broadcast(lc->svec, wt.f.scale_inv, K, st);
+                wt.f.scaling = FP8_SCALE_AXIS, wt.f.scale_inv = lc->svec;
             }
-            matmul_fp8_dinp(ctx, dx, gm, wt, N, K, M, acc);
+            gemm_dinp(lc, ctx, dx, gm, wt, N, K, M, acc);
         }
         if (gw_fp8 && P->dw) {
-            const Fp8Mat gt = cast_operand(lc, FP8_G_GW, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);  // g^T [M, N]
-            matmul_fp8_dweight(ctx, P->dw, FP8_OUT_F32, gt, xt, N, K, M, 1);
+            const LinOp gt = cast_operand(lc, FP8_G_GW, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);  // g^T [M, N]
+            gemm_dweight(lc, ctx, P->dw, gt, xt, N, K, M);
             if (P->dbias) matmul_backward(ctx, nullptr, nullptr, P->dbias, gp, ld, x, P->w, N, K, M, 0);
         } else if (P->dw || P->dbias) {  // rowwise_with_gw_hp (or dbias alone): as in the bf16 path
             matmul_backward(ctx, nullptr, gw_fp8 ? nullptr : P->dw, P->dbias, gp, ld, x, P->w, N, K, M, 0);

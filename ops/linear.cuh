@@ -11,7 +11,7 @@
 // GEMM over the concatenated weight when all its parts are bf16; otherwise each part runs alone,
 // with grad_input accumulated (beta = 1) from the second part on.
 //
-// fp8 recipe, per Linear (torchao Float8Linear: each module has its own scales), casts per
+// fp8 and MX recipes, per Linear (torchao Float8Linear / MXLinear: each module has its own scales), casts per
 // fp8_recipe_cast (quant/fp8.h) into the shared scratch (LinearCtx), GEMMs per ops/matmul_fp8.cuh:
 //   forward       x cast once per group (same bits as torchao's per-module casts of the same x), W_p
 //                 cast; y_p = x . W_p^T with fast accumulation (torchao's gemm_config_output), bias
@@ -22,6 +22,9 @@
 //   grad_weight   x^T cast once per group, g_p^T cast; dW_p += g^T . x in fp32 with beta = 1, as the
 //                 bf16 path accumulates; rowwise_with_gw_hp: the bf16 GEMM of ops/matmul.cuh instead.
 //   dbias         the bf16 path's deterministic fp32 kernel on the bf16 gradient.
+// MX recipes take the same steps with MX casts (e8m0 per 32 along each GEMM's reduction dim: x, W along
+// K; g, W^T along M; g^T, x^T along N) and the MX GEMMs of ops/matmul_mx.cuh: native on sm_100+,
+// emulated (dequantize to bf16 + bf16 GEMM, no speed-up) below; lc->mx_native says which the scratch holds.
 // A part's gradient columns inside a packed g [N, ldo] are copied to a dense [N, M_p] first (the casts
 // read dense rows). Codes and scales are recomputed in backward from the bf16 x and W (torchao saves
 // the high-precision tensors too), so recompute flags change nothing.

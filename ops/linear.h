@@ -14,6 +14,13 @@
 //   The token count N = b*t is a runtime dimension, not a module property: the grad_weight GEMM
 //   reduces over it, and torch._scaled_mm fails when it is not a multiple of 16 (torchao pads only
 //   with pad_inner_dim). An fp8 recipe refuses such a run at start-up.
+// MX recipes (mxfp8, mxfp8-gw-hp: torchao MXLinear, e4m3 elements, e8m0 per 32 along each GEMM's
+//   reduction dim, RCEIL). torchtitan's MX filter is its float8 one (skip the output projection, dims
+//   multiples of 16), but torchao's to_mx asserts that the blocked dimension is a multiple of 32, so a
+//   Linear with in_features (forward's reduction) or out_features (grad_input's) not a multiple of 32
+//   would fail there: we keep it in bf16 instead and say so. mxfp8 casts x and g along the tokens for
+//   grad_weight, so it needs N % 32 == 0; mxfp8-gw-hp keeps grad_weight in bf16 (the fp8 rule, 16).
+//   On GPUs below sm_100 the MX GEMMs are emulated (ops/matmul_mx.cuh): no speed-up over bf16.
 #ifndef LLAMA_AO_OPS_LINEAR_H
 #define LLAMA_AO_OPS_LINEAR_H
 
@@ -32,13 +39,16 @@ typedef enum {
     LINEAR_FP8_ROWWISE,        // "rowwise"
     LINEAR_FP8_ROWWISE_GW_HP,  // "rowwise_with_gw_hp": grad_weight stays a bf16 GEMM
     LINEAR_FP8_BLOCKWISE,      // torchao blockwise_fp8_training (DeepSeek-V3 1x128 / 128x128)
+    LINEAR_MXFP8,              // torchao MXLinear MXFP8 (RCEIL), all three GEMMs in MX
+    LINEAR_MXFP8_GW_HP,        // the same with grad_weight as a bf16 GEMM (wgrad_with_hp)
     LINEAR_NRECIPES
 } LinearRecipe;
 
 // The --recipe spelling ("bf16", "fp8-tensorwise", ...) and the quant/fp8.h recipe of the casts.
 const char *linear_recipe_name(LinearRecipe r);
 Fp8Recipe linear_fp8_recipe(LinearRecipe r);  // only for r != LINEAR_BF16
-// Parses a --recipe value. 0 with a message in err (names the accepted values; MXFP8 names issue 7).
+int linear_recipe_is_mx(LinearRecipe r);      // mxfp8 / mxfp8-gw-hp
+// Parses a --recipe value. 0 with a message in err (names the accepted values).
 int linear_recipe_parse(const char *s, LinearRecipe *r, char *err, size_t n);
 
 // Whether a run of N tokens per micro-batch can use the recipe (always for bf16); why otherwise.
@@ -61,24 +71,32 @@ typedef struct {
     size_t sx, sw, sg;  // their scale_inv entries (fp8_scale_count)
     size_t svec;   // rowwise_with_gw_hp: W^T's tensor scale broadcast into K entries (OUTER_VEC_32F)
     size_t amax;   // tensor scaling: fp8_amax_tensor's partials + the amax
+    // MX recipes (ops/matmul_mx.cuh): the emulated GEMM's dequantized P and Q (bf16 elements) and the
+    // native GEMM's swizzled e8m0 scales of P and Q (bytes). Both are sized; linear_ctx_place carves only
+    // the pair of the path in use (LinearCtx.mx_native). The naive e8m0 scales live in sx / sw / sg.
+    size_t mxp, mxq, mxsp, mxsq;
 } LinearScratchSize;
 
-// Grows s to hold one fp8 Linear [M, K] over N tokens; split: its output shares rows with other
+// Grows s to hold one fp8 / MX Linear [M, K] over N tokens; split: its output shares rows with other
 // Linears (a packed gradient, so gcopy is needed). Call only for Linears linear_part_fp8 accepts.
 void linear_scratch_add(LinearScratchSize *s, LinearRecipe r, long N, int K, int M, int split);
 
 // The recipe and its scratch, carved from the model's activation allocation.
 typedef struct {
     LinearRecipe recipe;
+    int mx_native;  // MX GEMMs on cuBLASLt's VEC32_UE8M0 (sm_100+) rather than emulated (set before placing)
     LinearScratchSize cap;
     uint8_t *qx, *qw, *qg;
     void *gcopy;  // bf16
-    float *sx, *sw, *sg, *svec, *amax;
+    float *sx, *sw, *sg, *svec, *amax;  // MX: the e8m0 bytes of x / W / g in sx / sw / sg
+    void *mxp, *mxq;                    // bf16, emulated MX GEMM (NULL when mx_native)
+    uint8_t *mxsp, *mxsq;               // swizzled e8m0, native MX GEMM (NULL otherwise)
 } LinearCtx;
 
 // Bytes the scratch of lc->cap takes (each piece 256-byte aligned: cuBLASLt wants 16-byte aligned
 // codes and block scales); 0 when cap is all zero (the bf16 recipe carves nothing). With base != NULL
-// the pointers are set into [base, base + bytes).
+// the pointers are set into [base, base + bytes). MX: the dequantization pair when !lc->mx_native,
+// the swizzled-scale pair when lc->mx_native.
 size_t linear_ctx_place(LinearCtx *lc, void *base);
 
 #ifdef __cplusplus

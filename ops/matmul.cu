@@ -33,8 +33,11 @@ static AlgoEntry g_algo_cache[ALGO_CACHE_SIZE];
 static int g_algo_count;
 static std::mutex g_algo_mutex;
 
-enum { OP_FWD = 0, OP_DINP = 1, OP_DWEIGHT = 2 };
-static const char *op_name(int op) { return op == OP_FWD ? "forward" : op == OP_DINP ? "dinp" : "dweight"; }
+// OP_NT_BF16 / OP_NT_F32: matmul_bf16_nt (the output type is not part of the cache key, the op is).
+enum { OP_FWD = 0, OP_DINP = 1, OP_DWEIGHT = 2, OP_NT_BF16 = 3, OP_NT_F32 = 4 };
+static const char *op_name(int op) {
+    return op == OP_FWD ? "forward" : op == OP_DINP ? "dinp" : op == OP_DWEIGHT ? "dweight" : "bf16 NT";
+}
 
 // D (m x n, ld ldd, type dtype) = op(A) @ op(B) (+ beta * D) (+ bias), A/B bf16.
 static void lt_matmul(GpuCtx *ctx, int op, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -110,6 +113,16 @@ void matmul_forward(GpuCtx *ctx, bf16 *out, const bf16 *inp, const bf16 *weight,
     CHECK(N >= 0 && K > 0 && M > 0 && ldo >= M, "matmul_forward: bad shape N=%d K=%d M=%d ldo=%d", N, K, M, ldo);
     if (N == 0) return;
     lt_matmul(ctx, OP_FWD, CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, weight, K, inp, K, out, CUDA_R_16BF, ldo, 0.0f, bias);
+}
+
+// Same mapping as the forward: A = Q (op T, k x m stored, lda = kd), B = P (k x n, ldb = kd).
+void matmul_bf16_nt(GpuCtx *ctx, void *out, int out_f32, int ldo, float beta, const bf16 *P, const bf16 *Q, int rows_p,
+                    int rows_q, int kd) {
+    CHECK(rows_p >= 0 && rows_q > 0 && kd > 0 && ldo >= rows_q, "matmul_bf16_nt: bad shape rows_p=%d rows_q=%d kd=%d "
+          "ldo=%d", rows_p, rows_q, kd, ldo);
+    if (rows_p == 0) return;
+    lt_matmul(ctx, out_f32 ? OP_NT_F32 : OP_NT_BF16, CUBLAS_OP_T, CUBLAS_OP_N, rows_q, rows_p, kd, Q, kd, P, kd, out,
+              out_f32 ? CUDA_R_32F : CUDA_R_16BF, ldo, beta, NULL);
 }
 
 // ------------------------------------------------------------------- dbias

@@ -8,6 +8,7 @@
 
 #include "../common/cuda_utils.cuh"
 #include "matmul_fp8.cuh"
+#include "../quant/mx.h"
 
 const char *fp8_dtype_name(Fp8Dtype dt) { return dt == FP8_E4M3 ? "e4m3" : dt == FP8_E5M2 ? "e5m2" : "?"; }
 
@@ -29,6 +30,7 @@ Fp8Mat fp8_mat(const uint8_t *q, const float *scale_inv, Fp8CastSpec spec, int r
     Fp8Mat m;
     m.q = q, m.scale_inv = scale_inv, m.dtype = spec.dtype, m.scaling = spec.scaling;
     m.scale_ld = spec.scaling == FP8_SCALE_128X128 ? ld : 0;
+    m.e8m0 = NULL;  // MX32: the swizzled scales are the caller's (ops/matmul_mx.cu)
     return m;
 }
 
@@ -42,6 +44,7 @@ static cublasLtMatmulMatrixScale_t scale_mode(Fp8Scaling s) {
         case FP8_SCALE_AXIS: return CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
         case FP8_SCALE_1X128: return CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
         case FP8_SCALE_128X128: return CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+        case FP8_SCALE_MX32: return CUBLASLT_MATMUL_MATRIX_SCALE_VEC32_UE8M0;
         default: return CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
     }
 }
@@ -58,7 +61,9 @@ static int refuse(Fp8GemmInfo *info, const char *fmt, ...) {
 
 // One operand: its pointers, its scale layout and its scaling. Fills info->msg on failure.
 static int check_operand(Fp8GemmInfo *info, const char *name, Fp8Mat m, int rows, int kd) {
-    if (!m.q || !m.scale_inv) return refuse(info, "fp8 GEMM: operand %s has a NULL %s", name, m.q ? "scale_inv" : "q");
+    const int mx = m.scaling == FP8_SCALE_MX32;
+    if (!m.q || (mx ? !m.e8m0 : !m.scale_inv))
+        return refuse(info, "fp8 GEMM: operand %s has a NULL %s", name, m.q ? (mx ? "e8m0" : "scale_inv") : "q");
     if (!aligned16(m.q))
         return refuse(info, "fp8 GEMM: operand %s codes at %p are not 16-byte aligned (cuBLASLt fp8 needs 16-byte "
                             "aligned operands)", name, (const void *)m.q);
@@ -80,9 +85,14 @@ static int check_operand(Fp8GemmInfo *info, const char *name, Fp8Mat m, int rows
                                     "for kd = %d has column stride ceil(kd/128) rounded up to 4 = %d (see fp8_mat)",
                               name, m.scale_ld, kd, blk_ld(kd));
             break;
-        case FP8_SCALE_MX32:
-            return refuse(info, "fp8 GEMM: operand %s is MX (e8m0 per 32): cuBLASLt's VEC32_UE8M0 runs on sm_100+ "
-                                "(Blackwell) only; on Hopper emulate MXFP8 (dequantize + bf16 GEMM)", name);
+        case FP8_SCALE_MX32:  // the GPU (sm_100+) and the pairing are checked in check_gemm
+            if (kd % MX_BLOCK)
+                return refuse(info, "fp8 GEMM: operand %s is MX with kd = %d, not a multiple of 32 (VEC32_UE8M0 "
+                                    "scales whole blocks of 32; torchao's to_mx refuses it too)", name, kd);
+            if (!aligned16(m.e8m0))
+                return refuse(info, "fp8 GEMM: operand %s MX scales at %p are not 16-byte aligned", name,
+                              (const void *)m.e8m0);
+            break;
         default:
             return refuse(info, "fp8 GEMM: operand %s has scaling '%s', which no fp8 GEMM takes (bf16 operands go "
                                 "through ops/matmul.cuh)", name, fp8_scaling_name(m.scaling));
@@ -102,6 +112,15 @@ static int check_gemm(GpuCtx *ctx, Fp8GemmInfo *info, const void *out, Fp8OutTyp
         return refuse(info, "fp8 GEMM: Q has %d rows (output columns), not a multiple of 16 (cuBLASLt fp8 m and "
                             "torch._scaled_mm's mat2 rule)\n  HINT: zero-pad the weight / transposed operand", rows_q);
     if (ot != FP8_OUT_BF16 && ot != FP8_OUT_F32) return refuse(info, "fp8 GEMM: output type %d is not bf16 or fp32", (int)ot);
+    // MX first, so that the reason on Hopper is the GPU whatever else the operands hold.
+    const int mxp = p.scaling == FP8_SCALE_MX32, mxq = q.scaling == FP8_SCALE_MX32;
+    if ((mxp || mxq) && ctx->prop.major < 10)
+        return refuse(info, "fp8 GEMM: MX operands (e8m0 per 32): cuBLASLt's VEC32_UE8M0 runs on sm_100+ (Blackwell) "
+                            "only, this GPU is %d.%d\n  HINT: on Hopper MXFP8 is emulated (ops/matmul_mx.cuh: dequantize "
+                            "to bf16 + the bf16 GEMM)", cc / 10, cc % 10);
+    if (mxp != mxq)
+        return refuse(info, "fp8 GEMM: scalings %s (P) x %s (Q): an MX operand pairs only with another MX operand",
+                      fp8_scaling_name(p.scaling), fp8_scaling_name(q.scaling));
     const int esz = ot == FP8_OUT_BF16 ? 2 : 4;
     if (!out || !aligned16(out) || ldo < rows_q || ((size_t)ldo * esz) % 16)
         return refuse(info, "fp8 GEMM: output %p with row stride %d (%s): needs a 16-byte aligned pointer, ldo >= %d "
@@ -122,7 +141,9 @@ static int check_gemm(GpuCtx *ctx, Fp8GemmInfo *info, const void *out, Fp8OutTyp
         return refuse(info, "fp8 GEMM: scalings %s (P) x %s (Q) cannot be mixed (tensor x tensor, axis x axis, or "
                             "1x128 / 128x128 blocks)", fp8_scaling_name(sp), fp8_scaling_name(sq));
     }
-    if (sp == FP8_SCALE_TENSOR) {
+    if (sp == FP8_SCALE_MX32) {
+        // checked above: both MX, sm_100+
+    } else if (sp == FP8_SCALE_TENSOR) {
         if (cc < 89) return refuse(info, "fp8 GEMM: fp8 needs compute capability 8.9+ (this GPU is %d.%d)", cc / 10, cc % 10);
     } else if (ctx->prop.major != 9) {
         return refuse(info, "fp8 GEMM: %s scaling (cuBLASLt %s) runs on compute capability 9.x only (this GPU is "
@@ -185,7 +206,7 @@ int fp8_gemm_try(GpuCtx *ctx, void *out, Fp8OutType out_type, int ldo, float bet
     const int m = rows_q, n = rows_p, k = kd;
     // Block scaling multiplies each 128-long partial sum by its scales, i.e. it promotes to fp32 per
     // k-block by construction: fast accumulation has no meaning there and is not requested.
-    fast_accum = fast_accum && !is_block(p.scaling);
+    fast_accum = fast_accum && !is_block(p.scaling) && p.scaling != FP8_SCALE_MX32;
     char shape[160];
     snprintf(shape, sizeof shape, "m=%d n=%d k=%d ldo=%d A=%s/%s B=%s/%s out=%s beta=%g fast_accum=%d", m, n, k, ldo,
              fp8_dtype_name(q.dtype), fp8_scaling_name(q.scaling), fp8_dtype_name(p.dtype), fp8_scaling_name(p.scaling),
@@ -206,7 +227,8 @@ int fp8_gemm_try(GpuCtx *ctx, void *out, Fp8OutType out_type, int ldo, float bet
     {
         const int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
         const int8_t fa = fast_accum ? 1 : 0;
-        const void *as = q.scale_inv, *bs = p.scale_inv;
+        const void *as = q.scaling == FP8_SCALE_MX32 ? (const void *)q.e8m0 : (const void *)q.scale_inv;
+        const void *bs = p.scaling == FP8_SCALE_MX32 ? (const void *)p.e8m0 : (const void *)p.scale_inv;
         LT_TRY(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
         LT_TRY(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
         LT_TRY(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fa, sizeof fa));

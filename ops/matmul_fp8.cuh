@@ -30,10 +30,11 @@
 //                                      finite values (the casts leave them untouched: set them once)
 // Both operands of one GEMM must use compatible modes (cuBLASLt 12.9+ rules):
 //   TENSOR x TENSOR; AXIS x AXIS; 1X128 x 1X128; 1X128 x 128X128; 128X128 x 1X128.
+//   MX32 x MX32 (VEC32_UE8M0, e8m0 per 32 along kd, Fp8Mat.e8m0 swizzled): sm_100+ only.
 //   Refused: 128X128 x 128X128 (cuBLASLt has no kernel), any mix of TENSOR / AXIS / blocks (a
 //   tensor scale next to a per-row one: broadcast it with fp8_scale_broadcast, as torchao does for
-//   rowwise_with_gw_hp's grad_input), MX32 (VEC32_UE8M0 is Blackwell-only; on Hopper MXFP8 has no
-//   tensor-core GEMM).
+//   rowwise_with_gw_hp's grad_input), MX32 below sm_100 (Hopper has no MX tensor-core GEMM:
+//   ops/matmul_mx.cuh emulates it) or next to anything but MX32.
 // Recipes (docs/FP8.md): tensorwise = TENSOR everywhere, gradients e5m2; rowwise = AXIS everywhere;
 // rowwise_with_gw_hp = AXIS fwd, AXIS g x broadcast TENSOR W^T for grad_input, bf16 grad_weight
 // (ops/matmul.cuh); blockwise = x, g, g^T, x^T 1X128 and W, W^T 128X128.
@@ -51,7 +52,8 @@
 //   kd % 16 == 0 and rows_q % 16 == 0 (fp8 rows of 16-byte multiples; the fp8 "mat2" rule of
 //   torch._scaled_mm); rows_p any >= 1 for TENSOR / AXIS, a multiple of 4 for the block modes;
 //   ldo >= rows_q with ldo * sizeof(out) a multiple of 16; q, out 16-byte aligned; block-mode
-//   scale arrays 16-byte aligned; a GPU of compute capability 9.x (8.9 for TENSOR only).
+//   scale arrays 16-byte aligned; a GPU of compute capability 9.x (8.9 for TENSOR only; MX32: 10.0+
+//   and kd % 32 == 0).
 // Pad odd dimensions with zeros before the cast (torchao pad_inner_dim); the casts take any shape.
 #pragma once
 #include "../common/gpu.h"
@@ -64,6 +66,7 @@ typedef struct {
     Fp8Dtype dtype;
     Fp8Scaling scaling;      // TENSOR, AXIS, 1X128 or 128X128
     int scale_ld;            // 128X128 only: row stride of the scale matrix (ceil(kd/128) rounded up to 4)
+    const uint8_t *e8m0;     // MX32 only (sm_100+): e8m0 scales in cuBLASLt's swizzled layout (mx_swizzle_scales)
 } Fp8Mat;
 
 // The operand a cast of spec wrote from a stored tensor [rows, cols] (the arguments given to

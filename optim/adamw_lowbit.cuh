@@ -1,7 +1,8 @@
 // torchao's low-bit AdamW on the GPU (AdamW8bit, AdamW4bit, AdamWFp8, and its plain-state
 // path): one fused pass per tensor — dequantize m and v, AdamW update, requantize with fresh
-// block scales — with one CUDA block per quantization block (256 threads for 8-bit and fp8,
-// 128 for 4-bit), and the parameter kept as an fp32 master (+ bf16 copy) or as bf16 only,
+// block scales — with one warp per 256 elements (one 8-bit / fp8 block, two 4-bit blocks;
+// vector accesses, a warp-shuffle absmax, codes from a table: lowbit_lut.h), and the
+// parameter kept as an fp32 master (+ bf16 copy) or as bf16 only,
 // rounded to nearest even or stochastically (--master bf16-sr). Formats, layout, scalars and
 // the element arithmetic are in lowbit.h; the results are bit-identical to the CPU reference
 // lowbit_adamw_step_cpu (test/gpu_test_optim.cu), which matches torchao bit for bit.

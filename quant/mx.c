@@ -2,6 +2,8 @@
 // element functions the CUDA kernels share.
 #include "mx.h"
 
+#include <string.h>
+
 #include "../common/error.h"
 
 void mx_quantize_cpu(uint8_t *q, uint8_t *e8m0, const float *x, int rows, int cols, Fp8Dtype dt, MxMode mode,
@@ -30,4 +32,20 @@ void mx_dequantize_cpu(float *out, const uint8_t *q, const uint8_t *e8m0, int or
             size_t i = (size_t)r * ocols + c;
             out[i] = fp8_to_f32(q[i], dt) * mx_e8m0_to_f32(e8m0[(size_t)r * nb + c / MX_BLOCK]);
         }
+}
+
+void mx_dequantize_bf16_cpu(uint16_t *out, const uint8_t *q, const uint8_t *e8m0, int orows, int ocols, Fp8Dtype dt) {
+    int nb = (ocols + MX_BLOCK - 1) / MX_BLOCK;
+    for (int r = 0; r < orows; r++)
+        for (int c = 0; c < ocols; c++) {
+            size_t i = (size_t)r * ocols + c;
+            out[i] = mx_dequant_bf16_bits(q[i], e8m0[(size_t)r * nb + c / MX_BLOCK], dt);
+        }
+}
+
+void mx_swizzle_cpu(uint8_t *out, const uint8_t *e8m0, int rows, int nkb) {
+    CHECK(rows >= 0 && nkb >= 0, "mx_swizzle_cpu: bad shape %dx%d", rows, nkb);
+    memset(out, 0, mx_swizzled_bytes(rows, nkb));
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < nkb; b++) out[mx_swizzled_index(r, b, nkb)] = e8m0[(size_t)r * nkb + b];
 }

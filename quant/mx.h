@@ -88,6 +88,48 @@ FP8_HD uint8_t mx_quantize(float x, MxScale s, Fp8Dtype dt) {
 // get_fp_scale: 2^(e-127) (2^-127 is an fp32 subnormal, exact), NaN for 255.
 FP8_HD float mx_e8m0_to_f32(uint8_t e) { return e == MX_E8M0_NAN ? ao_u2f(0x7FC00000u) : ldexpf(1.0f, (int)e - 127); }
 
+// ---- dequantization to bf16: the operands of the emulated MXFP8 GEMM ----------------------
+// fp32 RNE -> bf16 bits, NaN kept (quiet, with its sign): model/safetensors.c f32_to_bf16, here
+// also for the device so that the GPU kernel and the CPU reference give the same bits.
+FP8_HD uint16_t mx_bf16_bits(float f) {
+    uint32_t u = ao_f2u(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+// One element: bf16(fp8 value * 2^(e-127)). The fp32 product is exact (an e4m3 / e5m2 value has
+// at most 4 / 3 significant bits and its exponent stays >= -143 > -149) unless it reaches 2^128,
+// where it is inf, as in torchao's fp32 to_dtype. The bf16 rounding is exact whenever the value
+// is a multiple of 2^-133 (bf16's smallest subnormal): for every code an RCEIL cast made from
+// bf16 inputs (each code is a multiple of 2^-133 / 2^(e-127), see docs/FP8.md "MXFP8 training"),
+// and for FLOOR except blocks with e8m0 = 0 (amax < 2^-118), where torchao's 2^-126 / 2^-127
+// asymmetry leaves multiples of 2^-134. A NaN (a NaN code, or e8m0 = 255) is the quiet NaN 0x7FC0 with
+// the code's sign: explicit, since x86 and GPUs propagate different NaN payloads from NaN * NaN.
+FP8_HD uint16_t mx_dequant_bf16_bits(uint8_t q, uint8_t e8m0, Fp8Dtype dt) {
+    const float v = fp8_to_f32(q, dt), s = mx_e8m0_to_f32(e8m0);
+    if (v != v || s != s) return (uint16_t)(0x7FC0u | ((uint32_t)(q & 0x80u) << 8));
+    return mx_bf16_bits(v * s);
+}
+
+// ---- cuBLASLt's block-scale layout (VEC32_UE8M0, sm_100+) -----------------------------------
+// cuBLAS docs "1D Block Scaling Factors Layout" (torchao mx_formats/utils.py to_blocked): the
+// [rows][nkb] e8m0 matrix of an operand (nkb = ceil(kd / 32) blocks per operand row) is padded to
+// tiles of 128 rows x 4 blocks; tiles are stored row-tile major (ceil(nkb / 4) tiles per row
+// tile), 512 bytes each, and inside a tile entry (r, c) sits at (r % 32) * 16 + (r / 32) * 4 + c.
+// Padding entries are 0 (torchao pads with zeros; cuBLASLt does not read them for data).
+#define MX_SWZ_ROWS 128
+#define MX_SWZ_BLOCKS 4
+FP8_HD size_t mx_swizzled_bytes(int rows, int nkb) {
+    return (size_t)((rows + MX_SWZ_ROWS - 1) / MX_SWZ_ROWS) * MX_SWZ_ROWS *
+           (size_t)((nkb + MX_SWZ_BLOCKS - 1) / MX_SWZ_BLOCKS * MX_SWZ_BLOCKS);
+}
+FP8_HD size_t mx_swizzled_index(int r, int kb, int nkb) {
+    const size_t tile = (size_t)(r / MX_SWZ_ROWS) * (size_t)((nkb + MX_SWZ_BLOCKS - 1) / MX_SWZ_BLOCKS) +
+                        (size_t)(kb / MX_SWZ_BLOCKS);
+    const int rr = r % MX_SWZ_ROWS;
+    return tile * (MX_SWZ_ROWS * MX_SWZ_BLOCKS) + (size_t)((rr % 32) * 16 + (rr / 32) * 4 + kb % MX_SWZ_BLOCKS);
+}
+
 // ---- CPU reference ----------------------------------------------------------------------
 // x [rows, cols] (fp32: bf16 values or any fp32). transposed = 0: blocks of 32 along each row
 // (torchao "dim0"), q [rows, cols], e8m0 [rows, ceil(cols/32)]. transposed = 1: blocks of 32
@@ -98,6 +140,10 @@ void mx_quantize_cpu(uint8_t *q, uint8_t *e8m0, const float *x, int rows, int co
                      int transposed);
 // out [orows, ocols] = fp8 value * mx_e8m0_to_f32(e), blocks of 32 along operand rows.
 void mx_dequantize_cpu(float *out, const uint8_t *q, const uint8_t *e8m0, int orows, int ocols, Fp8Dtype dt);
+// The same as bf16 bits (mx_dequant_bf16_bits): what the emulated GEMM multiplies.
+void mx_dequantize_bf16_cpu(uint16_t *out, const uint8_t *q, const uint8_t *e8m0, int orows, int ocols, Fp8Dtype dt);
+// e8m0 [rows][nkb] (naive, as mx_quantize_cpu writes it) -> out [mx_swizzled_bytes(rows, nkb)].
+void mx_swizzle_cpu(uint8_t *out, const uint8_t *e8m0, int rows, int nkb);
 
 #ifdef __cplusplus
 }

@@ -204,6 +204,9 @@ void qact_scratch_init(QActScratch *s, int max_rows, int max_cols) {
     CUDA_CHECK(cudaMalloc(&s->xsum, (size_t)QG_MAX_M * (max_cols / 32 + 1) * sizeof(float)));
     CUDA_CHECK(cudaMalloc(&s->cnt, QV2_MAX_CNT * sizeof(int)));
     CUDA_CHECK(cudaMemset(s->cnt, 0, QV2_MAX_CNT * sizeof(int)));  // re-armed by every split launch
+    // The memset runs on the legacy stream, which the (non-blocking) streams that launch the
+    // kernels reading the counters do not wait for.
+    CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
 }
 
 void qact_scratch_free(QActScratch *s) {

@@ -12,6 +12,7 @@
 #include "../common/gpu.h"
 #include "../ops/attention.cuh"
 #include "../ops/attention.h"
+#include "gpu_test.cuh"
 extern "C" {
 #include "test.h"
 }
@@ -49,7 +50,8 @@ static void *dev_alloc(size_t bytes) {
     CUDA_CHECK(cudaMalloc(&p, bytes));
     return p;
 }
-static void poison(void *d, size_t bytes) { CUDA_CHECK(cudaMemset(d, 0xFF, bytes)); }  // bf16/fp32 NaN
+// bf16/fp32 NaN; on the compute stream (g_s), ahead of the kernels that must overwrite it
+static void poison(void *d, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(d, 0xFF, bytes, g_s)); }
 
 // Packed [B*T, (H+2KV)*hd] <-> separate q [B,T,H,hd], k/v [B,T,KV,hd].
 static void pack(float *qkv, const float *q, const float *k, const float *v, Shape s) {
@@ -151,8 +153,8 @@ static void run_case(GpuCtx *ctx, Shape s, int use_cudnn) {
     bf16 *d_qkv = (bf16 *)dev_alloc(nqkv * 2), *d_dout = (bf16 *)dev_alloc(nq * 2), *d_out = (bf16 *)dev_alloc(nq * 2);
     bf16 *d_dqkv = (bf16 *)dev_alloc(nqkv * 2), *d_dqkv2 = (bf16 *)dev_alloc(nqkv * 2);
     float *d_lse = (float *)dev_alloc(nlse * 4);
-    CUDA_CHECK(cudaMemcpy(d_qkv, h_qkv, nqkv * 2, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(d_dout, h_dout, nq * 2, cudaMemcpyHostToDevice));
+    h2d(d_qkv, h_qkv, nqkv * 2);
+    h2d(d_dout, h_dout, nq * 2);
 
     printf("B=%d T=%d H=%d KV=%d hd=%d\n", s.B, s.T, s.H, s.KV, s.hd);
     Result res[3] = {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
@@ -226,8 +228,8 @@ static void bench(GpuCtx *ctx, Shape s, AttnImpl impl) {
     bf16 *d_qkv = (bf16 *)dev_alloc(nqkv * 2), *d_dout = (bf16 *)dev_alloc(nq * 2), *d_out = (bf16 *)dev_alloc(nq * 2);
     bf16 *d_dqkv = (bf16 *)dev_alloc(nqkv * 2);
     float *d_lse = (float *)dev_alloc((size_t)s.B * s.H * s.T * 4);
-    CUDA_CHECK(cudaMemcpy(d_qkv, hx, nqkv * 2, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(d_dout, hg, nq * 2, cudaMemcpyHostToDevice));
+    h2d(d_qkv, hx, nqkv * 2);
+    h2d(d_dout, hg, nq * 2);
     cudaEvent_t e0, e1, e2;
     CUDA_CHECK(cudaEventCreate(&e0));
     CUDA_CHECK(cudaEventCreate(&e1));
@@ -274,6 +276,7 @@ static void cudnn_on_odd_hd(void *p) {  // hd = 12 is not a multiple of 8: impl=
 int main(void) {
     GpuCtx ctx;
     gpu_ctx_init(&ctx, 0);
+    g_s = ctx.stream;
     printf("GPU %s (sm_%d%d), cuDNN %s\n", ctx.prop.name, ctx.prop.major, ctx.prop.minor,
            attention_cudnn_supported(&ctx, 64) ? "available" : "not available");
     const Shape shapes[] = {{1, 1, 1, 1, 64},    {2, 7, 4, 2, 12},    {1, 33, 6, 2, 64},

@@ -176,7 +176,7 @@ static GpuRunOpts opts_for(LowbitFormat optim, int offload, const ZeroPlan *z) {
 }
 
 static void step(LlamaGpu *m, GpuCtx *ctx, const float *g, int t) {
-    CUDA_CHECK(cudaMemcpy(m->grads, g, m->tab.total * sizeof(float), cudaMemcpyHostToDevice));
+    h2d(m->grads, g, m->tab.total * sizeof(float));  // on ctx->stream (g_s): the step's kernels follow it
     llama_gpu_adamw(m, ctx, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t, 0.7f);
     CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
 }
@@ -366,10 +366,10 @@ static void check_zero_step(Dist *d, GpuCtx *ctx, int level, LowbitFormat optim)
             random_grads(g, &cpu.tab, 1000 * (uint64_t)t + (uint64_t)r);
             for (size_t i = 0; i < P; i++) sum[i] += g[i];
         }
-        CUDA_CHECK(cudaMemcpy(a.grads, sum, P * 4, cudaMemcpyHostToDevice));
+        h2d(a.grads, sum, P * 4);  // on ctx->stream (g_s), which the norm runs on
         const float norm_a = llama_gpu_grad_norm(&a, ctx);
         random_grads(g, &cpu.tab, 1000 * (uint64_t)t + (uint64_t)R);
-        CUDA_CHECK(cudaMemcpy(b.grads, g, P * 4, cudaMemcpyHostToDevice));
+        h2d(b.grads, g, P * 4);  // on ctx->stream, which the reductions wait for
         for (int l = c.n_layers - 1; l >= -1; l--) zero_grads_ready(&zc, l);  // what backward's hook does
         zero_grads_wait(&zc);
         const float norm_b = zero_grad_norm(&zc);

@@ -3,6 +3,10 @@
 // tile and block), aligned shapes (the vector paths), a misaligned input (the scalar paths),
 // inputs with zero rows / columns / blocks, tiny and huge values, and NaN / inf (our rule for
 // NaN codes, which the GPU must follow explicitly since it makes +NaN where x86 makes -NaN).
+// MX for training (quant/mx_gpu.cu): the dequantization to bf16 of every cast's codes, of every
+// (code, exponent) pair, on aligned and odd shapes (both kernel paths), against
+// mx_dequantize_bf16_cpu bit for bit, and RCEIL casts dequantizing exactly (the emulated MXFP8 GEMM's
+// premise); the swizzle of e8m0 scales into cuBLASLt's layout against mx_swizzle_cpu.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +14,7 @@
 
 #include "gpu_test.cuh"
 #include "../quant/fp8_cast.cuh"
+#include "../quant/mx_gpu.cuh"
 extern "C" {
 #include "test.h"
 #include "../model/safetensors.h"
@@ -73,7 +78,7 @@ static void test_shape(int rows, int cols, int specials, int offset) {
     float *x = make_input(rows, cols, specials);
     bf16 *dbase = to_device(x, n, offset), *dx = dbase + offset;
     uint8_t *dq = dalloc<uint8_t>(n + 16) + offset, *q = (uint8_t *)ao_malloc(n + 1), *rq = (uint8_t *)ao_malloc(n + 1);
-    const size_t ns = n / 32 + rows + cols + 1024;  // bounds every scale count (MX: n/32 + rows)
+    const size_t ns = n / 2 + rows + cols + 1024;  // bounds every scale count; holds the bf16 dequantization
     float *ds = dalloc<float>(ns), *s = (float *)ao_malloc(ns * 4), *rs = (float *)ao_malloc(ns * 4);
     float *ws = dalloc<float>(FP8_AMAX_PARTIALS + 1);
     uint8_t *de = dalloc<uint8_t>(ns), *e = (uint8_t *)ao_malloc(ns), *re = (uint8_t *)ao_malloc(ns);
@@ -143,10 +148,71 @@ static void test_shape(int rows, int cols, int specials, int offset) {
                 snprintf(w, sizeof w, "mx %s %s tr=%d %dx%d: e8m0", dt ? "e5m2" : "e4m3", mode ? "rceil" : "floor", tr,
                          rows, cols);
                 check_same(w, e, re, nsc, 1);
+                // The bf16 dequantization of these codes (dq reused as bf16 [n], offset for misalignment).
+                bf16 *db = (bf16 *)(ds + 16) + offset;
+                uint16_t *b = (uint16_t *)ao_malloc(n * 2 + 2), *rb = (uint16_t *)ao_malloc(n * 2 + 2);
+                float *rf = (float *)ao_malloc(n * 4 + 4);
+                mx_dequant_bf16(db, dq, de, orows, ocols, (Fp8Dtype)dt, g_s);
+                mx_dequantize_bf16_cpu(rb, rq, re, orows, ocols, (Fp8Dtype)dt);
+                mx_dequantize_cpu(rf, rq, re, orows, ocols, (Fp8Dtype)dt);
+                d2h(b, db, n * 2);
+                snprintf(w, sizeof w, "mx %s %s tr=%d %dx%d off=%d: bf16 dequantization", dt ? "e5m2" : "e4m3",
+                         mode ? "rceil" : "floor", tr, rows, cols, offset);
+                check_same(w, b, rb, n, 2);
+                size_t inexact = 0;  // RCEIL: every finite value exact in bf16 (quant/mx.h)
+                for (size_t i = 0; i < n; i++) inexact += isfinite(rf[i]) && bf16_to_f32(rb[i]) != rf[i];
+                TEST_CHECK(mode == MX_FLOOR || inexact == 0, "%s: %zu values not bf16-exact", w, inexact);
+                free(b), free(rb), free(rf);
             }
     printf("  casts %5d x %-5d specials=%d offset=%d checked\n", rows, cols, specials, offset);
     free(x), free(q), free(rq), free(s), free(rs), free(e), free(re);
     cudaFree(dbase), cudaFree(dq - offset), cudaFree(ds), cudaFree(ws), cudaFree(de);
+}
+
+// Every (code, exponent) pair dequantized to bf16, both dtypes; the scale swizzle at odd shapes.
+static void test_mx_tables(void) {
+    // Each row holds the codes 0..255; block b of row r has exponent (r + 37 b) % 256, so over the 512
+    // rows every code meets every exponent. NE bytes of exponents cover the odd view's 2 blocks per row too.
+    const int R = 512, C = 256, NE = 8192;
+    uint8_t *q = (uint8_t *)ao_malloc((size_t)R * C), *e = (uint8_t *)ao_malloc(NE);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) q[(size_t)r * C + c] = (uint8_t)c;
+    for (int i = 0; i < NE; i++) e[i] = (uint8_t)(i < R * C / 32 ? (i / 8 + 37 * (i % 8)) % 256 : i % 256);
+    uint8_t *dq = dalloc<uint8_t>((size_t)R * C), *de = dalloc<uint8_t>(NE);
+    bf16 *db = dalloc<bf16>((size_t)R * C);
+    uint16_t *b = (uint16_t *)ao_malloc((size_t)R * C * 2), *rb = (uint16_t *)ao_malloc((size_t)R * C * 2);
+    h2d(dq, q, (size_t)R * C), h2d(de, e, NE);
+    for (int dt = 0; dt < 2; dt++)
+        for (int odd = 0; odd < 2; odd++) {  // odd: the same bytes seen as [R * C / 36][36] minus a tail: scalar path
+            const int rows = odd ? R * C / 36 : R, cols = odd ? 36 : C;
+            mx_dequant_bf16(db, dq, de, rows, cols, (Fp8Dtype)dt, g_s);
+            mx_dequantize_bf16_cpu(rb, q, e, rows, cols, (Fp8Dtype)dt);
+            d2h(b, db, (size_t)rows * cols * 2);
+            char w[96];
+            snprintf(w, sizeof w, "mx bf16 dequantization, every code x exponent, %s, %dx%d", dt ? "e5m2" : "e4m3", rows,
+                     cols);
+            check_same(w, b, rb, (size_t)rows * cols, 2);
+        }
+    free(b), free(rb), cudaFree(db);
+    const int shapes[][2] = {{1, 1}, {37, 3}, {128, 4}, {130, 6}, {300, 13}, {8192, 128}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int rows = shapes[s][0], nkb = shapes[s][1];
+        const size_t n = mx_swizzled_bytes(rows, nkb);
+        uint8_t *he = (uint8_t *)ao_malloc((size_t)rows * nkb), *got = (uint8_t *)ao_malloc(n), *want = (uint8_t *)ao_malloc(n);
+        for (size_t i = 0; i < (size_t)rows * nkb; i++) he[i] = (uint8_t)(1 + test_rand_u64(&g_rng) % 254);
+        uint8_t *din = dalloc<uint8_t>((size_t)rows * nkb), *dout = dalloc<uint8_t>(n);
+        h2d(din, he, (size_t)rows * nkb);
+        CUDA_CHECK(cudaMemsetAsync(dout, 0xAB, n, g_s));  // every byte must be written (padding 0)
+        mx_swizzle_scales(dout, din, rows, nkb, g_s);
+        mx_swizzle_cpu(want, he, rows, nkb);
+        d2h(got, dout, n);
+        char w[96];
+        snprintf(w, sizeof w, "mx scale swizzle %dx%d (%zu bytes)", rows, nkb, n);
+        check_same(w, got, want, n, 1);
+        free(he), free(got), free(want), cudaFree(din), cudaFree(dout);
+    }
+    printf("  mx bf16 dequantization (every code x exponent) and scale swizzle checked\n");
+    free(q), free(e), cudaFree(dq), cudaFree(de);
 }
 
 // Every operand of every recipe through fp8_cast_operand, against the CPU cast of the same spec.
@@ -222,6 +288,7 @@ int main(void) {
     test_shape(37, 200, 1, 0), test_shape(256, 384, 1, 0);  // NaN / inf
     test_shape(64, 256, 0, 1), test_shape(129, 257, 1, 3);  // misaligned: the scalar paths
     test_recipes(37, 200, 72), test_recipes(256, 512, 384);
+    test_mx_tables();
     gpu_ctx_free(&g_ctx);
     return test_summary();
 }

@@ -5,10 +5,14 @@
 // (adamw_update) vs the offload step (adamw_update_cpu), and its bf16-master form with
 // stochastic rounding (adamw_update_bf16_sr vs adamw_update_bf16_sr_cpu and a scalar loop).
 // Sizes are odd on purpose: a single element, 1000, tensors that are whole 4-bit blocks but
-// not 8-bit ones, many blocks. Stochastic rounding on the device is unbiased (a statistical
+// not 8-bit ones, many blocks; unaligned pointers (the scalar path). The quantized kernel also
+// equals its first version (kept here) on NaN, inf and arbitrary states, and its code table
+// equals torchao's search for all 2^32 floats on the device. Stochastic rounding on the device is unbiased (a statistical
 // bound). And the trainer's optimizer on a small model (model/llama_gpu): the offloaded step,
 // overlapped with backward or not, equals the on-GPU step bit for bit, sharded or not, for every
-// --optim and --master; a bf16-sr run resumed from a checkpoint equals the straight run.
+// --optim and --master; a bf16-sr run resumed from a checkpoint equals the straight run; the
+// on-GPU step overlapped with the next forward (--optim-overlap) gives the serial step's losses,
+// norms and weights bit for bit.
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,6 +24,7 @@
 #include "../model/llama_gpu.cuh"
 #include "../optim/adamw.cuh"
 #include "../optim/adamw_lowbit.cuh"
+#include "../optim/lowbit_lut.h"
 extern "C" {
 #include "../common/fileio.h"
 #include "../model/model.h"
@@ -44,7 +49,10 @@ static const char *master_name(LowbitMaster m) {
 // Three steps on the GPU and on the CPU from the same start; every byte compared after each.
 // layout_mode: the master mode the state layout is chosen for (torchao's rule: plain states in
 // the parameter's dtype); the trainer keeps fp32 plain states for every master (LOWBIT_MASTER_F32).
-static void lowbit_case_in(LowbitFormat want, size_t n, LowbitMaster mode, double b1, LowbitMaster layout_mode) {
+// off: master, gradient and bf16 parameters start `off` elements into their buffers (1: not
+// aligned for the kernels' vector accesses, so they take their scalar path).
+static void lowbit_case_in(LowbitFormat want, size_t n, LowbitMaster mode, double b1, LowbitMaster layout_mode,
+                           size_t off = 0) {
     const LowbitLayout lay = lowbit_layout(want, n, layout_mode);
     const int f32m = mode == LOWBIT_MASTER_F32;
     void *reg_h = ao_calloc(1, lay.bytes), *reg_g = ao_malloc(lay.bytes);
@@ -59,8 +67,8 @@ static void lowbit_case_in(LowbitFormat want, size_t n, LowbitMaster mode, doubl
     }
     const size_t zero = lowbit_quantized(lay.fmt) && n >= 2 * (size_t)lay.block ? (size_t)lay.block : 0;
     for (size_t i = 0; i < zero; i++) w_h[i] = 0.0f, p_h[i] = 0;  // an all-zero first block
-    float *w_d = dalloc<float>(n), *g_d = dalloc<float>(n);
-    bf16 *p_d = dalloc<bf16>(n);
+    float *w_d0 = dalloc<float>(n + off), *g_d0 = dalloc<float>(n + off), *w_d = w_d0 + off, *g_d = g_d0 + off;
+    bf16 *p_d0 = dalloc<bf16>(n + off), *p_d = p_d0 + off;
     h2d(w_d, w_h, n * 4);
     h2d(p_d, p_h, n * 2);
     LowbitStep s = {1e-2, b1, 0.999, 1e-8, 0.1, 0, 1.0f, mode, 1234, 977};
@@ -83,15 +91,15 @@ static void lowbit_case_in(LowbitFormat want, size_t n, LowbitMaster mode, doubl
         bad_p += diff_bytes(p_g, p_h, n * 2, NULL);
     }
     TEST_CHECK(bad_state == 0 && bad_w == 0 && bad_p == 0,
-               "lowbit %s->%s states, n=%zu, %s, b1=%g: GPU == CPU bit for bit over 3 steps (differing bytes: state "
-               "%zu (first at %zu of %zu), master %zu, bf16 %zu)",
-               lowbit_format_name(want), lowbit_format_name(lay.fmt), n, master_name(mode), b1, bad_state, first,
-               lay.bytes, bad_w, bad_p);
+               "lowbit %s->%s states, n=%zu, %s, b1=%g%s: GPU == CPU bit for bit over 3 steps (differing bytes: "
+               "state %zu (first at %zu of %zu), master %zu, bf16 %zu)",
+               lowbit_format_name(want), lowbit_format_name(lay.fmt), n, master_name(mode), b1,
+               off ? ", unaligned" : "", bad_state, first, lay.bytes, bad_w, bad_p);
     free(reg_h), free(reg_g), free(w_h), free(w_g), free(g), free(p_h), free(p_g);
     CUDA_CHECK(cudaFree(reg_d));
-    CUDA_CHECK(cudaFree(w_d));
-    CUDA_CHECK(cudaFree(g_d));
-    CUDA_CHECK(cudaFree(p_d));
+    CUDA_CHECK(cudaFree(w_d0));
+    CUDA_CHECK(cudaFree(g_d0));
+    CUDA_CHECK(cudaFree(p_d0));
 }
 
 static void lowbit_case(LowbitFormat want, size_t n, LowbitMaster mode, double b1) {
@@ -117,6 +125,239 @@ static void test_lowbit(void) {
     lowbit_case_in(LOWBIT_8BIT, 4224, LOWBIT_MASTER_BF16_SR, 0.9, LOWBIT_MASTER_F32);
     lowbit_case_in(LOWBIT_FP8, 1000, LOWBIT_MASTER_BF16_SR, 0.9, LOWBIT_MASTER_F32);
     lowbit_case_in(LOWBIT_F32, 70001, LOWBIT_MASTER_BF16_SR, 0.9, LOWBIT_MASTER_F32);
+    // master, gradient and parameters one element off alignment: the kernels' scalar accesses
+    for (int k = 0; k < 3; k++) {
+        lowbit_case_in(LOWBIT_8BIT, 256 * 23, modes[k], 0.9, modes[k], 1);
+        lowbit_case_in(LOWBIT_4BIT, 128 * 301, modes[k], 0.9, modes[k], 1);
+        lowbit_case_in(LOWBIT_FP8, 256 * 41, modes[k], 0.9, modes[k], 1);
+    }
+    // more chunks than the grid has warps (264 blocks x 16 on an H200): each warp strides
+    lowbit_case(LOWBIT_8BIT, 256 * 12001, LOWBIT_MASTER_F32, 0.9);
+    lowbit_case(LOWBIT_4BIT, 128 * 24001, LOWBIT_MASTER_BF16_SR, 0.9);
+    lowbit_case(LOWBIT_FP8, 256 * 12001, LOWBIT_MASTER_BF16, 0.9);
+}
+
+// ---- the quantized kernel against its first version, on the GPU --------------------------------
+// adamw_lowbit.cu's first quantized kernel (one CUDA block per quantization block, one element
+// per thread, a block-wide absmax, torchao's binary search per code), kept here as the reference
+// for inputs where the CPU cannot be one: NaN and infinity (the CPU's NaN bits differ from the
+// GPU's canonical NaN), states of arbitrary bytes, scales of 0, inf, NaN, huge and tiny values.
+// The current kernel must give the same bytes.
+__device__ const float v1_qmap_s8[256] = {LOWBIT_QMAP_S8};
+__device__ const float v1_qmap_u8[256] = {LOWBIT_QMAP_U8};
+__device__ const float v1_qmap_s4[16] = {LOWBIT_QMAP_S4};
+__device__ const float v1_qmap_u4[16] = {LOWBIT_QMAP_U4};
+struct V1Sr {
+    uint64_t seed, offset;
+    int step;
+};
+constexpr int v1_block(int f) { return f == LOWBIT_4BIT ? LOWBIT_BLOCK_4BIT : f == LOWBIT_FP8 ? LOWBIT_BLOCK_FP8 : LOWBIT_BLOCK_8BIT; }
+constexpr int v1_nmap(int f) { return f == LOWBIT_8BIT ? 256 : f == LOWBIT_4BIT ? 16 : 1; }
+template <int BS>
+__device__ __forceinline__ void v1_absmax2(float &x, float &y, float (*red)[BS / 32]) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        x = lowbit_max_nan(x, __shfl_xor_sync(0xffffffffu, x, o));
+        y = lowbit_max_nan(y, __shfl_xor_sync(0xffffffffu, y, o));
+    }
+    if (threadIdx.x % 32 == 0) red[0][threadIdx.x / 32] = x, red[1][threadIdx.x / 32] = y;
+    __syncthreads();
+    x = 0.0f, y = 0.0f;
+#pragma unroll
+    for (int w = 0; w < BS / 32; w++) x = lowbit_max_nan(x, red[0][w]), y = lowbit_max_nan(y, red[1][w]);
+}
+template <int FMT, int MASTER>
+__global__ void __launch_bounds__(v1_block(FMT))
+    adamw_quant_v1_kernel(float *master, bf16 *param, uint8_t *mc, uint8_t *vc, float *ms, float *vs, const float *grad,
+                          LowbitScalars a, V1Sr sr) {
+    constexpr int BS = v1_block(FMT), NQ = v1_nmap(FMT);
+    __shared__ float qm[NQ], qv[NQ];
+    __shared__ float red[2][BS / 32];
+    const int t = threadIdx.x;
+    if constexpr (FMT == LOWBIT_8BIT) qm[t] = v1_qmap_s8[t], qv[t] = v1_qmap_u8[t];
+    if constexpr (FMT == LOWBIT_4BIT)
+        if (t < 16) qm[t] = v1_qmap_s4[t], qv[t] = v1_qmap_u4[t];
+    __syncthreads();
+    const size_t b = blockIdx.x, i = b * BS + t;
+    uint16_t *pb = reinterpret_cast<uint16_t *>(param);
+    float m, v;
+    if constexpr (FMT == LOWBIT_8BIT) {
+        m = OPT_MUL(qm[mc[i]], ms[b]);
+        v = OPT_MUL(qv[vc[i]], vs[b]);
+    } else if constexpr (FMT == LOWBIT_4BIT) {
+        int sh = (t & 1) ? 0 : 4;
+        m = OPT_MUL(qm[(mc[i / 2] >> sh) & 15], ms[b]);
+        v = OPT_MUL(qv[(vc[i / 2] >> sh) & 15], vs[b]);
+    } else {
+        m = OPT_MUL(lowbit_e4m3_to_f32(mc[i]), ms[b]);
+        v = OPT_MUL(lowbit_e4m3_to_f32(vc[i]), vs[b]);
+    }
+    const float p0 = MASTER == LOWBIT_MASTER_F32 ? master[i] : lowbit_bf16_to_f32(pb[i]);
+    const float p = lowbit_adam_elem(p0, grad[i], &m, &v, &a);
+    if (MASTER == LOWBIT_MASTER_F32) {
+        master[i] = p;
+        if (pb) pb[i] = lowbit_bf16_rne(p);
+    } else if (MASTER == LOWBIT_MASTER_BF16) {
+        pb[i] = lowbit_bf16_rne(p);
+    } else {
+        pb[i] = lowbit_bf16_sr(p, lowbit_sr_bits(sr.seed, sr.step, sr.offset + i));
+    }
+    float sm = fabsf(m), sv = fabsf(v);
+    v1_absmax2<BS>(sm, sv, red);
+    sm = lowbit_max_nan(sm, 1e-12f), sv = lowbit_max_nan(sv, 1e-12f);
+    if constexpr (FMT == LOWBIT_FP8) sm = OPT_DIV(sm, 448.0f), sv = OPT_DIV(sv, 448.0f);
+    const float xm = OPT_DIV(m, sm), xv = OPT_DIV(v, sv);
+    if constexpr (FMT == LOWBIT_8BIT) {
+        mc[i] = lowbit_code8(xm, qm);
+        vc[i] = lowbit_code8(xv, qv);
+    } else if constexpr (FMT == LOWBIT_4BIT) {
+        unsigned cm = lowbit_code4(xm, qm), cv = lowbit_code4(xv, qv);
+        unsigned nm = __shfl_down_sync(0xffffffffu, cm, 1), nv = __shfl_down_sync(0xffffffffu, cv, 1);
+        if (!(t & 1)) mc[i / 2] = (uint8_t)(cm << 4 | nm), vc[i / 2] = (uint8_t)(cv << 4 | nv);
+    } else {
+        mc[i] = lowbit_e4m3(xm);
+        vc[i] = lowbit_e4m3(xv);
+    }
+    if (t == 0) ms[b] = sm, vs[b] = sv;
+}
+template <int FMT>
+static void v1_update(float *master, bf16 *param, const LowbitState &st, const float *grad, const LowbitStep *s) {
+    const LowbitScalars a = lowbit_scalars(s);
+    const V1Sr sr = {s->seed, s->sr_offset, s->step};
+    constexpr int BS = v1_block(FMT);
+    const unsigned grid = (unsigned)(st.n / BS);
+    uint8_t *mc = (uint8_t *)st.m, *vc = (uint8_t *)st.v;
+    if (s->master == LOWBIT_MASTER_F32)
+        adamw_quant_v1_kernel<FMT, LOWBIT_MASTER_F32><<<grid, BS, 0, g_s>>>(master, param, mc, vc, st.m_scale, st.v_scale, grad, a, sr);
+    else if (s->master == LOWBIT_MASTER_BF16)
+        adamw_quant_v1_kernel<FMT, LOWBIT_MASTER_BF16><<<grid, BS, 0, g_s>>>(master, param, mc, vc, st.m_scale, st.v_scale, grad, a, sr);
+    else
+        adamw_quant_v1_kernel<FMT, LOWBIT_MASTER_BF16_SR><<<grid, BS, 0, g_s>>>(master, param, mc, vc, st.m_scale, st.v_scale, grad, a, sr);
+    CUDA_CHECK_LAST();
+}
+
+// An fp32 value for the adversarial inputs: mostly ordinary, sometimes 0, +-inf, NaN, huge,
+// tiny or subnormal.
+static float odd_value(float scale) {
+    const uint64_t r = test_rand_u64(&g_rng) % 64;
+    const float x = scale * test_rand_uniform(&g_rng);
+    switch (r) {
+        case 0: return 0.0f;
+        case 1: return -0.0f;
+        case 2: return INFINITY;
+        case 3: return -INFINITY;
+        case 4: return NAN;
+        case 5: return 1e30f * x;
+        case 6: return 1e-30f * x;
+        case 7: return ao_u2f((uint32_t)test_rand_u64(&g_rng) & 0x807FFFFFu);  // subnormal
+        case 8: return ao_u2f((uint32_t)test_rand_u64(&g_rng));  // any pattern
+        default: return x;
+    }
+}
+
+static void v1_case(LowbitFormat fmt, size_t n, LowbitMaster mode) {
+    const LowbitLayout lay = lowbit_layout_of(fmt, n);
+    const int f32m = mode == LOWBIT_MASTER_F32;
+    const size_t nb = lay.n_blocks;
+    uint8_t *reg = (uint8_t *)ao_malloc(lay.bytes), *ra = (uint8_t *)ao_malloc(lay.bytes), *rb = (uint8_t *)ao_malloc(lay.bytes);
+    // states: arbitrary code bytes; scales ordinary, and some 0, inf, NaN, huge, tiny
+    for (size_t i = 0; i < lay.bytes; i++) reg[i] = (uint8_t)test_rand_u64(&g_rng);
+    LowbitState sh = lowbit_state_at(&lay, reg);
+    for (size_t b = 0; b < nb; b++) sh.m_scale[b] = fabsf(odd_value(1e-3f)), sh.v_scale[b] = fabsf(odd_value(1e-6f));
+    float *w = (float *)ao_malloc(n * 4), *g = (float *)ao_malloc(n * 4);
+    uint16_t *p = (uint16_t *)ao_malloc(n * 2), *p2 = (uint16_t *)ao_malloc(n * 2);
+    for (size_t i = 0; i < n; i++) {
+        w[i] = i / (size_t)lay.block % 5 == 0 ? odd_value(0.1f) : 0.1f * test_rand_uniform(&g_rng);
+        p[i] = lowbit_bf16_rne(w[i]);
+    }
+    void *ra_d = dalloc<uint8_t>(lay.bytes), *rb_d = dalloc<uint8_t>(lay.bytes);
+    float *wa = dalloc<float>(n), *wb = dalloc<float>(n), *g_d = dalloc<float>(n);
+    bf16 *pa = dalloc<bf16>(n), *pb = dalloc<bf16>(n);
+    h2d(ra_d, reg, lay.bytes), h2d(rb_d, reg, lay.bytes);
+    h2d(wa, w, n * 4), h2d(wb, w, n * 4), h2d(pa, p, n * 2), h2d(pb, p, n * 2);
+    const LowbitState sa = lowbit_state_at(&lay, ra_d), sb = lowbit_state_at(&lay, rb_d);
+    LowbitStep s = {1e-2, 0.9, 0.999, 1e-8, 0.1, 0, 1.0f, mode, 99, 4096};
+    size_t bad = 0;
+    for (int t = 1; t <= 3; t++) {
+        // every third block ordinary, the others with odd values scattered in
+        for (size_t i = 0; i < n; i++) g[i] = i / (size_t)lay.block % 3 == 0 ? 0.01f * test_rand_uniform(&g_rng) : odd_value(0.01f);
+        h2d(g_d, g, n * 4);
+        s.step = t;
+        adamw_lowbit_update(f32m ? wa : NULL, pa, sa, g_d, &s, g_s);
+        if (fmt == LOWBIT_8BIT) v1_update<LOWBIT_8BIT>(f32m ? wb : NULL, pb, sb, g_d, &s);
+        else if (fmt == LOWBIT_4BIT) v1_update<LOWBIT_4BIT>(f32m ? wb : NULL, pb, sb, g_d, &s);
+        else v1_update<LOWBIT_FP8>(f32m ? wb : NULL, pb, sb, g_d, &s);
+        CUDA_CHECK(cudaStreamSynchronize(g_s));
+        d2h(ra, ra_d, lay.bytes), d2h(rb, rb_d, lay.bytes);
+        bad += diff_bytes(ra, rb, lay.bytes, NULL);
+        d2h(w, wa, n * 4), d2h(g, wb, n * 4);  // g: scratch until the next step's gradients
+        bad += f32m ? diff_bytes(w, g, n * 4, NULL) : 0;
+        d2h(p, pa, n * 2), d2h(p2, pb, n * 2);
+        bad += diff_bytes(p, p2, n * 2, NULL);
+    }
+    TEST_CHECK(bad == 0, "lowbit %s, n=%zu, %s: the kernel == its first version on the GPU with NaN, inf, huge and "
+               "odd states, 3 steps (%zu bytes differ)", lowbit_format_name(fmt), n, master_name(mode), bad);
+    free(reg), free(ra), free(rb), free(w), free(g), free(p), free(p2);
+    CUDA_CHECK(cudaFree(ra_d));
+    CUDA_CHECK(cudaFree(rb_d));
+    CUDA_CHECK(cudaFree(wa));
+    CUDA_CHECK(cudaFree(wb));
+    CUDA_CHECK(cudaFree(g_d));
+    CUDA_CHECK(cudaFree(pa));
+    CUDA_CHECK(cudaFree(pb));
+}
+
+static void test_lowbit_v1(void) {
+    const LowbitMaster modes[3] = {LOWBIT_MASTER_F32, LOWBIT_MASTER_BF16, LOWBIT_MASTER_BF16_SR};
+    for (int k = 0; k < 3; k++) {
+        v1_case(LOWBIT_8BIT, 256 * 301, modes[k]);
+        v1_case(LOWBIT_4BIT, 128 * 603, modes[k]);
+        v1_case(LOWBIT_FP8, 256 * 301, modes[k]);
+    }
+}
+
+// lowbit_lut_code against torchao's search, both compiled for the device, for all 2^32 floats
+// (test_lowbit_lut proves the same on the CPU).
+__device__ const uint32_t tlut_s8[] = {LOWBIT_LUT_S8};
+__device__ const uint32_t tlut_u8[] = {LOWBIT_LUT_U8};
+__device__ const uint32_t tlut_s4[] = {LOWBIT_LUT_S4};
+__device__ const uint32_t tlut_u4[] = {LOWBIT_LUT_U4};
+template <int MAP>
+__global__ void lut_sweep_kernel(unsigned long long *bad, unsigned *first) {
+    const float *q = MAP == 0 ? v1_qmap_s8 : MAP == 1 ? v1_qmap_u8 : MAP == 2 ? v1_qmap_s4 : v1_qmap_u4;
+    unsigned long long nb = 0;
+    for (uint64_t u = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; u < ((uint64_t)1 << 32);
+         u += (uint64_t)gridDim.x * blockDim.x) {
+        const float x = __uint_as_float((uint32_t)u);
+        int l, r;
+        if constexpr (MAP == 0) l = lowbit_lut_code(x, tlut_s8, LOWBIT_LUT_S8_LO, LOWBIT_LUT_S8_SHIFT, 1), r = lowbit_code8(x, q);
+        if constexpr (MAP == 1) l = lowbit_lut_code(x, tlut_u8, LOWBIT_LUT_U8_LO, LOWBIT_LUT_U8_SHIFT, 0), r = lowbit_code8(x, q);
+        if constexpr (MAP == 2) l = lowbit_lut_code(x, tlut_s4, LOWBIT_LUT_S4_LO, LOWBIT_LUT_S4_SHIFT, 1), r = lowbit_code4(x, q);
+        if constexpr (MAP == 3) l = lowbit_lut_code(x, tlut_u4, LOWBIT_LUT_U4_LO, LOWBIT_LUT_U4_SHIFT, 0), r = lowbit_code4(x, q);
+        if (l != r) nb++, atomicMin(first, (unsigned)u);
+    }
+    if (nb) atomicAdd(bad, nb);
+}
+static void test_lut_gpu(void) {
+    unsigned long long *bad_d = dalloc<unsigned long long>(1);
+    unsigned *first_d = dalloc<unsigned>(1);
+    const char *names[4] = {"signed 8-bit", "unsigned 8-bit", "signed 4-bit", "unsigned 4-bit"};
+    for (int k = 0; k < 4; k++) {
+        CUDA_CHECK(cudaMemsetAsync(bad_d, 0, 8, g_s));
+        CUDA_CHECK(cudaMemsetAsync(first_d, 0xFF, 4, g_s));
+        if (k == 0) lut_sweep_kernel<0><<<4096, 256, 0, g_s>>>(bad_d, first_d);
+        if (k == 1) lut_sweep_kernel<1><<<4096, 256, 0, g_s>>>(bad_d, first_d);
+        if (k == 2) lut_sweep_kernel<2><<<4096, 256, 0, g_s>>>(bad_d, first_d);
+        if (k == 3) lut_sweep_kernel<3><<<4096, 256, 0, g_s>>>(bad_d, first_d);
+        CUDA_CHECK_LAST();
+        unsigned long long bad = 0;
+        unsigned first = 0;
+        d2h(&bad, bad_d, 8), d2h(&first, first_d, 4);
+        TEST_CHECK(bad == 0, "%s map: lowbit_lut_code == torchao's search on the GPU for all 2^32 floats (%llu differ, "
+                   "first %08x)", names[k], bad, first);
+    }
+    CUDA_CHECK(cudaFree(bad_d));
+    CUDA_CHECK(cudaFree(first_d));
 }
 
 // adamw_update (optim/adamw.cu) against the offload step. Bit-identical once adamw.cu's
@@ -321,6 +562,7 @@ struct TmRun {
     int offload, sync;  // sync: offload without overlap
     int clip;           // clip at TM_CLIP, the step after the norm; 0: no clipping and, offloaded with
                         // overlap, the step before the norm (train_llama's order then)
+    int overlap;        // --optim-overlap (the on-GPU step beside the next forward; ignored offloaded)
 };
 
 static GpuRunOpts tm_opts(const TmRun &r, const ZeroPlan *z) {
@@ -335,13 +577,15 @@ static GpuRunOpts tm_opts(const TmRun &r, const ZeroPlan *z) {
     o.offload_slice = 19 * 256;  // cuts inside the 16K-65K-element matrices and between the small tensors
     o.seed = 5;
     o.zero = z;
+    o.optim_overlap = r.overlap;
     return o;
 }
 
-// Forward and backward of step t's micro-batches (the last one streamed).
-static void tm_grads(LlamaGpu *m, GpuCtx *ctx, int t) {
+// Forward and backward of step t's micro-batches (the last one streamed); the sum of their losses.
+static double tm_grads(LlamaGpu *m, GpuCtx *ctx, int t) {
     const int N = TM_B * TM_T, V = m->cfg.vocab_size;
     int32_t tok[N], tgt[N];
+    double sum = 0;
     llama_gpu_zero_grads(m, ctx);
     for (int a = 0; a < TM_ACCUM; a++) {
         uint64_t st = 0x51EDull + 1000 * (uint64_t)t + (uint64_t)a;
@@ -349,24 +593,36 @@ static void tm_grads(LlamaGpu *m, GpuCtx *ctx, int t) {
         for (int i = 0; i < N; i++) tgt[i] = i % TM_T == TM_T - 1 ? -1 : tok[i + 1];
         llama_gpu_set_batch(m, ctx, tok, tgt);
         int nv = 0;
-        llama_gpu_forward(m, ctx, 1.0f / (float)(TM_ACCUM * (N - TM_B)), &nv);
+        sum += llama_gpu_forward(m, ctx, 1.0f / (float)(TM_ACCUM * (N - TM_B)), &nv);
         m->stream_grads = a == TM_ACCUM - 1;
         llama_gpu_backward(m, ctx);
         m->stream_grads = 0;
     }
+    return sum;
 }
 
-// Steps t0 .. t1-1 (optimizer steps t0+1 .. t1), as train_llama orders them.
-static void tm_steps(LlamaGpu *m, GpuCtx *ctx, const TmRun &r, int t0, int t1) {
+// Steps t0 .. t1-1 (optimizer steps t0+1 .. t1), as train_llama orders them; each step's loss sum
+// and norm into loss[t - t0], norm[t - t0] when given.
+static void tm_steps(LlamaGpu *m, GpuCtx *ctx, const TmRun &r, int t0, int t1, double *loss = nullptr,
+                     float *norms = nullptr) {
     for (int t = t0; t < t1; t++) {
-        tm_grads(m, ctx, t);
+        const double sum = tm_grads(m, ctx, t);
         const float lr = 1e-3f * (float)(1 + t % 3);  // a function of the step only: runs split anywhere agree
-        const int first = r.offload && !r.sync && !r.clip;
+        const int first = r.offload && !r.sync && !r.clip, norm_first = m->overlap && !r.clip;
         if (first) llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, 1.0f);
-        const float norm = llama_gpu_grad_norm(m, ctx);
+        float norm;
+        if (norm_first) {  // --optim-overlap without clipping: the step queued between the norm and its read
+            llama_gpu_grad_norm_queue(m, ctx);
+            llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, 1.0f);
+            norm = llama_gpu_grad_norm_result(m, ctx);
+        } else {
+            norm = llama_gpu_grad_norm(m, ctx);
+        }
         const float scale = r.clip && norm > TM_CLIP ? TM_CLIP / norm : 1.0f;
-        if (!first) llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, scale);
-        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+        if (!first && !norm_first) llama_gpu_adamw(m, ctx, lr, 0.9f, 0.95f, 1e-8f, 0.1f, t + 1, scale);
+        CUDA_CHECK(cudaStreamSynchronize(ctx->stream));  // the compute stream only, as train_llama waits
+        if (loss) loss[t - t0] = sum;
+        if (norms) norms[t - t0] = norm;
     }
 }
 
@@ -411,9 +667,10 @@ static size_t tm_diff(const TmSnap &a, const TmSnap &b, const ParamTable *tab) {
 }
 
 static const char *tm_name(const TmRun &r, char *buf, size_t n) {
-    snprintf(buf, n, "--optim %s --master %s%s%s, %s", r.optim == LOWBIT_F32 ? "adamw" : lowbit_format_name(r.optim),
+    snprintf(buf, n, "--optim %s --master %s%s%s%s, %s", r.optim == LOWBIT_F32 ? "adamw" : lowbit_format_name(r.optim),
              r.master == LOWBIT_MASTER_F32 ? "fp32" : "bf16-sr", r.offload ? " --offload" : "",
-             r.offload ? (r.sync ? " (no overlap)" : " (overlapped)") : "", r.clip ? "clipped" : "no clipping");
+             r.offload ? (r.sync ? " (no overlap)" : " (overlapped)") : "", r.overlap ? " --optim-overlap" : "",
+             r.clip ? "clipped" : "no clipping");
     return buf;
 }
 
@@ -464,7 +721,7 @@ static void tm_zero3(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, int ste
         llama_gpu_init(&m[k], ctx, cpu, TM_B, TM_T, &o);
     }
     const size_t P = cpu->tab.total;
-    const TmRun ur = {r.optim, r.master, 0, 0, r.clip};
+    const TmRun ur = {r.optim, r.master, 0, 0, r.clip, 0};
     GpuRunOpts uo = tm_opts(ur, nullptr);
     LlamaGpu u;
     llama_gpu_init(&u, ctx, cpu, TM_B, TM_T, &uo);
@@ -605,10 +862,10 @@ static void test_trainer_steps(GpuCtx *ctx) {
     for (int mi = 0; mi < 2; mi++)
         for (int fi = 0; fi < 4; fi++) {
             for (int clip = 1; clip >= 0; clip--) {
-                const TmRun gpu = {fm[fi], ms[mi], 0, 0, clip};
+                const TmRun gpu = {fm[fi], ms[mi], 0, 0, clip, 0};
                 TmSnap ref = tm_run(ctx, &cpu, gpu, steps);
                 for (int sync = 0; sync <= 1; sync++) {
-                    const TmRun off = {fm[fi], ms[mi], 1, sync, clip};
+                    const TmRun off = {fm[fi], ms[mi], 1, sync, clip, 0};
                     TmSnap s = tm_run(ctx, &cpu, off, steps);
                     const size_t d = tm_diff(s, ref, &cpu.tab);
                     TEST_CHECK(d == 0, "%s, %d steps: == the on-GPU optimizer bit for bit (%zu bytes differ)",
@@ -616,17 +873,17 @@ static void test_trainer_steps(GpuCtx *ctx) {
                     tm_free(&s);
                 }
                 if (clip) {
-                    tm_zero3(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1}, steps, ref);
+                    tm_zero3(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1, 0}, steps, ref);
                     if (ms[mi] == LOWBIT_MASTER_BF16_SR || fi == 0) {
                         tm_resume(ctx, &cpu, gpu, steps, ref);
-                        tm_resume(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1}, steps, ref);
+                        tm_resume(ctx, &cpu, TmRun{fm[fi], ms[mi], 1, 0, 1, 0}, steps, ref);
                     }
                 }
                 tm_free(&ref);
             }
         }
     // bf16-sr keeps no fp32 master; its optimizer file says so, and an fp32-master run refuses it
-    TmRun r = {LOWBIT_8BIT, LOWBIT_MASTER_BF16_SR, 0, 0, 1};
+    TmRun r = {LOWBIT_8BIT, LOWBIT_MASTER_BF16_SR, 0, 0, 1, 0};
     GpuRunOpts o = tm_opts(r, nullptr);
     LlamaGpu m;
     llama_gpu_init(&m, ctx, &cpu, TM_B, TM_T, &o);
@@ -645,6 +902,102 @@ static void test_trainer_steps(GpuCtx *ctx) {
     MasterArg arg = {dir, &m};
     TEST_EXPECT_FAIL("resume a bf16-sr checkpoint with fp32 masters", load_master_fn, &arg, "--master bf16-sr");
     llama_gpu_free(&m);
+    model_free(&cpu);
+}
+
+// ---- --optim-overlap --------------------------------------------------------------------------
+// The on-GPU step on its own stream, stage by stage beside the next forward, against the serial
+// step: the loss sums (both micro-batches) and norms of every step, an evaluation forward after
+// every other step (without llama_gpu_optim_wait: the forward's own waits), and the final weights,
+// masters and states, bit for bit. Once as it runs, once with a delay queued on the optimizer
+// stream before each stage (optim_stage_hook): the update then lands late, so a missing or
+// misplaced wait reads old weights or races the gradients' zeroing, and the bits show it.
+#define TM_OV_STEPS 6
+__global__ void tm_spin_kernel(unsigned long long ns) {  // one thread waits ns nanoseconds of the global timer
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    while (t - t0 < ns);
+}
+static void tm_delay_hook(void *arg, int, cudaStream_t s) {
+    tm_spin_kernel<<<1, 1, 0, s>>>(*(const unsigned long long *)arg);
+    CUDA_CHECK_LAST();
+}
+
+struct TmTrace {
+    double loss[TM_OV_STEPS], eval[TM_OV_STEPS];
+    float norm[TM_OV_STEPS];
+};
+
+static TmSnap tm_overlap_run(GpuCtx *ctx, const LlamaModel *cpu, const TmRun &r, unsigned long long delay,
+                             TmTrace *tr) {
+    GpuRunOpts o = tm_opts(r, nullptr);
+    LlamaGpu m;
+    llama_gpu_init(&m, ctx, cpu, TM_B, TM_T, &o);
+    TEST_CHECK(m.overlap == r.overlap, "--optim-overlap %d on one GPU: overlap %d", r.overlap, m.overlap);
+    if (delay) m.optim_stage_hook = tm_delay_hook, m.optim_stage_hook_arg = &delay;
+    const int N = TM_B * TM_T;
+    int32_t tok[N], tgt[N];
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)((37 * i + 11) % m.cfg.vocab_size);
+    for (int i = 0; i < N; i++) tgt[i] = i % TM_T == TM_T - 1 ? -1 : tok[i + 1];
+    memset(tr, 0, sizeof *tr);
+    for (int t = 0; t < TM_OV_STEPS; t++) {
+        tm_steps(&m, ctx, r, t, t + 1, &tr->loss[t], &tr->norm[t]);
+        if (t % 2) continue;
+        llama_gpu_set_batch(&m, ctx, tok, tgt);
+        int nv = 0;
+        tr->eval[t] = llama_gpu_forward(&m, ctx, 0.0f, &nv);
+    }
+    TmSnap s = tm_snap(&m);
+    llama_gpu_free(&m);
+    return s;
+}
+
+static void test_optim_overlap(GpuCtx *ctx) {
+    const LlamaConfig c = tm_config();
+    LlamaModel cpu;
+    model_init(&cpu, &c);
+    model_init_random(&cpu, 4);
+    const LowbitFormat fm[2] = {LOWBIT_F32, LOWBIT_8BIT};
+    const LowbitMaster ms[2] = {LOWBIT_MASTER_F32, LOWBIT_MASTER_BF16_SR};
+    const unsigned long long delay = 300000;  // ns per stage: longer than the tiny model's forward
+    char nm[160];
+    for (int mi = 0; mi < 2; mi++)
+        for (int fi = 0; fi < 2; fi++)
+            for (int clip = 1; clip >= 0; clip--) {
+                TmTrace ref, tr;
+                TmSnap sref = tm_overlap_run(ctx, &cpu, TmRun{fm[fi], ms[mi], 0, 0, clip, 0}, 0, &ref);
+                for (int late = 0; late <= 1; late++) {
+                    const TmRun r = {fm[fi], ms[mi], 0, 0, clip, 1};
+                    TmSnap s = tm_overlap_run(ctx, &cpu, r, late ? delay : 0, &tr);
+                    int t = 0;  // the first step whose loss, norm or evaluation differs, for the message
+                    while (t + 1 < TM_OV_STEPS && !memcmp(&tr.loss[t], &ref.loss[t], 8) &&
+                           !memcmp(&tr.norm[t], &ref.norm[t], 4) && !memcmp(&tr.eval[t], &ref.eval[t], 8))
+                        t++;
+                    const size_t d = tm_diff(s, sref, &cpu.tab);
+                    TEST_CHECK(!memcmp(&tr, &ref, sizeof tr) && d == 0, "%s%s, %d steps: == the serial step bit for bit "
+                               "(step %d: loss %.17g vs %.17g, norm %.9g vs %.9g; %zu bytes of weights, masters, states "
+                               "differ)", tm_name(r, nm, sizeof nm), late ? ", optimizer stream delayed" : "", TM_OV_STEPS,
+                               t + 1, tr.loss[t], ref.loss[t], tr.norm[t], ref.norm[t], d);
+                    tm_free(&s);
+                }
+                // A checkpoint taken while an overlapped step may still run, resumed with the overlap.
+                if (clip && (fi == 1 || mi == 1)) tm_resume(ctx, &cpu, TmRun{fm[fi], ms[mi], 0, 0, 1, 1}, TM_OV_STEPS, sref);
+                tm_free(&sref);
+            }
+    // With --offload or ZeRO the step stays serial (train_llama says so at start-up).
+    GpuRunOpts o = tm_opts(TmRun{LOWBIT_F32, LOWBIT_MASTER_F32, 1, 0, 1, 1}, nullptr);
+    LlamaGpu m;
+    llama_gpu_init(&m, ctx, &cpu, TM_B, TM_T, &o);
+    TEST_CHECK(!m.overlap && !m.optim_stream, "--optim-overlap with --offload: the serial schedule");
+    llama_gpu_free(&m);
+    ZeroPlan z;
+    zero_plan_init(&z, &cpu.tab, c.n_layers, 1, 0, 1);
+    o = tm_opts(TmRun{LOWBIT_F32, LOWBIT_MASTER_F32, 0, 0, 1, 1}, &z);
+    llama_gpu_init(&m, ctx, &cpu, TM_B, TM_T, &o);
+    TEST_CHECK(!m.overlap && !m.optim_stream, "--optim-overlap with ZeRO: the serial schedule");
+    llama_gpu_free(&m);
+    zero_plan_free(&z);
     model_free(&cpu);
 }
 
@@ -697,11 +1050,14 @@ int main(void) {
     GpuCtx ctx;
     gpu_ctx_init(&ctx, 0);
     g_s = ctx.stream;
+    test_lut_gpu();
     test_lowbit();
+    test_lowbit_v1();
     test_adamw_offload();
     test_adamw_bf16_sr();
     test_sr_unbiased_gpu();
     test_trainer_steps(&ctx);
+    test_optim_overlap(&ctx);
     bench();
     gpu_ctx_free(&ctx);
     return test_summary();

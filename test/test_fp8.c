@@ -3,7 +3,10 @@
 // (all-zero groups, inf, NaN, ties, subnormals, pow2 rounding), layouts (transposed = cast of
 // the transpose, tails = zero padding), the recipe table, and — from test/ref/fp8_ref.py —
 // torchao's own bytes and scales for every recipe operand, the blockwise quantizers and to_mx in
-// both scale modes, compared bit for bit.
+// both scale modes, compared bit for bit. MX for training: the bf16 dequantization (every code and
+// exponent against safetensors' f32_to_bf16 of the fp32 value; RCEIL casts of bf16 tensors exact in
+// bf16, FLOOR's e8m0 = 0 exception) and cuBLASLt's swizzled scale layout against torchao's to_blocked
+// written as its tensor operations.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -439,6 +442,100 @@ static void fixture_mx(const SafeTensors *st) {
     free(x), free(q), free(e);
 }
 
+// ---- MX for training: bf16 dequantization, cuBLASLt's scale layout ----------------------------
+static void test_mx_dequant_bf16(void) {
+    // Every code x every exponent x both dtypes: the shared element function = RNE of the exact fp32.
+    size_t bad = 0, inexact_small = 0;
+    for (int dt = 0; dt < 2; dt++)
+        for (int e = 0; e < 256; e++)
+            for (int c = 0; c < 256; c++) {
+                const float f = fp8_to_f32((uint8_t)c, (Fp8Dtype)dt) * mx_e8m0_to_f32((uint8_t)e);
+                const uint16_t got = mx_dequant_bf16_bits((uint8_t)c, (uint8_t)e, (Fp8Dtype)dt);
+                bad += isnan(f) ? got != (0x7FC0 | ((c & 0x80) << 8)) : got != f32_to_bf16(f);
+                // exact unless below bf16's subnormal grid (e <= 2 for e4m3 subnormal codes) or NaN / inf
+                if (isfinite(f) && bf16_to_f32(got) != f) inexact_small += e <= 9;
+            }
+    TEST_CHECK(bad == 0, "mx_dequant_bf16_bits differs from f32_to_bf16 of the fp32 dequantization in %zu cases", bad);
+    TEST_CHECK(inexact_small > 0, "no inexact bf16 dequantization at tiny exponents: the rounding case is not exercised");
+    // RCEIL casts of bf16 tensors dequantize exactly to bf16 (mx.h); FLOOR too except e8m0 = 0 blocks.
+    // Random bf16 in 32x32 tiles of one magnitude each (so that blocks along rows and along columns
+    // both see every magnitude), from bf16's subnormals (2^-133) to its largest binade.
+    static const int EX[16] = {-133, -132, -130, -128, -126, -122, -119, -118, -100, -60, -20, 0, 20, 60, 100, 127};
+    uint64_t rng = 0x3C01ull;
+    const int R = 64, C = 256;
+    float *x = ao_malloc((size_t)R * C * sizeof(float)), *dq = ao_malloc((size_t)R * C * sizeof(float));
+    uint8_t *q = ao_malloc((size_t)R * C), *e = ao_malloc((size_t)R * C / 32);
+    uint16_t *b = ao_malloc((size_t)R * C * sizeof(uint16_t));
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            x[(size_t)r * C + c] = quant_bf16_round(ldexpf(test_rand_uniform(&rng), EX[(r / 32) * 8 + c / 32]));
+    x[5] = 0.0f, x[7] = -0.0f, x[(size_t)(R - 1) * C] = u2f(0x7F7F0000u);  // bf16's largest finite value
+    for (int mode = 0; mode < 2; mode++)
+        for (int tr = 0; tr < 2; tr++) {
+            const int orows = tr ? C : R, ocols = tr ? R : C;
+            mx_quantize_cpu(q, e, x, R, C, FP8_E4M3, (MxMode)mode, tr);
+            mx_dequantize_cpu(dq, q, e, orows, ocols, FP8_E4M3);
+            mx_dequantize_bf16_cpu(b, q, e, orows, ocols, FP8_E4M3);
+            size_t inexact = 0, inexact_e0 = 0, nonfinite = 0;
+            for (size_t i = 0; i < (size_t)R * C; i++) {
+                if (!isfinite(dq[i])) {
+                    nonfinite++;
+                    continue;
+                }
+                const int miss = bf16_to_f32(b[i]) != dq[i];
+                inexact += miss;
+                inexact_e0 += miss && e[(i / ocols) * ((ocols + 31) / 32) + (i % ocols) / 32] == 0;
+            }
+            if (mode == MX_RCEIL)
+                TEST_CHECK(inexact == 0, "RCEIL tr=%d: %zu dequantized values are not bf16-exact", tr, inexact);
+            else
+                TEST_CHECK(inexact == inexact_e0 && inexact_e0 > 0, "FLOOR tr=%d: %zu inexact, %zu of them in e8m0 = 0 "
+                           "blocks (want all of them there, and some)", tr, inexact, inexact_e0);
+            printf("  mx %s tr=%d: bf16 dequantization inexact in %zu of %d values (%zu non-finite: inf past 2^128 "
+                   "in fp32 too)\n", mode ? "rceil" : "floor", tr, inexact, R * C, nonfinite);
+        }
+    free(x), free(dq), free(q), free(e), free(b);
+}
+
+// torchao mx_formats/utils.py to_blocked, as its tensor operations: pad to [nrb * 128][ncb * 4],
+// view (nrb, 128, ncb, 4).permute(0, 2, 1, 3) -> [blk = rb * ncb + cb][128][4], reshape (-1, 4, 32, 4)
+// -> [blk][j][i][c] with row j * 32 + i, transpose(1, 2) -> [blk][i][j][c], flatten.
+static void to_blocked_ref(uint8_t *out, const uint8_t *e8m0, int rows, int nkb) {
+    const int nrb = (rows + 127) / 128, ncb = (nkb + 3) / 4;
+    size_t f = 0;
+    for (int blk = 0; blk < nrb * ncb; blk++)
+        for (int i = 0; i < 32; i++)
+            for (int j = 0; j < 4; j++)
+                for (int c = 0; c < 4; c++, f++) {
+                    const int r = (blk / ncb) * 128 + j * 32 + i, k = (blk % ncb) * 4 + c;
+                    out[f] = r < rows && k < nkb ? e8m0[(size_t)r * nkb + k] : 0;
+                }
+}
+
+static void test_mx_swizzle(void) {
+    const int shapes[][2] = {{1, 1}, {37, 3}, {128, 4}, {130, 6}, {256, 8}, {300, 13}, {8192, 16}, {96, 2}};
+    uint64_t rng = 0x5A1Eull;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int rows = shapes[s][0], nkb = shapes[s][1];
+        const size_t n = mx_swizzled_bytes(rows, nkb);
+        TEST_CHECK(n == (size_t)((rows + 127) / 128 * 128) * (size_t)((nkb + 3) / 4 * 4), "mx_swizzled_bytes(%d, %d) = %zu",
+                   rows, nkb, n);
+        uint8_t *e = ao_malloc((size_t)rows * nkb), *got = ao_malloc(n), *want = ao_malloc(n);
+        for (size_t i = 0; i < (size_t)rows * nkb; i++) e[i] = (uint8_t)(1 + test_rand_u64(&rng) % 254);  // never 0
+        mx_swizzle_cpu(got, e, rows, nkb);
+        to_blocked_ref(want, e, rows, nkb);
+        TEST_CHECK(memcmp(got, want, n) == 0, "mx_swizzle_cpu %dx%d differs from to_blocked in %zu of %zu bytes", rows,
+                   nkb, count_diff(got, want, n, 1), n);
+        free(e), free(got), free(want);
+    }
+    // Hand cases: (row 33, block 1) of a 4-block operand sits in tile 0 at 1 * 16 + 1 * 4 + 1; (row 130,
+    // block 5) of a 6-block one in tile (1, 1) = 3: 3 * 512 + 2 * 16 + 0 * 4 + 1.
+    TEST_CHECK(mx_swizzled_index(33, 1, 4) == 21 && mx_swizzled_index(130, 5, 6) == 1569 &&
+                   mx_swizzled_index(0, 0, 1) == 0 && mx_swizzled_index(127, 3, 4) == 31 * 16 + 3 * 4 + 3,
+               "mx_swizzled_index hand cases: %zu %zu %zu %zu", mx_swizzled_index(33, 1, 4),
+               mx_swizzled_index(130, 5, 6), mx_swizzled_index(0, 0, 1), mx_swizzled_index(127, 3, 4));
+}
+
 static void test_torchao_fixture(void) {
     char *path = path_join(test_dir(), "fixtures/fp8/torchao.safetensors");
     if (!file_exists(path)) {
@@ -465,6 +562,8 @@ int main(void) {
     test_cast_hand();
     test_tails();
     test_recipe_table();
+    test_mx_dequant_bf16();
+    test_mx_swizzle();
     test_torchao_fixture();
     return test_summary();
 }

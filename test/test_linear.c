@@ -1,7 +1,9 @@
-// Linear recipes (ops/linear.c), the host side of train_llama --recipe: names and refusals (MXFP8
-// names its issue), the token-count rule, which Linears take fp8 (torchao's module filter: lm_head
-// and dims not multiples of 16 stay bf16) on the test fixture's and the default model's shapes, and
-// the cast scratch sizes and layout. The GPU side is test/gpu_test_recipe.cu.
+// Linear recipes (ops/linear.c), the host side of train_llama --recipe: names and refusals, the
+// token-count rule (MX: 32), which Linears take fp8 / MX (torchao's module filter: lm_head and dims
+// not multiples of 16 stay bf16; MX also dims not multiples of 32, which torchao's to_mx refuses) on
+// the test fixture's and the default model's shapes, and the cast scratch sizes and layout (MX: the
+// dequantized operands of the emulated GEMM or the swizzled scales of the native one). The GPU side
+// is test/gpu_test_recipe.cu.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,27 +23,27 @@ static void test_names(void) {
     const struct { LinearRecipe r; Fp8Recipe f; } map[] = {{LINEAR_FP8_TENSORWISE, FP8_RECIPE_TENSORWISE},
                                                              {LINEAR_FP8_ROWWISE, FP8_RECIPE_ROWWISE},
                                                              {LINEAR_FP8_ROWWISE_GW_HP, FP8_RECIPE_ROWWISE_GW_HP},
-                                                             {LINEAR_FP8_BLOCKWISE, FP8_RECIPE_BLOCKWISE}};
+                                                             {LINEAR_FP8_BLOCKWISE, FP8_RECIPE_BLOCKWISE},
+                                                             {LINEAR_MXFP8, FP8_RECIPE_MXFP8},
+                                                             {LINEAR_MXFP8_GW_HP, FP8_RECIPE_MXFP8_GW_HP}};
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
         TEST_CHECK(linear_fp8_recipe(map[i].r) == map[i].f, "%s maps to fp8 recipe %s", linear_recipe_name(map[i].r),
                    fp8_recipe_name(linear_fp8_recipe(map[i].r)));
-    const char *mx[] = {"mxfp8", "mxfp8-gw-hp", "mxfp8_gw_hp"};
-    for (int i = 0; i < 3; i++) {
-        LinearRecipe r;
-        err[0] = 0;
-        int ok = linear_recipe_parse(mx[i], &r, err, sizeof err);
-        TEST_CHECK(!ok && strstr(err, "issue 7") && strstr(err, "MXFP8"), "--recipe %s: accepted or unclear: %s", mx[i],
-                   err);
-    }
-    printf("  refusal: %s\n", err);
-    const char *bad[] = {"fp8", "FP8-ROWWISE", "rowwise", "", "fp8-rowwise "};
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < LINEAR_NRECIPES; i++)
+        TEST_CHECK(linear_recipe_is_mx((LinearRecipe)i) == (i == LINEAR_MXFP8 || i == LINEAR_MXFP8_GW_HP),
+                   "linear_recipe_is_mx(%s)", linear_recipe_name((LinearRecipe)i));
+    TEST_CHECK(!strcmp(linear_recipe_name(LINEAR_MXFP8), "mxfp8") && !strcmp(linear_recipe_name(LINEAR_MXFP8_GW_HP),
+               "mxfp8-gw-hp"), "MX recipe names: %s, %s", linear_recipe_name(LINEAR_MXFP8),
+               linear_recipe_name(LINEAR_MXFP8_GW_HP));
+    const char *bad[] = {"fp8", "FP8-ROWWISE", "rowwise", "", "fp8-rowwise ", "mxfp8_gw_hp", "mx", "MXFP8"};
+    for (int i = 0; i < 8; i++) {
         LinearRecipe r;
         err[0] = 0;
         int ok = linear_recipe_parse(bad[i], &r, err, sizeof err);
-        TEST_CHECK(!ok && strstr(err, "expected bf16, fp8-tensorwise"), "--recipe '%s': accepted or unclear: %s", bad[i],
-                   err);
+        TEST_CHECK(!ok && strstr(err, "expected bf16, fp8-tensorwise") && strstr(err, "mxfp8-gw-hp"),
+                   "--recipe '%s': accepted or unclear: %s", bad[i], err);
     }
+    printf("  refusal: %s\n", err);
 }
 
 static void test_tokens(void) {
@@ -53,12 +55,19 @@ static void test_tokens(void) {
         TEST_CHECK(linear_tokens_ok((LinearRecipe)r, 32, why, sizeof why), "%s refuses 32 tokens",
                    linear_recipe_name((LinearRecipe)r));
         why[0] = 0;
-        TEST_CHECK(!linear_tokens_ok((LinearRecipe)r, 37, why, sizeof why) && strstr(why, "multiple of 16") &&
-                       strstr(why, "37"),
+        TEST_CHECK(!linear_tokens_ok((LinearRecipe)r, 37, why, sizeof why) &&
+                       strstr(why, r == LINEAR_MXFP8 ? "multiple of 32" : "multiple of 16") && strstr(why, "37"),
                    "%s accepts 37 tokens or says it unclearly: %s", linear_recipe_name((LinearRecipe)r), why);
         TEST_CHECK(!linear_tokens_ok((LinearRecipe)r, 8200, NULL, 0), "%s accepts 8200 tokens",
                    linear_recipe_name((LinearRecipe)r));
+        // 48 tokens: a multiple of 16, not of 32; only mxfp8 casts along the tokens (grad_weight in MX)
+        why[0] = 0;
+        const int ok48 = linear_tokens_ok((LinearRecipe)r, 48, why, sizeof why);
+        TEST_CHECK(r == LINEAR_MXFP8 ? !ok48 && strstr(why, "multiple of 32") && strstr(why, "48") : ok48,
+                   "%s with 48 tokens: %s", linear_recipe_name((LinearRecipe)r), ok48 ? "accepted" : why);
+        if (r == LINEAR_MXFP8) printf("  refusal: %s\n", why);
     }
+    TEST_CHECK(!linear_tokens_ok(LINEAR_FP8_ROWWISE, 37, why, sizeof why), "fp8-rowwise accepts 37 tokens");
     printf("  refusal: %s\n", why);
 }
 
@@ -68,6 +77,8 @@ typedef struct {
     int K, M, col, ldo, hp;
     int fp8;             // expected under every fp8 recipe
     const char *reason;  // expected in the reason when not fp8
+    int mx;              // expected under the MX recipes
+    const char *mx_reason;
 } Case;
 
 static void check_cases(const char *model, const Case *c, int n) {
@@ -75,9 +86,10 @@ static void check_cases(const char *model, const Case *c, int n) {
     for (int r = 0; r < LINEAR_NRECIPES; r++)
         for (int i = 0; i < n; i++) {
             why[0] = 0;
+            const int mx = linear_recipe_is_mx((LinearRecipe)r);
             int got = linear_part_fp8((LinearRecipe)r, c[i].K, c[i].M, c[i].col, c[i].ldo, c[i].hp, why, sizeof why);
-            int want = r != LINEAR_BF16 && c[i].fp8;
-            const char *reason = r == LINEAR_BF16 ? "bf16" : c[i].reason;
+            int want = r != LINEAR_BF16 && (mx ? c[i].mx : c[i].fp8);
+            const char *reason = r == LINEAR_BF16 ? "bf16" : mx ? c[i].mx_reason : c[i].reason;
             TEST_CHECK(got == want && (want || strstr(why, reason)), "%s %s [%d -> %d] under %s: fp8 %d (want %d), "
                        "reason '%s' (want '%s')", model, c[i].name, c[i].K, c[i].M, linear_recipe_name((LinearRecipe)r),
                        got, want, why, want ? "" : reason);
@@ -86,30 +98,37 @@ static void check_cases(const char *model, const Case *c, int n) {
 
 static void test_which_linears(void) {
     // test/fixtures/llama3: hidden 48, intermediate 136, 4 heads x 12, 2 KV heads, vocab 300.
+    // Under MX nothing of it: 48 is not a multiple of 32.
     const Case fixture[] = {
-        {"q_proj", 48, 48, 0, 96, 0, 1, ""},
-        {"k_proj", 48, 24, 48, 96, 0, 0, "out_features 24 is not a multiple of 16"},
-        {"v_proj", 48, 24, 72, 96, 0, 0, "out_features 24"},
-        {"o_proj", 48, 48, 0, 48, 0, 1, ""},
-        {"gate_proj", 48, 136, 0, 272, 0, 0, "out_features 136"},
-        {"up_proj", 48, 136, 136, 272, 0, 0, "out_features 136"},
-        {"down_proj", 136, 48, 0, 48, 0, 0, "in_features 136"},
-        {"lm_head", 48, 300, 0, 300, 1, 0, "output projection"},
+        {"q_proj", 48, 48, 0, 96, 0, 1, "", 0, "in_features 48 is not a multiple of 32"},
+        {"k_proj", 48, 24, 48, 96, 0, 0, "out_features 24 is not a multiple of 16", 0, "out_features 24 is not a "
+         "multiple of 16"},
+        {"v_proj", 48, 24, 72, 96, 0, 0, "out_features 24", 0, "out_features 24"},
+        {"o_proj", 48, 48, 0, 48, 0, 1, "", 0, "in_features 48 is not a multiple of 32"},
+        {"gate_proj", 48, 136, 0, 272, 0, 0, "out_features 136", 0, "out_features 136"},
+        {"up_proj", 48, 136, 136, 272, 0, 0, "out_features 136", 0, "out_features 136"},
+        {"down_proj", 136, 48, 0, 48, 0, 0, "in_features 136", 0, "in_features 136"},
+        {"lm_head", 48, 300, 0, 300, 1, 0, "output projection", 0, "output projection"},
     };
     check_cases("fixture llama3", fixture, (int)(sizeof fixture / sizeof fixture[0]));
     // train_llama's default model: 512 wide, 1536 MLP, 8 x 64 heads, 4 KV heads, GPT-2 vocab padded.
     const Case def[] = {
-        {"q_proj", 512, 512, 0, 1024, 0, 1, ""},       {"k_proj", 512, 256, 512, 1024, 0, 1, ""},
-        {"v_proj", 512, 256, 768, 1024, 0, 1, ""},     {"o_proj", 512, 512, 0, 512, 0, 1, ""},
-        {"gate_proj", 512, 1536, 0, 3072, 0, 1, ""},   {"up_proj", 512, 1536, 1536, 3072, 0, 1, ""},
-        {"down_proj", 1536, 512, 0, 512, 0, 1, ""},    {"lm_head", 512, 50304, 0, 50304, 1, 0, "output projection"},
+        {"q_proj", 512, 512, 0, 1024, 0, 1, "", 1, ""},     {"k_proj", 512, 256, 512, 1024, 0, 1, "", 1, ""},
+        {"v_proj", 512, 256, 768, 1024, 0, 1, "", 1, ""},   {"o_proj", 512, 512, 0, 512, 0, 1, "", 1, ""},
+        {"gate_proj", 512, 1536, 0, 3072, 0, 1, "", 1, ""}, {"up_proj", 512, 1536, 1536, 3072, 0, 1, "", 1, ""},
+        {"down_proj", 1536, 512, 0, 512, 0, 1, "", 1, ""},
+        {"lm_head", 512, 50304, 0, 50304, 1, 0, "output projection", 0, "output projection"},
     };
     check_cases("default 51M", def, (int)(sizeof def / sizeof def[0]));
     // Output columns that cuBLASLt cannot write from an fp8 GEMM (rows or starts not 16-byte aligned).
     const Case odd[] = {
-        {"row stride 100", 64, 64, 0, 100, 0, 0, "not 16-byte aligned"},
-        {"column 36", 64, 64, 36, 128, 0, 0, "not 16-byte aligned"},
-        {"in_features 40", 40, 64, 0, 64, 0, 0, "in_features 40"},
+        {"row stride 100", 64, 64, 0, 100, 0, 0, "not 16-byte aligned", 0, "not 16-byte aligned"},
+        {"column 36", 64, 64, 36, 128, 0, 0, "not 16-byte aligned", 0, "not 16-byte aligned"},
+        {"in_features 40", 40, 64, 0, 64, 0, 0, "in_features 40", 0, "in_features 40"},
+        // multiples of 16, not of 32: fp8 yes, MX no (torchao's to_mx needs whole 32-blocks along K and M)
+        {"in_features 80", 80, 96, 0, 96, 0, 1, "", 0, "in_features 80 is not a multiple of 32"},
+        {"out_features 48", 64, 48, 0, 48, 0, 1, "", 0, "out_features 48 is not a multiple of 32"},
+        {"MX shapes 96 -> 160", 96, 160, 32, 192, 0, 1, "", 1, ""},
     };
     check_cases("odd layouts", odd, (int)(sizeof odd / sizeof odd[0]));
 }
@@ -134,6 +153,22 @@ static void test_scratch(void) {
     TEST_CHECK(s.sx == 32 && s.sw == 64 && s.sg == 32 && s.svec == 48 && s.amax == LINEAR_AMAX_FLOATS,
                "rowwise-gw-hp: sx %zu sw %zu sg %zu svec %zu amax %zu", s.sx, s.sw, s.sg, s.svec, s.amax);
     memset(&s, 0, sizeof s);
+    linear_scratch_add(&s, LINEAR_MXFP8, 64, 96, 160, 1);
+    // e8m0 bytes, 4 per float: x [64][3] | x^T [96][2]; W [160][3] | W^T [96][5]; g [64][5] | g^T [160][2]
+    TEST_CHECK(s.qx == 64 * 96 && s.qw == 160 * 96 && s.qg == 64 * 160 && s.gcopy == 64 * 160 && s.sx == 48 &&
+                   s.sw == 120 && s.sg == 80 && s.svec == 0 && s.amax == 0,
+               "mxfp8 codes / scales: qx %zu qw %zu qg %zu gcopy %zu sx %zu sw %zu sg %zu svec %zu amax %zu", s.qx, s.qw,
+               s.qg, s.gcopy, s.sx, s.sw, s.sg, s.svec, s.amax);
+    // P: x [64, 96], g [64, 160], g^T [160, 64]; Q: W [160, 96], W^T [96, 160], x^T [96, 64]. Swizzled: rows
+    // padded to 128, blocks to 4: x 128 x 4, g 128 x 8, g^T 256 x 4 | W 256 x 4, W^T 128 x 8, x^T 128 x 4.
+    TEST_CHECK(s.mxp == 64 * 160 && s.mxq == 160 * 96 && s.mxsp == 1024 && s.mxsq == 1024,
+               "mxfp8 MX GEMM scratch: mxp %zu mxq %zu mxsp %zu mxsq %zu", s.mxp, s.mxq, s.mxsp, s.mxsq);
+    memset(&s, 0, sizeof s);
+    linear_scratch_add(&s, LINEAR_MXFP8_GW_HP, 48, 64, 64, 0);  // no x^T / g^T casts: x [48][2] only
+    TEST_CHECK(s.sx == 24 && s.sg == 24 && s.mxp == 48 * 64 && s.mxq == 64 * 64 && s.mxsp == 128 * 4 &&
+                   s.mxsq == 128 * 4, "mxfp8-gw-hp: sx %zu sg %zu mxp %zu mxq %zu mxsp %zu mxsq %zu", s.sx, s.sg, s.mxp,
+               s.mxq, s.mxsp, s.mxsq);
+    memset(&s, 0, sizeof s);
     linear_scratch_add(&s, LINEAR_FP8_BLOCKWISE, 32, 256, 384, 0);
     // x 1x128: 32 x 2 | x^T: 256 x 1; W 128x128: 3 row blocks x ld 4 | W^T: 2 x ld 4; g: 32 x 3 | g^T: 384 x 1
     TEST_CHECK(s.sx == 256 && s.sw == 12 && s.sg == 384 && s.amax == 0,
@@ -146,28 +181,40 @@ static void test_scratch(void) {
     LinearCtx lc;
     memset(&lc, 0, sizeof lc);
     TEST_CHECK(linear_ctx_place(&lc, NULL) == 0, "an empty scratch takes bytes (the bf16 layout must not change)");
-    lc.recipe = LINEAR_FP8_ROWWISE_GW_HP;
-    linear_scratch_add(&lc.cap, lc.recipe, 40, 48, 64, 1);
-    size_t bytes = linear_ctx_place(&lc, NULL);
-    char *base = (char *)aligned_alloc(256, (bytes + 255) / 256 * 256);
-    TEST_CHECK(linear_ctx_place(&lc, base) == bytes, "placing changes the size");
-    struct { const void *p; size_t n; const char *name; } pc[] = {
-        {lc.qx, lc.cap.qx, "qx"}, {lc.qw, lc.cap.qw, "qw"}, {lc.qg, lc.cap.qg, "qg"}, {lc.gcopy, lc.cap.gcopy * 2, "gcopy"},
-        {lc.sx, lc.cap.sx * 4, "sx"}, {lc.sw, lc.cap.sw * 4, "sw"}, {lc.sg, lc.cap.sg * 4, "sg"},
-        {lc.svec, lc.cap.svec * 4, "svec"}, {lc.amax, lc.cap.amax * 4, "amax"}};
-    const int np = (int)(sizeof pc / sizeof pc[0]);
-    for (int i = 0; i < np; i++) {
-        const char *p = (const char *)pc[i].p;
-        TEST_CHECK(p && ((uintptr_t)p & 255) == 0 && p >= base && p + pc[i].n <= base + bytes,
-                   "scratch piece %s at offset %td (%zu bytes) not 256-aligned inside [0, %zu)", pc[i].name,
-                   p ? p - base : -1, pc[i].n, bytes);
-        for (int j = 0; j < i; j++) {
-            const char *q = (const char *)pc[j].p;
-            TEST_CHECK(p >= q + pc[j].n || q >= p + pc[i].n, "scratch pieces %s and %s overlap", pc[i].name, pc[j].name);
+    // rowwise-gw-hp (every fp8 piece), then mxfp8 carved for the emulated and for the native MX GEMM.
+    for (int v = 0; v < 3; v++) {
+        memset(&lc, 0, sizeof lc);
+        lc.recipe = v == 0 ? LINEAR_FP8_ROWWISE_GW_HP : LINEAR_MXFP8;
+        lc.mx_native = v == 2;
+        linear_scratch_add(&lc.cap, lc.recipe, v ? 64 : 40, v ? 96 : 48, v ? 160 : 64, 1);
+        size_t bytes = linear_ctx_place(&lc, NULL);
+        char *base = (char *)aligned_alloc(256, (bytes + 255) / 256 * 256);
+        TEST_CHECK(linear_ctx_place(&lc, base) == bytes, "placing changes the size");
+        struct { const void *p; size_t n; const char *name; int want; } pc[] = {
+            {lc.qx, lc.cap.qx, "qx", 1}, {lc.qw, lc.cap.qw, "qw", 1}, {lc.qg, lc.cap.qg, "qg", 1},
+            {lc.gcopy, lc.cap.gcopy * 2, "gcopy", 1}, {lc.sx, lc.cap.sx * 4, "sx", 1}, {lc.sw, lc.cap.sw * 4, "sw", 1},
+            {lc.sg, lc.cap.sg * 4, "sg", 1}, {lc.svec, lc.cap.svec * 4, "svec", v == 0},
+            {lc.amax, lc.cap.amax * 4, "amax", v == 0}, {lc.mxp, lc.cap.mxp * 2, "mxp", v == 1},
+            {lc.mxq, lc.cap.mxq * 2, "mxq", v == 1}, {lc.mxsp, lc.cap.mxsp, "mxsp", v == 2},
+            {lc.mxsq, lc.cap.mxsq, "mxsq", v == 2}};
+        const int np = (int)(sizeof pc / sizeof pc[0]);
+        for (int i = 0; i < np; i++) {
+            const char *p = (const char *)pc[i].p;
+            TEST_CHECK(!p == !pc[i].want, "[%d] scratch piece %s %s", v, pc[i].name, p ? "carved" : "missing");
+            if (!p) continue;
+            TEST_CHECK(((uintptr_t)p & 255) == 0 && p >= base && p + pc[i].n <= base + bytes,
+                       "[%d] scratch piece %s at offset %td (%zu bytes) not 256-aligned inside [0, %zu)", v, pc[i].name,
+                       p - base, pc[i].n, bytes);
+            for (int j = 0; j < i; j++) {
+                const char *q = (const char *)pc[j].p;
+                TEST_CHECK(!q || p >= q + pc[j].n || q >= p + pc[i].n, "[%d] scratch pieces %s and %s overlap", v,
+                           pc[i].name, pc[j].name);
+            }
         }
+        printf("  %s%s scratch: %zu bytes\n", linear_recipe_name(lc.recipe),
+               v == 0 ? "" : v == 1 ? " (emulated MX GEMM)" : " (native MX GEMM)", bytes);
+        free(base);
     }
-    printf("  rowwise-gw-hp scratch for N=40 K=48 M=64: %zu bytes\n", bytes);
-    free(base);
 }
 
 int main(void) {

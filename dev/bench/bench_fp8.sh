@@ -7,6 +7,7 @@
 # Every run goes through dev/bench/bench_train.sh (one side at a time, its BENCH line), each under
 # a timeout, in this order (cheap and most useful first):
 #   ours   --recipe bf16, fp8-tensorwise, fp8-rowwise, fp8-rowwise-gw-hp, fp8-blockwise
+#   (ours --recipe mxfp8 last, after the torch runs: emulated on Hopper, its cost, not a speed-up)
 #   torch  --float8 R for R in TORCH_RECIPES (default "tensorwise rowwise none rowwise_with_gw_hp")
 # STEPS steps are timed on both sides (ours runs STEPS + 1: its first step pays for warm-up; torch
 # runs 3 warm-up steps first, the first of them compiling).
@@ -84,6 +85,8 @@ for r in $TORCH_RECIPES; do
   case $r in none|tensorwise|rowwise|rowwise_with_gw_hp) ;; *) echo "TORCH_RECIPES: unknown $r" >&2; continue ;; esac
   run torch "$r" "$TORCH_MIN_S" "${RUN_TIMEOUT_S:-240}" "$cfg" "$b" "$t" "$steps" --no-ours --torch-float8="$r" "${torch_flags[@]}"
 done
+# MXFP8 last: emulated on Hopper (dequantized to bf16 tiles, bf16 GEMMs), so it shows the cost, not a speed-up
+run ours mxfp8 "$OURS_MIN_S" "${RUN_TIMEOUT_S:-120}" "$cfg" "$b" "$t" $((steps + 1)) --no-torch --recipe mxfp8
 echo "bench_fp8: $((SECONDS - start))s in all"
 
 python3 - "$results" "$name" "$b" "$t" "$TORCH_COMPILE" <<'EOF'
@@ -97,7 +100,7 @@ for line in open(path):
     else:
         notes.append(line.strip())
 TORCH_OF = {"bf16": "none", "fp8-tensorwise": "tensorwise", "fp8-rowwise": "rowwise",
-            "fp8-rowwise-gw-hp": "rowwise_with_gw_hp", "fp8-blockwise": None}
+            "fp8-rowwise-gw-hp": "rowwise_with_gw_hp", "fp8-blockwise": None, "mxfp8": None}
 def ok(k):
     r = runs.get(k)
     return r if r and r.get("status") == "ok" else None
@@ -124,7 +127,8 @@ for side, rec in rows:
     same = "-"
     if side == "ours":
         tr = TORCH_OF[rec]
-        same = "torchao has no blockwise recipe" if tr is None else ratio(r["tok_s"], tps(("torch", tr)))
+        same = ratio(r["tok_s"], tps(("torch", tr))) if tr else \
+            "torchao's MX training needs sm_100" if rec == "mxfp8" else "torchao has no blockwise recipe"
     sol = "%.1f" % r["sol"] if r.get("sol") is not None else "?"
     mem = "%.1f" % r["gpu_gib"] if r.get("gpu_gib") is not None else "?"
     print("| %s | %.1fk | %s | %s | %s | %s | %s |" % (label, r["tok_s"] / 1e3, sol, mem, ratio(r["tok_s"], base_ours),
