@@ -41,20 +41,44 @@ __device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepc
 // 1 / rms of rows 0..M-1 of s (K features) into r[m] (shared memory, read after the call), as
 // model/infer_cpu.c: the sum of squares in double, in the order of a 1024-thread block: thread t
 // sums d = t, t + 1024, ...; each warp's 32 sums by an xor-shuffle tree; thread 0 adds the 32
-// warps' in order. Any blockDim.x that is a multiple of 32 dividing 1024 gives the same bits:
-// thread t plays threads t + j blockDim.x (same lane, warp + j blockDim.x / 32). The rows'
-// reads are all issued before one barrier, and thread m finishes row m. sh: [32 M] shared
+// warps' in order. The block must have NTH threads (a multiple of 32 dividing 1024); every NTH
+// gives the same bits: thread t plays the J = 1024 / NTH threads t + j NTH (same lane, warp +
+// j NTH / 32), and a "chain" (row m, played thread j) is summed left to right by one thread in
+// any case. For latency the thread's loads are issued in batches of CH chains x S steps (two rows
+// of J chains: 32 loads at NTH = 256) ahead of their adds, instead of one dependent round trip per
+// chain; loads past K are skipped, not added as zeros. Thread m finishes row m. sh: [32 M] shared
 // doubles. Every thread of the block must call it. The products of two floats are exact in
 // double, so an fma contraction of the sum changes nothing.
-__device__ __forceinline__ void qsrc_rms_inv(float *r, const QActSrc &s, int M, int K, double *sh) {
-    const int nt = blockDim.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = nt >> 5;
-    for (int m = 0; m < M; m++) {
-        const float *xr = s.x + (size_t)m * s.ld;
-        for (int j = 0; j < 1024 / nt; j++) {
-            double ss = 0.0;
-            for (int d = threadIdx.x + j * nt; d < K; d += 1024) ss += (double)xr[d] * xr[d];
-            for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-            if (lane == 0) sh[32 * m + warp + j * nw] = ss;
+template <int NTH> __device__ __forceinline__ void qsrc_rms_inv(float *r, const QActSrc &s, int M, int K, double *sh) {
+    static_assert(NTH % 32 == 0 && 1024 % NTH == 0, "qsrc_rms_inv: NTH must be a multiple of 32 dividing 1024");
+    constexpr int J = 1024 / NTH, NW = NTH / 32, CH = 2 * J, S = 4;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int m0 = 0; m0 < M; m0 += 2) {  // chain c: row m0 + c / J, played thread threadIdx.x + (c % J) NTH
+        double ss[CH];
+#pragma unroll
+        for (int c = 0; c < CH; c++) ss[c] = 0.0;
+        for (int s0 = 0; s0 < K; s0 += 1024 * S) {  // S steps of every chain: d = s0 + 1024 t + its thread
+            float v[CH][S];
+#pragma unroll
+            for (int c = 0; c < CH; c++)
+#pragma unroll
+                for (int t = 0; t < S; t++) {
+                    const int m = m0 + c / J, d = s0 + 1024 * t + c % J * NTH + threadIdx.x;
+                    v[c][t] = m < M && d < K ? s.x[(size_t)m * s.ld + d] : 0.0f;
+                }
+#pragma unroll
+            for (int c = 0; c < CH; c++)
+#pragma unroll
+                for (int t = 0; t < S; t++)
+                    if (s0 + 1024 * t + c % J * NTH + threadIdx.x < K) ss[c] += (double)v[c][t] * v[c][t];
+        }
+#pragma unroll
+        for (int c = 0; c < CH; c++) {
+            const int m = m0 + c / J;
+            if (m >= M) break;  // uniform over the block
+            double w = ss[c];
+            for (int o = 16; o > 0; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
+            if (lane == 0) sh[32 * m + warp + c % J * NW] = w;
         }
     }
     __syncthreads();
@@ -66,17 +90,22 @@ __device__ __forceinline__ void qsrc_rms_inv(float *r, const QActSrc &s, int M, 
     __syncthreads();
 }
 
-// The source's value at (row m, feature k); rm: row m's 1 / rms (RMSNORM only). RMSNORM: (x r) w
-// rounded after each product as rmsnorm_forward_cpu; SWIGLU: silu(g) u = g / (1 + e^-g) u with
-// every operation rounded on its own (no contraction into expf's last multiply), so every kernel
-// that calls this gives the same bits.
+// The source's value from its loaded inputs: a = x (X, RMSNORM) or the gate (SWIGLU), b = the
+// norm weight w[k] (RMSNORM) or the up value (SWIGLU); rm: the row's 1 / rms (RMSNORM only).
+// RMSNORM: (x r) w rounded after each product as rmsnorm_forward_cpu; SWIGLU: silu(g) u =
+// g / (1 + e^-g) u with every operation rounded on its own (no contraction into expf's last
+// multiply), so every kernel that calls this gives the same bits.
+template <int KIND> __device__ __forceinline__ float qsrc_val(float a, float b, float rm) {
+    if constexpr (KIND == QSRC_RMSNORM) return __fmul_rn(__fmul_rn(a, rm), b);
+    if constexpr (KIND == QSRC_SWIGLU) return __fmul_rn(__fdiv_rn(a, __fadd_rn(1.0f, expf(-a))), b);
+    return a;
+}
+
+// The source's value at (row m, feature k); rm: row m's 1 / rms (RMSNORM only).
 template <int KIND> __device__ __forceinline__ float qsrc_at(const QActSrc &s, float rm, int m, int k) {
     const size_t i = (size_t)m * s.ld + k;
-    if constexpr (KIND == QSRC_RMSNORM) return __fmul_rn(__fmul_rn(s.x[i], rm), s.w[k]);
-    if constexpr (KIND == QSRC_SWIGLU) {
-        const float gv = s.x[i];
-        return __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), s.up[i]);
-    }
+    if constexpr (KIND == QSRC_RMSNORM) return qsrc_val<KIND>(s.x[i], s.w[k], rm);
+    if constexpr (KIND == QSRC_SWIGLU) return qsrc_val<KIND>(s.x[i], s.up[i], rm);
     return s.x[i];
 }
 

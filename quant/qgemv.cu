@@ -246,6 +246,11 @@ __global__ void qgemv_reduce_kernel(QWeightGpu w, const float *__restrict__ part
 }
 
 // ---- dynamic activation quantization (one block per token) -----------------------------------
+// QA_THREADS threads per token: the quantization needs the whole row's min / max, so a token is
+// one block's; all 1024 threads of it keep few values each in flight (4 per thread at K = 4096,
+// 14 at 14336: a SwiGLU source's expf and division each, once) where 256 threads had a chain of
+// K / 256 values, computed twice.
+#define QA_THREADS 1024
 __device__ __forceinline__ float block_reduce(float v, int op_max, float *sh) {
     for (int o = 16; o > 0; o >>= 1) {
         float t = __shfl_xor_sync(0xffffffffu, v, o);
@@ -260,28 +265,59 @@ __device__ __forceinline__ float block_reduce(float v, int op_max, float *sh) {
     return v;
 }
 
-// The 1 / rms of this block's token (RMSNORM sources) and the source's row of it.
+// The 1 / rms of this block's token (RMSNORM sources; the block has QA_THREADS threads).
 template <int KIND> __device__ __forceinline__ float act_row_rms(const QActSrc &src, int K) {
     __shared__ double shd[32];
     __shared__ float r[1];
     if constexpr (KIND != QSRC_RMSNORM) return 1.0f;
-    qsrc_rms_inv(r, src, 1, K, shd);
+    qsrc_rms_inv<QA_THREADS>(r, src, 1, K, shd);
     return r[0];
 }
 
+// The token's source values for both passes of the quantization below: thread t's values k = t +
+// QA_THREADS i are computed once and kept in registers (rows of up to QA_THREADS QA_VPT
+// features), or, for longer rows, computed again in the second pass. Either way every value is
+// qsrc_at's, so the bits are those of the materialized source; the min / max reductions do not
+// depend on the order (fminf / fmaxf of the same floats; a +-0 extreme gives the same scale and
+// zero point either way), the quantization is per value.
+#define QA_VPT 16
+template <int KIND> struct ActRow {
+    const QActSrc &xr;
+    float rm, v[QA_VPT];
+    int K, keep;
+    __device__ __forceinline__ ActRow(const QActSrc &xr_, float rm_, int K_) : xr(xr_), rm(rm_), K(K_) {
+        keep = K <= QA_THREADS * QA_VPT;
+        if (keep)
+#pragma unroll
+            for (int i = 0; i < QA_VPT; i++) {
+                const int k = threadIdx.x + QA_THREADS * i;
+                v[i] = k < K ? qsrc_at<KIND>(xr, rm, 0, k) : 0.0f;
+            }
+    }
+    // f(k, value) for this thread's features
+    template <typename F> __device__ __forceinline__ void each(F f) const {
+        if (keep) {
+#pragma unroll
+            for (int i = 0; i < QA_VPT; i++) {
+                const int k = threadIdx.x + QA_THREADS * i;
+                if (k < K) f(k, v[i]);
+            }
+        } else {
+            for (int k = threadIdx.x; k < K; k += QA_THREADS) f(k, qsrc_at<KIND>(xr, rm, 0, k));
+        }
+    }
+};
+
 // torchao _int8_asymm_per_token_quant, as quant_act_int8_asym, of the source's row blockIdx.x.
 template <int KIND>
-__global__ void act_int8_kernel(uint32_t *xq, float *xs, int *xzp, QActSrc src, int K) {
+__global__ __launch_bounds__(QA_THREADS) void act_int8_kernel(uint32_t *xq, float *xs, int *xzp, QActSrc src, int K) {
     __shared__ float sh[32];
     pdl_launch_dependents();
     pdl_wait();
     const QActSrc xr = qsrc_rows(src, blockIdx.x);
-    const float rm = act_row_rms<KIND>(xr, K);
+    const ActRow<KIND> row(xr, act_row_rms<KIND>(xr, K), K);
     float mn = 0.0f, mx = 0.0f;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        const float v = qsrc_at<KIND>(xr, rm, 0, k);
-        mn = fminf(mn, v), mx = fmaxf(mx, v);
-    }
+    row.each([&](int, float v) { mn = fminf(mn, v), mx = fmaxf(mx, v); });
     mn = block_reduce(mn, 0, sh);
     mx = block_reduce(mx, 1, sh);
     float s = (mx - mn) / 255.0f;
@@ -289,43 +325,38 @@ __global__ void act_int8_kernel(uint32_t *xq, float *xs, int *xzp, QActSrc src, 
     float z = -128.0f - rintf(mn / s);
     z = z < -128.0f ? -128.0f : z > 127.0f ? 127.0f : z;
     const float inv = 1.0f / s;
-    uint32_t *out = xq + (size_t)blockIdx.x * K / 4;
-    for (int p = threadIdx.x; p < K / 8; p += blockDim.x) {
-        uint32_t e = 0, o = 0;
-        for (int i = 0; i < 8; i++) {
-            float r = rintf(qsrc_at<KIND>(xr, rm, 0, 8 * p + i) * inv) + z;
-            const int c = r < -128.0f ? -128 : r > 127.0f ? 127 : (int)r;
-            const uint32_t b = (uint32_t)(c & 0xFF) << (8 * (i >> 1));
-            if (i & 1) o |= b;
-            else e |= b;
-        }
-        out[2 * p] = e, out[2 * p + 1] = o;
-    }
+    // per 8 features two words: the even features' bytes, then the odd ones'
+    uint8_t *out = (uint8_t *)(xq + (size_t)blockIdx.x * K / 4);
+    row.each([&](int k, float v) {
+        const float r = rintf(v * inv) + z;
+        const int c = r < -128.0f ? -128 : r > 127.0f ? 127 : (int)r;
+        out[(k & ~7) + (k & 1) * 4 + ((k & 7) >> 1)] = (uint8_t)(c & 0xFF);
+    });
     if (threadIdx.x == 0) xs[blockIdx.x] = s, xzp[blockIdx.x] = (int)z;
 }
 
 // fp8 per-row dynamic quantization, as quant_act_fp8_row; writes the codes' values.
 template <int KIND>
-__global__ void act_fp8_kernel(float *xf, float *xs, QActSrc src, int K) {
+__global__ __launch_bounds__(QA_THREADS) void act_fp8_kernel(float *xf, float *xs, QActSrc src, int K) {
     __shared__ float sh[32];
     pdl_launch_dependents();
     pdl_wait();
     const QActSrc xr = qsrc_rows(src, blockIdx.x);
-    const float rm = act_row_rms<KIND>(xr, K);
+    const ActRow<KIND> row(xr, act_row_rms<KIND>(xr, K), K);
     float amax = 0.0f;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) amax = fmaxf(amax, fabsf(qsrc_at<KIND>(xr, rm, 0, k)));
+    row.each([&](int, float v) { amax = fmaxf(amax, fabsf(v)); });
     amax = block_reduce(amax, 1, sh);
     const float s = amax / 448.0f;
     float *out = xf + (size_t)blockIdx.x * K;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    row.each([&](int k, float v) {
         if (s == 0.0f) {
             out[k] = 0.0f;
-            continue;
+            return;
         }
-        float v = qsrc_at<KIND>(xr, rm, 0, k) / s;
+        v = v / s;
         v = v > 448.0f ? 448.0f : v < -448.0f ? -448.0f : v;
         out[k] = e4m3_f(f32_e4m3(v));
-    }
+    });
     if (threadIdx.x == 0) xs[blockIdx.x] = s;
 }
 
@@ -397,13 +428,13 @@ static void qact_prepare_src(QuantMode mode, const QActSrc &src, int M, int K, Q
           s->max_rows, s->max_cols);
     if (mode == QUANT_8DA4W) {
         CHECK(K % 8 == 0, "qact_prepare: 8da4w needs features %% 8 == 0, got %d", K);
-        if (src.kind == QSRC_RMSNORM) qlaunch(s->pdl, act_int8_kernel<QSRC_RMSNORM>, dim3(M), dim3(256), 0, st, s->xq, s->xs, s->xzp, src, K);
-        else if (src.kind == QSRC_SWIGLU) qlaunch(s->pdl, act_int8_kernel<QSRC_SWIGLU>, dim3(M), dim3(256), 0, st, s->xq, s->xs, s->xzp, src, K);
-        else qlaunch(s->pdl, act_int8_kernel<QSRC_X>, dim3(M), dim3(256), 0, st, s->xq, s->xs, s->xzp, src, K);
+        if (src.kind == QSRC_RMSNORM) qlaunch(s->pdl, act_int8_kernel<QSRC_RMSNORM>, dim3(M), dim3(QA_THREADS), 0, st, s->xq, s->xs, s->xzp, src, K);
+        else if (src.kind == QSRC_SWIGLU) qlaunch(s->pdl, act_int8_kernel<QSRC_SWIGLU>, dim3(M), dim3(QA_THREADS), 0, st, s->xq, s->xs, s->xzp, src, K);
+        else qlaunch(s->pdl, act_int8_kernel<QSRC_X>, dim3(M), dim3(QA_THREADS), 0, st, s->xq, s->xs, s->xzp, src, K);
     } else if (mode == QUANT_FP8) {
-        if (src.kind == QSRC_RMSNORM) qlaunch(s->pdl, act_fp8_kernel<QSRC_RMSNORM>, dim3(M), dim3(256), 0, st, s->xf, s->xs, src, K);
-        else if (src.kind == QSRC_SWIGLU) qlaunch(s->pdl, act_fp8_kernel<QSRC_SWIGLU>, dim3(M), dim3(256), 0, st, s->xf, s->xs, src, K);
-        else qlaunch(s->pdl, act_fp8_kernel<QSRC_X>, dim3(M), dim3(256), 0, st, s->xf, s->xs, src, K);
+        if (src.kind == QSRC_RMSNORM) qlaunch(s->pdl, act_fp8_kernel<QSRC_RMSNORM>, dim3(M), dim3(QA_THREADS), 0, st, s->xf, s->xs, src, K);
+        else if (src.kind == QSRC_SWIGLU) qlaunch(s->pdl, act_fp8_kernel<QSRC_SWIGLU>, dim3(M), dim3(QA_THREADS), 0, st, s->xf, s->xs, src, K);
+        else qlaunch(s->pdl, act_fp8_kernel<QSRC_X>, dim3(M), dim3(QA_THREADS), 0, st, s->xf, s->xs, src, K);
     }
     CUDA_CHECK_LAST();
 }
@@ -476,7 +507,7 @@ __global__ void rmsnorm_forward_kernel(float *out, QActSrc src, int D) {
     pdl_launch_dependents();
     pdl_wait();
     const QActSrc xr = qsrc_rows(src, blockIdx.x);
-    qsrc_rms_inv(r, xr, 1, D, sh);
+    qsrc_rms_inv<1024>(r, xr, 1, D, sh);
     float *yr = out + (size_t)blockIdx.x * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) yr[d] = qsrc_at<QSRC_RMSNORM>(xr, r[0], 0, d);
 }

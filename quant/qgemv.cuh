@@ -77,6 +77,9 @@ void qweight_free(QWeightGpu *w);
 // (v1) there, 0 the SIMT kernel for every shape. qgemv_set_int4_mma(on): 2 or 0.
 void qgemv_set_int4_kernel(int version);
 void qgemv_set_int4_mma(int on);
+// Tests: v2's x prep alone (int4 tensor-core path) of M <= 8 tokens of src with K features, group
+// G: the B fragments into s->xb, the group sums into s->xsum (layouts: qgemv_int4mma.cu).
+void qgemv_int4_mma2_prep(const QActSrc *src, int M, int K, int G, QActScratch *s, cudaStream_t stream);
 // v2 launches the GEMV as a programmatic dependent of its x-prep kernel (default on; off for
 // an A/B of that overlap). Takes effect at the next qgemv call (and graph capture).
 void qgemv_set_int4_pdl(int on);
