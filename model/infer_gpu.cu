@@ -53,6 +53,8 @@ struct InferGpu {
     int kvel;          // bytes per cached value: 4, 2 or 1
     PrefillGemm pf;    // the prefill GEMMs (when max_batch > gemm_tokens)
     int has_pf, gemm_tokens;
+    int fuse, pdl_ok;  // RMSNorm / SwiGLU folded into the GEMVs' preps; PDL launches (opts.unfused)
+    int pdl;           // the forward being enqueued launches as programmatic dependents
     // scratch, max_rows = n_seq * max_batch
     int max_rows, nsplit_cap;
     float *x, *ln, *qkv, *att, *gu, *act, *logits;
@@ -93,31 +95,16 @@ static float *upload_f32(InferGpu *g, const float *h, size_t n) {
 }
 
 // ---- kernels -------------------------------------------------------------------------------
+// Every kernel of a forward starts with pdl_launch_dependents(); pdl_wait(): launched as a
+// programmatic dependent (InferGpu.pdl) it may be resident before the previous kernel ends and
+// lets the next one launch early too; it touches no memory before the previous kernel is done.
 __global__ void embed_kernel(float *x, const int32_t *tok, const void *wte, int wte_f32, int D) {
+    pdl_launch_dependents();
+    pdl_wait();
     const size_t base = (size_t)tok[blockIdx.x] * D;
     float *xr = x + (size_t)blockIdx.x * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x)
         xr[d] = wte_f32 ? ((const float *)wte)[base + d] : __bfloat162float(((const bf16 *)wte)[base + d]);
-}
-
-// out row r = rmsnorm(x row (first + r * stride)); sum of squares in double as the CPU does.
-__global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int D, float eps, int first, int stride) {
-    __shared__ double sh[32];
-    const float *xr = x + (size_t)(first + blockIdx.x * stride) * D;
-    double ss = 0.0;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) ss += (double)xr[d] * xr[d];
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double t = 0.0;
-        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += sh[i];
-        sh[0] = t;
-    }
-    __syncthreads();
-    const float r = (float)(1.0 / sqrt(sh[0] / D + (double)eps));
-    float *yr = out + (size_t)blockIdx.x * D;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) yr[d] = (xr[d] * r) * w[d];
 }
 
 template <typename KT> __device__ __forceinline__ KT to_kv(float v);
@@ -141,6 +128,8 @@ __device__ __forceinline__ float rot1(float x0, float x1, float2 cs) { return __
 template <typename KT>
 __global__ void rope_kv_kernel(float *qkv, KT *kc, KT *vc, const float2 *rope, const int *d_pos, int n, int H,
                                int KV, int hd, int max_T) {
+    pdl_launch_dependents();
+    pdl_wait();
     const int r = blockIdx.y, b = r / n, pos = *d_pos + r % n, h2 = hd / 2;
     const int QD = H * hd, KVD = KV * hd;
     float *row = qkv + (size_t)r * (QD + 2 * KVD);
@@ -171,6 +160,8 @@ __global__ void rope_kv_kernel(float *qkv, KT *kc, KT *vc, const float2 *rope, c
 // rounding). Lane l holds the pairs (i, i + hd/2), i = l + 32 j (head_dim <= 256).
 __global__ void rope_kv_fp8_kernel(float *qkv, uint8_t *kc, uint8_t *vc, float *ksc, float *vsc, const float2 *rope,
                                    const int *d_pos, int n, int H, int KV, int hd, int max_T) {
+    pdl_launch_dependents();
+    pdl_wait();
     const int r = blockIdx.x, b = r / n, pos = *d_pos + r % n, h2 = hd / 2;
     const int QD = H * hd, KVD = KV * hd;
     float *row = qkv + (size_t)r * (QD + 2 * KVD);
@@ -223,6 +214,8 @@ __global__ __launch_bounds__(ATT_WARPS * 32) void attn_split_kernel(float *part_
                                                                      int KV, int hd, int max_T, int nsplit, float scale) {
     constexpr bool F8 = sizeof(KT) == 1;
     extern __shared__ float sm[];  // [ATT_WARPS][ATT_GQ][2 + hd]
+    pdl_launch_dependents();
+    pdl_wait();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gq = H / KV, nhc = (gq + ATT_GQ - 1) / ATT_GQ;
     const int kvh = blockIdx.x / nhc, hc = blockIdx.x % nhc, split = blockIdx.y, r = blockIdx.z;
@@ -302,6 +295,8 @@ __global__ __launch_bounds__(ATT_WARPS * 32) void attn_split_kernel(float *part_
 
 __global__ void attn_combine_kernel(float *out, const float *part_o, const float *part_ml, int H, int hd, int nsplit) {
     __shared__ float wgt[64];  // per split: exp(m_s - M) / L (0 for empty splits)
+    pdl_launch_dependents();
+    pdl_wait();
     const int rh = blockIdx.x;  // row * H + head
     const float *ml = part_ml + 2 * (size_t)rh * nsplit;
     if (threadIdx.x < 32) {
@@ -324,15 +319,6 @@ __global__ void attn_combine_kernel(float *out, const float *part_o, const float
 #pragma unroll 8
         for (int s = 0; s < nsplit; s++) acc += part_o[((size_t)rh * nsplit + s) * hd + d] * wgt[s];
         out[(size_t)rh * hd + d] = acc;
-    }
-}
-
-// act[r, f] = silu(gate[r, f]) * up[r, f], gate and up at row stride ld.
-__global__ void swiglu_kernel(float *act, const float *gate, const float *up, int F, int ld) {
-    const int r = blockIdx.y;
-    for (int f = blockIdx.x * blockDim.x + threadIdx.x; f < F; f += gridDim.x * blockDim.x) {
-        const float gv = gate[(size_t)r * ld + f];
-        act[(size_t)r * F + f] = gv / (1.0f + expf(-gv)) * up[(size_t)r * ld + f];
     }
 }
 
@@ -370,6 +356,10 @@ extern "C" InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *
     InferGpu *g = (InferGpu *)ao_calloc(1, sizeof *g);
     g->cfg = *c;
     g->o = *opts;
+    const char *fenv = getenv("LLAMA_AO_INFER_FUSE");
+    if (fenv && !strcmp(fenv, "0")) g->o.unfused = INFER_GPU_NO_FUSE | INFER_GPU_NO_PDL;
+    g->fuse = !(g->o.unfused & INFER_GPU_NO_FUSE);
+    g->pdl_ok = !(g->o.unfused & INFER_GPU_NO_PDL);
     if (g->o.max_batch > g->o.max_T) g->o.max_batch = g->o.max_T;
     CUDA_CHECK(cudaSetDevice(opts->device));
     cudaDeviceProp prop;
@@ -538,12 +528,32 @@ extern "C" void infer_gpu_free(InferGpu *g) {
 
 // One linear of a forward of n tokens per sequence (rows = n_seq n): the decode GEMV, or with
 // more than gemm_tokens tokens the prefill GEMM (a decode step never: its numerics stay the CPU's).
-static void linear(InferGpu *g, float *y, const float *x, int rows, int n, const QWeightGpu *w, int acc) {
-    if (g->has_pf && n > g->gemm_tokens) prefill_linear(&g->pf, y, x, rows, w, acc, g->st);
-    else qgemv(y, x, rows, w, acc, &g->act_s, g->st);
+// src: the input (qact_src.cuh). Fused, the GEMV computes an RMSNorm or SwiGLU source in its
+// activation prep where it has one (qgemv_src); otherwise the source is first materialized into
+// xbuf by its own kernel. Both give the same bits.
+static void linear(InferGpu *g, float *y, const QActSrc *src, float *xbuf, int rows, int n, const QWeightGpu *w,
+                   int acc) {
+    const int gemm = g->has_pf && n > g->gemm_tokens;
+    const float *x = src->x;
+    if (src->kind != QSRC_X && (gemm || !g->fuse)) {
+        qact_src_forward(xbuf, src, rows, w->cols, g->pdl, g->st);
+        x = xbuf;
+        if (!gemm) {
+            const QActSrc xs = qsrc_x(xbuf, w->cols);
+            qgemv_src(y, &xs, NULL, rows, w, acc, &g->act_s, g->st);
+            return;
+        }
+    }
+    if (gemm) prefill_linear(&g->pf, y, x, rows, w, acc, g->st);
+    else qgemv_src(y, src, xbuf, rows, w, acc, &g->act_s, g->st);
 }
 
-// Everything of one forward after the tokens and the position are on the device.
+// Everything of one forward after the tokens and the position are on the device. Per layer of a
+// decode step, fused, with int4 v2 / 8da4w / fp8 linears: x-prep with RMSNorm + q/k/v GEMV, RoPE +
+// KV write, split attention, combine, x-prep + o_proj, x-prep with RMSNorm + gate/up, x-prep with
+// SwiGLU + down: 11 kernels (14 unfused: two RMSNorms and a SwiGLU of their own). bf16 / int8
+// linears have no prep to fold into: they keep those kernels (and their split-K reduces). With
+// PDL every kernel is launched as a programmatic dependent of the one before (InferGpu.pdl).
 static void enqueue_forward(InferGpu *g, int n, int all_logits) {
     const LlamaConfig *c = &g->cfg;
     const int D = c->hidden_size, F = c->intermediate_size, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
@@ -551,7 +561,12 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
     const size_t layer_cache = (size_t)g->o.n_seq * g->o.max_T * KVD * g->kvel;
     const size_t layer_sc = (size_t)g->o.n_seq * g->o.max_T * KV;
     cudaStream_t st = g->st;
-    embed_kernel<<<rows, 256, 0, st>>>(g->x, g->d_tok, g->wte, g->wte_f32, D);
+    // PDL only where every kernel of the forward is ours (a prefill runs cuBLASLt GEMMs)
+    g->pdl = g->pdl_ok && !(g->has_pf && n > g->gemm_tokens);
+    g->act_s.pdl = g->pdl;
+    const int pdl = g->pdl;
+    qlaunch(0, embed_kernel, dim3(rows), dim3(256), 0, st, g->x, (const int32_t *)g->d_tok, (const void *)g->wte,
+            g->wte_f32, D);
     const int nsplit = nsplit_for(g, rows), gq = H / KV, nhc = (gq + ATT_GQ - 1) / ATT_GQ;
     const size_t att_smem = (size_t)ATT_WARPS * ATT_GQ * (2 + hd) * sizeof(float);
     const float scale = (float)(1.0 / sqrt((double)hd));
@@ -559,35 +574,45 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
     for (int l = 0; l < c->n_layers; l++) {
         GpuLayer *gl = &g->layers[l];
         void *kc = (char *)g->kc + (size_t)l * layer_cache, *vc = (char *)g->vc + (size_t)l * layer_cache;
-        rmsnorm_kernel<<<rows, 1024, 0, st>>>(g->ln, g->x, gl->ln1, D, c->rms_norm_eps, 0, 1);
+        QActSrc norm = {QSRC_RMSNORM, g->x, NULL, gl->ln1, D, c->rms_norm_eps};
+        int pdl_rope = pdl;
         if (gl->n_qkv == 1) {
-            linear(g, g->qkv, g->ln, rows, n, &gl->qkv[0], 0);
+            linear(g, g->qkv, &norm, g->ln, rows, n, &gl->qkv[0], 0);
         } else {
             // separate projections into the packed row layout: run each into scratch, then copy
+            qact_src_forward(g->ln, &norm, rows, D, pdl, st);
+            const QActSrc xs = qsrc_x(g->ln, D);
             float *tmp = g->att;  // free until attention
             const int off[3] = {0, QD, QD + KVD}, w[3] = {QD, KVD, KVD};
             for (int i = 0; i < 3; i++) {
-                linear(g, tmp, g->ln, rows, n, &gl->qkv[i], 0);
+                // Projections 1 and 2 follow the copy of the one before (which reads tmp, which they
+                // write): their GEMVs launch without PDL, as the RoPE after the last copy does.
+                g->act_s.pdl = i == 0 ? pdl : 0;
+                linear(g, tmp, &xs, NULL, rows, n, &gl->qkv[i], 0);
                 CUDA_CHECK(cudaMemcpy2DAsync(g->qkv + off[i], (size_t)(QD + 2 * KVD) * 4, tmp, (size_t)w[i] * 4,
                                              (size_t)w[i] * 4, rows, cudaMemcpyDeviceToDevice, st));
             }
+            g->act_s.pdl = pdl;
+            pdl_rope = 0;  // after a copy, not a kernel
         }
         float *ksc = g->ksc ? g->ksc + l * layer_sc : NULL, *vsc = g->vsc ? g->vsc + l * layer_sc : NULL;
+        const int *dpos = g->d_pos;
+        const float2 *rope = g->rope;
         if (g->o.kv_fp8) {
-            rope_kv_fp8_kernel<<<rows, 256, 0, st>>>(g->qkv, (uint8_t *)kc, (uint8_t *)vc, ksc, vsc, g->rope, g->d_pos, n,
-                                                    H, KV, hd, g->o.max_T);
+            qlaunch(pdl_rope, rope_kv_fp8_kernel, dim3(rows), dim3(256), 0, st, g->qkv, (uint8_t *)kc, (uint8_t *)vc,
+                    ksc, vsc, rope, dpos, n, H, KV, hd, g->o.max_T);
         } else if (g->o.kv_f32) {
-            rope_kv_kernel<float><<<rope_grid, 256, 0, st>>>(g->qkv, (float *)kc, (float *)vc, g->rope, g->d_pos, n, H,
-                                                        KV, hd, g->o.max_T);
+            qlaunch(pdl_rope, rope_kv_kernel<float>, rope_grid, dim3(256), 0, st, g->qkv, (float *)kc, (float *)vc, rope,
+                    dpos, n, H, KV, hd, g->o.max_T);
         } else {
-            rope_kv_kernel<bf16><<<rope_grid, 256, 0, st>>>(g->qkv, (bf16 *)kc, (bf16 *)vc, g->rope, g->d_pos, n, H, KV,
-                                                       hd, g->o.max_T);
+            qlaunch(pdl_rope, rope_kv_kernel<bf16>, rope_grid, dim3(256), 0, st, g->qkv, (bf16 *)kc, (bf16 *)vc, rope,
+                    dpos, n, H, KV, hd, g->o.max_T);
         }
         const dim3 agrid(KV * nhc, nsplit, rows);
 #define ATT_LAUNCH(KT, E)                                                                                            \
-    attn_split_kernel<KT, E><<<agrid, ATT_WARPS * 32, att_smem, st>>>(g->part_o, g->part_ml, g->qkv, (const KT *)kc, \
-                                                                     (const KT *)vc, ksc, vsc, g->d_pos, n, H, KV,    \
-                                                                     hd, g->o.max_T, nsplit, scale)
+    qlaunch(pdl, attn_split_kernel<KT, E>, agrid, dim3(ATT_WARPS * 32), att_smem, st, g->part_o, g->part_ml,          \
+            (const float *)g->qkv, (const KT *)kc, (const KT *)vc, (const float *)ksc, (const float *)vsc, dpos, n, H, \
+            KV, hd, g->o.max_T, nsplit, scale)
         const int E = att_e(hd);
         if (g->o.kv_fp8) {
             if (E == 1) ATT_LAUNCH(uint8_t, 1);
@@ -606,27 +631,27 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
             else ATT_LAUNCH(bf16, 8);
         }
 #undef ATT_LAUNCH
-        CUDA_CHECK_LAST();
-        attn_combine_kernel<<<rows * H, 128, 0, st>>>(g->att, g->part_o, g->part_ml, H, hd, nsplit);
-        linear(g, g->x, g->att, rows, n, &gl->wo, 1);
-        rmsnorm_kernel<<<rows, 1024, 0, st>>>(g->ln, g->x, gl->ln2, D, c->rms_norm_eps, 0, 1);
-        const float *gate, *up;
-        int ld;
+        qlaunch(pdl, attn_combine_kernel, dim3(rows * H), dim3(128), 0, st, g->att, (const float *)g->part_o,
+                (const float *)g->part_ml, H, hd, nsplit);
+        const QActSrc att = qsrc_x(g->att, QD);
+        linear(g, g->x, &att, NULL, rows, n, &gl->wo, 1);
+        norm.w = gl->ln2;
+        QActSrc act = {QSRC_SWIGLU, g->gu, g->gu + F, NULL, 2 * F, 0.0f};
         if (gl->n_gu == 1) {
-            linear(g, g->gu, g->ln, rows, n, &gl->gu[0], 0);
-            gate = g->gu, up = g->gu + F, ld = 2 * F;
+            linear(g, g->gu, &norm, g->ln, rows, n, &gl->gu[0], 0);
         } else {
-            linear(g, g->gu, g->ln, rows, n, &gl->gu[0], 0);
-            linear(g, g->gu + (size_t)rows * F, g->ln, rows, n, &gl->gu[1], 0);
-            gate = g->gu, up = g->gu + (size_t)rows * F, ld = F;
+            qact_src_forward(g->ln, &norm, rows, D, pdl, st);
+            const QActSrc xs = qsrc_x(g->ln, D);
+            linear(g, g->gu, &xs, NULL, rows, n, &gl->gu[0], 0);
+            linear(g, g->gu + (size_t)rows * F, &xs, NULL, rows, n, &gl->gu[1], 0);
+            act.up = g->gu + (size_t)rows * F, act.ld = F;
         }
-        swiglu_kernel<<<dim3(ceil_div(F, 256) < 64 ? ceil_div(F, 256) : 64, rows), 256, 0, st>>>(g->act, gate, up, F, ld);
-        linear(g, g->x, g->act, rows, n, &gl->wd, 1);
+        linear(g, g->x, &act, g->act, rows, n, &gl->wd, 1);
     }
     const int out_rows = all_logits ? rows : g->o.n_seq;
-    rmsnorm_kernel<<<out_rows, 1024, 0, st>>>(g->ln, g->x, g->norm_f, D, c->rms_norm_eps, all_logits ? 0 : n - 1,
-                                             all_logits ? 1 : n);
-    linear(g, g->logits, g->ln, out_rows, all_logits ? n : 1, &g->lm_head, 0);
+    const QActSrc fin = {QSRC_RMSNORM, g->x + (size_t)(all_logits ? 0 : n - 1) * D, NULL, g->norm_f,
+                         (all_logits ? 1 : n) * D, c->rms_norm_eps};
+    linear(g, g->logits, &fin, g->ln, out_rows, all_logits ? n : 1, &g->lm_head, 0);
     CUDA_CHECK(cudaMemcpyAsync(g->h_logits, g->logits, (size_t)out_rows * c->vocab_size * 4, cudaMemcpyDeviceToHost, st));
     CUDA_CHECK_LAST();
 }

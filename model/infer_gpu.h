@@ -32,7 +32,16 @@ typedef struct {
     // Added fields (zero: the defaults), after the old ones so positional initializers keep working.
     int kv_fp8;     // KV cache in e4m3 with one fp32 scale per (layer, sequence, position, KV head)
     int gemm_tokens;  // forwards of more tokens per sequence use the prefill GEMMs; 0: 16, < 0: never
+    // Decode without the launch savings, for A/B runs (same bits either way): bit 0
+    // (INFER_GPU_NO_FUSE) runs RMSNorm and SwiGLU as kernels of their own instead of inside the
+    // next GEMV's activation prep, bit 1 (INFER_GPU_NO_PDL) launches the kernels of a GEMV
+    // forward without programmatic dependent launch. The environment variable
+    // LLAMA_AO_INFER_FUSE=0 sets both.
+    int unfused;
 } InferGpuOpts;
+
+#define INFER_GPU_NO_FUSE 1
+#define INFER_GPU_NO_PDL 2
 
 // GPUs the CUDA runtime sees (0 when there is none or the driver is missing).
 int infer_gpu_count(void);

@@ -100,6 +100,8 @@ __global__ __launch_bounds__(QG_WARPS * 32) void qgemv_kernel(QWeightGpu w, cons
                                                                float *__restrict__ part) {
     typedef typename Piece<MODE>::T T;
     constexpr int R = RowsPerWarp<MODE>::R;
+    pdl_launch_dependents();
+    pdl_wait();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row0 = (blockIdx.x * QG_WARPS + warp) * R;
     if (row0 >= w.rows) return;
@@ -233,6 +235,8 @@ __global__ __launch_bounds__(QG_WARPS * 32) void qgemv_kernel(QWeightGpu w, cons
 template <int MODE>
 __global__ void qgemv_reduce_kernel(QWeightGpu w, const float *__restrict__ part, const float *__restrict__ xs,
                                     float *__restrict__ y, int M, int ksplit, int accumulate) {
+    pdl_launch_dependents();
+    pdl_wait();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= M * w.rows) return;
     const int m = i / w.rows, row = i % w.rows;
@@ -242,6 +246,11 @@ __global__ void qgemv_reduce_kernel(QWeightGpu w, const float *__restrict__ part
 }
 
 // ---- dynamic activation quantization (one block per token) -----------------------------------
+// QA_THREADS threads per token: the quantization needs the whole row's min / max, so a token is
+// one block's; all 1024 threads of it keep few values each in flight (4 per thread at K = 4096,
+// 14 at 14336: a SwiGLU source's expf and division each, once) where 256 threads had a chain of
+// K / 256 values, computed twice.
+#define QA_THREADS 1024
 __device__ __forceinline__ float block_reduce(float v, int op_max, float *sh) {
     for (int o = 16; o > 0; o >>= 1) {
         float t = __shfl_xor_sync(0xffffffffu, v, o);
@@ -256,12 +265,59 @@ __device__ __forceinline__ float block_reduce(float v, int op_max, float *sh) {
     return v;
 }
 
-// torchao _int8_asymm_per_token_quant, as quant_act_int8_asym.
-__global__ void act_int8_kernel(uint32_t *xq, float *xs, int *xzp, const float *x, int K) {
+// The 1 / rms of this block's token (RMSNORM sources; the block has QA_THREADS threads).
+template <int KIND> __device__ __forceinline__ float act_row_rms(const QActSrc &src, int K) {
+    __shared__ double shd[32];
+    __shared__ float r[1];
+    if constexpr (KIND != QSRC_RMSNORM) return 1.0f;
+    qsrc_rms_inv<QA_THREADS>(r, src, 1, K, shd);
+    return r[0];
+}
+
+// The token's source values for both passes of the quantization below: thread t's values k = t +
+// QA_THREADS i are computed once and kept in registers (rows of up to QA_THREADS QA_VPT
+// features), or, for longer rows, computed again in the second pass. Either way every value is
+// qsrc_at's, so the bits are those of the materialized source; the min / max reductions do not
+// depend on the order (fminf / fmaxf of the same floats; a +-0 extreme gives the same scale and
+// zero point either way), the quantization is per value.
+#define QA_VPT 16
+template <int KIND> struct ActRow {
+    const QActSrc &xr;
+    float rm, v[QA_VPT];
+    int K, keep;
+    __device__ __forceinline__ ActRow(const QActSrc &xr_, float rm_, int K_) : xr(xr_), rm(rm_), K(K_) {
+        keep = K <= QA_THREADS * QA_VPT;
+        if (keep)
+#pragma unroll
+            for (int i = 0; i < QA_VPT; i++) {
+                const int k = threadIdx.x + QA_THREADS * i;
+                v[i] = k < K ? qsrc_at<KIND>(xr, rm, 0, k) : 0.0f;
+            }
+    }
+    // f(k, value) for this thread's features
+    template <typename F> __device__ __forceinline__ void each(F f) const {
+        if (keep) {
+#pragma unroll
+            for (int i = 0; i < QA_VPT; i++) {
+                const int k = threadIdx.x + QA_THREADS * i;
+                if (k < K) f(k, v[i]);
+            }
+        } else {
+            for (int k = threadIdx.x; k < K; k += QA_THREADS) f(k, qsrc_at<KIND>(xr, rm, 0, k));
+        }
+    }
+};
+
+// torchao _int8_asymm_per_token_quant, as quant_act_int8_asym, of the source's row blockIdx.x.
+template <int KIND>
+__global__ __launch_bounds__(QA_THREADS) void act_int8_kernel(uint32_t *xq, float *xs, int *xzp, QActSrc src, int K) {
     __shared__ float sh[32];
-    const float *xr = x + (size_t)blockIdx.x * K;
+    pdl_launch_dependents();
+    pdl_wait();
+    const QActSrc xr = qsrc_rows(src, blockIdx.x);
+    const ActRow<KIND> row(xr, act_row_rms<KIND>(xr, K), K);
     float mn = 0.0f, mx = 0.0f;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) mn = fminf(mn, xr[k]), mx = fmaxf(mx, xr[k]);
+    row.each([&](int, float v) { mn = fminf(mn, v), mx = fmaxf(mx, v); });
     mn = block_reduce(mn, 0, sh);
     mx = block_reduce(mx, 1, sh);
     float s = (mx - mn) / 255.0f;
@@ -269,39 +325,38 @@ __global__ void act_int8_kernel(uint32_t *xq, float *xs, int *xzp, const float *
     float z = -128.0f - rintf(mn / s);
     z = z < -128.0f ? -128.0f : z > 127.0f ? 127.0f : z;
     const float inv = 1.0f / s;
-    uint32_t *out = xq + (size_t)blockIdx.x * K / 4;
-    for (int p = threadIdx.x; p < K / 8; p += blockDim.x) {
-        uint32_t e = 0, o = 0;
-        for (int i = 0; i < 8; i++) {
-            float r = rintf(xr[8 * p + i] * inv) + z;
-            const int c = r < -128.0f ? -128 : r > 127.0f ? 127 : (int)r;
-            const uint32_t b = (uint32_t)(c & 0xFF) << (8 * (i >> 1));
-            if (i & 1) o |= b;
-            else e |= b;
-        }
-        out[2 * p] = e, out[2 * p + 1] = o;
-    }
+    // per 8 features two words: the even features' bytes, then the odd ones'
+    uint8_t *out = (uint8_t *)(xq + (size_t)blockIdx.x * K / 4);
+    row.each([&](int k, float v) {
+        const float r = rintf(v * inv) + z;
+        const int c = r < -128.0f ? -128 : r > 127.0f ? 127 : (int)r;
+        out[(k & ~7) + (k & 1) * 4 + ((k & 7) >> 1)] = (uint8_t)(c & 0xFF);
+    });
     if (threadIdx.x == 0) xs[blockIdx.x] = s, xzp[blockIdx.x] = (int)z;
 }
 
 // fp8 per-row dynamic quantization, as quant_act_fp8_row; writes the codes' values.
-__global__ void act_fp8_kernel(float *xf, float *xs, const float *x, int K) {
+template <int KIND>
+__global__ __launch_bounds__(QA_THREADS) void act_fp8_kernel(float *xf, float *xs, QActSrc src, int K) {
     __shared__ float sh[32];
-    const float *xr = x + (size_t)blockIdx.x * K;
+    pdl_launch_dependents();
+    pdl_wait();
+    const QActSrc xr = qsrc_rows(src, blockIdx.x);
+    const ActRow<KIND> row(xr, act_row_rms<KIND>(xr, K), K);
     float amax = 0.0f;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) amax = fmaxf(amax, fabsf(xr[k]));
+    row.each([&](int, float v) { amax = fmaxf(amax, fabsf(v)); });
     amax = block_reduce(amax, 1, sh);
     const float s = amax / 448.0f;
     float *out = xf + (size_t)blockIdx.x * K;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    row.each([&](int k, float v) {
         if (s == 0.0f) {
             out[k] = 0.0f;
-            continue;
+            return;
         }
-        float v = xr[k] / s;
+        v = v / s;
         v = v > 448.0f ? 448.0f : v < -448.0f ? -448.0f : v;
         out[k] = e4m3_f(f32_e4m3(v));
-    }
+    });
     if (threadIdx.x == 0) xs[blockIdx.x] = s;
 }
 
@@ -343,12 +398,13 @@ static void launch_mt(float *y, const float *x, const QActScratch *s, int M, con
     const int ksplit = qgemv_ksplit_plan(s, ceil_div(w->rows, R), ceil_div(w->cols, 256), U, U, M, w->rows, &spp);
     float *part = ksplit > 1 ? s->part : NULL;
     const dim3 grid(ceil_div(w->rows, QG_WARPS * R), ksplit);
-    qgemv_kernel<MODE, MT, U><<<grid, QG_WARPS * 32, 0, st>>>(*w, MODE == QUANT_FP8 ? s->xf : x, s ? s->xq : NULL,
-                                                            s ? s->xs : NULL, s ? s->xzp : NULL, y, M, acc, spp, part);
-    if (part) {
-        CUDA_CHECK_LAST();
-        qgemv_reduce_kernel<MODE><<<ceil_div(M * w->rows, 256), 256, 0, st>>>(*w, part, s->xs, y, M, ksplit, acc);
-    }
+    const int pdl = s ? s->pdl : 0;
+    qlaunch(pdl, qgemv_kernel<MODE, MT, U>, grid, dim3(QG_WARPS * 32), 0, st, *w,
+            (const float *)(MODE == QUANT_FP8 ? s->xf : x), (const uint32_t *)(s ? s->xq : NULL),
+            (const float *)(s ? s->xs : NULL), (const int *)(s ? s->xzp : NULL), y, M, acc, spp, part);
+    if (part)
+        qlaunch(pdl, qgemv_reduce_kernel<MODE>, dim3(ceil_div(M * w->rows, 256)), dim3(256), 0, st, *w,
+                (const float *)part, (const float *)s->xs, y, M, ksplit, acc);
 }
 
 template <int MODE>
@@ -366,22 +422,43 @@ void qgemv_reduce_int4(float *y, const float *part, int M, int ksplit, const QWe
                                                                               accumulate);
 }
 
-void qact_prepare(QuantMode mode, const float *x, int M, int K, QActScratch *s, cudaStream_t st) {
+// qact_prepare of rows 0..M-1 of a source.
+static void qact_prepare_src(QuantMode mode, const QActSrc &src, int M, int K, QActScratch *s, cudaStream_t st) {
     CHECK(M > 0 && M <= s->max_rows && K <= s->max_cols, "qact_prepare: %d x %d exceeds the scratch (%d x %d)", M, K,
           s->max_rows, s->max_cols);
     if (mode == QUANT_8DA4W) {
         CHECK(K % 8 == 0, "qact_prepare: 8da4w needs features %% 8 == 0, got %d", K);
-        act_int8_kernel<<<M, 256, 0, st>>>(s->xq, s->xs, s->xzp, x, K);
+        if (src.kind == QSRC_RMSNORM) qlaunch(s->pdl, act_int8_kernel<QSRC_RMSNORM>, dim3(M), dim3(QA_THREADS), 0, st, s->xq, s->xs, s->xzp, src, K);
+        else if (src.kind == QSRC_SWIGLU) qlaunch(s->pdl, act_int8_kernel<QSRC_SWIGLU>, dim3(M), dim3(QA_THREADS), 0, st, s->xq, s->xs, s->xzp, src, K);
+        else qlaunch(s->pdl, act_int8_kernel<QSRC_X>, dim3(M), dim3(QA_THREADS), 0, st, s->xq, s->xs, s->xzp, src, K);
     } else if (mode == QUANT_FP8) {
-        act_fp8_kernel<<<M, 256, 0, st>>>(s->xf, s->xs, x, K);
+        if (src.kind == QSRC_RMSNORM) qlaunch(s->pdl, act_fp8_kernel<QSRC_RMSNORM>, dim3(M), dim3(QA_THREADS), 0, st, s->xf, s->xs, src, K);
+        else if (src.kind == QSRC_SWIGLU) qlaunch(s->pdl, act_fp8_kernel<QSRC_SWIGLU>, dim3(M), dim3(QA_THREADS), 0, st, s->xf, s->xs, src, K);
+        else qlaunch(s->pdl, act_fp8_kernel<QSRC_X>, dim3(M), dim3(QA_THREADS), 0, st, s->xf, s->xs, src, K);
     }
     CUDA_CHECK_LAST();
 }
 
-void qgemv(float *y, const float *x, int M, const QWeightGpu *w, int accumulate, QActScratch *s, cudaStream_t st) {
+void qact_prepare(QuantMode mode, const float *x, int M, int K, QActScratch *s, cudaStream_t st) {
+    qact_prepare_src(mode, qsrc_x(x, K), M, K, s, st);
+}
+
+int qgemv_src_direct(const QWeightGpu *w) {
+    return w->tiled == 2 || w->mode == QUANT_8DA4W || w->mode == QUANT_FP8;
+}
+
+void qgemv_src(float *y, const QActSrc *src, float *xbuf, int M, const QWeightGpu *w, int accumulate, QActScratch *s,
+               cudaStream_t st) {
     const int K = w->cols;
     CHECK(M > 0 && w->rows > 0 && K > 0, "qgemv: empty shape (%d tokens, [%d, %d])", M, w->rows, K);
     CHECK(w->ld >= K && w->ld % 8 == 0, "qgemv: row stride %d for %d features is not a multiple of 8", w->ld, K);
+    const int pdl = s ? s->pdl : 0;
+    if (src->kind != QSRC_X && !qgemv_src_direct(w)) {  // no prep kernel to fold the source into
+        qact_src_forward(xbuf, src, M, K, pdl, st);
+        const QActSrc xs = qsrc_x(xbuf, K);
+        qgemv_src(y, &xs, NULL, M, w, accumulate, s, st);
+        return;
+    }
     const int dyn = w->mode == QUANT_8DA4W || w->mode == QUANT_FP8;
     if (dyn)
         CHECK(s && K <= s->max_cols, "qgemv: %s needs activation scratch for %d features", quant_mode_name(w->mode), K);
@@ -390,9 +467,11 @@ void qgemv(float *y, const float *x, int M, const QWeightGpu *w, int accumulate,
               K);
     if (w->tiled == 2) {
         CHECK(s && K <= s->max_cols && K % 64 == 0, "qgemv: int4 tensor-core path needs scratch for %d features", K);
-        qgemv_int4_mma2(y, x, M, w, accumulate, s, st);
+        qgemv_int4_mma2(y, *src, M, w, accumulate, s, st);
         return;
     }
+    const float *x = src->x;
+    CHECK(dyn || src->ld == K, "qgemv: input rows at stride %d for %d features", src->ld, K);
     if (w->tiled) {
         CHECK(s && K <= s->max_cols && K % 64 == 0, "qgemv: int4 tensor-core path needs scratch for %d features", K);
         qgemv_int4_mma(y, x, M, w, accumulate, s, st);
@@ -402,7 +481,7 @@ void qgemv(float *y, const float *x, int M, const QWeightGpu *w, int accumulate,
         const int mc = M - m0 < QG_MAX_M ? M - m0 : QG_MAX_M;
         const float *xc = x + (size_t)m0 * K;
         float *yc = y + (size_t)m0 * w->rows;
-        if (dyn) qact_prepare(w->mode, xc, mc, K, s, st);
+        if (dyn) qact_prepare_src(w->mode, qsrc_rows(*src, m0), mc, K, s, st);
         switch (w->mode) {
             case QUANT_NONE: launch_mode<QUANT_NONE>(yc, xc, s, mc, w, accumulate, st); break;
             case QUANT_INT8: launch_mode<QUANT_INT8>(yc, xc, s, mc, w, accumulate, st); break;
@@ -413,4 +492,44 @@ void qgemv(float *y, const float *x, int M, const QWeightGpu *w, int accumulate,
         }
         CUDA_CHECK_LAST();
     }
+}
+
+void qgemv(float *y, const float *x, int M, const QWeightGpu *w, int accumulate, QActScratch *s, cudaStream_t st) {
+    const QActSrc src = qsrc_x(x, w->cols);
+    qgemv_src(y, &src, NULL, M, w, accumulate, s, st);
+}
+
+// ---- materialized sources (the unfused path, and the GEMVs without an activation prep) -------
+// out row r = RMSNorm of the source's row r; 1024 threads, the order qsrc_rms_inv reproduces.
+__global__ void rmsnorm_forward_kernel(float *out, QActSrc src, int D) {
+    __shared__ double sh[32];
+    __shared__ float r[1];
+    pdl_launch_dependents();
+    pdl_wait();
+    const QActSrc xr = qsrc_rows(src, blockIdx.x);
+    qsrc_rms_inv<1024>(r, xr, 1, D, sh);
+    float *yr = out + (size_t)blockIdx.x * D;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) yr[d] = qsrc_at<QSRC_RMSNORM>(xr, r[0], 0, d);
+}
+
+// out[r, f] = silu(gate[r, f]) * up[r, f].
+__global__ void swiglu_forward_kernel(float *out, QActSrc src, int F) {
+    pdl_launch_dependents();
+    pdl_wait();
+    const int r = blockIdx.y;
+    for (int f = blockIdx.x * blockDim.x + threadIdx.x; f < F; f += gridDim.x * blockDim.x)
+        out[(size_t)r * F + f] = qsrc_at<QSRC_SWIGLU>(src, 0.0f, r, f);
+}
+
+void qact_src_forward(float *out, const QActSrc *src, int M, int K, int pdl, cudaStream_t st) {
+    if (src->kind == QSRC_RMSNORM) {
+        qlaunch(pdl, rmsnorm_forward_kernel, dim3(M), dim3(1024), 0, st, out, *src, K);
+    } else if (src->kind == QSRC_SWIGLU) {
+        const int bx = ceil_div(K, 256) < 64 ? ceil_div(K, 256) : 64;
+        qlaunch(pdl, swiglu_forward_kernel, dim3(bx, M), dim3(256), 0, st, out, *src, K);
+    } else {
+        CUDA_CHECK(cudaMemcpy2DAsync(out, (size_t)K * 4, src->x, (size_t)src->ld * 4, (size_t)K * 4, M,
+                                     cudaMemcpyDeviceToDevice, st));
+    }
+    CUDA_CHECK_LAST();
 }

@@ -17,6 +17,7 @@
 
 #include "../common/gpu.h"
 #include "quant.h"
+#include "qact_src.cuh"
 
 typedef struct {
     QuantMode mode;  // QUANT_NONE holds bf16 weights
@@ -41,6 +42,8 @@ typedef struct {
     float *xsum;   // int4 tensor-core path: per-group sums of x
     int *cnt;      // int4 tensor-core v2: split-K ticket counters (zero between launches)
     int max_rows, max_cols;
+    int pdl;       // launch the GEMV's kernels as programmatic dependents of the kernel before
+                   // (qact_src.cuh; 0 after qact_scratch_init: model/infer_gpu.cu sets it)
 } QActScratch;
 
 void qact_scratch_init(QActScratch *s, int max_rows, int max_cols);
@@ -49,6 +52,15 @@ void qact_scratch_free(QActScratch *s);
 // y[m, :] (=, or += when accumulate) W x[m, :] + bias for m < M. x: fp32 [M, cols],
 // y: fp32 [M, rows]. Fails (CHECK) on a shape the kernels do not take.
 void qgemv(float *y, const float *x, int M, const QWeightGpu *w, int accumulate, QActScratch *s, cudaStream_t stream);
+
+// y = W src + bias, src a QActSrc (qact_src.cuh): the paths with an activation prep kernel
+// (qgemv_src_direct) compute the source there; the others materialize it into xbuf [M, cols]
+// (qact_src_forward), then run qgemv. Same bits either way.
+void qgemv_src(float *y, const QActSrc *src, float *xbuf, int M, const QWeightGpu *w, int accumulate, QActScratch *s,
+               cudaStream_t stream);
+int qgemv_src_direct(const QWeightGpu *w);
+// out [M, K] = the source's rows (RMSNORM: the 1024-thread RMSNorm kernel; SWIGLU: silu(g) u).
+void qact_src_forward(float *out, const QActSrc *src, int M, int K, int pdl, cudaStream_t stream);
 
 // Dynamic per-token quantization of x [M, K] into s (8da4w: int8 codes, scale, zero point;
 // fp8: the e4m3 codes' values and scale), bit-exact with quant_act_int8_asym /
@@ -65,6 +77,9 @@ void qweight_free(QWeightGpu *w);
 // (v1) there, 0 the SIMT kernel for every shape. qgemv_set_int4_mma(on): 2 or 0.
 void qgemv_set_int4_kernel(int version);
 void qgemv_set_int4_mma(int on);
+// Tests: v2's x prep alone (int4 tensor-core path) of M <= 8 tokens of src with K features, group
+// G: the B fragments into s->xb, the group sums into s->xsum (layouts: qgemv_int4mma.cu).
+void qgemv_int4_mma2_prep(const QActSrc *src, int M, int K, int G, QActScratch *s, cudaStream_t stream);
 // v2 launches the GEMV as a programmatic dependent of its x-prep kernel (default on; off for
 // an A/B of that overlap). Takes effect at the next qgemv call (and graph capture).
 void qgemv_set_int4_pdl(int on);

@@ -36,9 +36,9 @@ void qgemv_reduce_int4(float *y, const float *part, int M, int ksplit, const QWe
                        cudaStream_t st);
 
 // The int4 tensor-core GEMVs (qgemv_int4mma.cu) for weights uploaded with tiled == 1 (v1) or
-// 2 (v2); shapes already checked by qgemv (K % 64 == 0, scratch for K features). Tokens are
+// 2 (v2; its x prep reads any QActSrc); shapes already checked by qgemv (K % 64 == 0, scratch for K features). Tokens are
 // looped in launches of at most MMA_MAX_M (v1) or QG_MAX_M (v2).
 void qgemv_int4_mma(float *y, const float *x, int M, const QWeightGpu *w, int accumulate, QActScratch *s,
                     cudaStream_t st);
-void qgemv_int4_mma2(float *y, const float *x, int M, const QWeightGpu *w, int accumulate, QActScratch *s,
+void qgemv_int4_mma2(float *y, const QActSrc &src, int M, const QWeightGpu *w, int accumulate, QActScratch *s,
                      cudaStream_t st);

@@ -162,9 +162,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// Programmatic dependent launch (sm_90): no-ops when the launch did not ask for it.
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-__device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 
 // Ring units (16 bytes per lane each) of one stage: 0, 1 codes of tile 0 / 1; 2 .. 1 + gpc the
 // (scale, zero) pairs of the groups ending in the chunk; 2 + gpc the groups' x sums (gpc x NT
@@ -225,6 +222,8 @@ __global__ __launch_bounds__(QV2_WARPS * 32, 2) void qgemv_int4_mma2_kernel(QWei
             acc[r][0][n] = acc[r][1][n] = 0.0f;
             c[r][n][0] = c[r][n][1] = c[r][n][2] = c[r][n][3] = 0.0f;
         }
+    // The next kernel may launch (it waits for this grid's completion before it reads anything).
+    pdl_launch_dependents();
     // Prologue: the weights of the first S - 1 chunks before the wait for the prep kernel.
     if (active)
         for (int i = 0; i < S - 1; i++) {
@@ -334,36 +333,110 @@ __global__ __launch_bounds__(QV2_WARPS * 32, 2) void qgemv_int4_mma2_kernel(QWei
 // fragment of k-tile 4 chunk + j, column tile n (columns 8n + 2 token' + lo: token 4n + token',
 // hi or lo part); and the group sums [group][t][n] (token t + 4n) in the CPU's order (a plain
 // left-to-right fp32 sum per group, as quant/qkernels.c prep_acts). Tokens >= M are zeros.
-template <int NT>
-__global__ void int4_mma2_prep_kernel(uint2 *xb, float *xsum, const float *x, int M, int K, int G) {
+// x is the source's rows (KIND: qact_src.cuh), computed here instead of in a kernel of its own.
+// The prep is pure latency (a few KB in and out), so the work is laid out for short chains: a
+// block of QP_THREADS owns the columns [k0, k0 + kb) of all tokens, kb = int4_mma2_prep_kb (whole
+// 64-column chunks and whole groups: 128 NT, or one group of 256), and
+//  1. loads the source's inputs there, coalesced, all of a thread's loads (at most VPT) issued
+//     before anything waits on them; for an RMSNorm source the tokens' 1 / rms meanwhile
+//     (qsrc_rms_inv: every block reads the tokens' whole rows, 16 KB per token at K = 4096, from
+//     L2, instead of a kernel of its own);
+//  2. computes every value once (qsrc_val) into shared memory: per token a row of kb floats with
+//     4 pad floats after each group (float4-aligned groups, which the group-sum threads of
+//     different groups and tokens read spread over the banks);
+//  3. writes the chunks' fragments from there, one coalesced uint2 per entry; and
+//  4. one thread per (group, token) adds the group's values left to right in fp32 from shared
+//     memory (float4 reads, 32 values loaded ahead of their adds): the same adds of the same
+//     floats in the same order as the CPU, so the same bits.
+// (Before, a thread per (group, token) read its G values from global memory itself, recomputing
+// each SwiGLU / RMSNorm value for the sum after the fragment threads of other blocks had already
+// done so: a chain of G dependent global loads and expf / divisions, 12-14 us per call.)
+#define QP_THREADS 256
+#define QP_KB_MAX 256  // columns per prep block at most
+
+__host__ __device__ static inline int int4_mma2_prep_kb(int G, int NT) { return G > 128 * NT ? G : 128 * NT; }
+
+template <int NT, int KIND>
+__global__ __launch_bounds__(QP_THREADS) void int4_mma2_prep_kernel(uint2 *xb, float *xsum, QActSrc src, int M, int K,
+                                                                    int G) {
+    constexpr int MT = 4 * NT, VPT = MT * QP_KB_MAX / QP_THREADS;  // tokens; source values per thread at most
+    __shared__ double sh[32 * MT];
+    __shared__ float rinv[MT];
+    __shared__ __align__(16) float sv[MT * (QP_KB_MAX + 4 * (QP_KB_MAX / 32))];
     pdl_launch_dependents();  // the GEMV may start its weight prefetch; it waits for this grid's writes
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < K / 16 * 32 * NT) {
-        const int n = i % NT, j = (i / NT) & 3, lane = (i / (4 * NT)) & 31, ch = i / (128 * NT);
+    pdl_wait();               // launched as a dependent of the previous kernel (QActScratch.pdl)
+    const int tid = threadIdx.x, gs = __ffs(G) - 1, kb = int4_mma2_prep_kb(G, NT), kbs = __ffs(kb) - 1;
+    const int k0 = blockIdx.x * kb, kn = min(kb, K - k0);  // this block's columns k0 + kk, kk < kn
+    const int rs = kb + 4 * (kb >> gs);                    // sv's row stride (floats)
+    auto sidx = [&](int m, int kk) { return m * rs + kk + 4 * (kk >> gs); };
+
+    // 1. value v = m kb + kk of the block: thread v % QP_THREADS
+    float a[VPT], b[VPT];
+#pragma unroll
+    for (int e = 0; e < VPT; e++) {
+        const int v = tid + QP_THREADS * e, m = v >> kbs, kk = v & (kb - 1);
+        a[e] = b[e] = 0.0f;
+        if (m < M && kk < kn) {
+            const size_t i = (size_t)m * src.ld + k0 + kk;
+            a[e] = src.x[i];
+            if (KIND == QSRC_RMSNORM) b[e] = src.w[k0 + kk];
+            if (KIND == QSRC_SWIGLU) b[e] = src.up[i];
+        }
+    }
+    if (KIND == QSRC_RMSNORM) qsrc_rms_inv<QP_THREADS>(rinv, src, M, K, sh);
+    // 2. the values, once each
+#pragma unroll
+    for (int e = 0; e < VPT; e++) {
+        const int v = tid + QP_THREADS * e, m = v >> kbs, kk = v & (kb - 1);
+        if (m < M && kk < kn) sv[sidx(m, kk)] = qsrc_val<KIND>(a[e], b[e], KIND == QSRC_RMSNORM ? rinv[m] : 1.0f);
+    }
+    __syncthreads();
+
+    // 3. the fragments of the block's chunks
+    uint2 *xbb = xb + (size_t)(k0 >> 6) * 128 * NT;
+    for (int o = tid; o < (kn >> 6) * 128 * NT; o += QP_THREADS) {
+        const int n = o % NT, j = (o / NT) & 3, lane = (o / (4 * NT)) & 31, ch = o / (128 * NT);
         const int col = lane >> 2, t = lane & 3, m = 4 * n + (col >> 1), lo = col & 1;
         uint32_t r[2] = {0, 0};
         if (m < M) {
-            const float *xr = x + (size_t)m * K + (size_t)(4 * ch + j) * 16;
-            const int ks[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
+            // k = 2t, 2t + 1, 2t + 8, 2t + 9 of the k-tile (16 columns: within one group)
+            const float *p = sv + sidx(m, ch * 64 + j * 16) + 2 * t;
+            const float2 f01 = *(const float2 *)p, f89 = *(const float2 *)(p + 8);
+            const float f[4] = {f01.x, f01.y, f89.x, f89.y};
             uint32_t v[4];
+#pragma unroll
             for (int e = 0; e < 4; e++) {
-                const float f = xr[ks[e]];
-                const __nv_bfloat16 hi = __float2bfloat16_rn(f);
-                const __nv_bfloat16 b = lo ? __float2bfloat16_rn(f - __bfloat162float(hi)) : hi;
-                v[e] = *(const uint16_t *)&b;
+                const __nv_bfloat16 hi = __float2bfloat16_rn(f[e]);
+                const __nv_bfloat16 bv = lo ? __float2bfloat16_rn(f[e] - __bfloat162float(hi)) : hi;
+                v[e] = *(const uint16_t *)&bv;
             }
             r[0] = v[0] | (v[1] << 16), r[1] = v[2] | (v[3] << 16);
         }
-        xb[i] = make_uint2(r[0], r[1]);
+        xbb[o] = make_uint2(r[0], r[1]);
     }
-    if (i < K / G * 4 * NT) {
-        const int n = i % NT, t = (i / NT) & 3, grp = i / (4 * NT), m = 4 * n + t;
+
+    // 4. the sums of the block's groups (at most 8 groups x 8 tokens: one pass)
+    float *xsb = xsum + (size_t)(k0 >> gs) * 4 * NT;
+    for (int o = tid; o < (kn >> gs) * 4 * NT; o += QP_THREADS) {
+        const int n = o % NT, t = (o / NT) & 3, grp = o / (4 * NT), m = 4 * n + t;
         float s = 0.0f;
         if (m < M) {
-            const float *xr = x + (size_t)m * K + (size_t)grp * G;
-            for (int k = 0; k < G; k++) s += xr[k];
+            const float4 *p = (const float4 *)(sv + sidx(m, grp * G));
+#pragma unroll 2
+            for (int i = 0; i < G / 4; i += 8) {
+                float4 q[8];
+#pragma unroll
+                for (int u = 0; u < 8; u++) q[u] = p[i + u];
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    s += q[u].x;
+                    s += q[u].y;
+                    s += q[u].z;
+                    s += q[u].w;
+                }
+            }
         }
-        xsum[i] = s;
+        xsb[o] = s;
     }
 }
 
@@ -394,13 +467,25 @@ template <int NT> static int int4_mma2_blocks_per_sm(size_t smem) {
     return cache[slot];
 }
 
+// v2's x prep of M <= 4 NT tokens of src into s->xb, s->xsum.
+template <int NT>
+static void int4_mma2_prep_launch(const QActSrc &src, int M, int K, int G, QActScratch *s, cudaStream_t st) {
+    const dim3 grid(ceil_div(K, int4_mma2_prep_kb(G, NT))), block(QP_THREADS);
+    if (src.kind == QSRC_RMSNORM)
+        qlaunch(s->pdl, int4_mma2_prep_kernel<NT, QSRC_RMSNORM>, grid, block, 0, st, s->xb, s->xsum, src, M, K, G);
+    else if (src.kind == QSRC_SWIGLU)
+        qlaunch(s->pdl, int4_mma2_prep_kernel<NT, QSRC_SWIGLU>, grid, block, 0, st, s->xb, s->xsum, src, M, K, G);
+    else
+        qlaunch(s->pdl, int4_mma2_prep_kernel<NT, QSRC_X>, grid, block, 0, st, s->xb, s->xsum, src, M, K, G);
+}
+
 // One launch of the v2 int4 GEMV for M <= 4 NT tokens: the x prep, then the GEMV with a K split
 // chosen so that every block is resident at once (one wave of equal tasks): as many splits as the
 // SMs have room for beside the row blocks, whole groups per split, within the partials scratch.
 template <int NT>
-static void int4_mma2_launch(float *y, const float *x, int M, const QWeightGpu *w, int acc, QActScratch *s,
+static void int4_mma2_launch(float *y, const QActSrc &src, int M, const QWeightGpu *w, int acc, QActScratch *s,
                              cudaStream_t st) {
-    const int K = w->cols, G = w->group, nch = K / 64, ng = K / G;
+    const int K = w->cols, G = w->group, nch = K / 64;
     const int gpc = G < 64 ? 64 / G : 1, cpg = G > 64 ? G / 64 : 1;
     const size_t smem = (size_t)QV2_WARPS * QV2_STAGES * 32 * sizeof(uint4) * (3 + gpc + 2 * NT);
     const int rowblocks = ceil_div(w->rows, QV2_ROWS);
@@ -410,9 +495,7 @@ static void int4_mma2_launch(float *y, const float *x, int M, const QWeightGpu *
     while (cpb < nch && ((size_t)ceil_div(nch, cpb) * M * w->rows > QG_PART_FLOATS || rowblocks > QV2_MAX_CNT))
         cpb += cpg;
     const int ks = ceil_div(nch, cpb);
-    const int nprep = (K / 16) * 32 * NT > ng * 4 * NT ? (K / 16) * 32 * NT : ng * 4 * NT;
-    int4_mma2_prep_kernel<NT><<<ceil_div(nprep, 256), 256, 0, st>>>(s->xb, s->xsum, x, M, K, G);
-    CUDA_CHECK_LAST();
+    int4_mma2_prep_launch<NT>(src, M, K, G, s, st);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(rowblocks, ks);
     cfg.blockDim = dim3(QV2_WARPS * 32);
@@ -448,12 +531,21 @@ void qgemv_int4_mma(float *y, const float *x, int M, const QWeightGpu *w, int ac
     }
 }
 
-void qgemv_int4_mma2(float *y, const float *x, int M, const QWeightGpu *w, int accumulate, QActScratch *s,
+void qgemv_int4_mma2(float *y, const QActSrc &src, int M, const QWeightGpu *w, int accumulate, QActScratch *s,
                      cudaStream_t st) {
-    const int K = w->cols;
     for (int m0 = 0; m0 < M; m0 += QG_MAX_M) {
         const int mc = M - m0 < QG_MAX_M ? M - m0 : QG_MAX_M;
-        if (mc <= 4) int4_mma2_launch<1>(y + (size_t)m0 * w->rows, x + (size_t)m0 * K, mc, w, accumulate, s, st);
-        else int4_mma2_launch<2>(y + (size_t)m0 * w->rows, x + (size_t)m0 * K, mc, w, accumulate, s, st);
+        const QActSrc sc = qsrc_rows(src, m0);
+        if (mc <= 4) int4_mma2_launch<1>(y + (size_t)m0 * w->rows, sc, mc, w, accumulate, s, st);
+        else int4_mma2_launch<2>(y + (size_t)m0 * w->rows, sc, mc, w, accumulate, s, st);
     }
+}
+
+void qgemv_int4_mma2_prep(const QActSrc *src, int M, int K, int G, QActScratch *s, cudaStream_t st) {
+    CHECK(M >= 1 && M <= QG_MAX_M && (G == 32 || G == 64 || G == 128 || G == 256) && K % 64 == 0 && K % G == 0 &&
+              s && K <= s->max_cols && M <= s->max_rows,
+          "qgemv_int4_mma2_prep: %d tokens x %d features, group %d", M, K, G);
+    if (M <= 4) int4_mma2_prep_launch<1>(*src, M, K, G, s, st);
+    else int4_mma2_prep_launch<2>(*src, M, K, G, s, st);
+    CUDA_CHECK_LAST();
 }

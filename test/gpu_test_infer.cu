@@ -190,6 +190,241 @@ static void test_gemv(QuantMode mode, int rows, int cols, int group, int with_bi
     free(w), free(bias);
 }
 
+// A GEMV whose input is an RMSNorm or SwiGLU of the previous op's output (qgemv_src): folded into
+// the activation prep (int4 v2, 8da4w, fp8; the 1 / rms recomputed by each prep block in the
+// 1024-thread kernel's order) or materialized first (the other formats) must give the bits of
+// the separate kernel (qact_src_forward) followed by qgemv, also when launched with PDL, and be
+// within the GEMV bound of the CPU's GEMV of the materialized source.
+static void test_gemv_src(QuantMode mode, int rows, int cols, int group) {
+    const size_t n = (size_t)rows * cols;
+    float *w = (float *)ao_malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) w[i] = 0.05f * frand();
+    if (mode == QUANT_NONE)
+        for (size_t i = 0; i < n; i++) w[i] = bf16r(w[i]);
+    QTensor t;
+    quant_quantize(&t, mode, w, rows, cols, group);
+    const QTensor *tp = &t;
+    size_t rounded = 0;
+    QWeightGpu gw = qweight_upload(&tp, NULL, 1, &rounded);
+    QActScratch s;
+    qact_scratch_init(&s, 8, cols);
+    const int M = 13, ld = 2 * cols + 8;  // rows at a stride, as the fused gate/up output
+    float *h = (float *)ao_malloc((size_t)M * ld * sizeof(float)), *nw = (float *)ao_malloc((size_t)cols * sizeof(float));
+    for (size_t i = 0; i < (size_t)M * ld; i++) h[i] = 3.0f * frand();
+    for (int i = 0; i < cols; i++) nw[i] = 1.0f + 0.5f * frand();
+    float *dx = dalloc<float>((size_t)M * ld), *dw = dalloc<float>(cols), *xbuf = dalloc<float>((size_t)M * cols);
+    float *y0 = dalloc<float>((size_t)M * rows), *y1 = dalloc<float>((size_t)M * rows);
+    h2d(dx, h, (size_t)M * ld * sizeof(float));
+    h2d(dw, nw, (size_t)cols * sizeof(float));
+    float *a = (float *)ao_malloc((size_t)M * rows * sizeof(float)), *b = (float *)ao_malloc((size_t)M * rows * sizeof(float));
+    const int Ms[] = {1, 3, 8, 13};
+    for (int kind = QSRC_RMSNORM; kind <= QSRC_SWIGLU; kind++)
+        for (int mi = 0; mi < 4; mi++) {
+            const QActSrc src = {kind, dx, kind == QSRC_SWIGLU ? dx + cols : NULL, dw, ld, 1e-5f};
+            s.pdl = 0;
+            qact_src_forward(xbuf, &src, Ms[mi], cols, 0, g_s);
+            qgemv(y0, xbuf, Ms[mi], &gw, 0, &s, g_s);
+            s.pdl = 1;
+            qgemv_src(y1, &src, xbuf, Ms[mi], &gw, 0, &s, g_s);
+            d2h(a, y0, (size_t)Ms[mi] * rows * sizeof(float));
+            d2h(b, y1, (size_t)Ms[mi] * rows * sizeof(float));
+            size_t bad = 0;
+            for (size_t i = 0; i < (size_t)Ms[mi] * rows; i++) bad += memcmp(&a[i], &b[i], 4) != 0;
+            char what[200];
+            snprintf(what, sizeof what, "qgemv_src %s g%d [%d x %d] M=%d %s (%s)", quant_mode_name(mode), group, rows,
+                     cols, Ms[mi], kind == QSRC_RMSNORM ? "RMSNorm" : "SwiGLU",
+                     qgemv_src_direct(&gw) ? "in the prep" : "materialized");
+            TEST_CHECK(bad == 0, "%s: %zu outputs differ from the separate kernel's", what, bad);
+            // and the CPU's GEMV of the materialized source (the GPU's values: the CPU's expf may
+            // differ in the last bit), within the GEMV bound
+            float *xh = (float *)ao_malloc((size_t)Ms[mi] * cols * sizeof(float));
+            d2h(xh, xbuf, (size_t)Ms[mi] * cols * sizeof(float));
+            float *ref = (float *)ao_malloc((size_t)Ms[mi] * rows * sizeof(float));
+            quant_linear_forward(ref, xh, &t, NULL, Ms[mi]);
+            double *cond = gemv_condition(&t, NULL, xh, Ms[mi]);
+            strcat(what, " vs CPU");
+            check_gemv(what, b, ref, cond, 1.0, (size_t)Ms[mi] * rows);
+            free(xh), free(ref), free(cond);
+        }
+    cudaFree(dx), cudaFree(dw), cudaFree(xbuf), cudaFree(y0), cudaFree(y1);
+    free(h), free(nw), free(a), free(b), free(w);
+    qact_scratch_free(&s);
+    qweight_free(&gw);
+    quant_free(&t);
+}
+
+// ---- the int4 v2 activation prep, bit for bit -------------------------------------------------
+// int4_mma2_prep_kernel (quant/qgemv_int4mma.cu) as it was before it was laid out for latency: a
+// thread per fragment entry, and a thread per (group, token) that reads and recomputes its G
+// source values itself; 1 / rms by every 256-thread block with qsrc_rms_inv's loop of that time.
+// Kept here as it was (bar the PDL calls and an unroll pragma) as the reference the kernel must
+// match in every bit.
+static __device__ void ref_rms_inv(float *r, const QActSrc &s, int M, int K, double *sh) {
+    const int nt = blockDim.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = nt >> 5;
+    for (int m = 0; m < M; m++) {
+        const float *xr = s.x + (size_t)m * s.ld;
+        for (int j = 0; j < 1024 / nt; j++) {
+            double ss = 0.0;
+            for (int d = threadIdx.x + j * nt; d < K; d += 1024) ss += (double)xr[d] * xr[d];
+            for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+            if (lane == 0) sh[32 * m + warp + j * nw] = ss;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < M) {
+        double t = 0.0;
+        for (int i = 0; i < 32; i++) t += sh[32 * threadIdx.x + i];
+        r[threadIdx.x] = (float)(1.0 / sqrt(t / K + (double)s.eps));
+    }
+    __syncthreads();
+}
+template <int KIND> static __device__ float ref_src_at(const QActSrc &s, float rm, int m, int k) {
+    const size_t i = (size_t)m * s.ld + k;
+    if constexpr (KIND == QSRC_RMSNORM) return __fmul_rn(__fmul_rn(s.x[i], rm), s.w[k]);
+    if constexpr (KIND == QSRC_SWIGLU) {
+        const float gv = s.x[i];
+        return __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), s.up[i]);
+    }
+    return s.x[i];
+}
+template <int NT, int KIND>
+__global__ void int4_mma2_prep_ref_kernel(uint2 *xb, float *xsum, QActSrc src, int M, int K, int G) {
+    __shared__ double sh[32 * 4 * NT];
+    __shared__ float rinv[4 * NT];
+    if (KIND == QSRC_RMSNORM) ref_rms_inv(rinv, src, M, K, sh);
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < K / 16 * 32 * NT) {
+        const int n = i % NT, j = (i / NT) & 3, lane = (i / (4 * NT)) & 31, ch = i / (128 * NT);
+        const int col = lane >> 2, t = lane & 3, m = 4 * n + (col >> 1), lo = col & 1;
+        uint32_t r[2] = {0, 0};
+        if (m < M) {
+            const int k0 = (4 * ch + j) * 16;
+            const int ks[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
+            const float rm = KIND == QSRC_RMSNORM ? rinv[m] : 1.0f;
+            uint32_t v[4];
+            for (int e = 0; e < 4; e++) {
+                const float f = ref_src_at<KIND>(src, rm, m, k0 + ks[e]);
+                const __nv_bfloat16 hi = __float2bfloat16_rn(f);
+                const __nv_bfloat16 b = lo ? __float2bfloat16_rn(f - __bfloat162float(hi)) : hi;
+                v[e] = *(const uint16_t *)&b;
+            }
+            r[0] = v[0] | (v[1] << 16), r[1] = v[2] | (v[3] << 16);
+        }
+        xb[i] = make_uint2(r[0], r[1]);
+    }
+    if (i < K / G * 4 * NT) {
+        const int n = i % NT, t = (i / NT) & 3, grp = i / (4 * NT), m = 4 * n + t;
+        float s = 0.0f;
+        if (m < M) {
+            const float rm = KIND == QSRC_RMSNORM ? rinv[m] : 1.0f;
+            for (int k = 0; k < G; k++) s += ref_src_at<KIND>(src, rm, m, grp * G + k);
+        }
+        xsum[i] = s;
+    }
+}
+template <int NT>
+static void prep_ref_launch(uint2 *xb, float *xsum, const QActSrc &src, int M, int K, int G) {
+    const int n = (K / 16) * 32 * NT > K / G * 4 * NT ? (K / 16) * 32 * NT : K / G * 4 * NT;
+    const int grid = (n + 255) / 256;
+    if (src.kind == QSRC_RMSNORM) int4_mma2_prep_ref_kernel<NT, QSRC_RMSNORM><<<grid, 256, 0, g_s>>>(xb, xsum, src, M, K, G);
+    else if (src.kind == QSRC_SWIGLU) int4_mma2_prep_ref_kernel<NT, QSRC_SWIGLU><<<grid, 256, 0, g_s>>>(xb, xsum, src, M, K, G);
+    else int4_mma2_prep_ref_kernel<NT, QSRC_X><<<grid, 256, 0, g_s>>>(xb, xsum, src, M, K, G);
+    CUDA_CHECK_LAST();
+}
+
+// The prep's outputs by their definition, on the host, from the source's values x [M, K]:
+// fragment entry ((chunk 32 + lane) 4 + j) NT + n = lane (g, t)'s B fragment of k-tile 4 chunk + j
+// for column 8n + g (token 4n + g / 2; even g: bf16(x), odd g: bf16(x - bf16(x))) at k = 2t,
+// 2t + 1, 2t + 8, 2t + 9; group sum (group 4 + t) NT + n: the plain left-to-right fp32 sum of
+// token t + 4n's group (quant/qkernels.c prep_acts). Tokens >= M: zeros.
+static void prep_host(uint2 *xb, float *xsum, const float *x, int M, int K, int G, int NT) {
+    for (int e = 0; e < K / 16 * 32 * NT; e++) {
+        const int n = e % NT, j = (e / NT) % 4, lane = (e / (4 * NT)) % 32, ch = e / (128 * NT);
+        const int g = lane / 4, t = lane % 4, m = 4 * n + g / 2;
+        uint32_t h[4] = {0, 0, 0, 0};
+        const int ks[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
+        for (int i = 0; i < 4 && m < M; i++) {
+            const float f = x[(size_t)m * K + (4 * ch + j) * 16 + ks[i]];
+            size_t inexact = 0;
+            const uint16_t hi = bf16_bits_rne(f, &inexact);
+            const uint32_t hb = (uint32_t)hi << 16;
+            float hf;
+            memcpy(&hf, &hb, 4);
+            h[i] = g % 2 ? bf16_bits_rne(f - hf, &inexact) : hi;
+        }
+        xb[e] = make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
+    }
+    for (int e = 0; e < K / G * 4 * NT; e++) {
+        const int n = e % NT, t = (e / NT) % 4, grp = e / (4 * NT), m = 4 * n + t;
+        float s = 0.0f;
+        for (int k = grp * G; k < (grp + 1) * G && m < M; k++) s += x[(size_t)m * K + k];
+        xsum[e] = s;
+    }
+}
+
+// The int4 v2 prep (qgemv_int4_mma2_prep) of each source kind, bit for bit against the kernel it
+// replaced (above) and against prep_host of the source materialized by its own kernel
+// (qact_src_forward: the unfused path), with and without PDL, and of the materialized values
+// (the unfused path's X source). The outputs are filled with 0xFF first: an entry the kernel
+// leaves unwritten fails too.
+static void test_int4_prep(int K, int G) {
+    QActScratch s;
+    qact_scratch_init(&s, 8, K);
+    const int MMAX = 8, ld = 2 * K + 8;  // rows at a stride, as the fused gate/up output
+    float *h = (float *)ao_malloc((size_t)MMAX * ld * sizeof(float)), *nw = (float *)ao_malloc((size_t)K * sizeof(float));
+    for (size_t i = 0; i < (size_t)MMAX * ld; i++) h[i] = 3.0f * frand();
+    for (int i = 0; i < K; i++) nw[i] = 1.0f + 0.5f * frand();
+    for (int k = 0; k < K; k += 97) h[k] = 0.0f, h[(size_t)ld + k] = -0.0f;  // signed zeros in the sums
+    for (int k = 0; k < 2 * K; k++) h[(size_t)3 * ld + k] *= 1e-3f;          // a row of small values
+    float *dx = dalloc<float>((size_t)MMAX * ld), *dw = dalloc<float>(K), *dv = dalloc<float>((size_t)MMAX * K);
+    h2d(dx, h, (size_t)MMAX * ld * sizeof(float));
+    h2d(dw, nw, (size_t)K * sizeof(float));
+    const size_t nxb = (size_t)K / 16 * 32 * 2, nxs = (size_t)K / G * 4 * 2;  // NT = 2 sizes
+    uint2 *rb = (uint2 *)ao_malloc(nxb * sizeof(uint2)), *gb = (uint2 *)ao_malloc(nxb * sizeof(uint2));
+    float *rs = (float *)ao_malloc(nxs * sizeof(float)), *gsum = (float *)ao_malloc(nxs * sizeof(float));
+    float *vals = (float *)ao_malloc((size_t)MMAX * K * sizeof(float));
+    const char *kname[3] = {"x", "RMSNorm", "SwiGLU"};
+    const int Ms[] = {1, 2, 3, 4, 5, 8};
+    for (int kind = QSRC_X; kind <= QSRC_SWIGLU; kind++)
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+            const int M = Ms[mi], NT = M <= 4 ? 1 : 2;
+            const size_t eb = (size_t)K / 16 * 32 * NT, es = (size_t)K / G * 4 * NT;
+            const QActSrc src = {kind, dx, kind == QSRC_SWIGLU ? dx + K : NULL, dw, ld, 1e-5f};
+            qact_src_forward(dv, &src, M, K, 0, g_s);
+            d2h(vals, dv, (size_t)M * K * sizeof(float));
+            prep_host(rb, rs, vals, M, K, G, NT);
+            const QActSrc xsrc = qsrc_x(dv, K);
+            for (int run = 0; run < 4; run++) {  // new (pdl off, on), the old kernel, new on the materialized values
+                CUDA_CHECK(cudaMemsetAsync(s.xb, 0xFF, eb * sizeof(uint2), g_s));
+                CUDA_CHECK(cudaMemsetAsync(s.xsum, 0xFF, es * sizeof(float), g_s));
+                const char *how = run == 0 ? "prep" : run == 1 ? "prep (PDL)" : run == 2 ? "old prep" : "prep of the materialized source";
+                s.pdl = run == 1;
+                if (run == 2) {
+                    if (NT == 1) prep_ref_launch<1>(s.xb, s.xsum, src, M, K, G);
+                    else prep_ref_launch<2>(s.xb, s.xsum, src, M, K, G);
+                } else {
+                    qgemv_int4_mma2_prep(run == 3 ? &xsrc : &src, M, K, G, &s, g_s);
+                }
+                d2h(gb, s.xb, eb * sizeof(uint2));
+                d2h(gsum, s.xsum, es * sizeof(float));
+                size_t bad_b = 0, bad_s = 0, first_b = 0, first_s = 0;
+                for (size_t e = 0; e < eb; e++)
+                    if (memcmp(&gb[e], &rb[e], sizeof(uint2)) && !bad_b++) first_b = e;
+                for (size_t e = 0; e < es; e++)
+                    if (memcmp(&gsum[e], &rs[e], sizeof(float)) && !bad_s++) first_s = e;
+                TEST_CHECK(bad_b == 0 && bad_s == 0,
+                           "int4 v2 %s of %s [%d x %d] g%d: %zu of %zu fragment entries, %zu of %zu group sums differ "
+                           "from their definition (first entry %zu: %08x %08x vs %08x %08x; first sum %zu: %.9g vs %.9g)",
+                           how, kname[kind], M, K, G, bad_b, eb, bad_s, es, first_b, gb[first_b].x, gb[first_b].y,
+                           rb[first_b].x, rb[first_b].y, first_s, gsum[first_s], rs[first_s]);
+            }
+        }
+    s.pdl = 0;
+    cudaFree(dx), cudaFree(dw), cudaFree(dv);
+    free(h), free(nw), free(rb), free(gb), free(rs), free(gsum), free(vals);
+    qact_scratch_free(&s);
+}
+
 static void gemv_bad_stride(void *arg) {
     QWeightGpu w = *(QWeightGpu *)arg;
     qgemv(NULL, NULL, 1, &w, 0, NULL, g_s);
@@ -312,9 +547,12 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
     const LlamaConfig *c = &im->cfg;
     const int V = c->vocab_size, T = n0 + nsteps;
     float *ref = cpu_logits(im, toks, n0, T);
-    for (int variant = 0; variant < 4; variant++) {
-        // 0: fp32 KV, graphs; 1: fp32 KV, no graphs (must equal 0 bit for bit); 2: bf16 KV; 3: 3 sequences
-        InferGpuOpts o = {T, n0, variant == 3 ? 3 : 1, variant != 2, variant != 1, 0, 0, 0};
+    for (int variant = 0; variant < 6; variant++) {
+        // 0: fp32 KV, graphs; 1: fp32 KV, no graphs (must equal 0 bit for bit); 2: bf16 KV; 3: 3 sequences;
+        // 4, 5: 0 and 3 unfused (separate RMSNorm / SwiGLU kernels, no PDL), equal to them bit for bit
+        const int unf = variant >= 4;
+        InferGpuOpts o = {T, n0, (variant == 3 || variant == 5) ? 3 : 1, variant != 2, variant != 1, 0, 0, 0,
+                          unf ? INFER_GPU_NO_FUSE | INFER_GPU_NO_PDL : 0};
         InferGpu *g = infer_gpu_create(im, &o);
         float *got = (float *)ao_malloc((size_t)T * V * sizeof(float) * o.n_seq);
         int32_t *in = (int32_t *)ao_malloc((size_t)n0 * o.n_seq * sizeof(int32_t));
@@ -327,7 +565,7 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
             lg = infer_gpu_forward(g, in, 1, 0);
             for (int q = 0; q < o.n_seq; q++) memcpy(got + ((size_t)q * T + i) * V, lg + (size_t)q * V, (size_t)V * sizeof(float));
         }
-        static float *first = NULL;
+        static float *first = NULL, *seq3 = NULL;
         static size_t first_n = 0;
         // fp32 KV: fp32 summation order only, except that the dynamically quantized modes
         // (8da4w, fp8) may round an activation to the neighbouring code where the CPU and GPU
@@ -337,9 +575,9 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
         const double tol = variant == 2 ? (dyn ? 1e-1 : 3e-2) : (dyn ? 1e-2 : 2e-4);
         for (int q = 0; q < o.n_seq; q++) {
             char what[200];
-            snprintf(what, sizeof what, "%s %s: GPU logits (%s KV%s%s) vs CPU", name, quant_mode_name(im->mode),
+            snprintf(what, sizeof what, "%s %s: GPU logits (%s KV%s%s%s) vs CPU", name, quant_mode_name(im->mode),
                      variant == 2 ? "bf16" : "fp32", variant == 1 ? ", no graph" : "",
-                     variant == 3 ? ", 3 sequences" : "");
+                     (variant == 3 || variant == 5) ? ", 3 sequences" : "", unf ? ", unfused" : "");
             TEST_CLOSE(what, got + (size_t)q * T * V, ref, (size_t)T * V, tol);
         }
         if (variant == 0) {
@@ -348,9 +586,20 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
             first = (float *)ao_malloc(first_n * sizeof(float));
             memcpy(first, got, first_n * sizeof(float));
         }
-        if (variant == 1)
-            TEST_CHECK(first_n == (size_t)T * V && !memcmp(first, got, first_n * sizeof(float)),
-                       "%s %s: CUDA-graph replay differs from the eager steps", name, quant_mode_name(im->mode));
+        if (variant == 1 || variant == 4)
+            TEST_CHECK(first_n == (size_t)T * V && !memcmp(first, got, first_n * sizeof(float)), "%s %s: %s",
+                       name, quant_mode_name(im->mode),
+                       variant == 1 ? "CUDA-graph replay differs from the eager steps"
+                                    : "the unfused decode differs from the fused one");
+        if (variant == 3) {
+            free(seq3);
+            seq3 = (float *)ao_malloc((size_t)3 * T * V * sizeof(float));
+            memcpy(seq3, got, (size_t)3 * T * V * sizeof(float));
+        }
+        if (variant == 5)
+            TEST_CHECK(!memcmp(seq3, got, (size_t)3 * T * V * sizeof(float)),
+                       "%s %s: the unfused decode of 3 sequences differs from the fused one", name,
+                       quant_mode_name(im->mode));
         infer_gpu_free(g);
         free(got), free(in);
     }
@@ -405,7 +654,7 @@ static void compare_long(const char *name, const InferModel *im, const int32_t *
     float *kv32 = (float *)ao_malloc((size_t)T * KVD * 2 * sizeof(float)), *kv8 = (float *)ao_malloc((size_t)T * KVD * 2 * sizeof(float));
     size_t kv_bytes[5];
     for (int vnt = 0; vnt < 5; vnt++) {
-        InferGpuOpts o = {T, n0, 1, vnt <= 1, 1, 0, vnt >= 3, (vnt == 0 || vnt == 4) ? 0 : -1};
+        InferGpuOpts o = {T, n0, 1, vnt <= 1, 1, 0, vnt >= 3, (vnt == 0 || vnt == 4) ? 0 : -1, 0};
         InferGpu *g = infer_gpu_create(im, &o);
         kv_bytes[vnt] = infer_gpu_kv_bytes(g);
         got[vnt] = (float *)ao_malloc((size_t)T * V * sizeof(float));
@@ -537,7 +786,7 @@ static void smollm2_mode(const char *path, QuantMode mode, int group) {
         }
         infer_state_free(&s);
         for (int kv32 = 1; kv32 >= 0; kv32--) {
-            InferGpuOpts o = {T, n0, 1, kv32, 1, 0, 0, 0};
+            InferGpuOpts o = {T, n0, 1, kv32, 1, 0, 0, 0, 0};
             InferGpu *g = infer_gpu_create(&im, &o);
             const float *gl = infer_gpu_forward(g, ids.ids, n0, 0);
             int same = 0, tie = 0;
@@ -578,7 +827,7 @@ static void smollm2_mode(const char *path, QuantMode mode, int group) {
     const char *vname[3] = {"GEMVs, bf16 KV", "prefill GEMMs, bf16 KV", "GEMVs, fp8 KV"};
     const double margin[3] = {1e-3, 5e-3, 2e-2};
     for (int vnt = 0; vnt < 3; vnt++) {
-        InferGpuOpts o = {n, n, 1, 0, 1, 0, vnt == 2, vnt == 1 ? 0 : -1};
+        InferGpuOpts o = {n, n, 1, 0, 1, 0, vnt == 2, vnt == 1 ? 0 : -1, 0};
         InferGpu *g = infer_gpu_create(&im, &o);
         const double nll_g = mean_nll(infer_gpu_forward(g, ids.ids, n, 1), ids.ids, n, V);
         infer_gpu_free(g);
@@ -650,6 +899,42 @@ int main(void) {
     test_gemv(QUANT_INT4, 48, 256, 256, 0);     // K = one group of 4 chunks; half a pair
     test_gemv(QUANT_INT4, 200, 14336, 128, 0);  // down_proj's K: many splits
     test_gemv(QUANT_INT4, 2100, 2048, 32, 1);   // 17 row blocks, 2 groups per chunk
+    // RMSNorm / SwiGLU inputs folded into the activation prep, and materialized for the others
+    test_gemv_src(QUANT_INT4, 300, 576, 64);
+    test_gemv_src(QUANT_INT4, 129, 4096, 128);  // the 8B model's hidden size: 4 values per thread
+    test_gemv_src(QUANT_INT4, 64, 2048, 32);
+    // the int4 v2 prep bit for bit (its own definition, the kernel it replaced), and the fused
+    // GEMVs at the 8B model's K (hidden size, intermediate size) for every group size
+    for (int g = 32; g <= 256; g *= 2) {
+        test_int4_prep(4096, g);
+        test_int4_prep(14336, g);
+        test_gemv_src(QUANT_INT4, 96, 4096, g);
+        test_gemv_src(QUANT_INT4, 40, 14336, g);
+    }
+    // a last prep block with fewer columns than the others own (128 per block for 1..4 tokens
+    // and g <= 128, 256 for 5..8 tokens or g256): 64 or 128 of them, or K = one chunk
+    test_int4_prep(576, 32);
+    test_int4_prep(576, 64);
+    test_int4_prep(640, 128);
+    test_int4_prep(768, 256);
+    test_int4_prep(64, 32);
+    test_int4_prep(64, 64);
+    test_gemv_src(QUANT_8DA4W, 300, 576, 32);
+    test_gemv_src(QUANT_FP8, 129, 1536, 0);
+    // 8da4w / fp8 at the 8B model's K, and past the rows whose values the quantization keeps in
+    // registers (16384 features: computed again in the second pass)
+    test_gemv_src(QUANT_8DA4W, 32, 4096, 64);
+    test_gemv_src(QUANT_8DA4W, 32, 14336, 32);
+    test_gemv_src(QUANT_FP8, 32, 14336, 0);
+    test_gemv_src(QUANT_8DA4W, 16, 16448, 64);
+    test_gemv_src(QUANT_FP8, 16, 16448, 0);
+    test_gemv(QUANT_8DA4W, 16, 16448, 64, 0);  // the activation codes bit for bit with the CPU's
+    test_gemv(QUANT_FP8, 16, 16448, 0, 0);
+    test_gemv_src(QUANT_NONE, 37, 100, 0);
+    test_gemv_src(QUANT_INT8, 300, 576, 0);
+    qgemv_set_int4_kernel(0);
+    test_gemv_src(QUANT_INT4, 300, 576, 64);  // SIMT: materialized
+    qgemv_set_int4_kernel(2);
     test_gemv(QUANT_NONE, 13, 100, 0, 1);  // rows not a multiple of 8: padded stride, scalar x tail
     test_gemv(QUANT_INT8, 7, 52, 0, 0);
     test_gemv(QUANT_NONE, 5, 18, 0, 0);

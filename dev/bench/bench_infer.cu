@@ -4,7 +4,10 @@
 //       --group 64 --batch 1,4,16 --prompt 128 --steps 128
 // One line per (mode, batch), for dev/bench scripts to grep:
 //   RESULT ours mode=int4 g=64 batch=1 tok_s=... ms_per_step=... weight_bytes=... eff_bw_TBs=...
-//          roofline=... peak_mem_GiB=... prefill_tok_s=... kv=bf16 kv_MiB=...
+//          roofline=... peak_mem_GiB=... prefill_tok_s=... kv=bf16 kv_MiB=... fuse=1
+// --fuse 1,0 runs each (mode, batch) fused (RMSNorm / SwiGLU inside the GEMVs' activation preps,
+// programmatic dependent launches) and unfused, for an A/B in one process (nopdl / nofuse: one
+// of the two off).
 // prefill_tok_s: the batch's prompts in one forward, timed on a second run (the first loads
 // modules and picks the cuBLASLt algorithms); more than --gemm-tokens tokens run as GEMMs.
 // weight_bytes is what one decode step reads (every linear's codes and scales, the norms; the
@@ -66,7 +69,7 @@ static int parse_list(const char *s, char items[][32], int max) {
 
 int main(int argc, char **argv) {
     const char *config = "test/fixtures/configs/llama31_8b.json", *modes = "bf16,int8,int4,8da4w,fp8", *batches = "1";
-    const char *kv = "bf16";
+    const char *kv = "bf16", *fuses = "1";
     int group = 64, prompt = 128, steps = 128, kv_f32 = 0, profile = 0, gemm_tokens = 0;
     Flag flags[] = {
         {"--config", "-c", FLAG_STR, &config, "model config.json (shape only; weights are random)", 1, 0},
@@ -78,6 +81,7 @@ int main(int argc, char **argv) {
         {"--kv-f32", NULL, FLAG_BOOL, &kv_f32, "KV cache in fp32 (same as --kv fp32)", 1, 0},
         {"--kv", NULL, FLAG_STR, &kv, "KV cache: bf16 | fp32 | fp8 (e4m3, a scale per head vector)", 1, 0},
         {"--gemm-tokens", NULL, FLAG_INT, &gemm_tokens, "prompts longer than this run as GEMMs (0: 16, -1: never)", -1, 1 << 20},
+        {"--fuse", NULL, FLAG_STR, &fuses, "comma list of 1 (RMSNorm/SwiGLU in the GEMV preps, PDL) | 0 (unfused) | nopdl | nofuse", 1, 0},
         {"--profile", NULL, FLAG_BOOL, &profile, "bracket 2 decode steps with cudaProfilerStart/Stop (ncu --profile-from-start off)", 1, 0},
     };
     if (!flags_parse(flags, sizeof flags / sizeof flags[0], argc, argv, "bench_infer", "decode speed of infer_llama -d cuda"))
@@ -116,8 +120,17 @@ int main(int argc, char **argv) {
     }
     printf("random init: %.1f s\n", now_s() - t0);
 
-    char mlist[8][32], blist[8][32];
-    const int nm = parse_list(modes, mlist, 8), nb = parse_list(batches, blist, 8);
+    char mlist[8][32], blist[8][32], flist[4][32];
+    const int nm = parse_list(modes, mlist, 8), nb = parse_list(batches, blist, 8), nf = parse_list(fuses, flist, 4);
+    int unf[4];
+    for (int fi = 0; fi < nf; fi++) {
+        const char *f = flist[fi];
+        unf[fi] = !strcmp(f, "1") ? 0 : !strcmp(f, "0") ? INFER_GPU_NO_FUSE | INFER_GPU_NO_PDL
+                : !strcmp(f, "nopdl") ? INFER_GPU_NO_PDL : !strcmp(f, "nofuse") ? INFER_GPU_NO_FUSE : -1;
+        CHECK(unf[fi] >= 0, "--fuse: '%s' is not 1, 0, nopdl or nofuse", f);
+    }
+    const char *fenv = getenv("LLAMA_AO_INFER_FUSE");
+    if (fenv && !strcmp(fenv, "0")) printf("note: LLAMA_AO_INFER_FUSE=0 in the environment: every run is unfused\n");
     for (int mi = 0; mi < nm; mi++) {
         // int4 kernel variants for an A/B in one run: "int4" the tensor-core v2 kernel (default),
         // "int4-v1" the first tensor-core kernel, "int4-nopdl" v2 launched without the overlap
@@ -137,12 +150,14 @@ int main(int argc, char **argv) {
         infer_model_build(&im, &m, (QuantMode)mode, quant_mode_grouped((QuantMode)mode) ? group : 0);
         printf("%s: quantized on the host in %.1f s (%d of %d linears)\n", mlist[mi], now_s() - t0, im.n_quantized,
                im.n_linear);
-        for (int bi = 0; bi < nb; bi++) {
+        for (int bf = 0; bf < nb * nf; bf++) {
+            const int bi = bf / nf, fi = bf % nf;
             const int B = atoi(blist[bi]);
             CHECK(B > 0 && B <= 64, "--batch: %s is not in 1..64", blist[bi]);
             size_t free0, total;
             cudaMemGetInfo(&free0, &total);
-            InferGpuOpts o = {prompt + steps + 8, prompt, B, !strcmp(kv, "fp32"), 1, 0, !strcmp(kv, "fp8"), gemm_tokens};
+            InferGpuOpts o = {prompt + steps + 8, prompt, B, !strcmp(kv, "fp32"), 1, 0, !strcmp(kv, "fp8"), gemm_tokens,
+                              unf[fi]};
             InferGpu *g = infer_gpu_create(&im, &o);
             int32_t *toks = (int32_t *)ao_malloc((size_t)B * prompt * sizeof(int32_t));
             for (int i = 0; i < B * prompt; i++) toks[i] = (int32_t)((i * 7919u + 11u) % (unsigned)c.vocab_size);
@@ -166,10 +181,10 @@ int main(int argc, char **argv) {
             cudaMemGetInfo(&free1, &total);
             const double sb = (double)infer_gpu_step_bytes(g), eff = sb / dt;
             printf("RESULT ours mode=%s g=%d batch=%d tok_s=%.1f ms_per_step=%.3f weight_bytes=%.0f eff_bw_TBs=%.3f "
-                   "roofline=%.3f peak_mem_GiB=%.2f prefill_tok_s=%.0f kv=%s kv_MiB=%.1f\n",
+                   "roofline=%.3f peak_mem_GiB=%.2f prefill_tok_s=%.0f kv=%s kv_MiB=%.1f fuse=%s\n",
                    mlist[mi], quant_mode_grouped((QuantMode)mode) ? group : 0, B, B / dt, dt * 1e3, sb, eff / 1e12,
                    bw > 0 ? eff / bw : 0.0, (double)(free0 - free1) / (1u << 30), B * prompt / t_prefill, kv,
-                   infer_gpu_kv_bytes(g) / 1048576.0);
+                   infer_gpu_kv_bytes(g) / 1048576.0, flist[fi]);
             fflush(stdout);
             infer_gpu_free(g);
             free(toks);
