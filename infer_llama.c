@@ -416,7 +416,7 @@ static void perplexity(const Loaded *L, Engine *s, const Args *a) {
 
 int main(int argc, char **argv) {
     Args a = {.quant = "none", .device = "auto", .group = 128, .n_new = 256, .top_k = 0, .seed = 1234, .top_p = 1.0f,
-              .temp = 0.0f, .batch = 64, .kv = "bf16", .gemm_tokens = -1};
+              .temp = 0.0f, .batch = 64, .kv = "bf16", .gemm_tokens = 0};
     const Flag flags[] = {
         {"--model", "-m", FLAG_STR, &a.model, "HF model directory, GGUF file, or a directory written by -o", 1, 0},
         {"--quant", "-q", FLAG_STR, &a.quant, "quantization: none | int8 | int4 | 8da4w | fp8 (torchao numerics)", 1, 0},
@@ -436,8 +436,8 @@ int main(int argc, char **argv) {
         {"--batch", NULL, FLAG_INT, &a.batch, "tokens per forward when processing a prompt", 1, 1 << 16},
         {"--out", "-o", FLAG_STR, &a.out, "save the (quantized) model to this directory", 1, 0},
         {"--device", "-d", FLAG_STR, &a.device, "cpu | cuda | auto (cuda when built with it and a GPU is present)", 1, 0},
-        {"--kv", NULL, FLAG_STR, &a.kv, "GPU KV cache: bf16 | fp32 | fp8 (e4m3, a scale per head vector; not yet run on a GPU); the CPU's is fp32", 1, 0},
-        {"--gemm-tokens", NULL, FLAG_INT, &a.gemm_tokens, "GPU: prompt chunks longer than this run as bf16 GEMMs (0: 16, -1: never; default -1 until this path has run on a GPU)", -1, 1 << 20},
+        {"--kv", NULL, FLAG_STR, &a.kv, "GPU KV cache: bf16 | fp32 | fp8 (e4m3, a scale per head vector); the CPU's is fp32", 1, 0},
+        {"--gemm-tokens", NULL, FLAG_INT, &a.gemm_tokens, "GPU: prompt chunks longer than this run as bf16 GEMMs (0: 16, -1: never: the decode GEMVs, the CPU path's numerics)", -1, 1 << 20},
         {"--quiet", NULL, FLAG_BOOL, &a.quiet, "no settings table or progress", 1, 0},
     };
     const int nf = (int)(sizeof flags / sizeof flags[0]);
