@@ -283,13 +283,14 @@ PY
       # micro-batches per step), 8 steps each (the first is not timed): AdamW on the GPU, then --offload
       # (default --clip 1: the host step follows the norm, only the gradient copies overlap backward), then
       # --offload --clip 0 (each layer's host step overlaps the rest of the last micro-batch's backward).
-      # Deadline ~120 s: a run that would start after 100 s is skipped, and said so.
+      # Then --offload --optim adamw8bit (compare its GPU memory and time with the gpu run's).
+      # Deadline ~150 s: a run that would start after 130 s is skipped, and said so.
       log "offload_accum: 1B, b=4 t=2048, total batch 32768 (4 micro-batches), 8 steps: on-GPU AdamW vs --offload"
       oa_t0=$SECONDS
       oa_cfg=test/fixtures/configs/llama32_1b_v5.json
       oa() {  # oa LABEL [train_llama flags]: RESULT line with ms/step, GPU and host memory, and the ratio to "gpu"
         local label=$1 rc; shift
-        if [ $((SECONDS - oa_t0)) -gt 100 ]; then echo "RESULT offload_accum $label | skipped (deadline)" >> "$OUT/summary.txt"; return; fi
+        if [ $((SECONDS - oa_t0)) -gt 130 ]; then echo "RESULT offload_accum $label | skipped (deadline)" >> "$OUT/summary.txt"; return; fi
         timeout -k 10 60 ./train_llama --config $oa_cfg --train synthetic --val '' --tokenizer '' -b 4 -t 2048 \
           --total-batch 32768 -n 8 --warmup 2 --eval-every 0 --sample-every 0 --save-final=off -o /tmp/oa_run "$@" \
           > "$OUT/offload_accum_$label.log" 2>&1
@@ -310,6 +311,8 @@ PY
       oa gpu
       oa offload --offload
       oa offload-noclip --offload --clip 0
+      # 8-bit states: the host step moves ~16 bytes per parameter instead of ~30
+      oa offload-8bit --offload --optim adamw8bit
       log "offload_accum: done in $((SECONDS - oa_t0)) s" ;;
     profile_infer)
       # Issue 6: where an int4 decode step's time goes (8B shape, batch 1): per-kernel GPU time of
