@@ -305,7 +305,7 @@ PY
         echo "RESULT offload_accum $label: rc=$rc | ${ms:-?} ms/step | GPU ${gib:-?} GiB${host:+ | host $host GiB} | step-8 loss" \
              "${loss:-?} | vs gpu: time $(awk -v a="${ms:-0}" -v b="${oa_ms:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3fx", a / b; else print "-" }')," \
              "GPU memory $(awk -v a="${gib:-0}" -v b="${oa_gib:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3fx", a / b; else print "-" }')," \
-             "loss $(case $label in *noclip) echo "not compared (no clipping)" ;; *) [ -n "$loss" ] && [ "$loss" = "${oa_loss:-}" ] && echo same || echo differs ;; esac)" \
+             "loss $(case $label in *noclip) echo "not compared (no clipping)" ;; *8bit) echo "not compared (8-bit states)" ;; *) [ -n "$loss" ] && [ "$loss" = "${oa_loss:-}" ] && echo same || echo differs ;; esac)" \
              "($((SECONDS - oa_t0)) s)" >> "$OUT/summary.txt"
       }
       oa gpu
