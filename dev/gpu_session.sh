@@ -2,7 +2,7 @@
 # One GPU-machine session: build, GPU tests, and whichever jobs are named, with every log
 # under $OUT (what comes back from the device tool). Usage:
 #   bash dev/gpu_session.sh [tests] [train] [hfload] [bench] [bench1b] [realrun] [dist] [optim1b]
-#                           [determinism] [offload_accum] [profile_infer] [optims] [profile] ... [offload_accum]
+#                           [determinism] [offload_accum] [profile_infer] [ncu_int4] [optims] [profile] ...
 set -uo pipefail
 OUT=${OUT:-/tmp/llama_ao_out}
 mkdir -p "$OUT"
@@ -324,6 +324,17 @@ PY
         --steps 4 --profile > /tmp/ncu_infer.csv 2> "$OUT/profile_infer.err"
       python3 dev/bench/profile_kernels.py /tmp/ncu_infer.csv > "$OUT/profile_infer.txt" 2>&1
       head -25 "$OUT/profile_infer.txt" >> "$OUT/summary.txt" ;;
+    ncu_int4)
+      # Issue 6: why the int4 v2 GEMV streams weights at ~1/3 of the copy bandwidth: full ncu sections
+      # (throughput, memory workload, warp stalls, occupancy) on its launches in two decode steps, 8B shape.
+      log "ncu sections: qgemv_int4_mma2_kernel, Llama-3.1-8B shape, int4 g64, batch 1"
+      make -j16 build/bench/bench_infer > /dev/null 2>&1
+      timeout 300 ncu --profile-from-start off --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section WarpStateStats --section SchedulerStats --section LaunchStats --section Occupancy \
+        -k regex:qgemv_int4_mma2 -c 8 build/bench/bench_infer --config test/fixtures/configs/llama31_8b.json \
+        --modes int4 --group 64 --batch 1 --steps 4 --profile > "$OUT/ncu_int4.txt" 2>&1
+      grep -E "Memory Throughput|DRAM Throughput|Duration|Achieved Occupancy|Stall|Registers|Grid Size" \
+        "$OUT/ncu_int4.txt" | head -40 >> "$OUT/summary.txt" ;;
     mainjob)
       log "README main job: ./train_llama (defaults), then ./infer_llama on its checkpoint"
       rm -rf data/shards out
