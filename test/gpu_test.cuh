@@ -26,6 +26,20 @@ static inline void d2h(void *h, const void *d, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_s));
     CUDA_CHECK(cudaStreamSynchronize(g_s));
 }
+// n fp32 / bf16 values on the device as newly allocated host floats (the caller frees them).
+static inline float *d2h_f32(const void *d, size_t n) {
+    float *h = (float *)ao_malloc((n ? n : 1) * sizeof(float));
+    d2h(h, d, n * sizeof(float));
+    return h;
+}
+static inline float *d2h_bf16_f32(const void *d, size_t n) {
+    __nv_bfloat16 *t = (__nv_bfloat16 *)ao_malloc((n ? n : 1) * sizeof(__nv_bfloat16));
+    d2h(t, d, n * sizeof(__nv_bfloat16));
+    float *h = (float *)ao_malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = __bfloat162float(t[i]);
+    free(t);
+    return h;
+}
 // The bf16 rounding of x, as a float (inputs are made bf16-exact so both sides see them).
 static inline float bf16r(float x) { return __bfloat162float(__float2bfloat16(x)); }
 

@@ -37,14 +37,6 @@ static bf16 *to_bf16(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = __float2bfloat16(x[i]);
     return y;
 }
-static float *dev_to_f32(const bf16 *d, size_t n) {
-    bf16 *h = (bf16 *)ao_malloc(n * sizeof(bf16));
-    CUDA_CHECK(cudaMemcpy(h, d, n * sizeof(bf16), cudaMemcpyDeviceToHost));
-    float *f = (float *)ao_malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) f[i] = __bfloat162float(h[i]);
-    free(h);
-    return f;
-}
 static void *dev_alloc(size_t bytes) {
     void *p;
     CUDA_CHECK(cudaMalloc(&p, bytes));
@@ -165,7 +157,7 @@ static void run_case(GpuCtx *ctx, Shape s, int use_cudnn) {
         poison(d_out, nq * 2), poison(d_lse, nlse * 4), poison(d_dqkv, nqkv * 2);
         attention_forward(ctx, d_out, d_lse, d_qkv, s.B, s.T, s.H, s.KV, s.hd, impl);
         CUDA_CHECK(cudaDeviceSynchronize());
-        float *out = dev_to_f32(d_out, nq), *lse = lse_gather(d_lse, s, nls);
+        float *out = d2h_bf16_f32(d_out, nq), *lse = lse_gather(d_lse, s, nls);
         snprintf(what, sizeof what, "%s out (B=%d T=%d H=%d KV=%d hd=%d)", impl_name(impl), s.B, s.T, s.H, s.KV, s.hd);
         const double e_out = TEST_CLOSE(what, out, out_ref, nq, TOL_BF16);
         snprintf(what, sizeof what, "%s lse (T=%d hd=%d)", impl_name(impl), s.T, s.hd);
@@ -173,7 +165,7 @@ static void run_case(GpuCtx *ctx, Shape s, int use_cudnn) {
 
         attention_backward(ctx, d_dqkv, d_dout, d_qkv, d_out, d_lse, s.B, s.T, s.H, s.KV, s.hd, impl);
         CUDA_CHECK(cudaDeviceSynchronize());
-        float *dqkv = dev_to_f32(d_dqkv, nqkv);
+        float *dqkv = d2h_bf16_f32(d_dqkv, nqkv);
         float *dq = (float *)ao_malloc(nq * 4), *dk = (float *)ao_malloc(nkv * 4), *dv = (float *)ao_malloc(nkv * 4);
         unpack(dq, dk, dv, dqkv, s);
         double e[3];

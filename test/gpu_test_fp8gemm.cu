@@ -249,16 +249,7 @@ static double check_out(const char *what, const float *got, const float *c0, con
 }
 
 static float *download(const void *d, Fp8OutType ot, size_t n) {
-    float *h = (float *)ao_malloc(n * sizeof(float) + 4);
-    if (ot == FP8_OUT_F32) {
-        d2h(h, d, n * sizeof(float));
-    } else {
-        bf16 *t = (bf16 *)ao_malloc(n * sizeof(bf16) + 2);
-        d2h(t, d, n * sizeof(bf16));
-        for (size_t i = 0; i < n; i++) h[i] = __bfloat162float(t[i]);
-        free(t);
-    }
-    return h;
+    return ot == FP8_OUT_F32 ? d2h_f32(d, n) : d2h_bf16_f32(d, n);
 }
 // Random output contents for beta = 1 (bf16-exact when the output is bf16).
 static float *fill_random_out(void *d, Fp8OutType ot, size_t n, float mag) {

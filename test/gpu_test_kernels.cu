@@ -56,19 +56,6 @@ static float *dev_f32(const float *h, size_t n) {
     h2d(d, h, n * sizeof(float));
     return d;
 }
-static float *get_bf16(const bf16 *d, size_t n) {
-    bf16 *t = (bf16 *)ao_malloc((n ? n : 1) * sizeof(bf16));
-    d2h(t, d, n * sizeof(bf16));
-    float *h = (float *)ao_malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) h[i] = __bfloat162float(t[i]);
-    free(t);
-    return h;
-}
-static float *get_f32(const float *d, size_t n) {
-    float *h = (float *)ao_malloc((n ? n : 1) * sizeof(float));
-    d2h(h, d, n * sizeof(float));
-    return h;
-}
 static int same_bits(const void *a, const void *b, size_t bytes) { return memcmp(a, b, bytes) == 0; }
 static void report(const char *what, double err) { printf("  %-58s err %.2e\n", what, err); }
 
@@ -85,7 +72,7 @@ static void test_embedding(int N, int V, int D) {
     h2d(dtok, tok, N * sizeof(int32_t));
     bf16 *dwte = dev_bf16(wte, (size_t)V * D), *dout = dalloc<bf16>((size_t)N * D);
     embedding_forward(dout, dtok, dwte, N, D, g_s);
-    float *got = get_bf16(dout, (size_t)N * D);
+    float *got = d2h_bf16_f32(dout, (size_t)N * D);
     embedding_forward_cpu(ref, tok, wte, N, V, D);
     snprintf(w, sizeof w, "embedding fwd N=%d V=%d D=%d", N, V, D);
     report(w, TEST_CLOSE(w, got, ref, (size_t)N * D, 0.0));
@@ -98,13 +85,13 @@ static void test_embedding(int N, int V, int D) {
     bf16 *ddy = dev_bf16(dy, (size_t)N * D);
     float *dg = dev_f32(g0, (size_t)V * D);
     embedding_backward(dg, ddy, dsp, dbs, dbt, nb, D, g_s);
-    float *g1 = get_f32(dg, (size_t)V * D);
+    float *g1 = d2h_f32(dg, (size_t)V * D);
     embedding_backward_cpu(gref, dy, tok, N, V, D);
     snprintf(w, sizeof w, "embedding bwd N=%d V=%d D=%d (%d buckets)", N, V, D, nb);
     report(w, TEST_CLOSE(w, g1, gref, (size_t)V * D, TOL_F32));
     h2d(dg, g0, (size_t)V * D * 4);
     embedding_backward(dg, ddy, dsp, dbs, dbt, nb, D, g_s);
-    float *g2 = get_f32(dg, (size_t)V * D);
+    float *g2 = d2h_f32(dg, (size_t)V * D);
     TEST_CHECK(same_bits(g1, g2, (size_t)V * D * 4), "embedding bwd N=%d D=%d not bitwise reproducible", N, D);
     // Accumulating onto an earlier micro-batch's gradient adds this batch's sum in one fp32
     // addition per element: fl(acc + sum), the value two ranks' all-reduce of their own
@@ -116,12 +103,12 @@ static void test_embedding(int N, int V, int D) {
     for (size_t i = 0; i < VD; i++) acc[i] *= 4.0f / 3.0f;
     CUDA_CHECK(cudaMemsetAsync(dg, 0, VD * 4, g_s));
     embedding_backward(dg, ddy, dsp, dbs, dbt, nb, D, g_s);
-    float *sum = get_f32(dg, VD), *want = hcopy(acc, VD);  // rows of tokens not in the batch are not written
+    float *sum = d2h_f32(dg, VD), *want = hcopy(acc, VD);  // rows of tokens not in the batch are not written
     for (int k = 0; k < nb; k++)
         for (size_t i = (size_t)bt[k] * D; i < (size_t)(bt[k] + 1) * D; i++) want[i] = acc[i] + sum[i];
     h2d(dg, acc, VD * 4);
     embedding_backward(dg, ddy, dsp, dbs, dbt, nb, D, g_s);
-    float *onto = get_f32(dg, VD);
+    float *onto = d2h_f32(dg, VD);
     size_t ndiff = 0;
     for (size_t i = 0; i < VD; i++) ndiff += memcmp(&onto[i], &want[i], 4) != 0;
     TEST_CHECK(ndiff == 0, "embedding bwd N=%d V=%d D=%d onto an accumulated gradient: %zu of %zu elements differ from "
@@ -146,7 +133,7 @@ static void test_rmsnorm(int N, int D) {
     rmsnorm_forward_cpu(ref, rref, x, wt, N, D, eps);
 
     residual_rmsnorm_forward(dx, dy, drstd, da, db, dw, N, D, eps, g_s);
-    float *gx = get_bf16(dx, nd), *gy = get_bf16(dy, nd), *gr = get_f32(drstd, N);
+    float *gx = d2h_bf16_f32(dx, nd), *gy = d2h_bf16_f32(dy, nd), *gr = d2h_f32(drstd, N);
     snprintf(w, sizeof w, "residual_rmsnorm fwd N=%d D=%d: resid", N, D);
     report(w, TEST_CLOSE(w, gx, x, nd, 0.0));
     snprintf(w, sizeof w, "residual_rmsnorm fwd N=%d D=%d: out", N, D);
@@ -155,7 +142,7 @@ static void test_rmsnorm(int N, int D) {
     report(w, TEST_CLOSE(w, gr, rref, N, TOL_F32));
     free(gy), free(gr);
     rmsnorm_forward(dy, drstd, dx, dw, N, D, eps, g_s);
-    gy = get_bf16(dy, nd), gr = get_f32(drstd, N);
+    gy = d2h_bf16_f32(dy, nd), gr = d2h_f32(drstd, N);
     snprintf(w, sizeof w, "rmsnorm fwd N=%d D=%d: out", N, D);
     report(w, TEST_CLOSE(w, gy, ref, nd, TOL_BF16));
     snprintf(w, sizeof w, "rmsnorm fwd N=%d D=%d: rstd", N, D);
@@ -172,7 +159,7 @@ static void test_rmsnorm(int N, int D) {
         up_bf16(dres_d, dres, nd);
         h2d(ddw, dw0, D * 4);
         rmsnorm_backward(dres_d, ddw, scratch, ddout, dres_d, dx, dw, drstd, N, D, g_s);
-        gdx[rep] = get_bf16(dres_d, nd), gdw[rep] = get_f32(ddw, D);
+        gdx[rep] = d2h_bf16_f32(dres_d, nd), gdw[rep] = d2h_f32(ddw, D);
     }
     snprintf(w, sizeof w, "rmsnorm bwd N=%d D=%d: dinp", N, D);
     report(w, TEST_CLOSE(w, gdx[0], dxref, nd, TOL_BF16));
@@ -185,7 +172,7 @@ static void test_rmsnorm(int N, int D) {
     rmsnorm_backward_cpu(dx2, NULL, dout, x, wt, gr, N, D);
     bf16 *dinp2 = dalloc<bf16>(nd);
     rmsnorm_backward(dinp2, NULL, NULL, ddout, NULL, dx, dw, drstd, N, D, g_s);
-    float *g3 = get_bf16(dinp2, nd);
+    float *g3 = d2h_bf16_f32(dinp2, nd);
     snprintf(w, sizeof w, "rmsnorm bwd N=%d D=%d: dinp, no dresid", N, D);
     report(w, TEST_CLOSE(w, g3, dx2, nd, TOL_BF16));
     free(a), free(b), free(wt), free(x), free(ref), free(rref), free(gx), free(gy), free(gr), free(dout), free(dres);
@@ -220,7 +207,7 @@ static void test_rope(int B, int T, int H, int KV, int hd, int off, int llama3) 
             rope_backward(d, dinv, B, T, H, KV, hd, off, g_s);
             rope_backward_cpu(q, q, inv, B, T, H, hd, off), rope_backward_cpu(k, k, inv, B, T, KV, hd, off);
         }
-        float *g = get_bf16(d, n);
+        float *g = d2h_bf16_f32(d, n);
         rope_split(gq, g, N, row, 0, H, hd), rope_split(gk, g, N, row, H * hd, KV, hd);
         int v_same = 1;
         for (int r = 0; r < N; r++)
@@ -253,7 +240,7 @@ static void test_swiglu(int N, int F) {
     bf16 *dgu = dev_bf16(gu, 2 * nf), *ddy = dev_bf16(dy, nf), *dout = dalloc<bf16>(nf), *ddgu = dalloc<bf16>(2 * nf);
     swiglu_forward(dout, dgu, N, F, g_s);
     swiglu_backward(ddgu, ddy, dgu, N, F, g_s);
-    float *go = get_bf16(dout, nf), *gd = get_bf16(ddgu, 2 * nf);
+    float *go = d2h_bf16_f32(dout, nf), *gd = d2h_bf16_f32(ddgu, 2 * nf);
     snprintf(w, sizeof w, "swiglu fwd N=%d F=%d", N, F);
     report(w, TEST_CLOSE(w, go, ref, nf, TOL_BF16));
     snprintf(w, sizeof w, "swiglu bwd N=%d F=%d", N, F);
@@ -281,7 +268,7 @@ static void test_matmul(int N, int K, int M, int ld, int with_bias) {
     bf16 *dout = dev_bf16(sent, (size_t)N * ld), *ddy = dev_bf16(dyw, (size_t)N * ld), *ddx = dalloc<bf16>((size_t)N * K);
     float *ddW = dev_f32(dW0, (size_t)M * K), *ddb = dev_f32(db0, M);
     matmul_forward(&g_ctx, dout, dx, dW, db, N, K, M, ld);
-    float *go = get_bf16(dout, (size_t)N * ld), *o = hzeros((size_t)N * M);
+    float *go = d2h_bf16_f32(dout, (size_t)N * ld), *o = hzeros((size_t)N * M);
     int kept = 1;
     for (int n = 0; n < N; n++) {
         memcpy(o + (size_t)n * M, go + (size_t)n * ld, (size_t)M * 4);
@@ -293,7 +280,7 @@ static void test_matmul(int N, int K, int M, int ld, int with_bias) {
 
     up_bf16(ddx, dx0, (size_t)N * K);
     matmul_backward(&g_ctx, ddx, ddW, with_bias ? ddb : NULL, ddy, ld, dx, dW, N, K, M, 1);
-    float *gdx = get_bf16(ddx, (size_t)N * K), *gdW = get_f32(ddW, (size_t)M * K), *gdb = get_f32(ddb, M);
+    float *gdx = d2h_bf16_f32(ddx, (size_t)N * K), *gdW = d2h_f32(ddW, (size_t)M * K), *gdb = d2h_f32(ddb, M);
     snprintf(w, sizeof w, "matmul bwd N=%d K=%d M=%d ld=%d: dinp (accumulate)", N, K, M, ld);
     report(w, TEST_CLOSE(w, gdx, dxr, (size_t)N * K, TOL_BF16));
     snprintf(w, sizeof w, "matmul bwd N=%d K=%d M=%d ld=%d: dweight", N, K, M, ld);
@@ -303,13 +290,13 @@ static void test_matmul(int N, int K, int M, int ld, int with_bias) {
         report(w, TEST_CLOSE(w, gdb, dbr, M, TOL_F32));
         h2d(ddb, db0, M * 4);
         matmul_backward(&g_ctx, NULL, NULL, ddb, ddy, ld, dx, dW, N, K, M, 0);
-        float *gdb2 = get_f32(ddb, M);
+        float *gdb2 = d2h_f32(ddb, M);
         TEST_CHECK(same_bits(gdb, gdb2, M * 4), "matmul dbias N=%d M=%d not bitwise reproducible", N, M);
         free(gdb2);
     }
     up_bf16(ddx, sent, (size_t)N * K);  // garbage that beta = 0 must ignore
     matmul_backward(&g_ctx, ddx, NULL, NULL, ddy, ld, dx, dW, N, K, M, 0);
-    float *gdx2 = get_bf16(ddx, (size_t)N * K);
+    float *gdx2 = d2h_bf16_f32(ddx, (size_t)N * K);
     snprintf(w, sizeof w, "matmul bwd N=%d K=%d M=%d ld=%d: dinp (overwrite)", N, K, M, ld);
     report(w, TEST_CLOSE(w, gdx2, dx_noacc, (size_t)N * K, TOL_BF16));
     free(x), free(W), free(bias), free(dyw), free(dy), free(dx0), free(dW0), free(db0), free(sent), free(ref);
@@ -326,11 +313,11 @@ static void test_cast(size_t n, int offset) {
     bf16 *db = dalloc<bf16>(n + 1);
     h2d(df + offset, x, n * 4);
     cast_f32_to_bf16(db + offset, df + offset, n, g_s);
-    float *g = get_bf16(db + offset, n);
+    float *g = d2h_bf16_f32(db + offset, n);
     snprintf(w, sizeof w, "cast f32->bf16 n=%zu offset=%d", n, offset);
     report(w, TEST_CLOSE(w, g, r, n, 0.0));
     cast_bf16_to_f32(df + offset, db + offset, n, g_s);
-    float *g2 = get_f32(df + offset, n);
+    float *g2 = d2h_f32(df + offset, n);
     snprintf(w, sizeof w, "cast bf16->f32 n=%zu offset=%d", n, offset);
     report(w, TEST_CLOSE(w, g2, r, n, 0.0));
     free(x), free(r), free(g), free(g2);
@@ -354,10 +341,10 @@ static void test_cross_entropy(int N, int V, float scale) {
     h2d(dt, t, N * 4);
     float *dl = dalloc<float>(N);
     cross_entropy_forward_backward(dl, dx, dt, N, V, 0.0f, g_s);  // dloss = 0: logits untouched
-    float *l0 = get_f32(dl, N), *x0 = get_bf16(dx, nv);
+    float *l0 = d2h_f32(dl, N), *x0 = d2h_bf16_f32(dx, nv);
     TEST_CHECK(same_bits(x0, x, nv * 4), "cross_entropy N=%d V=%d: dloss=0 changed the logits", N, V);
     cross_entropy_forward_backward(dl, dx, dt, N, V, dloss, g_s);
-    float *l1 = get_f32(dl, N), *g = get_bf16(dx, nv);
+    float *l1 = d2h_f32(dl, N), *g = d2h_bf16_f32(dx, nv);
     snprintf(w, sizeof w, "cross_entropy N=%d V=%d scale=%g: losses", N, V, scale);
     report(w, TEST_CLOSE(w, l1, lref, N, TOL_F32));
     TEST_CHECK(same_bits(l0, l1, N * 4), "%s differ between dloss=0 and dloss!=0", w);
@@ -396,7 +383,7 @@ static void test_adamw(size_t n, int offset) {
         adamw_cpu(p, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f);
         free(g);
     }
-    float *gp = get_f32(dp, n), *gm = get_f32(dm, n), *gv = get_f32(dv, n), *gpar = get_bf16(dpar, n);
+    float *gp = d2h_f32(dp, n), *gm = d2h_f32(dm, n), *gv = d2h_f32(dv, n), *gpar = d2h_bf16_f32(dpar, n);
     snprintf(w, sizeof w, "adamw n=%zu offset=%d: master", n, offset);
     report(w, TEST_CLOSE(w, gp, p, n, TOL_F32));
     snprintf(w, sizeof w, "adamw n=%zu offset=%d: m", n, offset);

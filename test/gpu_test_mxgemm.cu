@@ -96,16 +96,7 @@ static Scratch make_scratch(int rp, int rq, int kd) {
 }
 
 static float *download(const void *d, Fp8OutType ot, size_t n) {
-    float *h = (float *)ao_malloc(n * sizeof(float) + 4);
-    if (ot == FP8_OUT_F32) {
-        d2h(h, d, n * sizeof(float));
-    } else {
-        bf16 *t = (bf16 *)ao_malloc(n * sizeof(bf16) + 2);
-        d2h(t, d, n * sizeof(bf16));
-        for (size_t i = 0; i < n; i++) h[i] = __bfloat162float(t[i]);
-        free(t);
-    }
-    return h;
+    return ot == FP8_OUT_F32 ? d2h_f32(d, n) : d2h_bf16_f32(d, n);
 }
 // Contents for beta = 1: random bf16-exact values in +-mag (random = 1), or mag everywhere (a sentinel for
 // beta = 0); the host copy.

@@ -99,19 +99,6 @@ static double r_acc_bf16(int k) { return (k + 2) * 0x1p-23; }
 
 
 // ---------------------------------------------------------------- host <-> device
-static float *dl_bf16(const bf16 *d, size_t n) {
-    bf16 *t = (bf16 *)ao_malloc(n * sizeof(bf16) + 2);
-    float *h = (float *)ao_malloc(n * sizeof(float) + 4);
-    d2h(t, d, n * sizeof(bf16));
-    for (size_t i = 0; i < n; i++) h[i] = __bfloat162float(t[i]);
-    free(t);
-    return h;
-}
-static float *dl_f32(const float *d, size_t n) {
-    float *h = (float *)ao_malloc(n * sizeof(float) + 4);
-    d2h(h, d, n * sizeof(float));
-    return h;
-}
 static void ul_bf16(bf16 *d, const float *h, size_t n) {
     bf16 *t = (bf16 *)ao_malloc(n * sizeof(bf16) + 2);
     for (size_t i = 0; i < n; i++) t[i] = __float2bfloat16(h[i]);
@@ -303,10 +290,10 @@ struct HostGroup {  // host copies of a group's tensors (fp32 values of bf16 / f
 static HostGroup download_group(const bf16 *x, const LinearGroup *G, int N) {
     HostGroup h;
     memset(&h, 0, sizeof h);
-    h.x = dl_bf16(x, (size_t)N * G->K);
+    h.x = d2h_bf16_f32(x, (size_t)N * G->K);
     for (int p = 0; p < G->nparts; p++) {
-        h.w[p] = dl_bf16(G->part[p].w, (size_t)G->part[p].M * G->K);
-        if (G->part[p].bias) h.b[p] = dl_bf16(G->part[p].bias, (size_t)G->part[p].M);
+        h.w[p] = d2h_bf16_f32(G->part[p].w, (size_t)G->part[p].M * G->K);
+        if (G->part[p].bias) h.b[p] = d2h_bf16_f32(G->part[p].bias, (size_t)G->part[p].M);
     }
     return h;
 }
@@ -337,7 +324,7 @@ static void check_forward(LinearCtx *lc, const bf16 *x, const LinearGroup *G, in
     TEST_CHECK(ok, "%s forward: failed: %s", what, g_fail_msg);
     if (ok) {
         CUDA_CHECK(cudaStreamSynchronize(g_s));
-        float *got = dl_bf16(out, (size_t)N * ld);
+        float *got = d2h_bf16_f32(out, (size_t)N * ld);
         for (int p = 0; p < G->nparts; p++) {
             const int M = G->part[p].M, col = linear_group_col(G, p), fp8 = linear_group_part_fp8(r, G, p, NULL, 0);
             RefGemm rg = ref_linear_gemm(r, fp8, 0, h.x, h.w[p], NULL, N, K, M);
@@ -355,7 +342,7 @@ static void check_forward(LinearCtx *lc, const bf16 *x, const LinearGroup *G, in
             free_ref(rg);
         }
         if (out_keep) {
-            float *kept = dl_bf16(out_keep, (size_t)N * ld);
+            float *kept = d2h_bf16_f32(out_keep, (size_t)N * ld);
             TEST_CHECK(memcmp(kept, got, (size_t)N * ld * sizeof(float)) == 0,
                        "%s forward: the dispatch re-run differs from the output the model's forward kept", what);
             free(kept);
@@ -380,14 +367,14 @@ static void check_backward(LinearCtx *lc, const bf16 *x, const LinearGroup *G, i
     CUDA_CHECK(cudaMemsetAsync(dx, 0xFF, (size_t)N * K * sizeof(bf16), g_s));
     float *dw0[LINEAR_MAX_PARTS] = {}, *db0[LINEAR_MAX_PARTS] = {};
     for (int p = 0; p < G->nparts; p++) {
-        dw0[p] = dl_f32(G->part[p].dw, (size_t)G->part[p].M * K);
-        if (G->part[p].dbias) db0[p] = dl_f32(G->part[p].dbias, (size_t)G->part[p].M);
+        dw0[p] = d2h_f32(G->part[p].dw, (size_t)G->part[p].M * K);
+        if (G->part[p].dbias) db0[p] = d2h_f32(G->part[p].dbias, (size_t)G->part[p].M);
     }
     int ok = guarded([&] { linear_backward(lc, &g_ctx, dx, g, x, G, N); });
     TEST_CHECK(ok, "%s backward: failed: %s", what, g_fail_msg);
     if (ok) {
         CUDA_CHECK(cudaStreamSynchronize(g_s));
-        float *gdx = dl_bf16(dx, (size_t)N * K);
+        float *gdx = d2h_bf16_f32(dx, (size_t)N * K);
         double *S = (double *)ao_calloc((size_t)N * K + 1, sizeof(double)), *E = (double *)ao_calloc((size_t)N * K + 1, sizeof(double));
         for (int p = 0; p < G->nparts; p++) {
             const int M = G->part[p].M, col = linear_group_col(G, p), fp8 = linear_group_part_fp8(r, G, p, NULL, 0);
@@ -404,7 +391,7 @@ static void check_backward(LinearCtx *lc, const bf16 *x, const LinearGroup *G, i
             free_ref(gi);
             // grad_weight into the old fp32 gradient.
             RefGemm gw = ref_linear_gemm(r, fp8, 2, h.x, h.w[p], gp, N, K, M);
-            float *gotw = dl_f32(G->part[p].dw, (size_t)M * K);
+            float *gotw = d2h_f32(G->part[p].dw, (size_t)M * K);
             Worst w = {0, 0, 0, 0, 0, 0};
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < K; j++) {
@@ -418,7 +405,7 @@ static void check_backward(LinearCtx *lc, const bf16 *x, const LinearGroup *G, i
             printf("  %-100s err/bound %.3f\n", pw, ratio);
             free_ref(gw), free(gotw);
             if (db0[p]) {  // dbias += column sums of g (fp32, the bf16 path's kernel)
-                float *gotb = dl_f32(G->part[p].dbias, (size_t)M);
+                float *gotb = d2h_f32(G->part[p].dbias, (size_t)M);
                 Worst wb = {0, 0, 0, 0, 0, 0};
                 for (int j = 0; j < M; j++) {
                     double s = 0, a = 0;
@@ -520,8 +507,8 @@ static void test_group(LinearRecipe r, const GroupCase &gc) {
         CUDA_CHECK(cudaStreamSynchronize(g_s));
         float *a[2], *b[2], *c[2], *e[2];
         for (int v = 0; v < 2; v++)
-            a[v] = dl_bf16(y[v], (size_t)N * ld), b[v] = dl_bf16(dx[v], (size_t)N * K),
-            c[v] = dl_f32(dwv[v], (size_t)ld * K), e[v] = dl_f32(dbv[v], (size_t)ld);
+            a[v] = d2h_bf16_f32(y[v], (size_t)N * ld), b[v] = d2h_bf16_f32(dx[v], (size_t)N * K),
+            c[v] = d2h_f32(dwv[v], (size_t)ld * K), e[v] = d2h_f32(dbv[v], (size_t)ld);
         const int same = !memcmp(a[0], a[1], (size_t)N * ld * 4) && !memcmp(b[0], b[1], (size_t)N * K * 4) &&
                          !memcmp(c[0], c[1], (size_t)ld * K * 4) && !memcmp(e[0], e[1], (size_t)ld * 4);
         TEST_CHECK(same, "%s [%s]: the saved context changes the bits (y %d dx %d dW %d db %d)", gc.name,
@@ -558,10 +545,10 @@ static void test_group(LinearRecipe r, const GroupCase &gc) {
                                 w + (size_t)col * K, N, K, gc.M[p], p > 0);
         }
         CUDA_CHECK(cudaStreamSynchronize(g_s));
-        float *a1 = dl_bf16(y1, (size_t)N * ld), *a2 = dl_bf16(y2, (size_t)N * ld);
-        float *b1 = dl_bf16(dx1, (size_t)N * K), *b2 = dl_bf16(dx2, (size_t)N * K);
-        float *c1 = dl_f32(dw, (size_t)ld * K), *c2 = dl_f32(dw2, (size_t)ld * K);
-        float *e1 = dl_f32(db, (size_t)ld), *e2 = dl_f32(db2, (size_t)ld);
+        float *a1 = d2h_bf16_f32(y1, (size_t)N * ld), *a2 = d2h_bf16_f32(y2, (size_t)N * ld);
+        float *b1 = d2h_bf16_f32(dx1, (size_t)N * K), *b2 = d2h_bf16_f32(dx2, (size_t)N * K);
+        float *c1 = d2h_f32(dw, (size_t)ld * K), *c2 = d2h_f32(dw2, (size_t)ld * K);
+        float *e1 = d2h_f32(db, (size_t)ld), *e2 = d2h_f32(db2, (size_t)ld);
         const int same = !memcmp(a1, a2, (size_t)N * ld * 4) && !memcmp(b1, b2, (size_t)N * K * 4) &&
                          !memcmp(c1, c2, (size_t)ld * K * 4) && (!gc.bias || !memcmp(e1, e2, (size_t)ld * 4));
         TEST_CHECK(same, "%s [bf16]: the dispatch differs from the trainer's matmul calls (y %d dx %d dW %d db %d)",
@@ -598,12 +585,12 @@ static Run run_step(const LlamaModel *cpu, int B, int T, const int32_t *tok, con
     int nv = 0;
     llama_gpu_forward(&m, &g_ctx, 0.0f, &nv);
     Run r;
-    r.logits = dl_bf16(m.logits, (size_t)N * V);
+    r.logits = d2h_bf16_f32(m.logits, (size_t)N * V);
     const double sum = llama_gpu_forward(&m, &g_ctx, 1.0f / (float)nv, &nv);
     r.loss = sum / nv;
     llama_gpu_backward(&m, &g_ctx);
     CUDA_CHECK(cudaStreamSynchronize(g_s));
-    r.grads = dl_f32(m.grads, m.tab.total);
+    r.grads = d2h_f32(m.grads, m.tab.total);
     if (check_linears) {
         char what[200];
         for (int l = 0; l <= cpu->cfg.n_layers; l++) {
