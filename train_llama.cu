@@ -112,9 +112,7 @@ static Flag *make_flags(Settings *s, int *n) {
         {"--recompute-swiglu", nullptr, FLAG_BOOL, &s->recompute_swiglu, "recompute SwiGLU outputs in backward", 1, 0},
         {"--recompute-ffn", nullptr, FLAG_BOOL, &s->recompute_ffn, "recompute the gate/up projection and SwiGLU in backward", 1, 0},
         {"--recompute-attn", nullptr, FLAG_BOOL, &s->recompute_attn, "recompute q/k/v, RoPE and attention in backward", 1, 0},
-        {"--attn", nullptr, FLAG_STR, &s->attn,
-         "attention: auto | cudnn | kernel | cudnn-det (backward on a cuDNN engine not noted non-deterministic; "
-         "reproducibility across runs not yet verified)", 1, 0},
+        {"--attn", nullptr, FLAG_STR, &s->attn, "attention: auto | cudnn | kernel", 1, 0},
         {"--deterministic", nullptr, FLAG_BOOL, &s->deterministic,
          "bit-reproducible runs: attention backward by our kernel (cuDNN's accumulates dQ with atomics)", 1, 0},
         {"--lm-chunk", nullptr, FLAG_INT, &s->lm_chunk, "rows of logits materialised at once", 1, 1 << 20},
@@ -340,9 +338,8 @@ int main(int argc, char **argv) {
     int lr_kind = lr_kind_from_name(s.schedule);
     CHECK(lr_kind >= 0, "--schedule %s: expected cosine, linear, constant or wsd", s.schedule);
     AttnImpl attn = !strcmp(s.attn, "auto") ? ATTN_AUTO : !strcmp(s.attn, "cudnn") ? ATTN_CUDNN
-                    : !strcmp(s.attn, "kernel") ? ATTN_KERNEL : !strcmp(s.attn, "cudnn-det") ? ATTN_CUDNN_DET
-                    : (AttnImpl)-1;
-    CHECK((int)attn >= 0, "--attn %s: expected auto, cudnn, kernel or cudnn-det", s.attn);
+                    : !strcmp(s.attn, "kernel") ? ATTN_KERNEL : (AttnImpl)-1;
+    CHECK((int)attn >= 0, "--attn %s: expected auto, cudnn or kernel", s.attn);
     const LowbitFormat optim = !strcmp(s.optim, "adamw") ? LOWBIT_F32 : !strcmp(s.optim, "adamw8bit") ? LOWBIT_8BIT
                                : !strcmp(s.optim, "adamw4bit") ? LOWBIT_4BIT : !strcmp(s.optim, "adamwfp8") ? LOWBIT_FP8
                                : (LowbitFormat)-1;
@@ -438,12 +435,9 @@ int main(int argc, char **argv) {
     o.recompute_ffn = s.recompute_ffn;
     o.recompute_attn = s.recompute_attn;
     o.attn = attn;
-    // --deterministic: our kernel's backward (one writer per output). cudnn-det: cuDNN's backward on an
-    // engine cuDNN does not note as non-deterministic; a repeat in one process is bit-identical
-    // (gpu_test_attention), but the step-1 gradient norms of separate runs differed in the 5th digit
-    // (2026-11-28 numerics runs), so it is not the default until that is explained.
-    // (the forward treats ATTN_CUDNN_DET as ATTN_AUTO: cuDNN's forward has one writer per output)
-    o.attn_bwd = attn == ATTN_CUDNN_DET ? ATTN_CUDNN_DET : s.deterministic ? ATTN_KERNEL : attn;
+    // --deterministic: our kernel's backward (one writer per output). cuDNN's backward is not bitwise
+    // reproducible, even on an engine cuDNN does not note as non-deterministic (docs/TRAINING.md).
+    o.attn_bwd = s.deterministic ? ATTN_KERNEL : attn;
     o.lm_chunk = s.lm_chunk;
     o.optim = optim;
     o.master = master;

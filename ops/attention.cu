@@ -163,15 +163,13 @@ static int use_cudnn(const GpuCtx *ctx, int hd, AttnImpl impl, const char *what)
               what, hd, build);
         return 1;
     }
-    CHECK(impl == ATTN_AUTO || impl == ATTN_CUDNN_DET, "%s: unknown impl %d", what, (int)impl);
+    CHECK(impl == ATTN_AUTO, "%s: unknown impl %d", what, (int)impl);
     return ok && ctx->use_cudnn;
 }
 
 const char *attention_backward_path(GpuCtx *ctx, int B, int T, int H, int KV, int hd, AttnImpl impl) {
     if (impl == ATTN_KERNEL || !ctx->use_cudnn || !attention_cudnn_supported(ctx, hd)) return "kernel";
-    const int det = impl == ATTN_CUDNN_DET;
-    if (!attention_cudnn_plan_ok(ctx, B, T, H, KV, hd, 1, det)) return "kernel";
-    return det ? "cuDNN (deterministic engine)" : "cuDNN";
+    return attention_cudnn_plan_ok(ctx, B, T, H, KV, hd, 1) ? "cuDNN" : "kernel";
 }
 
 void attention_forward(GpuCtx *ctx, bf16 *out, float *lse, const bf16 *qkv, int B, int T, int H, int KV, int hd,
@@ -193,14 +191,12 @@ void attention_backward(GpuCtx *ctx, bf16 *dqkv, const bf16 *dout, const bf16 *q
     check_args("attention_backward", B, T, H, KV, hd);
     if (use_cudnn(ctx, hd, impl, "attention_backward")) {
         const char *why = "";
-        if (attention_backward_cudnn(ctx, dqkv, dout, qkv, out, lse, B, T, H, KV, hd, impl == ATTN_CUDNN_DET, &why))
-            return;
+        if (attention_backward_cudnn(ctx, dqkv, dout, qkv, out, lse, B, T, H, KV, hd, &why)) return;
         CHECK(impl != ATTN_CUDNN, "attention_backward: cuDNN SDPA failed for B=%d T=%d H=%d KV=%d hd=%d: %s", B, T, H,
               KV, hd, why);
         static int warned = 0;
         if (!warned++)
-            ao_warn("attention_backward: cuDNN SDPA%s unavailable (%s); using the flash-attention kernel",
-                    impl == ATTN_CUDNN_DET ? " (deterministic engine)" : "", why);
+            ao_warn("attention_backward: cuDNN SDPA unavailable (%s); using the flash-attention kernel", why);
     }
     backward_kernel_impl(ctx, dqkv, dout, qkv, out, lse, B, T, H, KV, hd);
 }

@@ -8,18 +8,17 @@
 #pragma once
 #include "../common/gpu.h"
 
-// ATTN_CUDNN_DET (backward): cuDNN restricted to engines it does not mark non-deterministic,
-// else our kernel (also deterministic): bit-reproducible either way. For the forward it is
-// ATTN_AUTO (cuDNN's forward has one writer per output).
-typedef enum { ATTN_AUTO = 0, ATTN_CUDNN = 1, ATTN_KERNEL = 2, ATTN_CUDNN_DET = 3 } AttnImpl;
+// The kernel's backward is bit-reproducible (one writer per output); cuDNN's is not (see
+// docs/TRAINING.md), whatever numerical notes cuDNN attaches to its engine.
+typedef enum { ATTN_AUTO = 0, ATTN_CUDNN = 1, ATTN_KERNEL = 2 } AttnImpl;
 
 void attention_forward(GpuCtx *ctx, bf16 *out, float *lse, const bf16 *qkv, int B, int T, int H, int KV, int hd,
                        AttnImpl impl);
 // Writes dqkv (same packed layout). Needs out and lse of the forward with the same impl.
 void attention_backward(GpuCtx *ctx, bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const bf16 *out,
                         const float *lse, int B, int T, int H, int KV, int hd, AttnImpl impl);
-// Which implementation attention_backward will run for this shape: "cuDNN", "cuDNN
-// (deterministic engine)" or "kernel" (builds and caches the cuDNN plan to find out).
+// Which implementation attention_backward will run for this shape: "cuDNN" or "kernel"
+// (builds and caches the cuDNN plan to find out).
 const char *attention_backward_path(GpuCtx *ctx, int B, int T, int H, int KV, int hd, AttnImpl impl);
 // Whether cuDNN SDPA handles this shape on this GPU (head_dim multiple of 8, <= 128, ...).
 int attention_cudnn_supported(const GpuCtx *ctx, int hd);

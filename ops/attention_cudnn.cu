@@ -36,11 +36,11 @@ int attention_forward_cudnn(GpuCtx *, bf16 *, float *, const bf16 *, int, int, i
     return 0;
 }
 int attention_backward_cudnn(GpuCtx *, bf16 *, const bf16 *, const bf16 *, const bf16 *, const float *, int, int, int,
-                             int, int, int, const char **why) {
+                             int, int, const char **why) {
     *why = "built without cuDNN";
     return 0;
 }
-int attention_cudnn_plan_ok(GpuCtx *, int, int, int, int, int, int, int) { return 0; }
+int attention_cudnn_plan_ok(GpuCtx *, int, int, int, int, int, int) { return 0; }
 
 #else
 
@@ -294,31 +294,29 @@ static void build_backward(Builder *b, const Shape &p) {
     pointwise(b, CUDNN_POINTWISE_IDENTITY, f32, dQacc, NULL, NULL, dQ);
 }
 
-// The engine behind an engine config: whether cuDNN notes it as non-deterministic, and (with a
-// line to fill: LLAMA_AO_CUDNN_DEBUG=1) its index, numerical notes and knob choices.
-static bool engine_nondeterministic(Desc cfg, char *line, size_t cap) {
+// LLAMA_AO_CUDNN_DEBUG=1: the engine behind an engine config, as one line: its index, numerical
+// notes (cudnnBackendNumericalNote_t values) and knob choices. Diagnostics only: a config is not
+// chosen or skipped by its notes (the flash backward's engine carries no NONDETERMINISTIC note
+// on cuDNN 9.14, yet its dQ is not bitwise reproducible: docs/TRAINING.md).
+static void describe_engine(Desc cfg, char *line, size_t cap) {
     Desc eng = NULL;
     int64_t got = 0;
-    if (line) line[0] = 0;
-    if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng) != CUDNN_STATUS_SUCCESS) return true;
-    bool nondet = true;  // unknown counts as non-deterministic
+    snprintf(line, cap, "engine ?");
+    if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &eng) != CUDNN_STATUS_SUCCESS) return;
     if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &got, &eng) ==
         CUDNN_STATUS_SUCCESS) {
         int64_t idx = -1, nn = 0;
         cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
         cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &got, &idx);
         if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                                     CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &nn, notes) == CUDNN_STATUS_SUCCESS) {
-            nondet = false;
-            for (int64_t i = 0; i < nn; i++) nondet |= notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
-        }
-        if (!line) {
-            cudnnBackendDestroyDescriptor(eng);
-            return nondet;
-        }
+                                     CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &nn, notes) != CUDNN_STATUS_SUCCESS)
+            nn = 0;
+        bool nondet = false;
         int n = snprintf(line, cap, "engine %lld notes [", (long long)idx);
-        for (int64_t i = 0; i < nn && n > 0 && (size_t)n < cap; i++)
+        for (int64_t i = 0; i < nn && n > 0 && (size_t)n < cap; i++) {
+            nondet |= notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
             n += snprintf(line + n, cap - n, "%s%d", i ? " " : "", (int)notes[i]);
+        }
         // knob choices of this config (type=value)
         Desc kc[24];
         int64_t nk = 0, k = 0;
@@ -336,16 +334,14 @@ static bool engine_nondeterministic(Desc cfg, char *line, size_t cap) {
             cudnnBackendGetAttribute(kc[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &got, &v);
             n += snprintf(line + n, cap - n, " %d=%lld", (int)t, (long long)v);
         }
+        if (nondet && n > 0 && (size_t)n < cap) snprintf(line + n, cap - n, " (NONDETERMINISTIC note)");
         for (int64_t i = 0; i < k; i++) cudnnBackendDestroyDescriptor(kc[i]);
     }
     cudnnBackendDestroyDescriptor(eng);
-    return nondet;
 }
 
-// Operation graph -> heuristics (mode A, then fallback) -> first config that finalizes. With
-// `det`, configs whose engine carries cuDNN's NONDETERMINISTIC numerical note are skipped (the
-// flash backward's usual engines accumulate dQ with atomics).
-static Desc make_plan(Builder *b, cudnnHandle_t handle, int64_t *ws, bool det) {
+// Operation graph -> heuristics (mode A, then fallback) -> first config that finalizes.
+static Desc make_plan(Builder *b, cudnnHandle_t handle, int64_t *ws) {
     Desc graph = create(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
     set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, b->n_ops, b->ops);
     set(b, graph, ATTR_OPGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
@@ -354,7 +350,6 @@ static Desc make_plan(Builder *b, cudnnHandle_t handle, int64_t *ws, bool det) {
     const char *dbg = getenv("LLAMA_AO_CUDNN_DEBUG");
     const bool debug = dbg && dbg[0] == '1';
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
-    int skipped = 0;
     const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
     for (int m = 0; m < 2; m++) {
         Desc heur = create(b, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
@@ -374,13 +369,10 @@ static Desc make_plan(Builder *b, cudnnHandle_t handle, int64_t *ws, bool det) {
             BE(b, cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n, &got,
                                            cfg));
         for (int64_t i = 0; i < got && b->err == CUDNN_STATUS_SUCCESS; i++) {
-            char line[512];
-            const bool nondet = engine_nondeterministic(cfg[i], debug ? line : NULL, sizeof line);
-            if (debug) fprintf(stderr, "[cuDNN] heuristics %s config %lld: %s%s\n", m ? "fallback" : "A", (long long)i,
-                               line, nondet ? " (non-deterministic)" : "");
-            if (det && nondet) {
-                skipped++;
-                continue;
+            if (debug) {
+                char line[512];
+                describe_engine(cfg[i], line, sizeof line);
+                fprintf(stderr, "[cuDNN] heuristics %s config %lld: %s\n", m ? "fallback" : "A", (long long)i, line);
             }
             // Engines that cannot run this graph fail here; that is expected, try the next.
             Desc plan = create(b, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
@@ -397,9 +389,7 @@ static Desc make_plan(Builder *b, cudnnHandle_t handle, int64_t *ws, bool det) {
             return NULL;
         }
     }
-    if (b->err == CUDNN_STATUS_SUCCESS)
-        ok(b, last, det && skipped ? "every engine config cuDNN offered is non-deterministic"
-                                   : "no engine config finalized (heuristics mode A and fallback)");
+    if (b->err == CUDNN_STATUS_SUCCESS) ok(b, last, "no engine config finalized (heuristics mode A and fallback)");
     return NULL;
 }
 
@@ -407,7 +397,7 @@ struct Entry {
     bool used, good;
     cudnnHandle_t handle;
     Shape shape;
-    bool bwd, det;
+    bool bwd;
     Desc plan;
     int64_t ws;
     Builder *b;  // owns every descriptor of the graph and plan
@@ -416,9 +406,9 @@ struct Entry {
 Entry g_cache[32];
 int g_next_evict;
 
-static Entry *get_plan(GpuCtx *ctx, const Shape &p, bool bwd, bool det) {
+static Entry *get_plan(GpuCtx *ctx, const Shape &p, bool bwd) {
     for (Entry &e : g_cache)
-        if (e.used && e.handle == ctx->cudnn && e.bwd == bwd && e.det == det && !memcmp(&e.shape, &p, sizeof p)) return &e;
+        if (e.used && e.handle == ctx->cudnn && e.bwd == bwd && !memcmp(&e.shape, &p, sizeof p)) return &e;
     Entry *e = NULL;
     for (Entry &f : g_cache)
         if (!f.used) {
@@ -431,14 +421,14 @@ static Entry *get_plan(GpuCtx *ctx, const Shape &p, bool bwd, bool det) {
         free(e->b);
     }
     memset(e, 0, sizeof *e);
-    e->used = true, e->handle = ctx->cudnn, e->shape = p, e->bwd = bwd, e->det = det;
+    e->used = true, e->handle = ctx->cudnn, e->shape = p, e->bwd = bwd;
     e->b = (Builder *)calloc(1, sizeof(Builder));
     CHECK(e->b, "cuDNN attention: out of host memory");
     Builder *b = e->b;
     b->next_uid = UID_VIRTUAL;
     if (bwd) build_backward(b, p);
     else build_forward(b, p);
-    e->plan = make_plan(b, ctx->cudnn, &e->ws, det);
+    e->plan = make_plan(b, ctx->cudnn, &e->ws);
     e->good = e->plan != NULL && b->err == CUDNN_STATUS_SUCCESS;
     if (!e->good) {
         char detail[256] = "";
@@ -474,17 +464,17 @@ int attention_cudnn_available(const GpuCtx *ctx, int hd) {
            cudnnGetVersion() >= 90000;
 }
 
-int attention_cudnn_plan_ok(GpuCtx *ctx, int B, int T, int H, int KV, int hd, int bwd, int det) {
+int attention_cudnn_plan_ok(GpuCtx *ctx, int B, int T, int H, int KV, int hd, int bwd) {
     if (!attention_cudnn_available(ctx, hd)) return 0;
     const Shape p = {B, T, H, KV, hd};
-    return get_plan(ctx, p, bwd != 0, det != 0)->good;
+    return get_plan(ctx, p, bwd != 0)->good;
 }
 
 int attention_forward_cudnn(GpuCtx *ctx, bf16 *out, float *lse, const bf16 *qkv, int B, int T, int H, int KV, int hd,
                             const char **why) {
     if (!aligned16(out) || !aligned16(lse) || !aligned16(qkv)) return *why = "buffers not 16-byte aligned", 0;
     const Shape p = {B, T, H, KV, hd};
-    Entry *e = get_plan(ctx, p, false, false);
+    Entry *e = get_plan(ctx, p, false);
     if (!e->good) return *why = e->why, 0;
     gpu_ctx_cudnn_workspace(ctx, (size_t)e->ws);
     float scale = (float)(1.0 / sqrt((double)hd)), neginf = neg_inf_value();
@@ -496,11 +486,11 @@ int attention_forward_cudnn(GpuCtx *ctx, bf16 *out, float *lse, const bf16 *qkv,
 }
 
 int attention_backward_cudnn(GpuCtx *ctx, bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const bf16 *out,
-                             const float *lse, int B, int T, int H, int KV, int hd, int det, const char **why) {
+                             const float *lse, int B, int T, int H, int KV, int hd, const char **why) {
     if (!aligned16(dqkv) || !aligned16(dout) || !aligned16(qkv) || !aligned16(out) || !aligned16(lse))
         return *why = "buffers not 16-byte aligned", 0;
     const Shape p = {B, T, H, KV, hd};
-    Entry *e = get_plan(ctx, p, true, det != 0);
+    Entry *e = get_plan(ctx, p, true);
     if (!e->good) return *why = e->why, 0;
     // Workspace: cuDNN's own | Dsum [B,H,T] fp32 | dQ accumulator [B,H,T,hd] fp32.
     const size_t w0 = align256((size_t)e->ws), w1 = align256((size_t)B * H * T * sizeof(float));

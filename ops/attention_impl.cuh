@@ -25,7 +25,6 @@ int attention_cudnn_available(const GpuCtx *ctx, int hd);
 int attention_forward_cudnn(GpuCtx *ctx, bf16 *out, float *lse, const bf16 *qkv, int B, int T, int H, int KV, int hd,
                             const char **why);
 // Whether cuDNN builds a plan for this shape and direction (cached; builds it if new).
-int attention_cudnn_plan_ok(GpuCtx *ctx, int B, int T, int H, int KV, int hd, int bwd, int det);
-// det: only an engine that cuDNN does not note as non-deterministic (0 with a reason if none).
+int attention_cudnn_plan_ok(GpuCtx *ctx, int B, int T, int H, int KV, int hd, int bwd);
 int attention_backward_cudnn(GpuCtx *ctx, bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const bf16 *out,
-                             const float *lse, int B, int T, int H, int KV, int hd, int det, const char **why);
+                             const float *lse, int B, int T, int H, int KV, int hd, const char **why);

@@ -69,8 +69,10 @@ __device__ __forceinline__ void store_f32(float *p, const float *src) {
 // alone, rows in position order (the host sort is stable). Long buckets (frequent
 // tokens): the L long ones share the 32 warps, S = 32/L (a power of two) per bucket; warp
 // s of a group sums rows s, s+S, ... and the group's first warp adds the S stripes in
-// order. Every order depends only on the bucket sizes, so dwte is bitwise reproducible,
-// and a token that fills the whole batch still spreads over 32 warps.
+// order. Either way a bucket's sum starts from zero and is added to dwte's row in one fp32
+// addition, so accumulating micro-batches gives fl(dwte + sum), the sum two ranks' gradient
+// all-reduce forms. Every order depends only on the bucket sizes, so dwte is bitwise
+// reproducible, and a token that fills the whole batch still spreads over 32 warps.
 #define EMB_WARPS 32
 #define EMB_LONG 32
 template <int VEC>
@@ -84,12 +86,15 @@ __global__ void __launch_bounds__(32 * EMB_WARPS) embedding_backward_kernel(
     if (w < nb && c < D) {
         int i0 = bucket_start[b0 + w], i1 = bucket_start[b0 + w + 1];
         if (i1 - i0 <= EMB_LONG) {
-            // The dwte row is read before the sum so both reads are in flight together.
+            // The dwte row is read before the sum so both reads are in flight together; the sum
+            // starts from zero and is added to the row once (not row by row onto it: see above).
             float *dst = dwte + (size_t)bucket_token[b0 + w] * D + c;
-            float acc[VEC];
-            load_f32<VEC>(acc, dst);
+            float old[VEC], acc[VEC] = {};
+            load_f32<VEC>(old, dst);
             emb_sum_rows<VEC>(acc, dout, sorted_pos, i0, i1, 1, D, c);
-            store_f32<VEC>(dst, acc);
+#pragma unroll
+            for (int j = 0; j < VEC; j++) old[j] += acc[j];
+            store_f32<VEC>(dst, old);
         }
     }
     // Lane k looks at bucket b0 + k; the ballot gives every warp the same mask, so the

@@ -49,8 +49,8 @@ static cublasLtMatmulMatrixScale_t scale_mode(Fp8Scaling s) {
     }
 }
 
-static int refuse(Fp8GemmInfo *info, const char *fmt, ...) AO_PRINTF(2, 3);
-static int refuse(Fp8GemmInfo *info, const char *fmt, ...) {
+int fp8_gemm_refuse(Fp8GemmInfo *info, const char *fmt, ...) {
+    if (!info) return 0;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(info->msg, sizeof info->msg, fmt, ap);
@@ -63,39 +63,53 @@ static int refuse(Fp8GemmInfo *info, const char *fmt, ...) {
 static int check_operand(Fp8GemmInfo *info, const char *name, Fp8Mat m, int rows, int kd) {
     const int mx = m.scaling == FP8_SCALE_MX32;
     if (!m.q || (mx ? !m.e8m0 : !m.scale_inv))
-        return refuse(info, "fp8 GEMM: operand %s has a NULL %s", name, m.q ? (mx ? "e8m0" : "scale_inv") : "q");
+        return fp8_gemm_refuse(info, "fp8 GEMM: operand %s has a NULL %s", name,
+                               m.q ? (mx ? "e8m0" : "scale_inv") : "q");
     if (!aligned16(m.q))
-        return refuse(info, "fp8 GEMM: operand %s codes at %p are not 16-byte aligned (cuBLASLt fp8 needs 16-byte "
-                            "aligned operands)", name, (const void *)m.q);
-    if (m.dtype != FP8_E4M3 && m.dtype != FP8_E5M2) return refuse(info, "fp8 GEMM: operand %s has dtype %d", name, (int)m.dtype);
+        return fp8_gemm_refuse(info,
+                               "fp8 GEMM: operand %s codes at %p are not 16-byte aligned (cuBLASLt fp8 needs 16-byte "
+                               "aligned operands)",
+                               name, (const void *)m.q);
+    if (m.dtype != FP8_E4M3 && m.dtype != FP8_E5M2)
+        return fp8_gemm_refuse(info, "fp8 GEMM: operand %s has dtype %d", name, (int)m.dtype);
     switch (m.scaling) {
         case FP8_SCALE_TENSOR:
         case FP8_SCALE_AXIS: break;
         case FP8_SCALE_1X128:
         case FP8_SCALE_128X128:
             if (!aligned16(m.scale_inv))
-                return refuse(info, "fp8 GEMM: operand %s %s scales at %p are not 16-byte aligned (cuBLASLt block "
-                                    "scales need 16-byte aligned starts)", name, fp8_scaling_name(m.scaling),
-                              (const void *)m.scale_inv);
+                return fp8_gemm_refuse(info,
+                                       "fp8 GEMM: operand %s %s scales at %p are not 16-byte aligned (cuBLASLt block "
+                                       "scales need 16-byte aligned starts)",
+                                       name, fp8_scaling_name(m.scaling), (const void *)m.scale_inv);
             if (rows % 4)
-                return refuse(info, "fp8 GEMM: operand %s has %d rows; cuBLASLt's 1x128 / 128x128 block scaling needs "
-                                    "M and N multiples of 4", name, rows);
+                return fp8_gemm_refuse(
+                    info,
+                    "fp8 GEMM: operand %s has %d rows; cuBLASLt's 1x128 / 128x128 block scaling needs "
+                    "M and N multiples of 4",
+                    name, rows);
             if (m.scaling == FP8_SCALE_128X128 && m.scale_ld != blk_ld(kd))
-                return refuse(info, "fp8 GEMM: operand %s 128x128 scale_ld = %d, but cuBLASLt's BLK128x128_32F layout "
-                                    "for kd = %d has column stride ceil(kd/128) rounded up to 4 = %d (see fp8_mat)",
-                              name, m.scale_ld, kd, blk_ld(kd));
+                return fp8_gemm_refuse(
+                    info,
+                    "fp8 GEMM: operand %s 128x128 scale_ld = %d, but cuBLASLt's BLK128x128_32F layout "
+                    "for kd = %d has column stride ceil(kd/128) rounded up to 4 = %d (see fp8_mat)",
+                    name, m.scale_ld, kd, blk_ld(kd));
             break;
         case FP8_SCALE_MX32:  // the GPU (sm_100+) and the pairing are checked in check_gemm
             if (kd % MX_BLOCK)
-                return refuse(info, "fp8 GEMM: operand %s is MX with kd = %d, not a multiple of 32 (VEC32_UE8M0 "
-                                    "scales whole blocks of 32; torchao's to_mx refuses it too)", name, kd);
+                return fp8_gemm_refuse(info,
+                                       "fp8 GEMM: operand %s is MX with kd = %d, not a multiple of 32 (VEC32_UE8M0 "
+                                       "scales whole blocks of 32; torchao's to_mx refuses it too)",
+                                       name, kd);
             if (!aligned16(m.e8m0))
-                return refuse(info, "fp8 GEMM: operand %s MX scales at %p are not 16-byte aligned", name,
-                              (const void *)m.e8m0);
+                return fp8_gemm_refuse(info, "fp8 GEMM: operand %s MX scales at %p are not 16-byte aligned", name,
+                                       (const void *)m.e8m0);
             break;
         default:
-            return refuse(info, "fp8 GEMM: operand %s has scaling '%s', which no fp8 GEMM takes (bf16 operands go "
-                                "through ops/matmul.cuh)", name, fp8_scaling_name(m.scaling));
+            return fp8_gemm_refuse(info,
+                                   "fp8 GEMM: operand %s has scaling '%s', which no fp8 GEMM takes (bf16 operands go "
+                                   "through ops/matmul.cuh)",
+                                   name, fp8_scaling_name(m.scaling));
     }
     return 1;
 }
@@ -104,51 +118,72 @@ static int check_gemm(GpuCtx *ctx, Fp8GemmInfo *info, const void *out, Fp8OutTyp
                       int rows_p, int rows_q, int kd) {
     const int cc = ctx->prop.major * 10 + ctx->prop.minor;
     if (rows_p <= 0 || rows_q <= 0 || kd <= 0)
-        return refuse(info, "fp8 GEMM: bad shape rows_p=%d rows_q=%d kd=%d", rows_p, rows_q, kd);
+        return fp8_gemm_refuse(info, "fp8 GEMM: bad shape rows_p=%d rows_q=%d kd=%d", rows_p, rows_q, kd);
     if (kd % 16)
-        return refuse(info, "fp8 GEMM: the reduction dimension %d is not a multiple of 16 (fp8 operand rows must be "
-                            "16-byte multiples)\n  HINT: zero-pad it (torchao pad_inner_dim) before the cast", kd);
+        return fp8_gemm_refuse(info,
+                               "fp8 GEMM: the reduction dimension %d is not a multiple of 16 (fp8 operand rows must be "
+                               "16-byte multiples)\n  HINT: zero-pad it (torchao pad_inner_dim) before the cast",
+                               kd);
     if (rows_q % 16)
-        return refuse(info, "fp8 GEMM: Q has %d rows (output columns), not a multiple of 16 (cuBLASLt fp8 m and "
-                            "torch._scaled_mm's mat2 rule)\n  HINT: zero-pad the weight / transposed operand", rows_q);
-    if (ot != FP8_OUT_BF16 && ot != FP8_OUT_F32) return refuse(info, "fp8 GEMM: output type %d is not bf16 or fp32", (int)ot);
+        return fp8_gemm_refuse(info,
+                               "fp8 GEMM: Q has %d rows (output columns), not a multiple of 16 (cuBLASLt fp8 m and "
+                               "torch._scaled_mm's mat2 rule)\n  HINT: zero-pad the weight / transposed operand",
+                               rows_q);
+    if (ot != FP8_OUT_BF16 && ot != FP8_OUT_F32)
+        return fp8_gemm_refuse(info, "fp8 GEMM: output type %d is not bf16 or fp32", (int)ot);
     // MX first, so that the reason on Hopper is the GPU whatever else the operands hold.
     const int mxp = p.scaling == FP8_SCALE_MX32, mxq = q.scaling == FP8_SCALE_MX32;
     if ((mxp || mxq) && ctx->prop.major < 10)
-        return refuse(info, "fp8 GEMM: MX operands (e8m0 per 32): cuBLASLt's VEC32_UE8M0 runs on sm_100+ (Blackwell) "
-                            "only, this GPU is %d.%d\n  HINT: on Hopper MXFP8 is emulated (ops/matmul_mx.cuh: dequantize "
-                            "to bf16 + the bf16 GEMM)", cc / 10, cc % 10);
+        return fp8_gemm_refuse(
+            info,
+            "fp8 GEMM: MX operands (e8m0 per 32): cuBLASLt's VEC32_UE8M0 runs on sm_100+ (Blackwell) "
+            "only, this GPU is %d.%d\n  HINT: on Hopper MXFP8 is emulated (ops/matmul_mx.cuh: dequantize "
+            "to bf16 + the bf16 GEMM)",
+            cc / 10, cc % 10);
     if (mxp != mxq)
-        return refuse(info, "fp8 GEMM: scalings %s (P) x %s (Q): an MX operand pairs only with another MX operand",
-                      fp8_scaling_name(p.scaling), fp8_scaling_name(q.scaling));
+        return fp8_gemm_refuse(info,
+                               "fp8 GEMM: scalings %s (P) x %s (Q): an MX operand pairs only with another MX operand",
+                               fp8_scaling_name(p.scaling), fp8_scaling_name(q.scaling));
     const int esz = ot == FP8_OUT_BF16 ? 2 : 4;
     if (!out || !aligned16(out) || ldo < rows_q || ((size_t)ldo * esz) % 16)
-        return refuse(info, "fp8 GEMM: output %p with row stride %d (%s): needs a 16-byte aligned pointer, ldo >= %d "
-                            "and ldo * %d bytes a multiple of 16", out, ldo, ot == FP8_OUT_BF16 ? "bf16" : "fp32",
-                      rows_q, esz);
+        return fp8_gemm_refuse(
+            info,
+            "fp8 GEMM: output %p with row stride %d (%s): needs a 16-byte aligned pointer, ldo >= %d "
+            "and ldo * %d bytes a multiple of 16",
+            out, ldo, ot == FP8_OUT_BF16 ? "bf16" : "fp32", rows_q, esz);
     if (!check_operand(info, "P", p, rows_p, kd) || !check_operand(info, "Q", q, rows_q, kd)) return 0;
     if (p.dtype == FP8_E5M2 && q.dtype == FP8_E5M2)
-        return refuse(info, "fp8 GEMM: e5m2 x e5m2 is not a cuBLASLt combination (e4m3 x e4m3, e4m3 x e5m2 and "
-                            "e5m2 x e4m3 are)");
+        return fp8_gemm_refuse(info,
+                               "fp8 GEMM: e5m2 x e5m2 is not a cuBLASLt combination (e4m3 x e4m3, e4m3 x e5m2 and "
+                               "e5m2 x e4m3 are)");
     const Fp8Scaling sp = p.scaling, sq = q.scaling;
     if (sp == FP8_SCALE_128X128 && sq == FP8_SCALE_128X128)
-        return refuse(info, "fp8 GEMM: 128x128 x 128x128 block scaling is not supported by cuBLASLt (one operand "
-                            "must be 1x128)");
+        return fp8_gemm_refuse(info,
+                               "fp8 GEMM: 128x128 x 128x128 block scaling is not supported by cuBLASLt (one operand "
+                               "must be 1x128)");
     if (sp != sq && !(is_block(sp) && is_block(sq))) {
         if ((sp == FP8_SCALE_AXIS && sq == FP8_SCALE_TENSOR) || (sp == FP8_SCALE_TENSOR && sq == FP8_SCALE_AXIS))
-            return refuse(info, "fp8 GEMM: axis x tensor scaling: cuBLASLt's OUTER_VEC_32F needs vectors on both "
-                                "operands\n  HINT: broadcast the tensor scale into a vector with fp8_scale_broadcast");
-        return refuse(info, "fp8 GEMM: scalings %s (P) x %s (Q) cannot be mixed (tensor x tensor, axis x axis, or "
-                            "1x128 / 128x128 blocks)", fp8_scaling_name(sp), fp8_scaling_name(sq));
+            return fp8_gemm_refuse(
+                info,
+                "fp8 GEMM: axis x tensor scaling: cuBLASLt's OUTER_VEC_32F needs vectors on both "
+                "operands\n  HINT: broadcast the tensor scale into a vector with fp8_scale_broadcast");
+        return fp8_gemm_refuse(info,
+                               "fp8 GEMM: scalings %s (P) x %s (Q) cannot be mixed (tensor x tensor, axis x axis, or "
+                               "1x128 / 128x128 blocks)",
+                               fp8_scaling_name(sp), fp8_scaling_name(sq));
     }
     if (sp == FP8_SCALE_MX32) {
         // checked above: both MX, sm_100+
     } else if (sp == FP8_SCALE_TENSOR) {
-        if (cc < 89) return refuse(info, "fp8 GEMM: fp8 needs compute capability 8.9+ (this GPU is %d.%d)", cc / 10, cc % 10);
+        if (cc < 89)
+            return fp8_gemm_refuse(info, "fp8 GEMM: fp8 needs compute capability 8.9+ (this GPU is %d.%d)", cc / 10,
+                                   cc % 10);
     } else if (ctx->prop.major != 9) {
-        return refuse(info, "fp8 GEMM: %s scaling (cuBLASLt %s) runs on compute capability 9.x only (this GPU is "
-                            "%d.%d)", fp8_scaling_name(sp), sp == FP8_SCALE_AXIS ? "OUTER_VEC_32F" : "VEC128 / BLK128x128",
-                      cc / 10, cc % 10);
+        return fp8_gemm_refuse(info,
+                               "fp8 GEMM: %s scaling (cuBLASLt %s) runs on compute capability 9.x only (this GPU is "
+                               "%d.%d)",
+                               fp8_scaling_name(sp), sp == FP8_SCALE_AXIS ? "OUTER_VEC_32F" : "VEC128 / BLK128x128",
+                               cc / 10, cc % 10);
     }
     return 1;
 }

@@ -86,6 +86,9 @@ typedef struct {
     char msg[384];            // on failure: the constraint or the cuBLASLt call and status
 } Fp8GemmInfo;
 
+// Marks info (when not NULL) refused with a printf-style reason and returns 0: the refusal of
+// fp8_gemm_try and of the MX GEMMs (ops/matmul_mx.cu).
+int fp8_gemm_refuse(Fp8GemmInfo *info, const char *fmt, ...) AO_PRINTF(2, 3);
 // out = beta * out + P . Q^T (see the top of this file). Returns 1 when enqueued on ctx->stream,
 // 0 when refused (info->msg says why; nothing was launched). info may be NULL.
 int fp8_gemm_try(GpuCtx *ctx, void *out, Fp8OutType out_type, int ldo, float beta, Fp8Mat p, Fp8Mat q, int rows_p,

@@ -7,8 +7,12 @@
 #
 #   1. collectives and sharded steps: gpu_test_dist on 2 ranks
 #   2. 1 GPU accumulating 2 micro-batches vs 2 GPUs with one each (same global batch, same data):
-#      ZeRO-1 must give the same bits (losses, norms, final model.safetensors): with 2 ranks every
-#      gradient sum is one fp32 addition, the model here is untied and one LM-head chunk per
+#      ZeRO-1 must give the same bits (losses, norms, final model.safetensors: the fp32 masters,
+#      which keep a last-bit gradient difference that the %.6f log lines do not show): with 2
+#      ranks every gradient sum is one fp32 addition, fl(g1 + g2), and on 1 GPU every gradient
+#      kernel adds micro-batch 2's part, formed from zero, to micro-batch 1's in one addition too
+#      (cuBLASLt's beta = 1 epilogue, the RMSNorm dweight reduction, the embedding's per-token
+#      sums: ops/embedding.cu). The model here is untied and has one LM-head chunk per
 #      micro-batch, so each gradient is accumulated exactly as on 1 GPU. ZeRO-2 computes the
 #      global norm from shard partials (another fp32 summation order), so the clip scale may
 #      differ in its last bit: losses within LOSS_TOL. Same for adamw4bit (block-aligned shards).

@@ -106,8 +106,28 @@ static void test_embedding(int N, int V, int D) {
     embedding_backward(dg, ddy, dsp, dbs, dbt, nb, D, g_s);
     float *g2 = get_f32(dg, (size_t)V * D);
     TEST_CHECK(same_bits(g1, g2, (size_t)V * D * 4), "embedding bwd N=%d D=%d not bitwise reproducible", N, D);
+    // Accumulating onto an earlier micro-batch's gradient adds this batch's sum in one fp32
+    // addition per element: fl(acc + sum), the value two ranks' all-reduce of their own
+    // micro-batches forms (ZeRO-1 on 2 GPUs == 1 GPU accumulating 2 micro-batches, bit for bit;
+    // test/dist_test.sh). acc with full fp32 significands, as an accumulated gradient has, so
+    // that adding the rows to it one by one would round differently.
+    const size_t VD = (size_t)V * D;
+    float *acc = hcopy(g0, VD);
+    for (size_t i = 0; i < VD; i++) acc[i] *= 4.0f / 3.0f;
+    CUDA_CHECK(cudaMemsetAsync(dg, 0, VD * 4, g_s));
+    embedding_backward(dg, ddy, dsp, dbs, dbt, nb, D, g_s);
+    float *sum = get_f32(dg, VD), *want = hcopy(acc, VD);  // rows of tokens not in the batch are not written
+    for (int k = 0; k < nb; k++)
+        for (size_t i = (size_t)bt[k] * D; i < (size_t)(bt[k] + 1) * D; i++) want[i] = acc[i] + sum[i];
+    h2d(dg, acc, VD * 4);
+    embedding_backward(dg, ddy, dsp, dbs, dbt, nb, D, g_s);
+    float *onto = get_f32(dg, VD);
+    size_t ndiff = 0;
+    for (size_t i = 0; i < VD; i++) ndiff += memcmp(&onto[i], &want[i], 4) != 0;
+    TEST_CHECK(ndiff == 0, "embedding bwd N=%d V=%d D=%d onto an accumulated gradient: %zu of %zu elements differ from "
+               "accumulated + (bwd from zero)", N, V, D, ndiff, VD);
     free(tok), free(wte), free(ref), free(got), free(dy), free(g0), free(gref), free(sp), free(bs), free(bt);
-    free(g1), free(g2);
+    free(g1), free(g2), free(acc), free(want), free(sum), free(onto);
     cudaFree(dtok), cudaFree(dwte), cudaFree(dout), cudaFree(dsp), cudaFree(dbs), cudaFree(dbt), cudaFree(ddy);
     cudaFree(dg);
 }
