@@ -46,7 +46,7 @@ struct Settings {
     int deterministic = 1, offload = 0, offload_overlap = 1, optim_overlap = 0, overlap_priority = 1;
     int recompute_ffn = 0, recompute_attn = 0;
     int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
-    int zero = 0;
+    int zero = 0, weight_cache = 1;
     float dist_timeout = 600;
 };
 
@@ -78,6 +78,10 @@ static Flag *make_flags(Settings *s, int *n) {
          "precision of the layers' Linears: bf16 | fp8-tensorwise | fp8-rowwise | fp8-rowwise-gw-hp | fp8-blockwise "
          "| mxfp8 | mxfp8-gw-hp (torchao's float8 and MX recipes; lm_head and Linears whose dims are not multiples "
          "of 16 (MX: 32) stay bf16; MX GEMMs are emulated below sm_100: no speed-up on Hopper)", 1, 0},
+        {"--weight-cache", nullptr, FLAG_BOOL, &s->weight_cache,
+         "fp8 / MX recipes with gradient accumulation (--total-batch above b*t*ranks): cast each weight and its "
+         "transpose once per optimizer step and reuse the codes in the step's other micro-batches (GPU memory: 2 "
+         "bytes per fp8 weight; the same bits; off: cast in every micro-batch)", 1, 0},
         {"--offload", nullptr, FLAG_BOOL, &s->offload,
          "master weights and optimizer states in host memory, AdamW step on the CPU (same bits)", 1, 0},
         {"--offload-overlap", nullptr, FLAG_BOOL, &s->offload_overlap,
@@ -206,6 +210,9 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
         printf("  %-28s %8.2f GiB  (--recipe %s: fp8 codes and scales of one Linear at a time%s)\n", "fp8 cast scratch",
                p.cast_scratch / G, linear_recipe_name(o->recipe),
                linear_recipe_is_mx(o->recipe) ? "; MX emulated: + its operands dequantized to bf16" : "");
+    if (p.weight_cache)
+        printf("  %-28s %8.2f GiB  (--weight-cache: W and W^T codes of every fp8 Linear, cast once per optimizer "
+               "step)\n", "fp8 weight cache", p.weight_cache / G);
     if (o->offload) {
         GpuRunOpts on = *o;
         on.offload = 0;
@@ -217,7 +224,7 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
         printf("  ZeRO-%d over %d ranks: this rank keeps master weights%s and optimizer states of %zu of %zu parameters "
                "(%.1f%%)\n", o->zero->level, o->zero->world, zero3 ? ", bf16 weights" : "", o->zero->end - o->zero->begin,
                o->zero->total, 100.0 * (o->zero->end - o->zero->begin) / (o->zero->total ? o->zero->total : 1));
-    size_t fixed = p.params + p.master + p.grads + p.moments + p.gather, best = 0;
+    size_t fixed = p.params + p.master + p.grads + p.moments + p.gather + p.weight_cache, best = 0;
     for (int b = 1; b <= 1024; b *= 2) {
         GpuMemPlan q = llama_gpu_plan(c, b, s->T, o);
         if (fixed + q.activations + q.logits + q.cast_scratch + (256u << 20) <= free_b) best = (size_t)b;
@@ -440,6 +447,9 @@ int main(int argc, char **argv) {
     o.zero = s.zero ? &zplan : nullptr;
     o.recipe = recipe;
     o.optim_overlap = s.optim_overlap;
+    // The weights change only in the optimizer step (llama_gpu_adamw bumps the model's weights version),
+    // so the micro-batches of a step can share each fp8 weight's codes.
+    o.cache_weight_casts = s.weight_cache && accum > 1 && recipe != LINEAR_BF16;
     print_memory_table(c, &s, &o, &ctx);
     LlamaGpu m;
     llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);

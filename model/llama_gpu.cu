@@ -78,8 +78,12 @@ static int linear_groups(const LlamaGpu *m, int l, LinearGroup *out) {
     static const LlamaWeightsLayer G0 = {};
     const LlamaWeightsBf16Layer *W = m->wl ? &m->wl[l] : &W0;
     const LlamaWeightsLayer *G = m->gl ? &m->gl[l] : &G0;
-    for (int i = 0; i < LIN_PER_LAYER; i++)  // each group's amax of x / W from its forward to its backward
+    for (int i = 0; i < LIN_PER_LAYER; i++) {  // each group's amax of x / W from its forward to its backward
         out[i].saved = m->lin_saved ? m->lin_saved + ((size_t)l * LIN_PER_LAYER + i) * LINEAR_SAVED_FLOATS : nullptr;
+        // and its parts' weight codes while the weights stay the same (opts.cache_weight_casts)
+        out[i].wc = m->lin_wcache ? &m->lin_wcache[((size_t)l * LIN_PER_LAYER + i) * LINEAR_MAX_PARTS] : nullptr;
+        out[i].wversion = m->lin_wcache ? m->wversion : 0;
+    }
     LinearGroup *g = &out[LIN_QKV];
     g->K = D, g->nparts = 3, g->fused = m->fused_qkv && (!W->bq || m->fused_qkv_bias);
     g->part[0] = lin_part("q_proj", QD, W->wq, W->bq, G->wq, G->bq, 0);
@@ -187,6 +191,25 @@ static void carve_acts(LlamaGpu *m, Carver &cv) {
     if (m->lin_mem) linear_ctx_place(&m->lin, m->lin_mem);
     m->lin_saved = o->recipe != LINEAR_BF16 ? cv.take<float>((size_t)c->n_layers * LIN_PER_LAYER * LINEAR_SAVED_FLOATS)
                                             : nullptr;
+    // The weight cast cache: W and W^T codes of every fp8 part of every layer (lin_wcache, when the
+    // model has it, gets the pointers).
+    const size_t wc0 = cv.used;
+    if (o->cache_weight_casts && o->recipe != LINEAR_BF16) {
+        LinearGroup g[LIN_PER_LAYER];
+        for (int l = 0; l < c->n_layers; l++) {
+            const int n = linear_groups(m, l, g);
+            for (int i = 0; i < n; i++)
+                for (int p = 0; p < g[i].nparts; p++) {
+                    if (!linear_group_part_fp8(o->recipe, &g[i], p, NULL, 0)) continue;
+                    LinearWCache tmp, *wc = &tmp;
+                    if (m->lin_wcache) wc = &m->lin_wcache[((size_t)l * LIN_PER_LAYER + i) * LINEAR_MAX_PARTS + p];
+                    const int K = g[i].K, M = g[i].part[p].M;
+                    char *mem = cv.take<char>(linear_wcache_place(wc, o->recipe, K, M, nullptr));
+                    if (mem) linear_wcache_place(wc, o->recipe, K, M, mem);
+                }
+        }
+    }
+    m->wcache_off = wc0, m->wcache_bytes = cv.used - wc0;
 }
 
 static size_t logits_rows(const GpuRunOpts *o, size_t N) {
@@ -231,7 +254,8 @@ GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *
     Carver cv = {nullptr, 0};
     carve_acts(&m, cv);
     p.cast_scratch = m.lin_bytes;
-    p.activations = cv.used - m.lin_bytes;
+    p.weight_cache = m.wcache_bytes;
+    p.activations = cv.used - m.lin_bytes - m.wcache_bytes;
     p.logits = logits_rows(opts, (size_t)B * T) * (size_t)c->vocab_size * sizeof(bf16);
     return p;
 }
@@ -378,6 +402,11 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     }
 
     m->layers = (GpuLayerActs *)ao_calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (opts->cache_weight_casts && opts->recipe != LINEAR_BF16) {
+        m->lin_wcache = (LinearWCache *)ao_calloc((size_t)c->n_layers * LIN_PER_LAYER * LINEAR_MAX_PARTS,
+                                                  sizeof *m->lin_wcache);
+        m->wversion = 1;
+    }
     Carver cv = {nullptr, 0};
     carve_acts(m, cv);
     Dims d = dims(c, B, T);
@@ -389,8 +418,11 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     carve_acts(m, cv);
     m->logits = cv.take<bf16>(lrows * d.V);
     m->gn_scratch = cv.take<float>(gn);
-    // The casts leave 128x128 scale padding untouched and cuBLASLt wants it finite: zero it once.
+    // The casts leave 128x128 scale padding untouched and cuBLASLt wants it finite: zero it once (the
+    // scratch and the weight cache, which follows lin_saved).
     if (m->lin_bytes) CUDA_CHECK(cudaMemsetAsync(m->lin_mem, 0, m->lin_bytes, ctx->stream));
+    if (m->wcache_bytes)
+        CUDA_CHECK(cudaMemsetAsync((char *)m->act_mem + m->wcache_off, 0, m->wcache_bytes, ctx->stream));
 
     float *h_inv = (float *)ao_malloc(d.HD / 2 * sizeof(float));
     rope_inv_freq_cpu(h_inv, c->head_dim, &c->rope);
@@ -431,6 +463,7 @@ void llama_gpu_free(LlamaGpu *m) {
     free(m->wl);
     free(m->gl);
     free(m->layers);
+    free(m->lin_wcache);
     if (m->plan == &m->own_plan) zero_plan_free(&m->own_plan);
     param_table_free(&m->tab);
     memset(m, 0, sizeof *m);

@@ -57,6 +57,12 @@ typedef struct {
     int optim_overlap;     // --optim-overlap: the on-GPU AdamW step on its own stream, stage by stage in
                            // forward order, overlapped with the next forward (the same bits). Only on one
                            // GPU without offload: with zero or offload the step stays serial (LlamaGpu.overlap)
+    int cache_weight_casts;  // fp8 / MX recipes: keep every fp8 Linear's W and W^T codes from one cast to the
+                             // next while the weights do not change (ops/linear.cuh LinearGroup.wc), so the
+                             // micro-batches of an optimizer step cast each weight once: train_llama sets it
+                             // when a step accumulates several micro-batches. 2 bytes per fp8 weight (+ scales);
+                             // the same bits as without it. Whatever writes the bf16 weights calls
+                             // llama_gpu_params_changed (the optimizer step does).
 } GpuRunOpts;
 
 // Per-layer activations kept for backward (bf16 unless marked), N = B*T rows.
@@ -177,6 +183,13 @@ typedef struct {
     void *lin_mem;
     size_t lin_bytes;
     float *lin_saved;  // per layer and Linear group, LINEAR_SAVED_FLOATS (LinearGroup.saved); NULL with bf16
+    // Weight cast cache (opts.cache_weight_casts): per layer, Linear group and part (LinearGroup.wc;
+    // parts that stay bf16 unused), its codes in the activation allocation (wcache_bytes); NULL without.
+    // wversion names the current bf16 weights: llama_gpu_params_changed bumps it (the optimizer step
+    // calls it), so a cast made before is never taken for new weights.
+    LinearWCache *lin_wcache;
+    size_t wcache_off, wcache_bytes;  // its codes and scales: [wcache_off, + wcache_bytes) of act_mem
+    unsigned long long wversion;
     bf16 *logits;      // [lm_chunk, V]
     float *losses;     // [N]
     bf16 *d_resid, *d_ln, *d_attn, *d_qkv, *d_gu, *d_act;
@@ -200,7 +213,8 @@ void llama_gpu_free(LlamaGpu *m);
 // cast_scratch: the fp8 operands of one Linear at a time (ops/linear.h), part of the activation allocation.
 // params: the bf16 weights this rank keeps (the shard with ZeRO-3); gather: ZeRO-3's buffers (two
 // layers + the global tensors).
-typedef struct { size_t params, master, grads, moments, activations, logits, cast_scratch, gather; } GpuMemPlan;
+// weight_cache: the fp8 weights' codes kept between micro-batches (opts.cache_weight_casts).
+typedef struct { size_t params, master, grads, moments, activations, logits, cast_scratch, gather, weight_cache; } GpuMemPlan;
 GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *opts);
 
 // Copies tokens/targets ([B*T], host) to the device; targets < 0 are ignored.
@@ -242,7 +256,8 @@ void llama_gpu_optim_sync(LlamaGpu *m);
 // The optimizer state of piece i of the shard (fp32 moments are viewed as a LOWBIT_F32 state).
 LowbitState llama_gpu_piece_state(const LlamaGpu *m, int i);
 // The shard's bf16 weights changed outside the optimizer step (ZeRO-3: the gathered buffers are
-// stale; a test that writes pshard calls it). llama_gpu_adamw calls it itself.
+// stale; fp8 weight codes kept by opts.cache_weight_casts are stale; a test that writes params or
+// pshard calls it). llama_gpu_adamw calls it itself.
 void llama_gpu_params_changed(LlamaGpu *m);
 // Copies master weights back into a CPU model (for saving; without ZeRO). bf16 masters are
 // widened to fp32 (exactly).

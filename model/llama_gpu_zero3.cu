@@ -99,4 +99,5 @@ void lg_zero3_use(LlamaGpu *m, GpuCtx *ctx, int b) {
 
 void llama_gpu_params_changed(LlamaGpu *m) {
     for (int i = 0; i < 3; i++) m->zheld[i] = -1;
+    m->wversion++;  // the fp8 weight codes of opts.cache_weight_casts are cast again
 }

@@ -120,21 +120,22 @@ static void mx_scratch_add(LinearScratchSize *s, Fp8Recipe f, int N, int K, int 
     }
 }
 
-void linear_scratch_add(LinearScratchSize *s, LinearRecipe r, long N, int K, int M, int split) {
+void linear_scratch_add(LinearScratchSize *s, LinearRecipe r, long N, int K, int M) {
     const Fp8Recipe f = linear_fp8_recipe(r);
     const size_t n = (size_t)N, k = (size_t)K, m = (size_t)M;
+    const int gw = fp8_recipe_cast(f, FP8_G_GW).scaling != FP8_SCALE_NONE;  // grad_weight in fp8
+    const int pair = linear_same_cast(r, FP8_G_GI, FP8_G_GW);                // g and g^T: one cast, one scale
     grow(&s->qx, n * k);
     grow(&s->qw, m * k);
     grow(&s->qg, n * m);
-    if (linear_same_cast(r, FP8_G_GI, FP8_G_GW)) grow(&s->qgt, n * m);  // g and g^T from one strided read
-    else if (split) grow(&s->gcopy, n * m);
+    if (gw) grow(&s->qgt, n * m);
     // Stored tensors: x [N, K], W [M, K], g [N, M]; the specs say which are cast transposed.
     grow(&s->sx, scale_floats(f, FP8_X_FWD, (int)N, K));
     grow(&s->sx, scale_floats(f, FP8_X_GW, (int)N, K));
     grow(&s->sw, scale_floats(f, FP8_W_FWD, M, K));
     grow(&s->sw, scale_floats(f, FP8_W_GI, M, K));
     grow(&s->sg, scale_floats(f, FP8_G_GI, (int)N, M));
-    grow(&s->sg, scale_floats(f, FP8_G_GW, (int)N, M));
+    if (gw) grow(pair ? &s->sg : &s->sgt, scale_floats(f, FP8_G_GW, (int)N, M));
     if (linear_recipe_is_mx(r)) mx_scratch_add(s, f, (int)N, K, M);
     const Fp8CastSpec gi = fp8_recipe_cast(f, FP8_G_GI), wi = fp8_recipe_cast(f, FP8_W_GI);
     if (gi.scaling == FP8_SCALE_AXIS && wi.scaling == FP8_SCALE_TENSOR) grow(&s->svec, k);
@@ -157,17 +158,32 @@ size_t linear_ctx_place(LinearCtx *lc, void *base) {
     const LinearScratchSize *c = &lc->cap;
     uint8_t *qx = (uint8_t *)piece(b, &used, c->qx), *qw = (uint8_t *)piece(b, &used, c->qw),
             *qg = (uint8_t *)piece(b, &used, c->qg), *qgt = (uint8_t *)piece(b, &used, c->qgt);
-    void *gcopy = piece(b, &used, c->gcopy * 2);
     float *sx = (float *)piece(b, &used, c->sx * sizeof(float)), *sw = (float *)piece(b, &used, c->sw * sizeof(float)),
-          *sg = (float *)piece(b, &used, c->sg * sizeof(float)), *sv = (float *)piece(b, &used, c->svec * sizeof(float)),
-          *am = (float *)piece(b, &used, c->amax * sizeof(float));
+          *sg = (float *)piece(b, &used, c->sg * sizeof(float)), *sgt = (float *)piece(b, &used, c->sgt * sizeof(float)),
+          *sv = (float *)piece(b, &used, c->svec * sizeof(float)), *am = (float *)piece(b, &used, c->amax * sizeof(float));
     void *mxp = piece(b, &used, lc->mx_native ? 0 : c->mxp * 2), *mxq = piece(b, &used, lc->mx_native ? 0 : c->mxq * 2);
     uint8_t *mxsp = (uint8_t *)piece(b, &used, lc->mx_native ? c->mxsp : 0),
             *mxsq = (uint8_t *)piece(b, &used, lc->mx_native ? c->mxsq : 0);
     if (b) {
-        lc->qx = qx, lc->qw = qw, lc->qg = qg, lc->qgt = qgt, lc->gcopy = gcopy;
-        lc->sx = sx, lc->sw = sw, lc->sg = sg, lc->svec = sv, lc->amax = am;
+        lc->qx = qx, lc->qw = qw, lc->qg = qg, lc->qgt = qgt;
+        lc->sx = sx, lc->sw = sw, lc->sg = sg, lc->sgt = sgt, lc->svec = sv, lc->amax = am;
         lc->mxp = mxp, lc->mxq = mxq, lc->mxsp = mxsp, lc->mxsq = mxsq;
+    }
+    return used;
+}
+
+size_t linear_wcache_place(LinearWCache *wc, LinearRecipe r, int K, int M, void *base) {
+    if (r == LINEAR_BF16) return 0;
+    const Fp8Recipe f = linear_fp8_recipe(r);
+    char *b = (char *)base;
+    size_t used = 0;
+    const size_t codes = (size_t)M * K;
+    uint8_t *q0 = (uint8_t *)piece(b, &used, codes), *q1 = (uint8_t *)piece(b, &used, codes);
+    float *s0 = (float *)piece(b, &used, scale_floats(f, FP8_W_FWD, M, K) * sizeof(float));
+    float *s1 = (float *)piece(b, &used, scale_floats(f, FP8_W_GI, M, K) * sizeof(float));
+    if (b) {
+        wc->q[0] = q0, wc->q[1] = q1, wc->s[0] = s0, wc->s[1] = s1;
+        wc->made[0] = wc->made[1] = 0;
     }
     return used;
 }

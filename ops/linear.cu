@@ -28,7 +28,7 @@ int linear_group_part_fp8(LinearRecipe r, const LinearGroup *g, int p, char *why
 
 void linear_group_scratch(LinearScratchSize *s, LinearRecipe r, long N, const LinearGroup *g) {
     for (int p = 0; p < g->nparts; p++)
-        if (linear_group_part_fp8(r, g, p, NULL, 0)) linear_scratch_add(s, r, N, g->K, g->part[p].M, g->nparts > 1);
+        if (linear_group_part_fp8(r, g, p, NULL, 0)) linear_scratch_add(s, r, N, g->K, g->part[p].M);
 }
 
 static int group_fp8_parts(const LinearCtx *lc, const LinearGroup *g) {
@@ -50,16 +50,28 @@ struct LinOp {
     int is_mx;
 };
 
-// One operand of the recipe cast from the stored bf16 tensor src [rows, cols] into q / s. Tensor
-// scaling: the amax goes to *amax (NULL: the scratch's), or is read from there when have_amax (the
-// forward's amax of the same tensor, LinearGroup.saved).
+// The operand a cast of op wrote into q / s from a stored tensor [rows, cols].
+static LinOp make_op(const LinearCtx *lc, Fp8Operand op, const uint8_t *q, const float *s, int rows, int cols) {
+    const Fp8CastSpec spec = fp8_recipe_cast(linear_fp8_recipe(lc->recipe), op);
+    LinOp o;
+    memset(&o, 0, sizeof o);
+    o.is_mx = spec.scaling == FP8_SCALE_MX32;
+    if (o.is_mx) o.mx.q = q, o.mx.e8m0 = (const uint8_t *)s, o.mx.dtype = spec.dtype;
+    else o.f = fp8_mat(q, s, spec, rows, cols);
+    return o;
+}
+
+// One operand of the recipe cast from the stored bf16 tensor src [rows, cols] (row stride ld; 0: cols)
+// into q / s. Tensor scaling: the amax goes to *amax (NULL: the scratch's), or is read from there when
+// have_amax (the forward's amax of the same tensor, LinearGroup.saved).
 static LinOp cast_operand(const LinearCtx *lc, Fp8Operand op, uint8_t *q, size_t qcap, float *s, size_t scap,
                           const bf16 *src, int rows, int cols, cudaStream_t st, float *amax = nullptr,
-                          int have_amax = 0) {
+                          int have_amax = 0, size_t ld = 0) {
     const Fp8CastSpec spec = fp8_recipe_cast(linear_fp8_recipe(lc->recipe), op);
     const int mx = spec.scaling == FP8_SCALE_MX32;
-    int ld = 0;
-    const size_t ns = fp8_scale_count(spec, rows, cols, &ld), nf = mx ? (ns + 3) / 4 : ns;
+    if (!ld) ld = (size_t)cols;
+    int sld = 0;
+    const size_t ns = fp8_scale_count(spec, rows, cols, &sld), nf = mx ? (ns + 3) / 4 : ns;
     CHECK(q && s && (size_t)rows * cols <= qcap && nf <= scap,
           "linear: the %s cast of a [%d x %d] tensor needs %zu codes and %zu scale floats, the scratch holds %zu and "
           "%zu\n  HINT: the scratch is sized from the model's Linears at start-up (linear_group_scratch); a Linear "
@@ -67,17 +79,50 @@ static LinOp cast_operand(const LinearCtx *lc, Fp8Operand op, uint8_t *q, size_t
     if (spec.scaling == FP8_SCALE_TENSOR) {
         float *am = amax ? amax : lc->amax + FP8_AMAX_PARTIALS;
         CHECK(lc->amax && (amax || !have_amax), "linear: no amax workspace for the %s cast", fp8_operand_name(op));
-        if (!have_amax) fp8_amax_tensor(am, lc->amax, src, rows, cols, (size_t)cols, st);
-        fp8_cast_tensor(spec.transposed ? nullptr : q, spec.transposed ? q : nullptr, s, src, rows, cols, (size_t)cols,
-                        am, spec.dtype, spec.pow2, st);
+        if (!have_amax) fp8_amax_tensor(am, lc->amax, src, rows, cols, ld, st);
+        fp8_cast_tensor(spec.transposed ? nullptr : q, spec.transposed ? q : nullptr, s, src, rows, cols, ld, am,
+                        spec.dtype, spec.pow2, st);
     } else {
-        fp8_cast_operand(q, s, (uint8_t *)s, src, rows, cols, spec, lc->amax, st);
+        fp8_cast_operand_ld(q, s, (uint8_t *)s, src, rows, cols, ld, spec, lc->amax, st);
     }
-    LinOp o;
-    memset(&o, 0, sizeof o);
-    o.is_mx = mx;
-    if (mx) o.mx.q = q, o.mx.e8m0 = (const uint8_t *)s, o.mx.dtype = spec.dtype;
-    else o.f = fp8_mat(q, s, spec, rows, cols);
+    return make_op(lc, op, q, s, rows, cols);
+}
+
+// Part p's W operand: op FP8_W_FWD (W [M, K]) or FP8_W_GI (W^T [K, M]). From the group's weight cache
+// when it holds the current weights (LinearGroup.wversion), else cast: into the cache (then marked) or,
+// without one, into the scratch. amax / have_amax as cast_operand (LinearGroup.saved). Tensorwise, in
+// the forward: W and W^T are one cast in two layouts (one scale), so a miss fills both from one read.
+static LinOp weight_operand(LinearCtx *lc, const LinearGroup *g, int p, Fp8Operand op, cudaStream_t st, float *amax,
+                            int have_amax) {
+    const LinearPart *P = &g->part[p];
+    const int M = P->M, K = g->K, k = op == FP8_W_GI;
+    LinearWCache *wc = g->wc && g->wversion ? &g->wc[p] : nullptr;
+    const int pair = linear_same_cast(lc->recipe, FP8_W_FWD, FP8_W_GI);
+    if (!wc) {
+        lc->w_casts++;
+        return cast_operand(lc, op, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, M, K, st, amax, have_amax);
+    }
+    CHECK(wc->q[0] && wc->q[1] && wc->s[0] && wc->s[1], "linear: %s has no weight cache (not placed for this recipe)",
+          P->name ? P->name : "?");
+    // tensorwise keeps one scale for both layouts, in s[0]
+    float *sk = pair ? wc->s[0] : wc->s[k];
+    if (wc->made[k] == g->wversion) {
+        lc->w_reused++;
+        return make_op(lc, op, wc->q[k], sk, M, K);
+    }
+    lc->w_casts++;
+    const size_t big = (size_t)-1;  // the cache was carved for this part (linear_wcache_place)
+    if (pair && !k) {  // W and W^T from one amax and one read
+        const Fp8CastSpec spec = fp8_recipe_cast(linear_fp8_recipe(lc->recipe), FP8_W_FWD);
+        float *am = amax ? amax : lc->amax + FP8_AMAX_PARTIALS;
+        CHECK(lc->amax && (amax || !have_amax), "linear: no amax workspace for the W cast");
+        if (!have_amax) fp8_amax_tensor(am, lc->amax, P->w, M, K, (size_t)K, st);
+        fp8_cast_tensor(wc->q[0], wc->q[1], wc->s[0], P->w, M, K, (size_t)K, am, spec.dtype, spec.pow2, st);
+        wc->made[0] = wc->made[1] = g->wversion;
+        return make_op(lc, op, wc->q[0], wc->s[0], M, K);
+    }
+    const LinOp o = cast_operand(lc, op, wc->q[k], big, sk, big, P->w, M, K, st, amax, have_amax);
+    wc->made[k] = g->wversion;
     return o;
 }
 
@@ -152,8 +197,7 @@ void linear_forward(LinearCtx *lc, GpuCtx *ctx, bf16 *out, const bf16 *x, const 
             matmul_forward(ctx, out + col, x, P->w, P->bias, N, K, P->M, ld);
             continue;
         }
-        const LinOp wm = cast_operand(lc, FP8_W_FWD, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, P->M, K, ctx->stream,
-                                      sw ? sw + p : nullptr);
+        const LinOp wm = weight_operand(lc, g, p, FP8_W_FWD, ctx->stream, sw ? sw + p : nullptr, 0);
         gemm_forward(lc, ctx, out + col, ld, xm, wm, N, K, P->M);
         if (P->bias) linear_bias_forward(out + col, P->bias, N, P->M, ld, ctx->stream);
     }
@@ -190,7 +234,7 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
             matmul_backward(ctx, dx, P->dw, P->dbias, gp, ld, x, P->w, N, K, M, acc);
             continue;
         }
-        LinOp gm, gt;  // g_p [N, M] for grad_input, g_p^T [M, N] for grad_weight
+        LinOp gm, gt;  // g_p [N, M] for grad_input, g_p^T [M, N] for grad_weight, cast from g_p's columns in place
         memset(&gm, 0, sizeof gm), memset(&gt, 0, sizeof gt);
         const int want_gt = gw_fp8 && P->dw;
         if (g_pair && (dx || want_gt)) {  // one amax and one read of the part's columns, both layouts
@@ -203,19 +247,13 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
                             sgi.dtype, sgi.pow2, st);
             gm.f = fp8_mat(lc->qg, lc->sg, sgi, N, M);
             gt.f = fp8_mat(lc->qgt, lc->sg, sgw, N, M);
-        }
-        const bf16 *gd = gp;  // g_p as dense rows for the other casts
-        if (!g_pair && ld != M) {
-            CHECK(lc->gcopy && (size_t)N * M <= lc->cap.gcopy, "linear: no gradient copy scratch for %s [%d x %d]",
-                  P->name ? P->name : "?", N, M);
-            CUDA_CHECK(cudaMemcpy2DAsync(lc->gcopy, (size_t)M * sizeof(bf16), gp, (size_t)ld * sizeof(bf16),
-                                         (size_t)M * sizeof(bf16), (size_t)N, cudaMemcpyDeviceToDevice, st));
-            gd = (const bf16 *)lc->gcopy;
+        } else {  // g_p^T right after g_p: a part that fits L2 is read from DRAM once
+            if (dx) gm = cast_operand(lc, FP8_G_GI, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gp, N, M, st, nullptr, 0, ld);
+            if (want_gt)
+                gt = cast_operand(lc, FP8_G_GW, lc->qgt, lc->cap.qgt, lc->sgt, lc->cap.sgt, gp, N, M, st, nullptr, 0, ld);
         }
         if (dx) {
-            if (!g_pair) gm = cast_operand(lc, FP8_G_GI, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);
-            LinOp wt = cast_operand(lc, FP8_W_GI, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, M, K, st,
-                                    sw ? sw + p : nullptr, sw != nullptr);  // W^T [K, M]
+            LinOp wt = weight_operand(lc, g, p, FP8_W_GI, st, sw ? sw + p : nullptr, sw != nullptr);  // W^T [K, M]
             if (!gm.is_mx && gm.f.scaling == FP8_SCALE_AXIS && wt.f.scaling == FP8_SCALE_TENSOR) {
                 // rowwise_with_gw_hp: a per-row g with a tensorwise W^T; cuBLASLt's OUTER_VEC_32F needs
                 // vectors on both sides, so W^T's scale is repeated once per row of W^T (torchao does too).
@@ -226,7 +264,6 @@ void linear_backward(LinearCtx *lc, GpuCtx *ctx, bf16 *dx, const bf16 *dout, con
             gemm_dinp(lc, ctx, dx, gm, wt, N, K, M, acc);
         }
         if (want_gt) {
-            if (!g_pair) gt = cast_operand(lc, FP8_G_GW, lc->qg, lc->cap.qg, lc->sg, lc->cap.sg, gd, N, M, st);  // g^T [M, N]
             gemm_dweight(lc, ctx, P->dw, gt, xt, N, K, M);
             if (P->dbias) matmul_backward(ctx, nullptr, nullptr, P->dbias, gp, ld, x, P->w, N, K, M, 0);
         } else if (P->dw || P->dbias) {  // rowwise_with_gw_hp (or dbias alone): as in the bf16 path

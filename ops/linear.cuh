@@ -22,18 +22,23 @@
 //   grad_weight   x^T cast once per group, g_p^T cast; dW_p += g^T . x in fp32 with beta = 1, as the
 //                 bf16 path accumulates; rowwise_with_gw_hp: the bf16 GEMM of ops/matmul.cuh instead.
 //   dbias         the bf16 path's deterministic fp32 kernel on the bf16 gradient.
-// Tensor scaling moves each tensor as few times as its scale allows (the bits are those of the casts
-// above: an amax is the same whoever computes it, and g / g^T of tensorwise are one cast in two layouts):
+// Each tensor is moved as few times as its scales allow (the bits are those of the casts above: an
+// amax is the same whoever computes it, and g / g^T of tensorwise are one cast in two layouts):
+//   - every cast reads its stored tensor in place: a part's gradient columns inside the packed
+//     q/k/v or gate/up gradient [N, ldo] with its row stride, never copied to dense rows (every
+//     recipe; quant/fp8_cast.cuh's _ld casts);
 //   - one amax of x and of each W_p in the forward; with g->saved the backward reuses them for x^T
 //     and W_p^T (torchao recomputes them from the saved bf16 tensors: the same values);
-//   - g_p and g_p^T (tensorwise: one dtype and scale) from one amax and one read of g_p's columns in
-//     the packed gradient (fp8_cast_tensor with its row stride): no copy to dense rows.
+//   - g_p and g_p^T (tensorwise: one dtype and scale) from one amax and one read of g_p's columns;
+//     other recipes cast g_p^T right after g_p (a part that fits L2 is then read from DRAM once);
+//   - per-row scales (rowwise x, W, g): the row's amax and its cast in one kernel, one read;
+//   - with g->wc and g->wversion (gradient accumulation) W_p and W_p^T are cast once per version of
+//     the weights and reused by every later micro-batch (below).
 // MX recipes take the same steps with MX casts (e8m0 per 32 along each GEMM's reduction dim: x, W along
 // K; g, W^T along M; g^T, x^T along N) and the MX GEMMs of ops/matmul_mx.cuh: native on sm_100+,
 // emulated (dequantize to bf16 + bf16 GEMM, no speed-up) below; lc->mx_native says which the scratch holds.
-// A part's gradient columns inside a packed g [N, ldo] are copied to a dense [N, M_p] first (the casts
-// read dense rows). Codes and scales are recomputed in backward from the bf16 x and W (torchao saves
-// the high-precision tensors too), so recompute flags change nothing.
+// Codes and scales are recomputed in backward from the bf16 x and W (torchao saves the high-precision
+// tensors too), so recompute flags change nothing.
 #pragma once
 #include "../common/gpu.h"
 #include "linear.h"
@@ -61,6 +66,16 @@ typedef struct {
     // must see the same x and weights as the last forward with that saved (the model gives every
     // layer's group its own; recomputed activations are bit-identical); NULL recomputes them.
     float *saved;
+    // Weight cast cache (ops/linear.h LinearWCache), one per part (entries of parts that stay bf16
+    // unused), or NULL. wversion names the current bits of the weights; the caller changes it whenever
+    // any weight of the group may have changed (the model: every optimizer step, llama_gpu_params_changed).
+    // A part's W (forward) or W^T (grad_input) operand is taken from the cache when the cache holds
+    // wversion, else cast into the cache and marked with it. Tensorwise casts W and W^T in one pass (one
+    // amax, one read, both layouts) on a miss in the forward. 0: no caching (cast every time, the scratch).
+    // The codes are those a cast at that time would make (the same W, the same cast), so results are
+    // the same bits with and without the cache.
+    LinearWCache *wc;
+    unsigned long long wversion;
 } LinearGroup;
 
 // Output row stride of the group (the sum of out_features) and part p's first column.

@@ -66,27 +66,28 @@ int linear_part_fp8(LinearRecipe r, int K, int M, int col, int ldo, int hp, char
 
 // ---- cast scratch --------------------------------------------------------------------------------
 // One Linear runs at a time on the compute stream, so every fp8 Linear shares one scratch, sized for
-// the largest. Codes in bytes, scales in floats, gcopy in bf16 elements.
+// the largest. Codes in bytes, scales in floats. Every cast reads its stored tensor in place, with the
+// tensor's row stride: a part's gradient columns inside a packed q/k/v or gate/up gradient are never
+// copied to dense rows.
 #define LINEAR_AMAX_FLOATS 1026  // FP8_AMAX_WS_FLOATS (quant/fp8_cast.cuh; ops/linear.cu asserts it)
 typedef struct {
     size_t qx;     // x [N, K] (forward) or x^T [K, N] (grad_weight)
     size_t qw;     // W [M, K] (forward) or W^T [K, M] (grad_input)
-    size_t qg;     // g [N, M] (grad_input) or g^T [M, N] (grad_weight)
-    size_t qgt;    // g^T [M, N] next to g in qg, when one pass casts both (linear_same_cast of G_GI, G_GW)
-    size_t gcopy;  // a Linear's columns of a packed gradient made contiguous (casts that read dense rows;
-                   // the one-pass g cast reads the packed rows itself)
-    size_t sx, sw, sg;  // their scale_inv entries (fp8_scale_count)
+    size_t qg;     // g [N, M] (grad_input)
+    size_t qgt;    // g^T [M, N] (grad_weight), cast right after g (the same read of g where one pass casts
+                   // both, linear_same_cast of G_GI, G_GW; else while g may still be in L2)
+    size_t sx, sw, sg;  // their scale_inv entries (fp8_scale_count); sg also g^T's when one pass casts both
+    size_t sgt;    // g^T's scale_inv entries when g^T has a cast of its own
     size_t svec;   // rowwise_with_gw_hp: W^T's tensor scale broadcast into K entries (OUTER_VEC_32F)
     size_t amax;   // tensor scaling: fp8_amax_tensor's workspace (partials, the amax, its ticket counter)
     // MX recipes (ops/matmul_mx.cuh): the emulated GEMM's dequantized P and Q (bf16 elements) and the
     // native GEMM's swizzled e8m0 scales of P and Q (bytes). Both are sized; linear_ctx_place carves only
-    // the pair of the path in use (LinearCtx.mx_native). The naive e8m0 scales live in sx / sw / sg.
+    // the pair of the path in use (LinearCtx.mx_native). The naive e8m0 scales live in sx / sw / sg / sgt.
     size_t mxp, mxq, mxsp, mxsq;
 } LinearScratchSize;
 
-// Grows s to hold one fp8 / MX Linear [M, K] over N tokens; split: its output shares rows with other
-// Linears (a packed gradient, so gcopy is needed). Call only for Linears linear_part_fp8 accepts.
-void linear_scratch_add(LinearScratchSize *s, LinearRecipe r, long N, int K, int M, int split);
+// Grows s to hold one fp8 / MX Linear [M, K] over N tokens. Call only for Linears linear_part_fp8 accepts.
+void linear_scratch_add(LinearScratchSize *s, LinearRecipe r, long N, int K, int M);
 
 // The recipe and its scratch, carved from the model's activation allocation.
 typedef struct {
@@ -94,11 +95,28 @@ typedef struct {
     int mx_native;  // MX GEMMs on cuBLASLt's VEC32_UE8M0 (sm_100+) rather than emulated (set before placing)
     LinearScratchSize cap;
     uint8_t *qx, *qw, *qg, *qgt;
-    void *gcopy;  // bf16
-    float *sx, *sw, *sg, *svec, *amax;  // MX: the e8m0 bytes of x / W / g in sx / sw / sg
-    void *mxp, *mxq;                    // bf16, emulated MX GEMM (NULL when mx_native)
-    uint8_t *mxsp, *mxsq;               // swizzled e8m0, native MX GEMM (NULL otherwise)
+    float *sx, *sw, *sg, *sgt, *svec, *amax;  // MX: the e8m0 bytes of x / W / g / g^T in sx / sw / sg / sgt
+    void *mxp, *mxq;                          // bf16, emulated MX GEMM (NULL when mx_native)
+    uint8_t *mxsp, *mxsq;                     // swizzled e8m0, native MX GEMM (NULL otherwise)
+    // Weight casts (LinearGroup.wc): how many W / W^T operands were cast, and how many were taken from
+    // a weight cache instead (host counters, for tests and the start-up line).
+    unsigned long long w_casts, w_reused;
 } LinearCtx;
+
+// ---- weight cast cache ----------------------------------------------------------------------------
+// The codes of one fp8 part's W (the forward's operand) and W^T (grad_input's), kept from one cast to
+// the next while the weights do not change: with gradient accumulation the micro-batches of an
+// optimizer step share them (ops/linear.cuh, LinearGroup.wc, says when they are used).
+typedef struct {
+    uint8_t *q[2];               // [0] W [M, K], [1] W^T [K, M]; device
+    float *s[2];                 // their scales as the casts write them (MX: e8m0 bytes); device
+    unsigned long long made[2];  // host: the weights version (LinearGroup.wversion) each holds; 0 none
+} LinearWCache;
+
+// Bytes one part's cache takes (pieces 256-byte aligned, as the scratch); with base != NULL the pointers
+// of *wc are set into [base, base + bytes) and made[] cleared. The memory must be zeroed once (128x128
+// scale padding). Only for parts linear_part_fp8 accepts; 0 for bf16.
+size_t linear_wcache_place(LinearWCache *wc, LinearRecipe r, int K, int M, void *base);
 
 // Bytes the scratch of lc->cap takes (each piece 256-byte aligned: cuBLASLt wants 16-byte aligned
 // codes and block scales); 0 when cap is all zero (the bf16 recipe carves nothing). The scratch must

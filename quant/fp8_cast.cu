@@ -3,29 +3,35 @@
 // so results equal the CPU reference bit for bit; the kernels only choose who loads what. The one
 // exception is the element rounding itself (quant2 below): on sm_89+ the hardware converter
 // (cvt.rn.satfinite) gives fp8_quantize's bits for every non-NaN product (gpu_test_fp8 checks all
-// 2^32 fp32 inputs), and NaN products take fp8_quantize for our sign rule.
+// 2^32 fp32 inputs), and a NaN product's code is fp8_nan_code, fp8_quantize's NaN rule.
 //
 // Memory-bound: a bf16 -> fp8 cast must read 2 bytes and write 1 per element; tensor scaling reads
 // x once more in its amax pass (the scale must exist before the first code is written). The kernels
 // are shaped so that DRAM sees no more than that:
 //   - 16-byte loads of 8 bf16, coalesced along the rows of x (a warp load covers whole 32-byte
-//     sectors: 64 to 512 contiguous bytes); codes leave in 8- or 16-byte stores;
+//     sectors: 64 to 512 contiguous bytes), with x's row stride (a part's columns of a packed
+//     gradient are read in place); codes leave in 16-byte stores (tensor and per-row direct casts,
+//     every transposed output) or 8-byte ones (blocks; the two-layout cast's direct half);
+//   - grid-stride kernels (amax, the flat tensor cast) launch one full wave, the same number of CTAs
+//     on every SM (residency()), so no partial last wave;
 //   - tensor scaling: one amax launch (partials + the last CTA's reduction), then one cast that may
 //     write both layouts of the operand (a gradient's g and g^T) from one read;
 //   - amax and cast fused wherever a scaling group fits one CTA (a row, 1x128, 128x128, the columns
 //     of a 512-row stripe): the values stay in registers between the reduction and the cast, so x
-//     is read once;
+//     is read once; short rows share a CTA (a group of threads per row);
 //   - transposed outputs (W^T, g^T, x^T) go through a shared-memory tile of 32-bit words (4 codes
 //     of one column) with an XOR swizzle, so that each operand row is written 16 bytes per thread,
 //     128 or 512 contiguous bytes per CTA, and the tile's stores are free of bank conflicts;
 //   - the per-column amax of axis scaling (a column spans every row) is combined across a cluster
-//     of up to 8 CTAs through distributed shared memory (sm_90 thread block clusters): no
+//     of up to 16 CTAs through distributed shared memory (sm_90 thread block clusters): no
 //     workspace, no atomics, no second pass over x in DRAM;
 //   - 2 to 8 loads in flight per thread, so that a few warps per SM cover the DRAM latency.
 // Work per element: fp8_quantize is ~20 instructions (software RNE, the CPU reference's bits), about
 // as long as the element's memory time on H100/H200; the hardware converter (2 elements per
 // instruction, sm_89+) takes it down to ~3, so the casts are bound by memory. Scales are computed
 // once per group (the float64 division included).
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cooperative_groups.h>
 #include <cuda_fp8.h>
@@ -70,13 +76,18 @@ __device__ __forceinline__ float amax8(float m, const x128 &v) {
 // fp8_quantize(a, s) | fp8_quantize(b, s) << 8. On sm_89+ through the hardware converter: RNE with
 // subnormals, finite values past the fp8 maximum saturated to it (.satfinite), which is exactly
 // fp8_quantize's clamp + software rounding for every product that is not NaN (gpu_test_fp8 compares
-// the two on all 2^32 fp32 values); a NaN product takes fp8_quantize (our NaN sign rule).
+// the two on all 2^32 fp32 values); a NaN product's byte is replaced by fp8_nan_code, which is what
+// fp8_quantize returns for it (our NaN sign rule). The patch is two selects, not a second copy of
+// the software rounding inlined at every call: the transposed kernels hold 64 values per thread,
+// and the fewer registers the more CTAs per SM.
 template <Fp8Dtype DT>
 __device__ __forceinline__ uint32_t quant2(float a, float b, float s) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     const float va = a * s, vb = b * s;
-    if (va != va || vb != vb) return fp8_quantize(a, s, DT) | (uint32_t)fp8_quantize(b, s, DT) << 8;
-    return __nv_cvt_float2_to_fp8x2(make_float2(va, vb), __NV_SATFINITE, DT == FP8_E4M3 ? __NV_E4M3 : __NV_E5M2);
+    uint32_t r = __nv_cvt_float2_to_fp8x2(make_float2(va, vb), __NV_SATFINITE, DT == FP8_E4M3 ? __NV_E4M3 : __NV_E5M2);
+    if (va != va) r = (r & 0xFF00u) | fp8_nan_code(a, s);
+    if (vb != vb) r = (r & 0x00FFu) | (uint32_t)fp8_nan_code(b, s) << 8;
+    return r;
 #else
     return fp8_quantize(a, s, DT) | (uint32_t)fp8_quantize(b, s, DT) << 8;
 #endif
@@ -193,68 +204,95 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- tensor scaling, direct layout ----------------------------------------------------------------
-// Rows are contiguous, so the tensor is one flat array whatever its shape: two 16-byte vectors per
-// thread (vec: x 16-byte and q 8-byte aligned), the last CTA also takes the n % 8 tail.
+// Rows are contiguous, so the tensor is one flat array whatever its shape. Vector path (vec: x and q
+// 16-byte aligned): 16-element pieces (two 16-byte loads, one 16-byte store of 16 codes), grid-stride
+// over a grid that fills the GPU once with the same number of CTAs on every SM (the launcher's
+// choice), two pieces (four loads) in flight per thread; the last CTA also takes the n % 16 tail.
+template <Fp8Dtype DT>
+__device__ __forceinline__ uint4 quant16(const x128 &a, const x128 &b, float s) {
+    const uint2 lo = quant8<DT>(a, s), hi = quant8<DT>(b, s);
+    return make_uint4(lo.x, lo.y, hi.x, hi.y);
+}
 template <Fp8Dtype DT>
 __global__ void __launch_bounds__(kThreads)
     fp8_cast_tensor_kernel(uint8_t *q, float *scale_inv, const bf16 *x, size_t n, const float *tensor_amax, int pow2,
                            int vec) {
     const float s = fp8_scale_from_amax(*tensor_amax, DT, pow2);
     if (blockIdx.x == 0 && threadIdx.x == 0) scale_inv[0] = fp8_scale_inv(s);
+    const size_t tid = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
     if (!vec) {
-        for (size_t i = (size_t)blockIdx.x * kThreads + threadIdx.x; i < n; i += (size_t)gridDim.x * kThreads)
-            q[i] = fp8_quantize(bf(x[i]), s, DT);
+        for (size_t i = tid; i < n; i += stride) q[i] = fp8_quantize(bf(x[i]), s, DT);
         return;
     }
-    const size_t nv = n / 8, i0 = (size_t)blockIdx.x * (2 * kThreads) + threadIdx.x, i1 = i0 + kThreads;
-    x128 a, b;
-    if (i0 < nv) a = load128cs(x + 8 * i0);
-    if (i1 < nv) b = load128cs(x + 8 * i1);
-    if (i0 < nv) *reinterpret_cast<uint2 *>(q + 8 * i0) = quant8<DT>(a, s);
-    if (i1 < nv) *reinterpret_cast<uint2 *>(q + 8 * i1) = quant8<DT>(b, s);
-    if (blockIdx.x == gridDim.x - 1 && threadIdx.x < n - nv * 8)
-        q[nv * 8 + threadIdx.x] = fp8_quantize(bf(x[nv * 8 + threadIdx.x]), s, DT);
+    const size_t np = n / 16;
+    size_t i = tid;
+    for (; i + stride < np; i += 2 * stride) {
+        const x128 a0 = load128cs(x + 16 * i), b0 = load128cs(x + 16 * i + 8);
+        const x128 a1 = load128cs(x + 16 * (i + stride)), b1 = load128cs(x + 16 * (i + stride) + 8);
+        *reinterpret_cast<uint4 *>(q + 16 * i) = quant16<DT>(a0, b0, s);
+        *reinterpret_cast<uint4 *>(q + 16 * (i + stride)) = quant16<DT>(a1, b1, s);
+    }
+    if (i < np) *reinterpret_cast<uint4 *>(q + 16 * i) = quant16<DT>(load128cs(x + 16 * i), load128cs(x + 16 * i + 8), s);
+    if (blockIdx.x == gridDim.x - 1 && threadIdx.x < n - np * 16)
+        q[np * 16 + threadIdx.x] = fp8_quantize(bf(x[np * 16 + threadIdx.x]), s, DT);
 }
 
-// ---- axis scaling, direct layout: one CTA per row ---------------------------------------------------
-// Vector path (cols % 8 == 0, x 16-byte and q 8-byte aligned): the launcher sizes the CTA so that
-// each thread holds about two 16-byte vectors; up to kRowVec stay in registers between the row's
-// amax and its cast (rows up to 32768 with 1024 threads), a longer row's remainder is read again
-// (from L1 / L2, it was just read).
-constexpr int kRowVec = 4;
+// ---- axis scaling, direct layout: a group of G threads per row -------------------------------------
+// x [rows, cols] with row stride ld (a Linear's columns of a packed gradient, or dense rows). Vector path
+// (cols % 16 == 0, ld % 8 == 0, x and q 16-byte aligned): thread j of a row's group holds the 16-element
+// pieces j, j + G, ... of the row (two 16-byte loads, one 16-byte store of 16 codes each); up to
+// kRowPieces stay in registers between the row's amax and its cast (rows up to 32768 with G = 1024), the
+// rest of a longer row is read again (from L1 / L2, it was just read). The launcher picks G (a multiple
+// of 32) for about kRowPieces pieces per thread and puts blockDim / G rows in a CTA of 256 threads or
+// more, so that short rows (a k/v part's 512 columns: one warp each) still make full CTAs. The group's
+// maximum: warp shuffles, then (G > 32) shared memory across its warps. So x is read once and its
+// amax never leaves the chip. keep: plain loads (a tensor that fits L2 stays there for the transposed
+// cast of the same gradient that follows), else evict-first.
+constexpr int kRowPieces = 2;
 template <Fp8Dtype DT>
-__global__ void __launch_bounds__(1024) fp8_cast_rows_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int cols,
-                                                             int pow2) {
+__global__ void __launch_bounds__(1024) fp8_cast_rows_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows,
+                                                             int cols, size_t ld, int G, int pow2, int keep) {
     __shared__ float red[32];
-    const size_t row = blockIdx.x;
-    const bf16 *xr = x + row * cols;
-    uint8_t *qr = q + row * cols;
-    const int nv = cols / 8, nt = blockDim.x;
-    x128 v[kRowVec];
+    const int grp = threadIdx.x / G, j = threadIdx.x % G, np = cols / 16;
+    const int row = blockIdx.x * (blockDim.x / G) + grp;
+    const bool active = row < rows;
+    const bf16 *xr = x + (size_t)(active ? row : 0) * ld;
+    uint8_t *qr = q + (size_t)row * cols;
+    auto ld8 = [&](int c, int h) { return keep ? load128(xr + 16 * c + 8 * h) : load128cs(xr + 16 * c + 8 * h); };
+    x128 v[kRowPieces][2];
     float m = 0.0f;
+    if (active) {
 #pragma unroll
-    for (int i = 0; i < kRowVec; i++) {
-        const int c = threadIdx.x + i * nt;
-        if (c < nv) v[i] = load128cs(xr + 8 * c), m = amax8(m, v[i]);
+        for (int i = 0; i < kRowPieces; i++) {
+            const int c = j + i * G;
+            if (c < np) v[i][0] = ld8(c, 0), v[i][1] = ld8(c, 1), m = amax8(amax8(m, v[i][0]), v[i][1]);
+        }
+        for (int c = j + kRowPieces * G; c < np; c += G) m = amax8(amax8(m, load128(xr + 16 * c)), load128(xr + 16 * c + 8));
     }
-    for (int c = threadIdx.x + kRowVec * nt; c < nv; c += nt) m = amax8(m, load128(xr + 8 * c));
-    const float s = fp8_scale_from_amax(block_max(m, red), DT, pow2);
-    if (threadIdx.x == 0) scale_inv[row] = fp8_scale_inv(s);
+    m = warp_max(m);
+    if (G > 32) {  // the same for the whole CTA
+        if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = m;
+        __syncthreads();
+        for (int w = 0; w < G / 32; w++) m = fmaxf(m, red[grp * (G / 32) + w]);
+    }
+    if (!active) return;
+    const float s = fp8_scale_from_amax(m, DT, pow2);
+    if (j == 0) scale_inv[row] = fp8_scale_inv(s);
 #pragma unroll
-    for (int i = 0; i < kRowVec; i++) {
-        const int c = threadIdx.x + i * nt;
-        if (c < nv) *reinterpret_cast<uint2 *>(qr + 8 * c) = quant8<DT>(v[i], s);
+    for (int i = 0; i < kRowPieces; i++) {
+        const int c = j + i * G;
+        if (c < np) *reinterpret_cast<uint4 *>(qr + 16 * c) = quant16<DT>(v[i][0], v[i][1], s);
     }
-    for (int c = threadIdx.x + kRowVec * nt; c < nv; c += nt)
-        *reinterpret_cast<uint2 *>(qr + 8 * c) = quant8<DT>(load128(xr + 8 * c), s);
+    for (int c = j + kRowPieces * G; c < np; c += G)
+        *reinterpret_cast<uint4 *>(qr + 16 * c) = quant16<DT>(load128(xr + 16 * c), load128(xr + 16 * c + 8), s);
 }
-// Any shape or alignment: element by element.
+// Any shape or alignment: one CTA per row, element by element.
 template <Fp8Dtype DT>
 __global__ void __launch_bounds__(kThreads)
-    fp8_cast_rows_scalar_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int cols, int pow2) {
+    fp8_cast_rows_scalar_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int cols, size_t ld, int pow2) {
     __shared__ float red[32];
     const size_t row = blockIdx.x;
-    const bf16 *xr = x + row * cols;
+    const bf16 *xr = x + row * ld;
     uint8_t *qr = q + row * cols;
     float m = 0.0f;
     for (int c = threadIdx.x; c < cols; c += kThreads) m = fp8_amax_step(m, bf(xr[c]));
@@ -265,8 +303,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- transposed casts: tensor, axis (per column of x), 1x128 (128-row blocks down each column) -------
 // A CTA owns a stripe of kTW = 32 columns of x (= 32 operand rows) and walks its rows kSub = 512 at a
-// time. Thread t: columns 8k .. 8k + 7 of the stripe (k = t % 4) in rows 4 rl + l + 256 j of the
-// sub-chunk (rl = t / 4, l < 4, j < 2): eight 16-byte loads in flight, 64 values in registers; one
+// time (SUB below). Thread t: columns 8k .. 8k + 7 of the stripe (k = t % 4) in rows 4 rl + l + 256 j of
+// the sub-chunk (rl = t / 4, l < 4, j < 2): eight 16-byte loads in flight, 64 values in registers; one
 // warp load reads 8 rows x 64 contiguous bytes (whole sectors). The codes of rows 4 rl .. 4 rl + 3
 // of one column form word 64 j + rl of that operand row in the tile [32][512 bytes]; the tile leaves
 // as 16-byte stores, 32 threads per 512-byte piece of an operand row.
@@ -274,32 +312,38 @@ __global__ void __launch_bounds__(kThreads)
 //   TM_TENSOR  from *tensor_amax; grid.y = ceil(rows / 512), one sub-chunk per CTA.
 //   TM_B1X128  the 4 blocks of 128 rows x 1 column in the CTA's 512 rows (grid.y as above); block
 //              2j + h of a sub-chunk is held by warps 4h .. 4h + 3.
-//   TM_AXIS    the whole column: grid.y = the cluster size cs (the launcher's choice, <= 8), CTA y
-//              takes rows [y rpc, (y + 1) rpc); each CTA reduces its 32 columns, the cluster combines
-//              the maxima of its CTAs through distributed shared memory. With rpc <= 512 (rows <=
-//              4096) the values stay in registers from the amax to the cast; a longer share (8192
-//              tokens: 1024 rows, 64 KiB per CTA) is walked twice, the second time from L1 / L2
-//              (2 CTAs per SM x 64 KiB: the whole grid's shares in flight are ~17 MB, well inside
-//              L2), so DRAM still sees x once. Before sm_90 (no clusters) cs = 1.
+//   TM_AXIS    the whole column: grid.y = the cluster size cs (the launcher's choice, <= 16 where the
+//              GPU allows it, else 8), CTA y takes rows [y rpc, (y + 1) rpc); each CTA reduces its 32
+//              columns, the cluster combines the maxima of its CTAs through distributed shared memory.
+//              With rpc <= 512 (rows <= 8192 with clusters of 16) the values stay in registers from the
+//              amax to the cast; a longer share is walked twice, the second time from L1 / L2 (2 CTAs
+//              per SM x 64 KiB: the whole grid's shares in flight are ~17 MB, well inside L2), so DRAM
+//              still sees x once. Before sm_90 (no clusters) cs = 1.
 // x has row stride ld (a Linear's columns of a packed gradient). q (the transposed codes) may be NULL;
 // TM_TENSOR may also write the direct layout qd [rows, cols] from the same registers: the codes of the
 // 8 columns of one row a thread holds are its transposed words' bytes l, one 8-byte store per row
 // (vd: qd 8-byte aligned and cols % 8 == 0).
 enum { TM_TENSOR = 0, TM_AXIS = 1, TM_B1X128 = 2 };
-constexpr int kTW = 32, kSub = 512, kJ = kSub / 256;
+// SUB (the rows a CTA holds at once) is 512 by default: eight loads per thread, 2 CTAs per SM (the
+// kernel needs ~128 registers). SUB = 256 halves the values per thread (four loads, ~80 registers, 3 CTAs
+// per SM): the same bits (each code and each scale is computed the same way, only the tiling differs);
+// LLAMA_AO_FP8_TSUB=256 selects it (launch_transposed), for measuring which is faster (dev/bench/bench_cast).
+constexpr int kTW = 32;
 
-__device__ __forceinline__ void load_sub(x128 (&v)[kJ][4], const bf16 *x, int re, int cols, size_t ld, int rs, int rl,
+template <int J>
+__device__ __forceinline__ void load_sub(x128 (&v)[J][4], const bf16 *x, int re, int cols, size_t ld, int rs, int rl,
                                          int c, bool vl, bool stream) {
 #pragma unroll
-    for (int j = 0; j < kJ; j++)
+    for (int j = 0; j < J; j++)
 #pragma unroll
         for (int l = 0; l < 4; l++) v[j][l] = load_row8(x, re, cols, ld, rs + 256 * j + 4 * rl + l, c, vl, stream);
 }
 
-template <int MODE, Fp8Dtype DT>
-__global__ void __launch_bounds__(kThreads, 2)
+template <int MODE, Fp8Dtype DT, int SUB>
+__global__ void __launch_bounds__(kThreads, SUB == 512 ? 2 : 3)
     fp8_cast_t_kernel(uint8_t *q, uint8_t *qd, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
                       const float *tensor_amax, int pow2, int rpc, int vl, int vs, int vd) {
+    constexpr int kSub = SUB, kJ = SUB / 256;
     __shared__ __align__(16) uint32_t tile[kTW][kSub / 4];
     __shared__ float red[kThreads / 32][kJ][kTW];  // per-warp maxima [warp][j][column]
     __shared__ float scl[2 * kJ][kTW];             // scales [128-row block][column] (B1X128), [0][column] (AXIS)
@@ -446,8 +490,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 // contiguous bytes and a store writes 256; kB1U loads in flight per thread.
 constexpr int kB1U = 2;
 __global__ void __launch_bounds__(kThreads)
-    fp8_block1x128_vec_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols) {
-    const size_t nv = (size_t)rows * cols / 8;
+    fp8_block1x128_vec_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld) {
+    const size_t nv = (size_t)rows * cols / 8, cv = (size_t)cols / 8;
     const int lane = threadIdx.x % 32, nb = cols / FP8_BLOCK;
     const size_t base = ((size_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32) * (32 * kB1U);
     x128 v[kB1U];
@@ -456,7 +500,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kB1U; u++) {
         const size_t i = base + u * 32 + lane;
         m[u] = 0.0f;
-        if (i < nv) v[u] = load128cs(x + 8 * i), m[u] = amax8(0.0f, v[u]);
+        if (i < nv) v[u] = load128cs(ld == (size_t)cols ? x + 8 * i : x + (i / cv) * ld + 8 * (i % cv)), m[u] = amax8(0.0f, v[u]);
     }
 #pragma unroll
     for (int u = 0; u < kB1U; u++) {
@@ -475,12 +519,13 @@ __global__ void __launch_bounds__(kThreads)
 }
 // Any shape or alignment: one warp per (row, block), 4 elements per lane.
 __global__ void __launch_bounds__(kThreads)
-    fp8_block1x128_scalar_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ngroups) {
+    fp8_block1x128_scalar_kernel(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
+                                 size_t ngroups) {
     const size_t g = (size_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
     if (g >= ngroups) return;  // whole warps leave together
     const int lane = threadIdx.x % 32, nb = (cols + FP8_BLOCK - 1) / FP8_BLOCK;
     const int r = (int)(g / nb), b = (int)(g % nb), c = b * FP8_BLOCK + lane * 4;
-    const bf16 *xr = x + (size_t)r * cols;
+    const bf16 *xr = x + (size_t)r * ld;
     float v[4], m = 0.0f;
 #pragma unroll
     for (int j = 0; j < 4; j++) v[j] = c + j < cols ? bf(xr[c + j]) : 0.0f, m = fp8_amax_step(m, v[j]);
@@ -502,7 +547,8 @@ __global__ void __launch_bounds__(kThreads)
 // or 16-byte (transposed) stores allowed.
 template <bool TR>
 __global__ void __launch_bounds__(kThreads)
-    fp8_block128_kernel(uint8_t *q, float *scale_inv, int ld, const bf16 *x, int rows, int cols, int vl, int vs) {
+    fp8_block128_kernel(uint8_t *q, float *scale_inv, int sld, const bf16 *x, int rows, int cols, size_t ld, int vl,
+                        int vs) {
     __shared__ float red[32];
     __shared__ __align__(16) uint32_t tile[TR ? FP8_BLOCK : 1][FP8_BLOCK / 4];
     const int rb = blockIdx.y, cb = blockIdx.x, r0 = rb * FP8_BLOCK, c0 = cb * FP8_BLOCK;
@@ -514,11 +560,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int h = 0; h < 2; h++)
 #pragma unroll
         for (int l = 0; l < 4; l++) {
-            v[h][l] = load_row8(x, rows, cols, (size_t)cols, r0 + 4 * rg + l + 64 * h, c, vl, true);
+            v[h][l] = load_row8(x, rows, cols, ld, r0 + 4 * rg + l + 64 * h, c, vl, true);
             m = amax8(m, v[h][l]);
         }
     const float s = fp8_scale_from_amax(block_max(m, red), FP8_E4M3, 0);
-    if (threadIdx.x == 0) scale_inv[TR ? (size_t)cb * ld + rb : (size_t)rb * ld + cb] = fp8_scale_inv(s);
+    if (threadIdx.x == 0) scale_inv[TR ? (size_t)cb * sld + rb : (size_t)rb * sld + cb] = fp8_scale_inv(s);
     if constexpr (!TR) {
 #pragma unroll
         for (int h = 0; h < 2; h++)
@@ -567,12 +613,12 @@ __device__ __forceinline__ void mx_store_block(uint8_t *dst, const float *v, int
 // ---- MX, direct: one thread per 32-element block -------------------------------------------------
 template <bool VEC>
 __global__ void __launch_bounds__(kThreads)
-    mx_cast_kernel(uint8_t *q, uint8_t *e8m0, const bf16 *x, int rows, int cols, Fp8Dtype dt, MxMode mode) {
+    mx_cast_kernel(uint8_t *q, uint8_t *e8m0, const bf16 *x, int rows, int cols, size_t ld, Fp8Dtype dt, MxMode mode) {
     const int nb = (cols + MX_BLOCK - 1) / MX_BLOCK;
     const size_t g = (size_t)blockIdx.x * kThreads + threadIdx.x;
     if (g >= (size_t)rows * nb) return;
     const int r = (int)(g / nb), c0 = (int)(g % nb) * MX_BLOCK, n = min(MX_BLOCK, cols - c0);
-    const bf16 *src = x + (size_t)r * cols + c0;
+    const bf16 *src = x + (size_t)r * ld + c0;
     float v[MX_BLOCK], m = 0.0f;
     if (VEC) {  // cols % 32 == 0, 16-byte aligned rows
 #pragma unroll
@@ -595,14 +641,14 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- MX, transposed: one thread per (column of x, 32 rows); loads coalesce across threads ---------
 __global__ void __launch_bounds__(128)
-    mx_cast_t_kernel(uint8_t *q, uint8_t *e8m0, const bf16 *x, int rows, int cols, Fp8Dtype dt, MxMode mode) {
+    mx_cast_t_kernel(uint8_t *q, uint8_t *e8m0, const bf16 *x, int rows, int cols, size_t ld, Fp8Dtype dt, MxMode mode) {
     const int c = blockIdx.x * 128 + threadIdx.x, r0 = blockIdx.y * MX_BLOCK;
     if (c >= cols) return;
     const int n = min(MX_BLOCK, rows - r0), nb = (rows + MX_BLOCK - 1) / MX_BLOCK;
     float v[MX_BLOCK], m = 0.0f;
 #pragma unroll
     for (int j = 0; j < MX_BLOCK; j++) {
-        v[j] = j < n ? bf(x[(size_t)(r0 + j) * cols + c]) : 0.0f;
+        v[j] = j < n ? bf(x[(size_t)(r0 + j) * ld + c]) : 0.0f;
         if (j < n) m = mx_amax_step(m, v[j]);
     }
     const MxScale s = mx_scale_from_amax(m, dt, mode);
@@ -633,50 +679,92 @@ __global__ void fp8_quantize_check_kernel(unsigned long long *bad, unsigned *fir
 // reads them next; the H100/H200 L2 is 50 MB), larger ones evict-first.
 constexpr size_t kAmaxKeepBytes = (size_t)32 << 20;
 
+// A grid-stride kernel's grid: as many CTAs as are resident on the GPU at once, the same number on
+// every SM (no partial last wave), at most `cap` (rounded down to whole SMs). Per kernel, computed once
+// (one GPU model per process).
+struct Residency {
+    int sms, per_sm;
+};
+template <typename Kern>
+static Residency residency(Kern kernel, int threads, Residency *cache) {
+    if (!cache->sms) {
+        int dev = 0, sms = 0, per = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, kernel, threads, 0));
+        cache->per_sm = std::max(1, per), cache->sms = std::max(1, sms);
+    }
+    return *cache;
+}
+static size_t stream_grid(Residency r, size_t want, size_t cap) {
+    const size_t per = std::min<size_t>((size_t)r.per_sm, cap / r.sms);
+    const size_t full = per ? (size_t)r.sms * per : cap;  // (more SMs than cap: cap CTAs)
+    return std::max<size_t>(1, std::min(want, full));
+}
+
 void fp8_amax_tensor(float *amax, float *ws, const bf16 *x, int rows, int cols, size_t ld, cudaStream_t stream) {
     CHECK(rows >= 0 && cols >= 0 && ld >= (size_t)cols, "fp8_amax_tensor: bad shape %dx%d (row stride %zu)", rows, cols,
           ld);
     const size_t n = (size_t)rows * cols;
     CHECK(n / 8 < ((size_t)1 << 31), "fp8_amax_tensor: %zu elements exceed the kernel's 32-bit vector indices", n);
     const int vec = is_aligned16(x) && cols % 8 == 0 && ld % 8 == 0;
+    static Residency res;
     const size_t want = (n + kThreads * 32 - 1) / (kThreads * 32);  // 4 vectors per thread at least
-    const int np = (int)(want < 1 ? 1 : want > FP8_AMAX_PARTIALS ? FP8_AMAX_PARTIALS : want);
+    const int np = (int)stream_grid(residency(fp8_amax_kernel, kThreads, &res), want, FP8_AMAX_PARTIALS);
     fp8_amax_kernel<<<np, kThreads, 0, stream>>>(amax, ws, x, (unsigned)rows, (unsigned)cols, ld, vec,
                                                  n * sizeof(bf16) <= kAmaxKeepBytes);
     CUDA_CHECK_LAST();
 }
 
-// Whether the transposed kernel may use clusters: the GPU has them (sm_90+) and the kernel was
-// compiled for sm_90+ (its cluster code is compiled only there).
-template <int MODE, Fp8Dtype DT>
-static bool clusters_ok(void) {
-    static int ok = -1;
-    if (ok < 0) {
+// The largest thread block cluster (along y) the transposed kernel may use: 1 without clusters (before
+// sm_90, or the kernel not compiled for sm_90+: its cluster code is compiled only there); 16 where the
+// GPU can co-schedule 16 of its CTAs (a non-portable size, allowed per kernel; H100 / H200 can), so that
+// the axis cast of 8192 rows keeps its share of a column in registers (512 rows per CTA) instead of
+// walking 1024 rows twice; else 8, the portable maximum (or with LLAMA_AO_FP8_CLUSTER=8, for the A/B:
+// the same bits either way).
+template <int MODE, Fp8Dtype DT, int SUB>
+static int max_cluster(void) {
+    static int cs = 0;
+    if (!cs) {
         int dev = 0, major = 0;
         cudaFuncAttributes a;
         CUDA_CHECK(cudaGetDevice(&dev));
         CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-        CUDA_CHECK(cudaFuncGetAttributes(&a, fp8_cast_t_kernel<MODE, DT>));
-        ok = major >= 9 && a.ptxVersion >= 90;
+        CUDA_CHECK(cudaFuncGetAttributes(&a, fp8_cast_t_kernel<MODE, DT, SUB>));
+        cs = major >= 9 && a.ptxVersion >= 90 ? 8 : 1;
+        const char *lim = getenv("LLAMA_AO_FP8_CLUSTER");
+        if (cs == 8 && !(lim && atoi(lim) == 8) && cudaFuncSetAttribute(fp8_cast_t_kernel<MODE, DT, SUB>,
+                                            cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess) {
+            cudaLaunchAttribute attr[1];
+            attr[0].id = cudaLaunchAttributeClusterDimension;
+            attr[0].val.clusterDim.x = 1, attr[0].val.clusterDim.y = 16, attr[0].val.clusterDim.z = 1;
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = dim3(1, 16), cfg.blockDim = dim3(kThreads), cfg.dynamicSmemBytes = 0;
+            cfg.attrs = attr, cfg.numAttrs = 1;
+            int n = 0;
+            if (cudaOccupancyMaxActiveClusters(&n, fp8_cast_t_kernel<MODE, DT, SUB>, &cfg) == cudaSuccess && n > 0)
+                cs = 16;
+        }
+        cudaGetLastError();  // a refused query above only means no clusters of 16
     }
-    return ok != 0;
+    return cs;
 }
 
 // q: the transposed codes (NULL: none); qd: the direct ones too (TM_TENSOR only; NULL: none).
-template <int MODE, Fp8Dtype DT>
-static void launch_transposed(uint8_t *q, uint8_t *qd, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
-                              const float *tensor_amax, int pow2, cudaStream_t stream) {
+template <int MODE, Fp8Dtype DT, int SUB>
+static void launch_transposed_sub(uint8_t *q, uint8_t *qd, float *scale_inv, const bf16 *x, int rows, int cols,
+                                  size_t ld, const float *tensor_amax, int pow2, cudaStream_t stream) {
     const int vl = is_aligned16(x) && cols % 8 == 0 && ld % 8 == 0, vs = is_aligned16(q) && rows % 16 == 0;
     const int vd = ((uintptr_t)qd & 7) == 0 && cols % 8 == 0;
-    dim3 grid(ceil_div(cols, kTW), ceil_div(rows, kSub));
-    int rpc = kSub, cs = 1;
+    dim3 grid(ceil_div(cols, kTW), ceil_div(rows, SUB));
+    int rpc = SUB, cs = 1;
     if (MODE == TM_AXIS) {
-        // The whole column in one cluster: 512 rows per CTA up to 8 CTAs, then 8 CTAs of more.
-        cs = clusters_ok<MODE, DT>() ? std::min(8, ceil_div(rows, kSub)) : 1;
+        // The whole column in one cluster: SUB rows per CTA up to max_cluster CTAs, then that many of more.
+        cs = std::min(max_cluster<MODE, DT, SUB>(), ceil_div(rows, SUB));
         rpc = ceil_div(ceil_div(rows, cs), 64) * 64;
         grid.y = cs;
     }
-    CHECK(grid.y <= 65535, "fp8 transposed cast: %d rows exceed the grid (65535 x %d)", rows, kSub);
+    CHECK(grid.y <= 65535, "fp8 transposed cast: %d rows exceed the grid (65535 x %d)", rows, SUB);
     if (cs > 1) {
         cudaLaunchAttribute attr[1];
         attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -684,49 +772,88 @@ static void launch_transposed(uint8_t *q, uint8_t *qd, float *scale_inv, const b
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = grid, cfg.blockDim = dim3(kThreads), cfg.dynamicSmemBytes = 0, cfg.stream = stream;
         cfg.attrs = attr, cfg.numAttrs = 1;
-        CUDA_CHECK(cudaLaunchKernelEx(&cfg, fp8_cast_t_kernel<MODE, DT>, q, qd, scale_inv, x, rows, cols, ld,
+        CUDA_CHECK(cudaLaunchKernelEx(&cfg, fp8_cast_t_kernel<MODE, DT, SUB>, q, qd, scale_inv, x, rows, cols, ld,
                                       tensor_amax, pow2, rpc, vl, vs, vd));
     } else {
-        fp8_cast_t_kernel<MODE, DT>
+        fp8_cast_t_kernel<MODE, DT, SUB>
             <<<grid, kThreads, 0, stream>>>(q, qd, scale_inv, x, rows, cols, ld, tensor_amax, pow2, rpc, vl, vs, vd);
     }
     CUDA_CHECK_LAST();
 }
 
+// The transposed kernel's tile rows: 512, or 256 with LLAMA_AO_FP8_TSUB=256 (read once), or what
+// fp8_cast_transposed_tile set.
+static int g_tsub = 0;
+static int transposed_sub(void) {
+    if (!g_tsub) {
+        const char *e = getenv("LLAMA_AO_FP8_TSUB");
+        g_tsub = e && atoi(e) == 256 ? 256 : 512;
+    }
+    return g_tsub;
+}
+int fp8_cast_transposed_tile(int rows) {
+    const int old = transposed_sub();
+    if (rows) g_tsub = rows == 256 ? 256 : 512;
+    return old;
+}
+
+template <int MODE, Fp8Dtype DT>
+static void launch_transposed(uint8_t *q, uint8_t *qd, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
+                              const float *tensor_amax, int pow2, cudaStream_t stream) {
+    if (transposed_sub() == 256)
+        launch_transposed_sub<MODE, DT, 256>(q, qd, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
+    else
+        launch_transposed_sub<MODE, DT, 512>(q, qd, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
+}
+
 template <Fp8Dtype DT>
-static void launch_direct(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, const float *tensor_amax,
-                         int pow2, cudaStream_t stream) {
+static void launch_direct(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
+                          const float *tensor_amax, int pow2, cudaStream_t stream) {
+    if (tensor_amax && ld != (size_t)cols) {  // strided rows: the two-layout kernel, direct layout only
+        launch_transposed<TM_TENSOR, DT>(NULL, q, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
+        return;
+    }
     if (tensor_amax) {
         const size_t n = (size_t)rows * cols;
-        const int vec = is_aligned16(x) && ((uintptr_t)q & 7) == 0;
-        const size_t grid = vec ? std::max<size_t>(1, ceil_div_sz(n / 8, 2 * kThreads))
-                                : std::min<size_t>(ceil_div_sz(n, kThreads), 8192);
+        const int vec = is_aligned16(x) && is_aligned16(q);
+        static Residency res;
+        const size_t want = vec ? ceil_div_sz(n / 16, kThreads) : ceil_div_sz(n, kThreads);
+        const size_t grid = stream_grid(residency(fp8_cast_tensor_kernel<DT>, kThreads, &res), want, (size_t)1 << 20);
         fp8_cast_tensor_kernel<DT><<<(unsigned)grid, kThreads, 0, stream>>>(q, scale_inv, x, n, tensor_amax, pow2, vec);
-    } else if (cols % 8 == 0 && is_aligned16(x) && ((uintptr_t)q & 7) == 0) {
-        // about two 16-byte vectors per thread, at most kRowVec in registers
-        const int nv = cols / 8, nt = std::min(1024, std::max(32, ceil_div(ceil_div(nv, 2), 32) * 32));
-        fp8_cast_rows_kernel<DT><<<rows, nt, 0, stream>>>(q, scale_inv, x, cols, pow2);
+    } else if (cols % 16 == 0 && ld % 8 == 0 && is_aligned16(x) && is_aligned16(q)) {
+        // a group of G threads per row with about kRowPieces 16-element pieces each; CTAs of 256 threads
+        // or more (several short rows each)
+        const int np = cols / 16, G = std::min(1024, std::max(32, ceil_div(ceil_div(np, kRowPieces), 32) * 32));
+        const int rpb = std::max(1, kThreads / G);
+        const int keep = (size_t)rows * cols * sizeof(bf16) <= kAmaxKeepBytes;
+        fp8_cast_rows_kernel<DT><<<(unsigned)ceil_div(rows, rpb), G * rpb, 0, stream>>>(q, scale_inv, x, rows, cols, ld,
+                                                                                      G, pow2, keep);
     } else {
-        fp8_cast_rows_scalar_kernel<DT><<<rows, kThreads, 0, stream>>>(q, scale_inv, x, cols, pow2);
+        fp8_cast_rows_scalar_kernel<DT><<<rows, kThreads, 0, stream>>>(q, scale_inv, x, cols, ld, pow2);
     }
     CUDA_CHECK_LAST();
 }
 
-void fp8_cast(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, const float *tensor_amax, Fp8Dtype dt,
-              int pow2, int transposed, cudaStream_t stream) {
-    CHECK(rows >= 0 && cols >= 0, "fp8_cast: bad shape %dx%d", rows, cols);
+void fp8_cast_ld(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld, const float *tensor_amax,
+                 Fp8Dtype dt, int pow2, int transposed, cudaStream_t stream) {
+    CHECK(rows >= 0 && cols >= 0 && ld >= (size_t)cols, "fp8_cast: bad shape %dx%d (row stride %zu)", rows, cols, ld);
     if (rows == 0 || cols == 0) return;
     // dt as a template argument, so that each kernel's inner loop has one conversion
     const bool e4 = dt == FP8_E4M3;
     if (transposed && tensor_amax) {
-        fp8_cast_tensor(NULL, q, scale_inv, x, rows, cols, (size_t)cols, tensor_amax, dt, pow2, stream);
+        fp8_cast_tensor(NULL, q, scale_inv, x, rows, cols, ld, tensor_amax, dt, pow2, stream);
     } else if (transposed) {
-        if (e4) launch_transposed<TM_AXIS, FP8_E4M3>(q, NULL, scale_inv, x, rows, cols, cols, NULL, pow2, stream);
-        else launch_transposed<TM_AXIS, FP8_E5M2>(q, NULL, scale_inv, x, rows, cols, cols, NULL, pow2, stream);
+        if (e4) launch_transposed<TM_AXIS, FP8_E4M3>(q, NULL, scale_inv, x, rows, cols, ld, NULL, pow2, stream);
+        else launch_transposed<TM_AXIS, FP8_E5M2>(q, NULL, scale_inv, x, rows, cols, ld, NULL, pow2, stream);
     } else {
-        if (e4) launch_direct<FP8_E4M3>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
-        else launch_direct<FP8_E5M2>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
+        if (e4) launch_direct<FP8_E4M3>(q, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
+        else launch_direct<FP8_E5M2>(q, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
     }
+}
+
+void fp8_cast(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, const float *tensor_amax, Fp8Dtype dt,
+              int pow2, int transposed, cudaStream_t stream) {
+    fp8_cast_ld(q, scale_inv, x, rows, cols, (size_t)cols, tensor_amax, dt, pow2, transposed, stream);
 }
 
 void fp8_cast_tensor(uint8_t *q, uint8_t *qt, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
@@ -735,9 +862,9 @@ void fp8_cast_tensor(uint8_t *q, uint8_t *qt, float *scale_inv, const bf16 *x, i
           "%zu) or no amax", rows, cols, ld);
     if (rows == 0 || cols == 0 || (!q && !qt)) return;
     const bool e4 = dt == FP8_E4M3;
-    if (!qt && ld == (size_t)cols) {  // direct from a dense x: the flat kernel
-        if (e4) launch_direct<FP8_E4M3>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
-        else launch_direct<FP8_E5M2>(q, scale_inv, x, rows, cols, tensor_amax, pow2, stream);
+    if (!qt) {  // direct only: the flat kernel (dense x) or the two-layout kernel's direct half
+        if (e4) launch_direct<FP8_E4M3>(q, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
+        else launch_direct<FP8_E5M2>(q, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
     } else {
         if (e4) launch_transposed<TM_TENSOR, FP8_E4M3>(qt, q, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
         else launch_transposed<TM_TENSOR, FP8_E5M2>(qt, q, scale_inv, x, rows, cols, ld, tensor_amax, pow2, stream);
@@ -762,81 +889,104 @@ unsigned long long fp8_quantize_check_all(Fp8Dtype dt, uint32_t *first, cudaStre
     return bad;
 }
 
-void fp8_cast_block1x128(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, int transposed,
-                         cudaStream_t stream) {
-    CHECK(rows >= 0 && cols >= 0, "fp8_cast_block1x128: bad shape %dx%d", rows, cols);
+void fp8_cast_block1x128_ld(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld, int transposed,
+                            cudaStream_t stream) {
+    CHECK(rows >= 0 && cols >= 0 && ld >= (size_t)cols, "fp8_cast_block1x128: bad shape %dx%d (row stride %zu)", rows,
+          cols, ld);
     if (rows == 0 || cols == 0) return;
     if (transposed) {
-        launch_transposed<TM_B1X128, FP8_E4M3>(q, NULL, scale_inv, x, rows, cols, cols, NULL, 0, stream);
+        launch_transposed<TM_B1X128, FP8_E4M3>(q, NULL, scale_inv, x, rows, cols, ld, NULL, 0, stream);
         return;
     }
-    if (cols % FP8_BLOCK == 0 && is_aligned16(x) && ((uintptr_t)q & 7) == 0) {
+    if (cols % FP8_BLOCK == 0 && ld % 8 == 0 && is_aligned16(x) && ((uintptr_t)q & 7) == 0) {
         const size_t nv = (size_t)rows * cols / 8;
         fp8_block1x128_vec_kernel<<<(unsigned)ceil_div_sz(nv, kThreads * kB1U), kThreads, 0, stream>>>(q, scale_inv, x,
-                                                                                                     rows, cols);
+                                                                                                     rows, cols, ld);
     } else {
         const size_t ngroups = (size_t)rows * ceil_div(cols, FP8_BLOCK);
         fp8_block1x128_scalar_kernel<<<(unsigned)ceil_div_sz(ngroups, kThreads / 32), kThreads, 0, stream>>>(
-            q, scale_inv, x, rows, cols, ngroups);
+            q, scale_inv, x, rows, cols, ld, ngroups);
     }
+    CUDA_CHECK_LAST();
+}
+
+void fp8_cast_block1x128(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, int transposed,
+                         cudaStream_t stream) {
+    fp8_cast_block1x128_ld(q, scale_inv, x, rows, cols, (size_t)cols, transposed, stream);
+}
+
+static void block128x128(uint8_t *q, float *scale_inv, int sld, const bf16 *x, int rows, int cols, size_t ld,
+                         int transposed, cudaStream_t stream) {
+    CHECK(rows >= 0 && cols >= 0 && ld >= (size_t)cols, "fp8_cast_block128x128: bad shape %dx%d (row stride %zu)", rows,
+          cols, ld);
+    CHECK(sld >= ceil_div(transposed ? rows : cols, FP8_BLOCK), "fp8_cast_block128x128: scale ld %d too small", sld);
+    if (rows == 0 || cols == 0) return;
+    dim3 grid(ceil_div(cols, FP8_BLOCK), ceil_div(rows, FP8_BLOCK));
+    CHECK(grid.y <= 65535, "fp8_cast_block128x128: %d rows exceed the grid (65535 x 128)", rows);
+    const int vl = is_aligned16(x) && cols % 8 == 0 && ld % 8 == 0;
+    if (transposed)
+        fp8_block128_kernel<true><<<grid, kThreads, 0, stream>>>(q, scale_inv, sld, x, rows, cols, ld, vl,
+                                                                  is_aligned16(q) && rows % 16 == 0);
+    else
+        fp8_block128_kernel<false><<<grid, kThreads, 0, stream>>>(q, scale_inv, sld, x, rows, cols, ld, vl,
+                                                                   ((uintptr_t)q & 7) == 0 && cols % 8 == 0);
     CUDA_CHECK_LAST();
 }
 
 void fp8_cast_block128x128(uint8_t *q, float *scale_inv, int ld, const bf16 *x, int rows, int cols, int transposed,
                            cudaStream_t stream) {
-    CHECK(rows >= 0 && cols >= 0, "fp8_cast_block128x128: bad shape %dx%d", rows, cols);
-    CHECK(ld >= ceil_div(transposed ? rows : cols, FP8_BLOCK), "fp8_cast_block128x128: scale ld %d too small", ld);
+    block128x128(q, scale_inv, ld, x, rows, cols, (size_t)cols, transposed, stream);
+}
+
+void mx_cast_ld(uint8_t *q, uint8_t *e8m0, const bf16 *x, int rows, int cols, size_t ld, Fp8Dtype dt, MxMode mode,
+                int transposed, cudaStream_t stream) {
+    CHECK(rows >= 0 && cols >= 0 && ld >= (size_t)cols, "mx_cast: bad shape %dx%d (row stride %zu)", rows, cols, ld);
     if (rows == 0 || cols == 0) return;
-    dim3 grid(ceil_div(cols, FP8_BLOCK), ceil_div(rows, FP8_BLOCK));
-    CHECK(grid.y <= 65535, "fp8_cast_block128x128: %d rows exceed the grid (65535 x 128)", rows);
-    const int vl = is_aligned16(x) && cols % 8 == 0;
-    if (transposed)
-        fp8_block128_kernel<true><<<grid, kThreads, 0, stream>>>(q, scale_inv, ld, x, rows, cols, vl,
-                                                                  is_aligned16(q) && rows % 16 == 0);
-    else
-        fp8_block128_kernel<false><<<grid, kThreads, 0, stream>>>(q, scale_inv, ld, x, rows, cols, vl,
-                                                                   ((uintptr_t)q & 7) == 0 && cols % 8 == 0);
+    if (transposed) {
+        dim3 grid(ceil_div(cols, 128), ceil_div(rows, MX_BLOCK));
+        CHECK(grid.y <= 65535, "mx_cast: %d rows exceed the transposed grid (65535 x 32)", rows);
+        mx_cast_t_kernel<<<grid, 128, 0, stream>>>(q, e8m0, x, rows, cols, ld, dt, mode);
+    } else {
+        size_t groups = (size_t)rows * ceil_div(cols, MX_BLOCK);
+        unsigned grid = (unsigned)ceil_div_sz(groups, kThreads);
+        if (cols % MX_BLOCK == 0 && ld % 8 == 0 && is_aligned16(x) && is_aligned16(q))
+            mx_cast_kernel<true><<<grid, kThreads, 0, stream>>>(q, e8m0, x, rows, cols, ld, dt, mode);
+        else
+            mx_cast_kernel<false><<<grid, kThreads, 0, stream>>>(q, e8m0, x, rows, cols, ld, dt, mode);
+    }
     CUDA_CHECK_LAST();
 }
 
 void mx_cast(uint8_t *q, uint8_t *e8m0, const bf16 *x, int rows, int cols, Fp8Dtype dt, MxMode mode, int transposed,
              cudaStream_t stream) {
-    CHECK(rows >= 0 && cols >= 0, "mx_cast: bad shape %dx%d", rows, cols);
-    if (rows == 0 || cols == 0) return;
-    if (transposed) {
-        dim3 grid(ceil_div(cols, 128), ceil_div(rows, MX_BLOCK));
-        CHECK(grid.y <= 65535, "mx_cast: %d rows exceed the transposed grid (65535 x 32)", rows);
-        mx_cast_t_kernel<<<grid, 128, 0, stream>>>(q, e8m0, x, rows, cols, dt, mode);
-    } else {
-        size_t groups = (size_t)rows * ceil_div(cols, MX_BLOCK);
-        unsigned grid = (unsigned)ceil_div_sz(groups, kThreads);
-        if (cols % MX_BLOCK == 0 && is_aligned16(x) && is_aligned16(q))
-            mx_cast_kernel<true><<<grid, kThreads, 0, stream>>>(q, e8m0, x, rows, cols, dt, mode);
-        else
-            mx_cast_kernel<false><<<grid, kThreads, 0, stream>>>(q, e8m0, x, rows, cols, dt, mode);
+    mx_cast_ld(q, e8m0, x, rows, cols, (size_t)cols, dt, mode, transposed, stream);
+}
+
+void fp8_cast_operand_ld(uint8_t *q, float *scale_inv, uint8_t *e8m0, const bf16 *x, int rows, int cols, size_t ld,
+                         Fp8CastSpec spec, float *amax_ws, cudaStream_t stream) {
+    int sld = 0;
+    fp8_scale_count(spec, rows, cols, &sld);
+    switch (spec.scaling) {
+        case FP8_SCALE_TENSOR:
+            CHECK(amax_ws != NULL, "fp8_cast_operand: tensor scaling needs amax_ws");
+            fp8_amax_tensor(amax_ws + FP8_AMAX_PARTIALS, amax_ws, x, rows, cols, ld, stream);
+            fp8_cast_ld(q, scale_inv, x, rows, cols, ld, amax_ws + FP8_AMAX_PARTIALS, spec.dtype, spec.pow2,
+                        spec.transposed, stream);
+            break;
+        case FP8_SCALE_AXIS:
+            fp8_cast_ld(q, scale_inv, x, rows, cols, ld, NULL, spec.dtype, spec.pow2, spec.transposed, stream);
+            break;
+        case FP8_SCALE_1X128: fp8_cast_block1x128_ld(q, scale_inv, x, rows, cols, ld, spec.transposed, stream); break;
+        case FP8_SCALE_128X128: block128x128(q, scale_inv, sld, x, rows, cols, ld, spec.transposed, stream); break;
+        case FP8_SCALE_MX32:
+            mx_cast_ld(q, e8m0, x, rows, cols, ld, spec.dtype, spec.mx_rceil ? MX_RCEIL : MX_FLOOR, spec.transposed,
+                       stream);
+            break;
+        default: FAIL("fp8_cast_operand: scaling %d is not a cast (a bf16 operand)", (int)spec.scaling);
     }
-    CUDA_CHECK_LAST();
 }
 
 void fp8_cast_operand(uint8_t *q, float *scale_inv, uint8_t *e8m0, const bf16 *x, int rows, int cols, Fp8CastSpec spec,
                       float *amax_ws, cudaStream_t stream) {
-    int ld = 0;
-    fp8_scale_count(spec, rows, cols, &ld);
-    switch (spec.scaling) {
-        case FP8_SCALE_TENSOR:
-            CHECK(amax_ws != NULL, "fp8_cast_operand: tensor scaling needs amax_ws");
-            fp8_amax_tensor(amax_ws + FP8_AMAX_PARTIALS, amax_ws, x, rows, cols, (size_t)cols, stream);
-            fp8_cast(q, scale_inv, x, rows, cols, amax_ws + FP8_AMAX_PARTIALS, spec.dtype, spec.pow2, spec.transposed,
-                     stream);
-            break;
-        case FP8_SCALE_AXIS:
-            fp8_cast(q, scale_inv, x, rows, cols, NULL, spec.dtype, spec.pow2, spec.transposed, stream);
-            break;
-        case FP8_SCALE_1X128: fp8_cast_block1x128(q, scale_inv, x, rows, cols, spec.transposed, stream); break;
-        case FP8_SCALE_128X128: fp8_cast_block128x128(q, scale_inv, ld, x, rows, cols, spec.transposed, stream); break;
-        case FP8_SCALE_MX32:
-            mx_cast(q, e8m0, x, rows, cols, spec.dtype, spec.mx_rceil ? MX_RCEIL : MX_FLOOR, spec.transposed, stream);
-            break;
-        default: FAIL("fp8_cast_operand: scaling %d is not a cast (a bf16 operand)", (int)spec.scaling);
-    }
+    fp8_cast_operand_ld(q, scale_inv, e8m0, x, rows, cols, (size_t)cols, spec, amax_ws, stream);
 }

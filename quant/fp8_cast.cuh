@@ -21,9 +21,11 @@
 // Speed (fp8_cast.cu has the why): every cast moves 2 bytes read + 1 written per element, tensor
 // scaling 2 more (its amax pass; fp8_cast_tensor writes both layouts from one read, 2 + 2);
 // transposed outputs are written through shared-memory tiles in 16-byte pieces; the transposed
-// axis cast (per-column amax over all rows) runs as a thread block cluster on sm_90 and needs no
-// workspace. Codes come from the sm_89+ hardware converter (the software rounding's bits, checked
-// exhaustively by gpu_test_fp8). dev/bench/bench_gemm prints each cast's time and GB/s.
+// axis cast (per-column amax over all rows) runs as a thread block cluster on sm_90 (up to 16 CTAs
+// where the GPU allows) and needs no workspace. Codes come from the sm_89+ hardware converter (the
+// software rounding's bits, checked exhaustively by gpu_test_fp8). dev/bench/bench_gemm prints each
+// cast's time and GB/s at the Llama-3-8B shapes, dev/bench/bench_cast the casts of one layer as the
+// Linear dispatch runs them.
 #pragma once
 #include "../common/gpu.h"
 #include "fp8.h"
@@ -43,9 +45,14 @@
 void fp8_amax_tensor(float *amax, float *ws, const bf16 *x, int rows, int cols, size_t ld, cudaStream_t stream);
 
 // Tensor scaling (tensor_amax = device pointer from fp8_amax_tensor) or axis scaling
-// (tensor_amax = NULL: one scale per operand row, from that row's amax).
+// (tensor_amax = NULL: one scale per operand row, from that row's amax). The _ld forms read x with row
+// stride ld >= cols (a Linear's columns of a packed gradient: no copy to dense rows); the codes are
+// always dense (q [rows, cols] or [cols, rows]). Axis scaling, direct: the row's amax and its cast from
+// one read (a group of threads per row, the amax in registers / shared memory).
 void fp8_cast(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, const float *tensor_amax, Fp8Dtype dt,
               int pow2, int transposed, cudaStream_t stream);
+void fp8_cast_ld(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld, const float *tensor_amax,
+                 Fp8Dtype dt, int pow2, int transposed, cudaStream_t stream);
 
 // Tensor scaling, both layouts from one read of x [rows, cols] (row stride ld >= cols, e.g. a
 // Linear's columns of a packed gradient): q [rows, cols] (direct) and qt [cols, rows] = x^T
@@ -53,6 +60,11 @@ void fp8_cast(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, c
 // equal fp8_cast's (direct and transposed) with the same amax, dtype and pow2.
 void fp8_cast_tensor(uint8_t *q, uint8_t *qt, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
                      const float *tensor_amax, Fp8Dtype dt, int pow2, cudaStream_t stream);
+
+// The transposed casts' tile: 512 rows of x per CTA (default; 2 CTAs per SM) or 256 (3 per SM). The
+// same codes and scales either way; LLAMA_AO_FP8_TSUB=256 picks 256 at start-up. Sets rows (256 or 512;
+// 0 leaves it) and returns the previous value: for tests and benchmarks.
+int fp8_cast_transposed_tile(int rows);
 
 // For gpu_test_fp8: the casts' element rounding (the sm_89+ hardware converter, fp8_cast.cu quant2)
 // against fp8_quantize for every fp32 bit pattern as the scaled value, in both byte positions of a
@@ -63,17 +75,24 @@ unsigned long long fp8_quantize_check_all(Fp8Dtype dt, uint32_t *first, cudaStre
 // DeepSeek-V3 blocks (e4m3, no pow2, torchao blockwise_fp8_training numerics).
 void fp8_cast_block1x128(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, int transposed,
                          cudaStream_t stream);
+void fp8_cast_block1x128_ld(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld, int transposed,
+                            cudaStream_t stream);
 void fp8_cast_block128x128(uint8_t *q, float *scale_inv, int ld, const bf16 *x, int rows, int cols, int transposed,
                            cudaStream_t stream);
 
 // MX: blocks of 32 along operand rows (transposed = 0 is torchao "dim0", 1 is "dim1").
 void mx_cast(uint8_t *q, uint8_t *e8m0, const bf16 *x, int rows, int cols, Fp8Dtype dt, MxMode mode, int transposed,
              cudaStream_t stream);
+void mx_cast_ld(uint8_t *q, uint8_t *e8m0, const bf16 *x, int rows, int cols, size_t ld, Fp8Dtype dt, MxMode mode,
+                int transposed, cudaStream_t stream);
 
 // One operand of a recipe (spec = fp8_recipe_cast(recipe, operand)), dispatched to the casts
 // above. scale_inv (fp32 scalings) or e8m0 (MX) receives the scales, sized by fp8_scale_count;
 // amax_ws holds FP8_AMAX_WS_FLOATS floats, zeroed once (tensor scaling only; the amax lands at
 // amax_ws + FP8_AMAX_PARTIALS).
 // FP8_SCALE_NONE operands are not cast (the GEMM reads the bf16 tensor): refused here.
+// _ld: x with row stride ld >= cols (every scaling; e.g. a part's columns of a packed gradient).
 void fp8_cast_operand(uint8_t *q, float *scale_inv, uint8_t *e8m0, const bf16 *x, int rows, int cols, Fp8CastSpec spec,
                       float *amax_ws, cudaStream_t stream);
+void fp8_cast_operand_ld(uint8_t *q, float *scale_inv, uint8_t *e8m0, const bf16 *x, int rows, int cols, size_t ld,
+                         Fp8CastSpec spec, float *amax_ws, cudaStream_t stream);

@@ -213,6 +213,71 @@ static void test_strided(int rows, int cols, int ld, int c0, int specials) {
     cudaFree(dfull), cudaFree(dq), cudaFree(dqt), cudaFree(ws), cudaFree(ds), cudaFree(am);
 }
 
+// Every operand cast of every recipe (fp8_cast_operand_ld) on columns [c0, c0 + cols) of rows of ld
+// elements, against the CPU cast of those columns made dense: codes and scales bit for bit. The shapes
+// reach each kernel path with a row stride: the per-row axis cast with groups of 32 .. 1024 threads per
+// row (several rows per CTA, one row per CTA, rows longer than its registers hold) and its scalar
+// fallback; the transposed axis cast in clusters of up to 16 CTAs (values kept in registers or walked
+// twice); 1x128 / 128x128 blocks and MX, vector and scalar paths.
+static void test_strided_operands(int rows, int cols, int ld, int c0, int specials) {
+    char w[220];
+    const size_t n = (size_t)rows * cols;
+    float *full = make_input(rows, ld, specials), *x = (float *)ao_malloc((n + 1) * sizeof(float));
+    for (int r = 0; r < rows; r++) memcpy(x + (size_t)r * cols, full + (size_t)r * ld + c0, cols * sizeof(float));
+    bf16 *dfull = to_device(full, (size_t)rows * ld, 0), *dx = dfull + c0;
+    uint8_t *dq = dalloc<uint8_t>(n + 16), *q = (uint8_t *)ao_malloc(n + 1), *rq = (uint8_t *)ao_malloc(n + 1);
+    const size_t ns = n / 16 + rows + cols + 4096;  // bounds every scale count
+    float *ds = dalloc<float>(ns), *s = (float *)ao_malloc(ns * 4), *rs = (float *)ao_malloc(ns * 4);
+    uint8_t *de = dalloc<uint8_t>(ns), *e = (uint8_t *)ao_malloc(ns), *re = (uint8_t *)ao_malloc(ns);
+    float *ws = dalloc<float>(FP8_AMAX_WS_FLOATS);
+    CUDA_CHECK(cudaMemsetAsync(ws, 0, FP8_AMAX_WS_FLOATS * sizeof(float), g_s));
+    int checked = 0;
+    for (int r = 0; r < FP8_NRECIPES; r++)
+        for (int op = 0; op < FP8_NOPERANDS; op++) {
+            const Fp8CastSpec sp = fp8_recipe_cast((Fp8Recipe)r, (Fp8Operand)op);
+            if (sp.scaling == FP8_SCALE_NONE) continue;
+            int sld = 0;
+            const size_t nsc = fp8_scale_count(sp, rows, cols, &sld);
+            if (sp.scaling == FP8_SCALE_128X128) {  // padding entries are left as they were
+                for (size_t i = 0; i < nsc; i++) rs[i] = 1.0f;
+                h2d(ds, rs, nsc * 4);
+            }
+            CUDA_CHECK(cudaMemsetAsync(dq, 0xAB, n, g_s));
+            fp8_cast_operand_ld(dq, ds, de, dx, rows, cols, (size_t)ld, sp, ws, g_s);
+            switch (sp.scaling) {
+                case FP8_SCALE_TENSOR:
+                case FP8_SCALE_AXIS:
+                    fp8_cast_cpu(rq, rs, x, rows, cols, sp.dtype, sp.scaling == FP8_SCALE_AXIS, sp.pow2, sp.transposed);
+                    for (size_t i = 0; i < nsc; i++) rs[i] = fp8_scale_inv(rs[i]);
+                    break;
+                case FP8_SCALE_1X128: fp8_block1x128_cpu(rq, rs, x, rows, cols, sp.transposed); break;
+                case FP8_SCALE_128X128: fp8_block128x128_cpu(rq, rs, sld, x, rows, cols, sp.transposed); break;
+                case FP8_SCALE_MX32:
+                    mx_quantize_cpu(rq, re, x, rows, cols, sp.dtype, sp.mx_rceil ? MX_RCEIL : MX_FLOOR, sp.transposed);
+                    break;
+                default: break;
+            }
+            d2h(q, dq, n);
+            snprintf(w, sizeof w, "strided %s %s %dx%d of rows of %d from column %d sp=%d: codes",
+                     fp8_recipe_name((Fp8Recipe)r), fp8_operand_name((Fp8Operand)op), rows, cols, ld, c0, specials);
+            check_same(w, q, rq, n, 1);
+            snprintf(w, sizeof w, "strided %s %s %dx%d of rows of %d from column %d: scales", fp8_recipe_name((Fp8Recipe)r),
+                     fp8_operand_name((Fp8Operand)op), rows, cols, ld, c0);
+            if (sp.scaling == FP8_SCALE_MX32) {
+                d2h(e, de, nsc);
+                check_same(w, e, re, nsc, 1);
+            } else {
+                d2h(s, ds, nsc * 4);
+                check_same(w, s, rs, nsc, 4);
+            }
+            checked++;
+        }
+    printf("  strided operand casts %5d x %-5d of rows of %-5d from column %-4d specials=%d: %d casts checked\n", rows,
+           cols, ld, c0, specials, checked);
+    free(full), free(x), free(q), free(rq), free(s), free(rs), free(e), free(re);
+    cudaFree(dfull), cudaFree(dq), cudaFree(ds), cudaFree(de), cudaFree(ws);
+}
+
 // The hardware rounding of the cast kernels against fp8_quantize, every fp32 value, both dtypes.
 static void test_rounding_all(void) {
     for (int dt = 0; dt < 2; dt++) {
@@ -348,6 +413,24 @@ int main(void) {
     test_rounding_all();
     test_strided(37, 200, 200, 0, 0), test_strided(64, 256, 768, 256, 0), test_strided(129, 96, 300, 8, 1);
     test_strided(1000, 512, 3072, 2560, 0), test_strided(2048, 1024, 2048, 1024, 1), test_strided(5, 24, 60, 36, 0);
+    // every recipe's operand casts with a row stride (no dense copy of a part's gradient columns):
+    // k/v-like parts (512 of 3072: 8 rows of one warp per CTA), a q-like part (2048: G = 64), a gate/up
+    // part (8192 of 16384: one row per CTA of 256), rows longer than the registers hold (40960), odd
+    // widths (the scalar fallbacks), and the transposed axis cast over 5000 / 8192 / 8200 rows (clusters
+    // of 10 / 16 / 16 CTAs where the GPU allows 16, else 8; 8200 rows walk their share twice)
+    test_strided_operands(257, 512, 3072, 2560, 0), test_strided_operands(96, 2048, 3072, 0, 1);
+    test_strided_operands(40, 8192, 16384, 8192, 0), test_strided_operands(3, 40960, 40960, 0, 0);
+    test_strided_operands(37, 200, 300, 8, 1), test_strided_operands(129, 200, 304, 16, 0);
+    test_strided_operands(5000, 64, 192, 64, 0), test_strided_operands(8192, 32, 96, 32, 1);
+    test_strided_operands(8200, 48, 144, 96, 0);
+    // The transposed casts with 256-row tiles (fp8_cast_transposed_tile): the same bits.
+    const int tile = fp8_cast_transposed_tile(256);
+    printf("  transposed casts with 256-row tiles:\n");
+    test_shape(1024, 4096, 0, 0), test_shape(129, 257, 1, 3), test_shape(256, 384, 1, 0);
+    test_strided(2048, 1024, 2048, 1024, 1), test_strided(129, 96, 300, 8, 1);
+    test_strided_operands(257, 512, 3072, 2560, 0), test_strided_operands(129, 200, 304, 16, 0);
+    test_strided_operands(5000, 64, 192, 64, 0), test_strided_operands(8200, 48, 144, 96, 1);
+    fp8_cast_transposed_tile(tile);
     test_mx_tables();
     gpu_ctx_free(&g_ctx);
     return test_summary();

@@ -457,6 +457,86 @@ static void *make_ctx(LinearCtx *lc, LinearRecipe r, const LinearGroup *G, int N
     return mem;
 }
 
+// The weight cast cache (LinearGroup.wc, wversion) on one group: a forward and backward with the cache
+// filling it, again taking every W / W^T from it, then with new weights under a new version; each time
+// the same bits as the same calls without a cache (and a saved context in both), and the counters say
+// the codes were reused. A forgotten invalidation would show as the old weights' results.
+struct GroupOut {
+    float *y, *dx, *dw, *db;
+};
+static void free_out(GroupOut &o) { free(o.y), free(o.dx), free(o.dw), free(o.db); }
+static int same_out(const GroupOut &a, const GroupOut &b, int N, int K, int ld) {
+    return !memcmp(a.y, b.y, (size_t)N * ld * 4) && !memcmp(a.dx, b.dx, (size_t)N * K * 4) &&
+           !memcmp(a.dw, b.dw, (size_t)ld * K * 4) && !memcmp(a.db, b.db, (size_t)ld * 4);
+}
+static void test_group_wcache(LinearCtx *lc, LinearGroup G, const GroupCase &gc, const bf16 *x, bf16 *w) {
+    const LinearRecipe r = lc->recipe;
+    const int N = gc.N, K = gc.K, ld = linear_group_ld(&G);
+    LinearWCache wc[LINEAR_MAX_PARTS];
+    memset(wc, 0, sizeof wc);
+    void *mem[LINEAR_MAX_PARTS] = {};
+    int nfp8 = 0;
+    for (int p = 0; p < G.nparts; p++) {
+        if (!linear_group_part_fp8(r, &G, p, NULL, 0)) continue;
+        nfp8++;
+        const size_t bytes = linear_wcache_place(&wc[p], r, K, G.part[p].M, nullptr);
+        mem[p] = dalloc<char>(bytes);
+        CUDA_CHECK(cudaMemsetAsync(mem[p], 0, bytes, g_s));
+        linear_wcache_place(&wc[p], r, K, G.part[p].M, mem[p]);
+    }
+    float *hg = rand_matrix(N, ld, 2e-3f);
+    bf16 *g = dalloc<bf16>((size_t)N * ld), *y = dalloc<bf16>((size_t)N * ld), *dx = dalloc<bf16>((size_t)N * K);
+    float *dw = dalloc<float>((size_t)ld * K), *db = dalloc<float>((size_t)ld);
+    ul_bf16(g, hg, (size_t)N * ld);
+    G.saved = dalloc<float>(LINEAR_SAVED_FLOATS);
+    auto run = [&](LinearWCache *c, unsigned long long version) {
+        LinearGroup Gv = G;
+        Gv.wc = c, Gv.wversion = version;
+        CUDA_CHECK(cudaMemsetAsync(dw, 0, (size_t)ld * K * sizeof(float), g_s));
+        CUDA_CHECK(cudaMemsetAsync(db, 0, (size_t)ld * sizeof(float), g_s));
+        for (int p = 0, col = 0; p < G.nparts; col += G.part[p].M, p++)
+            Gv.part[p].dw = dw + (size_t)col * K, Gv.part[p].dbias = gc.bias ? db + col : nullptr;
+        linear_forward(lc, &g_ctx, y, x, &Gv, N);
+        linear_backward(lc, &g_ctx, dx, g, x, &Gv, N);
+        CUDA_CHECK(cudaStreamSynchronize(g_s));
+        GroupOut o = {dl_bf16(y, (size_t)N * ld), dl_bf16(dx, (size_t)N * K), dl_f32(dw, (size_t)ld * K),
+                      dl_f32(db, (size_t)ld)};
+        return o;
+    };
+    char what[200];
+    snprintf(what, sizeof what, "%s [%s], weight cache", gc.name, linear_recipe_name(r));
+    GroupOut ref0 = run(nullptr, 0);
+    unsigned long long reused0 = lc->w_reused;
+    GroupOut c1 = run(wc, 1);  // fills the cache (tensorwise: W and W^T in the forward, W^T reused)
+    const unsigned long long fill_reused = lc->w_reused - reused0;
+    reused0 = lc->w_reused;
+    GroupOut c2 = run(wc, 1);  // every W and W^T from the cache
+    const unsigned long long hit_reused = lc->w_reused - reused0;
+    TEST_CHECK(same_out(c1, ref0, N, K, ld) && same_out(c2, ref0, N, K, ld),
+               "%s: differs from the casts without a cache (filling %d, reusing %d)", what,
+               same_out(c1, ref0, N, K, ld), same_out(c2, ref0, N, K, ld));
+    const int pair = linear_same_cast(r, FP8_W_FWD, FP8_W_GI);
+    TEST_CHECK(hit_reused == (unsigned long long)(2 * nfp8) && fill_reused == (unsigned long long)(pair ? nfp8 : 0),
+               "%s: %llu operands reused while filling (want %d), %llu when full (want %d)", what, fill_reused,
+               pair ? nfp8 : 0, hit_reused, 2 * nfp8);
+    // New weights, a new version: cast again, the new weights' results.
+    float *hw2 = rand_matrix(ld, K, 0.05f);
+    ul_bf16(w, hw2, (size_t)ld * K);
+    GroupOut ref1 = run(nullptr, 0);
+    GroupOut c3 = run(wc, 2);
+    TEST_CHECK(!same_out(ref1, ref0, N, K, ld), "%s: new weights give the old results (the check cannot see a stale "
+               "cache)", what);
+    TEST_CHECK(same_out(c3, ref1, N, K, ld), "%s: after new weights and a new version the results are not the new "
+               "weights' (a stale cache)", what);
+    printf("  %-100s %s\n", what, same_out(c1, ref0, N, K, ld) && same_out(c2, ref0, N, K, ld) &&
+                                         same_out(c3, ref1, N, K, ld) ? "the same bits as without it" : "DIFFERS");
+    free_out(ref0), free_out(c1), free_out(c2), free_out(ref1), free_out(c3);
+    free(hg), free(hw2);
+    cudaFree(g), cudaFree(y), cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(G.saved);
+    for (int p = 0; p < G.nparts; p++)
+        if (mem[p]) cudaFree(mem[p]);
+}
+
 static void test_group(LinearRecipe r, const GroupCase &gc) {
     const int N = gc.N, K = gc.K;
     int ld = 0;
@@ -522,6 +602,7 @@ static void test_group(LinearRecipe r, const GroupCase &gc) {
         }
         free(hg), cudaFree(g), cudaFree(G.saved);
         G.saved = nullptr;
+        test_group_wcache(&lc, G, gc, x, w);  // last: it changes the weights
     }
 
     if (r == LINEAR_BF16) {  // the trainer's calls before the dispatch, bit for bit
@@ -705,6 +786,79 @@ static void check_model(const char *label, const LlamaModel *cpu, int B, int T, 
     free_run(base);
 }
 
+// Gradient accumulation with the weight cast cache (GpuRunOpts.cache_weight_casts): 2 optimizer steps
+// of 2 micro-batches each, with and without the cache, per fp8 recipe: the same losses, gradients and
+// weights bit for bit, and the cache was used (every micro-batch after a step's first takes its W and W^T
+// codes from it). A control run that keeps the cache across a step (the version restored after the
+// optimizer step, as if nothing had called llama_gpu_params_changed) must end with other weights:
+// otherwise the comparison could not see a stale cache. One more run with every recompute flag.
+static void check_accumulation(const char *label, const LlamaModel *cpu, int B, int T, const int32_t *tok,
+                               const int32_t *tgt) {
+    const int N = B * T;
+    int32_t *tok2 = (int32_t *)ao_malloc((size_t)N * sizeof(int32_t)), *tgt2 = (int32_t *)ao_malloc((size_t)N * sizeof(int32_t));
+    for (int i = 0; i < N; i++) tok2[i] = tok[N - 1 - i], tgt2[i] = tgt[N - 1 - i];  // the second micro-batch
+    const size_t P = cpu->tab.total;
+    for (int ri = 1; ri < LINEAR_NRECIPES; ri++) {
+        const LinearRecipe r = (LinearRecipe)ri;
+        struct Res {
+            double loss[2];
+            uint16_t *params;
+            float *grads;
+            unsigned long long reused, casts;
+        } res[4];
+        // 0: no cache; 1: cache; 2: cache, never invalidated (control); 3: cache + every recompute flag
+        for (int v = 0; v < 4; v++) {
+            GpuRunOpts o;
+            memset(&o, 0, sizeof o);
+            o.attn = ATTN_AUTO, o.attn_bwd = ATTN_KERNEL, o.recipe = r, o.lm_chunk = N;
+            o.cache_weight_casts = v > 0;
+            if (v == 3) o.recompute_norm = o.recompute_swiglu = o.recompute_ffn = o.recompute_attn = 1;
+            LlamaGpu m;
+            llama_gpu_init(&m, &g_ctx, cpu, B, T, &o);
+            for (int step = 0; step < 2; step++) {
+                llama_gpu_zero_grads(&m, &g_ctx);
+                double sum = 0;
+                for (int a = 0; a < 2; a++) {
+                    llama_gpu_set_batch(&m, &g_ctx, a ? tok2 : tok, a ? tgt2 : tgt);
+                    int nv = 0;
+                    sum += llama_gpu_forward(&m, &g_ctx, 1.0f / (2.0f * (float)N), &nv);
+                    llama_gpu_backward(&m, &g_ctx);
+                }
+                res[v].loss[step] = sum;
+                const unsigned long long ver = m.wversion;
+                llama_gpu_adamw(&m, &g_ctx, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step + 1, 1.0f);
+                if (v == 2) m.wversion = ver;  // the control: a weights change the cache does not hear of
+            }
+            CUDA_CHECK(cudaStreamSynchronize(g_s));
+            res[v].params = (uint16_t *)ao_malloc(P * 2);
+            d2h(res[v].params, m.params, P * 2);
+            res[v].grads = dl_f32(m.grads, P);
+            res[v].reused = m.lin.w_reused, res[v].casts = m.lin.w_casts;
+            llama_gpu_free(&m);
+        }
+        char what[200];
+        snprintf(what, sizeof what, "%s %s, 2 steps x 2 micro-batches", label, linear_recipe_name(r));
+        for (int v = 1; v < 4; v += 2) {
+            const int same = res[v].loss[0] == res[0].loss[0] && res[v].loss[1] == res[0].loss[1] &&
+                             !memcmp(res[v].params, res[0].params, P * 2) &&
+                             !memcmp(res[v].grads, res[0].grads, P * sizeof(float));
+            TEST_CHECK(same, "%s%s: the weight cache changes the bits (loss %.9g %.9g vs %.9g %.9g, weights %s, "
+                       "gradients %s)", what, v == 3 ? " (recompute)" : "", res[v].loss[0], res[v].loss[1],
+                       res[0].loss[0], res[0].loss[1], memcmp(res[v].params, res[0].params, P * 2) ? "differ" : "equal",
+                       memcmp(res[v].grads, res[0].grads, P * sizeof(float)) ? "differ" : "equal");
+            TEST_CHECK(res[v].reused > 0 && res[0].reused == 0, "%s: W / W^T codes reused %llu times with the cache, "
+                       "%llu without", what, res[v].reused, res[0].reused);
+            printf("  %s%s: weight cache %s; W / W^T casts %llu, reused %llu (without it: %llu casts)\n", what,
+                   v == 3 ? " (recompute)" : "", same ? "the same bits" : "DIFFERS", res[v].casts, res[v].reused,
+                   res[0].casts);
+        }
+        TEST_CHECK(memcmp(res[2].params, res[0].params, P * 2) != 0, "%s: a cache kept across the optimizer step ends "
+                   "with the same weights: the comparison cannot see a stale cache", what);
+        for (int v = 0; v < 4; v++) free(res[v].params), free(res[v].grads);
+    }
+    free(tok2), free(tgt2);
+}
+
 static int load_fixture(const char *name, LlamaModel *cpu, SafeTensors *io) {
     char dir[512], err[1024];
     snprintf(dir, sizeof dir, "%s/fixtures/%s", test_dir(), name);
@@ -738,6 +892,7 @@ static void test_models(void) {
             model_init(&v, &c);
             model_init_random(&v, 7);
             check_model("llama3-all-fp8", &v, B, T, (const int32_t *)ids->data, (const int32_t *)tg->data);
+            check_accumulation("llama3-all-fp8", &v, B, T, (const int32_t *)ids->data, (const int32_t *)tg->data);
             // 3. tokens not a multiple of 16: refused before anything is allocated
             for (int r = 1; r < LINEAR_NRECIPES; r++) {
                 GpuRunOpts o;

@@ -134,24 +134,25 @@ static void test_which_linears(void) {
 }
 
 static void test_scratch(void) {
-    // rowwise, one Linear of the fixture (q_proj: N = 32 tokens, K = 48, M = 48) in a packed group.
+    // rowwise, one Linear of the fixture (q_proj: N = 32 tokens, K = 48, M = 48). No recipe copies a
+    // part's gradient columns any more (every cast reads them in place); g^T has its own codes and scales.
     LinearScratchSize s;
     memset(&s, 0, sizeof s);
-    linear_scratch_add(&s, LINEAR_FP8_ROWWISE, 32, 48, 48, 1);
-    TEST_CHECK(s.qx == 32 * 48 && s.qw == 48 * 48 && s.qg == 32 * 48 && s.gcopy == 32 * 48,
-               "rowwise codes: qx %zu qw %zu qg %zu gcopy %zu", s.qx, s.qw, s.qg, s.gcopy);
-    // per operand row: x N | x^T K; W M | W^T K; g N | g^T M
-    TEST_CHECK(s.sx == 48 && s.sw == 48 && s.sg == 48 && s.svec == 0 && s.amax == 0,
-               "rowwise scales: sx %zu sw %zu sg %zu svec %zu amax %zu", s.sx, s.sw, s.sg, s.svec, s.amax);
+    linear_scratch_add(&s, LINEAR_FP8_ROWWISE, 32, 48, 48);
+    TEST_CHECK(s.qx == 32 * 48 && s.qw == 48 * 48 && s.qg == 32 * 48 && s.qgt == 32 * 48,
+               "rowwise codes: qx %zu qw %zu qg %zu qgt %zu", s.qx, s.qw, s.qg, s.qgt);
+    // per operand row: x N | x^T K; W M | W^T K; g N; g^T M
+    TEST_CHECK(s.sx == 48 && s.sw == 48 && s.sg == 32 && s.sgt == 48 && s.svec == 0 && s.amax == 0,
+               "rowwise scales: sx %zu sw %zu sg %zu sgt %zu svec %zu amax %zu", s.sx, s.sw, s.sg, s.sgt, s.svec,
+               s.amax);
     memset(&s, 0, sizeof s);
-    linear_scratch_add(&s, LINEAR_FP8_TENSORWISE, 32, 48, 48, 0);
-    TEST_CHECK(s.sx == 1 && s.sw == 1 && s.sg == 1 && s.gcopy == 0 && s.amax == LINEAR_AMAX_FLOATS,
-               "tensorwise: sx %zu sw %zu sg %zu gcopy %zu amax %zu", s.sx, s.sw, s.sg, s.gcopy, s.amax);
-    // tensorwise casts g and g^T (one dtype, one scale) in one pass over the packed gradient's
-    // columns: a g^T piece, never a dense copy of the columns
+    linear_scratch_add(&s, LINEAR_FP8_TENSORWISE, 32, 48, 48);
+    TEST_CHECK(s.sx == 1 && s.sw == 1 && s.sg == 1 && s.sgt == 0 && s.amax == LINEAR_AMAX_FLOATS,
+               "tensorwise: sx %zu sw %zu sg %zu sgt %zu amax %zu", s.sx, s.sw, s.sg, s.sgt, s.amax);
+    // tensorwise casts g and g^T (one dtype, one scale in sg) in one pass over the part's columns
     TEST_CHECK(s.qg == 32 * 48 && s.qgt == 32 * 48, "tensorwise g / g^T codes: qg %zu qgt %zu", s.qg, s.qgt);
-    linear_scratch_add(&s, LINEAR_FP8_TENSORWISE, 64, 48, 96, 1);
-    TEST_CHECK(s.gcopy == 0 && s.qgt == 64 * 96, "tensorwise in a packed group: gcopy %zu qgt %zu", s.gcopy, s.qgt);
+    linear_scratch_add(&s, LINEAR_FP8_TENSORWISE, 64, 48, 96);
+    TEST_CHECK(s.qgt == 64 * 96 && s.sgt == 0, "tensorwise grown: qgt %zu sgt %zu", s.qgt, s.sgt);
     for (int r = 0; r < LINEAR_NRECIPES; r++) {
         const int want = r == LINEAR_FP8_TENSORWISE;  // e5m2 g and g^T, tensor scales, no pow2
         TEST_CHECK(linear_same_cast((LinearRecipe)r, FP8_G_GI, FP8_G_GW) == want, "linear_same_cast(%s, g_gi, g_gw)",
@@ -163,54 +164,57 @@ static void test_scratch(void) {
                    !linear_same_cast(LINEAR_FP8_ROWWISE_GW_HP, FP8_W_FWD, FP8_W_GI),
                "linear_same_cast: x / W casts of tensorwise are one, e4m3 x vs e5m2 g are not, rowwise-gw-hp's W is not");
     memset(&s, 0, sizeof s);
-    linear_scratch_add(&s, LINEAR_FP8_ROWWISE_GW_HP, 32, 48, 64, 0);
+    linear_scratch_add(&s, LINEAR_FP8_ROWWISE_GW_HP, 32, 48, 64);
     // fwd axis (x N, W M); grad_input g axis (N) x W^T tensor (1, broadcast into K); no grad_weight casts
-    TEST_CHECK(s.sx == 32 && s.sw == 64 && s.sg == 32 && s.svec == 48 && s.amax == LINEAR_AMAX_FLOATS,
-               "rowwise-gw-hp: sx %zu sw %zu sg %zu svec %zu amax %zu", s.sx, s.sw, s.sg, s.svec, s.amax);
+    TEST_CHECK(s.sx == 32 && s.sw == 64 && s.sg == 32 && s.sgt == 0 && s.qgt == 0 && s.svec == 48 &&
+                   s.amax == LINEAR_AMAX_FLOATS,
+               "rowwise-gw-hp: sx %zu sw %zu sg %zu sgt %zu qgt %zu svec %zu amax %zu", s.sx, s.sw, s.sg, s.sgt, s.qgt,
+               s.svec, s.amax);
     memset(&s, 0, sizeof s);
-    linear_scratch_add(&s, LINEAR_MXFP8, 64, 96, 160, 1);
-    // e8m0 bytes, 4 per float: x [64][3] | x^T [96][2]; W [160][3] | W^T [96][5]; g [64][5] | g^T [160][2]
-    TEST_CHECK(s.qx == 64 * 96 && s.qw == 160 * 96 && s.qg == 64 * 160 && s.gcopy == 64 * 160 && s.sx == 48 &&
-                   s.sw == 120 && s.sg == 80 && s.svec == 0 && s.amax == 0,
-               "mxfp8 codes / scales: qx %zu qw %zu qg %zu gcopy %zu sx %zu sw %zu sg %zu svec %zu amax %zu", s.qx, s.qw,
-               s.qg, s.gcopy, s.sx, s.sw, s.sg, s.svec, s.amax);
+    linear_scratch_add(&s, LINEAR_MXFP8, 64, 96, 160);
+    // e8m0 bytes, 4 per float: x [64][3] | x^T [96][2]; W [160][3] | W^T [96][5]; g [64][5]; g^T [160][2]
+    TEST_CHECK(s.qx == 64 * 96 && s.qw == 160 * 96 && s.qg == 64 * 160 && s.qgt == 64 * 160 && s.sx == 48 &&
+                   s.sw == 120 && s.sg == 80 && s.sgt == 80 && s.svec == 0 && s.amax == 0,
+               "mxfp8 codes / scales: qx %zu qw %zu qg %zu qgt %zu sx %zu sw %zu sg %zu sgt %zu svec %zu amax %zu", s.qx,
+               s.qw, s.qg, s.qgt, s.sx, s.sw, s.sg, s.sgt, s.svec, s.amax);
     // P: x [64, 96], g [64, 160], g^T [160, 64]; Q: W [160, 96], W^T [96, 160], x^T [96, 64]. Swizzled: rows
     // padded to 128, blocks to 4: x 128 x 4, g 128 x 8, g^T 256 x 4 | W 256 x 4, W^T 128 x 8, x^T 128 x 4.
     TEST_CHECK(s.mxp == 64 * 160 && s.mxq == 160 * 96 && s.mxsp == 1024 && s.mxsq == 1024,
                "mxfp8 MX GEMM scratch: mxp %zu mxq %zu mxsp %zu mxsq %zu", s.mxp, s.mxq, s.mxsp, s.mxsq);
     memset(&s, 0, sizeof s);
-    linear_scratch_add(&s, LINEAR_MXFP8_GW_HP, 48, 64, 64, 0);  // no x^T / g^T casts: x [48][2] only
-    TEST_CHECK(s.sx == 24 && s.sg == 24 && s.mxp == 48 * 64 && s.mxq == 64 * 64 && s.mxsp == 128 * 4 &&
-                   s.mxsq == 128 * 4, "mxfp8-gw-hp: sx %zu sg %zu mxp %zu mxq %zu mxsp %zu mxsq %zu", s.sx, s.sg, s.mxp,
-               s.mxq, s.mxsp, s.mxsq);
+    linear_scratch_add(&s, LINEAR_MXFP8_GW_HP, 48, 64, 64);  // no x^T / g^T casts: x [48][2] only
+    TEST_CHECK(s.sx == 24 && s.sg == 24 && s.sgt == 0 && s.qgt == 0 && s.mxp == 48 * 64 && s.mxq == 64 * 64 &&
+                   s.mxsp == 128 * 4 && s.mxsq == 128 * 4,
+               "mxfp8-gw-hp: sx %zu sg %zu sgt %zu qgt %zu mxp %zu mxq %zu mxsp %zu mxsq %zu", s.sx, s.sg, s.sgt, s.qgt,
+               s.mxp, s.mxq, s.mxsp, s.mxsq);
     memset(&s, 0, sizeof s);
-    linear_scratch_add(&s, LINEAR_FP8_BLOCKWISE, 32, 256, 384, 0);
-    // x 1x128: 32 x 2 | x^T: 256 x 1; W 128x128: 3 row blocks x ld 4 | W^T: 2 x ld 4; g: 32 x 3 | g^T: 384 x 1
-    TEST_CHECK(s.sx == 256 && s.sw == 12 && s.sg == 384 && s.amax == 0,
-               "blockwise: sx %zu sw %zu sg %zu amax %zu", s.sx, s.sw, s.sg, s.amax);
+    linear_scratch_add(&s, LINEAR_FP8_BLOCKWISE, 32, 256, 384);
+    // x 1x128: 32 x 2 | x^T: 256 x 1; W 128x128: 3 row blocks x ld 4 | W^T: 2 x ld 4; g: 32 x 3; g^T: 384 x 1
+    TEST_CHECK(s.sx == 256 && s.sw == 12 && s.sg == 96 && s.sgt == 384 && s.amax == 0,
+               "blockwise: sx %zu sw %zu sg %zu sgt %zu amax %zu", s.sx, s.sw, s.sg, s.sgt, s.amax);
     // Growing keeps the maximum of each piece.
-    linear_scratch_add(&s, LINEAR_FP8_BLOCKWISE, 32, 64, 64, 1);
-    TEST_CHECK(s.qx == 32 * 256 && s.qw == 256 * 384 && s.gcopy == 32 * 64, "blockwise grown: qx %zu qw %zu gcopy %zu",
-               s.qx, s.qw, s.gcopy);
+    linear_scratch_add(&s, LINEAR_FP8_BLOCKWISE, 32, 64, 64);
+    TEST_CHECK(s.qx == 32 * 256 && s.qw == 256 * 384 && s.qgt == 32 * 384 && s.sgt == 384,
+               "blockwise grown: qx %zu qw %zu qgt %zu sgt %zu", s.qx, s.qw, s.qgt, s.sgt);
 
     LinearCtx lc;
     memset(&lc, 0, sizeof lc);
     TEST_CHECK(linear_ctx_place(&lc, NULL) == 0, "an empty scratch takes bytes (the bf16 layout must not change)");
-    // rowwise-gw-hp (every fp8 piece), then mxfp8 carved for the emulated and for the native MX GEMM,
-    // then tensorwise (g^T next to g, no gradient copy).
+    // rowwise-gw-hp (svec, no g^T), then mxfp8 carved for the emulated and for the native MX GEMM (g^T
+    // with scales of its own), then tensorwise (g^T next to g, one scale).
     for (int v = 0; v < 4; v++) {
         memset(&lc, 0, sizeof lc);
         lc.recipe = v == 0 ? LINEAR_FP8_ROWWISE_GW_HP : v == 3 ? LINEAR_FP8_TENSORWISE : LINEAR_MXFP8;
         lc.mx_native = v == 2;
-        linear_scratch_add(&lc.cap, lc.recipe, v ? 64 : 40, v ? 96 : 48, v ? 160 : 64, 1);
+        linear_scratch_add(&lc.cap, lc.recipe, v ? 64 : 40, v ? 96 : 48, v ? 160 : 64);
         size_t bytes = linear_ctx_place(&lc, NULL);
         char *base = (char *)aligned_alloc(256, (bytes + 255) / 256 * 256);
         TEST_CHECK(linear_ctx_place(&lc, base) == bytes, "placing changes the size");
         struct { const void *p; size_t n; const char *name; int want; } pc[] = {
             {lc.qx, lc.cap.qx, "qx", 1}, {lc.qw, lc.cap.qw, "qw", 1}, {lc.qg, lc.cap.qg, "qg", 1},
-            {lc.qgt, lc.cap.qgt, "qgt", v == 3},
-            {lc.gcopy, lc.cap.gcopy * 2, "gcopy", v != 3}, {lc.sx, lc.cap.sx * 4, "sx", 1}, {lc.sw, lc.cap.sw * 4, "sw", 1},
-            {lc.sg, lc.cap.sg * 4, "sg", 1}, {lc.svec, lc.cap.svec * 4, "svec", v == 0},
+            {lc.qgt, lc.cap.qgt, "qgt", v != 0}, {lc.sx, lc.cap.sx * 4, "sx", 1}, {lc.sw, lc.cap.sw * 4, "sw", 1},
+            {lc.sg, lc.cap.sg * 4, "sg", 1}, {lc.sgt, lc.cap.sgt * 4, "sgt", v == 1 || v == 2},
+            {lc.svec, lc.cap.svec * 4, "svec", v == 0},
             {lc.amax, lc.cap.amax * 4, "amax", v == 0 || v == 3}, {lc.mxp, lc.cap.mxp * 2, "mxp", v == 1},
             {lc.mxq, lc.cap.mxq * 2, "mxq", v == 1}, {lc.mxsp, lc.cap.mxsp, "mxsp", v == 2},
             {lc.mxsq, lc.cap.mxsq, "mxsq", v == 2}};
@@ -234,10 +238,51 @@ static void test_scratch(void) {
     }
 }
 
+// The weight cast cache of one part (ops/linear.h LinearWCache): W and W^T codes and their scales, in
+// 256-byte aligned pieces that do not overlap; nothing for bf16.
+static void test_wcache(void) {
+    LinearWCache wc;
+    TEST_CHECK(linear_wcache_place(&wc, LINEAR_BF16, 64, 96, NULL) == 0, "bf16: a weight cache takes bytes");
+    const int K = 96, M = 160;
+    for (int r = 1; r < LINEAR_NRECIPES; r++) {
+        const LinearRecipe rec = (LinearRecipe)r;
+        const Fp8Recipe f = linear_fp8_recipe(rec);
+        const size_t bytes = linear_wcache_place(&wc, rec, K, M, NULL);
+        char *base = (char *)aligned_alloc(256, (bytes + 255) / 256 * 256);
+        memset(&wc, 0xAB, sizeof wc);
+        TEST_CHECK(linear_wcache_place(&wc, rec, K, M, base) == bytes, "%s: placing changes the size",
+                   linear_recipe_name(rec));
+        size_t ns[2];
+        for (int k = 0; k < 2; k++) {
+            const Fp8CastSpec sp = fp8_recipe_cast(f, k ? FP8_W_GI : FP8_W_FWD);
+            ns[k] = fp8_scale_count(sp, M, K, NULL);
+            if (sp.scaling == FP8_SCALE_MX32) ns[k] = (ns[k] + 3) / 4;
+        }
+        struct { const void *p; size_t n; } pc[4] = {{wc.q[0], (size_t)M * K}, {wc.q[1], (size_t)M * K},
+                                                     {wc.s[0], ns[0] * 4}, {wc.s[1], ns[1] * 4}};
+        for (int i = 0; i < 4; i++) {
+            const char *p = (const char *)pc[i].p;
+            TEST_CHECK(p && ((uintptr_t)p & 255) == 0 && p >= base && p + pc[i].n <= base + bytes,
+                       "%s: weight cache piece %d at offset %td (%zu bytes) not 256-aligned inside [0, %zu)",
+                       linear_recipe_name(rec), i, p ? p - base : -1, pc[i].n, bytes);
+            for (int j = 0; j < i; j++) {
+                const char *q = (const char *)pc[j].p;
+                TEST_CHECK(!p || !q || p >= q + pc[j].n || q >= p + pc[i].n, "%s: weight cache pieces %d and %d overlap",
+                           linear_recipe_name(rec), i, j);
+            }
+        }
+        TEST_CHECK(wc.made[0] == 0 && wc.made[1] == 0, "%s: a placed weight cache says it holds codes",
+                   linear_recipe_name(rec));
+        printf("  %s weight cache of a %d x %d Linear: %zu bytes\n", linear_recipe_name(rec), M, K, bytes);
+        free(base);
+    }
+}
+
 int main(void) {
     test_names();
     test_tokens();
     test_which_linears();
     test_scratch();
+    test_wcache();
     return test_summary();
 }
