@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Multi-GPU tests of train_llama (issue 9), on one machine with 2 or more GPUs:
-#   bash test/dist_test.sh [BUILD_DIR]     (default: build; needs ./train_llama and BUILD_DIR/test/gpu_test_dist)
+#   bash test/dist_test.sh [BUILD_DIR] [NP] (default: build, 2; needs ./train_llama and BUILD_DIR/test/gpu_test_dist)
+# NP=2 runs sections 1-5 on 2 GPUs (the first two visible); NP=4 runs section 6 on 4 GPUs.
 # Ranks are started by dist/launch_local.sh (the LLAMA_AO_* variables) and, where OpenMPI's
 # mpirun is installed, by mpirun too. Every check prints one PASS or FAIL line with its numbers;
 # the last line is "N passed, N failed" (exit status non-zero when any failed).
@@ -30,6 +31,8 @@
 #      bit-exact; resume of a ZeRO-3 checkpoint with --zero 2 bit-exact; re-shard 2 -> 1 and 1 -> 2
 set -u
 build=${1:-build}
+NP=${2:-2}
+[ "$NP" = 2 ] || [ "$NP" = 4 ] || { echo "dist_test.sh: NP must be 2 or 4, not $NP" >&2; exit 2; }
 TL=./train_llama
 GT=$build/test/gpu_test_dist
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}  # no NVLink multicast on shared machines
@@ -40,13 +43,15 @@ bad() { echo "FAIL $*"; fail=$((fail + 1)); }
 finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit $?; }
 
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-if [ "$ngpu" -lt 2 ]; then bad "this machine has $ngpu GPUs; the tests need 2"; finish; fi
+if [ "$ngpu" -lt "$NP" ]; then bad "this machine has $ngpu GPUs; the tests need $NP"; finish; fi
 for f in "$TL" "$GT"; do [ -x "$f" ] || { bad "$f is not built (make train_llama $GT)"; finish; }; done
 LOCAL="bash dist/launch_local.sh 2"
-MPI=""
+LOCAL4="bash dist/launch_local.sh 4"
+MPI=""; MPI4=""
 if command -v mpirun > /dev/null; then
-  MPI="mpirun -np 2 --bind-to none -x NCCL_NVLS_ENABLE"
+  MPI="mpirun --bind-to none -x NCCL_NVLS_ENABLE"
   [ "$(id -u)" = 0 ] && MPI="$MPI --allow-run-as-root"
+  MPI4="$MPI -np 4"; MPI="$MPI -np 2"
   echo "mpirun: $(command -v mpirun)"
 else
   echo "mpirun not found: the mpirun variants are skipped (launcher-free start only)"
@@ -55,18 +60,15 @@ T=$(mktemp -d /tmp/llama_ao_dist.XXXXXX)
 echo "work directory: $T"
 make data > "$T/make_data.log" 2>&1 || bad "make data (see $T/make_data.log)"
 
-# ---- 1. collectives ------------------------------------------------------------------------
-gt_check() {  # label, command...
-  local label=$1; shift
+# ---- helpers -------------------------------------------------------------------------------
+gt_check() {  # label, ranks, command...
+  local label=$1 nr=$2; shift 2
   timeout 600 "$@" > "$T/gt_$label.log" 2>&1; local rc=$?
   local lines; lines=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$T/gt_$label.log")
-  if [ $rc -eq 0 ] && [ "$(echo "$lines" | grep -c ' 0 failed')" -eq 2 ]; then ok "gpu_test_dist on 2 ranks ($label): $(echo $lines)"
-  else bad "gpu_test_dist on 2 ranks ($label): rc $rc: $(echo $lines) (log $T/gt_$label.log)"; grep -E "FAIL|error" "$T/gt_$label.log" | head -10; fi
+  if [ $rc -eq 0 ] && [ "$(echo "$lines" | grep -c ' 0 failed')" -eq "$nr" ]; then ok "gpu_test_dist on $nr ranks ($label): $(echo $lines)"
+  else bad "gpu_test_dist on $nr ranks ($label): rc $rc: $(echo $lines) (log $T/gt_$label.log)"; grep -E "FAIL|error" "$T/gt_$label.log" | head -10; fi
 }
-gt_check local $LOCAL "$GT"
-[ -n "$MPI" ] && gt_check mpirun $MPI "$GT"
-
-# ---- 2. one GPU vs two ---------------------------------------------------------------------
+# the model of sections 2-6
 cat > "$T/cfg.json" <<'EOF'
 {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 50304, "hidden_size": 256,
  "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -74,7 +76,9 @@ cat > "$T/cfg.json" <<'EOF'
  "tie_word_embeddings": false, "hidden_act": "silu", "initializer_range": 0.02, "torch_dtype": "bfloat16"}
 EOF
 N=24
-common="--config $T/cfg.json -b 4 -t 256 --total-batch 2048 -n $N --warmup 4 --lr 2e-3 --eval-every 12 --eval-batches 4 --sample-every 0 --save-every 12 --dist-timeout 120"
+TB=2048  # the global batch: 2 micro-batches of 4 x 256 (section 6: 4096, four)
+common_flags() { echo "--config $T/cfg.json -b 4 -t 256 --total-batch $TB -n $N --warmup 4 --lr 2e-3 --eval-every 12 --eval-batches 4 --sample-every 0 --save-every 12 --dist-timeout 120"; }
+common=$(common_flags)
 run() {  # name, launcher (or ""), extra flags...
   local name=$1 launcher=$2; shift 2
   timeout 600 $launcher $TL $common "$@" -o "$T/$name" > "$T/$name.log" 2>&1
@@ -101,6 +105,17 @@ compare() {
     else bad "$label: beyond $LOSS_TOL or step-$from loss differs ($info)"; fi
   fi
 }
+resume() {  # name, launcher, checkpoint, extra flags...
+  local name=$1 launcher=$2 ck=$3; shift 3
+  run "$name" "$launcher" --resume "$T/$ck" "$@"
+}
+
+if [ "$NP" = 2 ]; then  # sections 1-5 -----------------------------------------------------------
+# ---- 1. collectives ------------------------------------------------------------------------
+gt_check local 2 $LOCAL "$GT"
+[ -n "$MPI" ] && gt_check mpirun 2 $MPI "$GT"
+
+# ---- 2. one GPU vs two ---------------------------------------------------------------------
 run one ""
 run w1z1 "" --zero 1
 run z1 "$LOCAL" --zero 1
@@ -121,10 +136,6 @@ fi
 grep -E "ZeRO-|NCCL communicator ready" "$T/z2.log" | head -3
 
 # ---- 3. resume and re-shard ------------------------------------------------------------------
-resume() {  # name, launcher, checkpoint, extra flags...
-  local name=$1 launcher=$2 ck=$3; shift 3
-  run "$name" "$launcher" --resume "$T/$ck" "$@"
-}
 resume z1_r "$LOCAL" z1/ckpt_000012 --zero 1
 compare z1 z1_r bitwise "resume on 2 GPUs --zero 1 from step 12" 13
 resume z2_r "$LOCAL" z2/ckpt_000012 --zero 2
@@ -220,5 +231,55 @@ compare z3 z3_to1n tol "re-shard 2 GPUs (--zero 3) -> 1 GPU without ZeRO" 13
 resume one_to2z3 "$LOCAL" one/ckpt_000012 --zero 3
 compare one one_to2z3 tol "re-shard 1 GPU (no ZeRO) -> 2 GPUs (--zero 3)" 13
 ls "$T/z3/ckpt_000012" | tr '\n' ' '; echo
+
+fi  # sections 1-5
+
+# ---- 6. four GPUs (NP=4) ---------------------------------------------------------------------
+if [ "$NP" = 4 ]; then
+gt_check local4 4 $LOCAL4 "$GT"
+TB=4096; common=$(common_flags)  # 4 micro-batches: 1 GPU accumulates 4, 2 GPUs 2 each, 4 GPUs 1 each
+run one_q ""
+run q1 "$LOCAL4" --zero 1
+run q2 "$LOCAL4" --zero 2
+run q3 "$LOCAL4" --zero 3
+compare one_q q1 tol "1 GPU (4 micro-batches) vs 4 GPUs --zero 1 (adamw)"
+compare one_q q2 tol "1 GPU (4 micro-batches) vs 4 GPUs --zero 2 (adamw)"
+compare one_q q3 tol "1 GPU (4 micro-batches) vs 4 GPUs --zero 3 (adamw)"
+compare q2 q3 bitwise "4 GPUs --zero 3 vs --zero 2 (adamw)"
+run q2_8 "$LOCAL4" --zero 2 --optim adamw8bit
+run q3_8 "$LOCAL4" --zero 3 --optim adamw8bit
+compare q2_8 q3_8 bitwise "4 GPUs --zero 3 vs --zero 2 (adamw8bit)"
+run q3_off "$LOCAL4" --zero 3 --offload
+compare q2 q3_off bitwise "4 GPUs --zero 3 --offload vs --zero 2"
+if [ -n "$MPI4" ]; then
+  run q3_mpi "$MPI4" --zero 3
+  compare q3 q3_mpi bitwise "4 GPUs --zero 3: launch_local vs mpirun"
+fi
+mt=$(grep -E "ZeRO-3 over 4 ranks" "$T/q3.log")
+if [ -n "$mt" ]; then ok "--zero 3 on 4 ranks: the memory table names the shard"; echo "$mt"
+else bad "--zero 3 on 4 ranks: no 'ZeRO-3 over 4 ranks' line (log $T/q3.log)"; fi
+resume q3_r "$LOCAL4" q3/ckpt_000012 --zero 3
+compare q3 q3_r bitwise "resume on 4 GPUs --zero 3 from step 12" 13
+resume q3_to2 "$LOCAL" q3/ckpt_000012 --zero 3
+compare q3 q3_to2 tol "re-shard 4 GPUs (--zero 3) -> 2 GPUs (--zero 3)" 13
+resume q3_to1 "" q3/ckpt_000012
+compare q3 q3_to1 tol "re-shard 4 GPUs (--zero 3) -> 1 GPU without ZeRO" 13
+run h2 "$LOCAL" --zero 2
+resume h2_to4 "$LOCAL4" h2/ckpt_000012 --zero 3
+compare h2 h2_to4 tol "re-shard 2 GPUs (--zero 2) -> 4 GPUs (--zero 3)" 13
+# rank 2 of 4 dies or hangs at step 5: every rank exits non-zero, a survivor names itself
+TMO=20; LIMIT=$((TMO + 90))
+for kind in exit hang; do
+  log="$T/fault4_$kind.log"; t0=$(date +%s)
+  LLAMA_AO_FAULT=2:5:$kind timeout 300 $LOCAL4 $TL $common --dist-timeout $TMO --zero 3 -o "$T/f4_$kind" > "$log" 2>&1
+  rc=$?; el=$(($(date +%s) - t0))
+  exits=$(sed -n -E 's/^launch_local: rank ([0-9]) exit ([0-9]+)/\1:\2/p' "$log" | tr '\n' ' ')
+  nz=$(sed -n -E 's/^launch_local: rank [0-9] exit ([1-9][0-9]*)$/\1/p' "$log" | wc -l)
+  named=$(grep -E "rank [013]/4.*(timed out|NCCL)" "$log" | head -1 | sed -E 's/^error: //' | cut -c1-200)
+  if [ $rc -ne 124 ] && [ "$nz" -eq 4 ] && [ $el -le $LIMIT ] && [ -n "$named" ]; then
+    ok "rank 2 of 4 ${kind}s at step 5, --zero 3: exits $exits after $el s (limit $LIMIT): $named"
+  else bad "rank 2 of 4 ${kind}s at step 5, --zero 3: rc $rc, exits ${exits:-?}, after $el s (limit $LIMIT), message: ${named:-none} (log $log)"; fi
+done
+fi  # section 6
 
 finish
