@@ -499,8 +499,8 @@ static void test_group_wcache(LinearCtx *lc, LinearGroup G, const GroupCase &gc,
         linear_forward(lc, &g_ctx, y, x, &Gv, N);
         linear_backward(lc, &g_ctx, dx, g, x, &Gv, N);
         CUDA_CHECK(cudaStreamSynchronize(g_s));
-        GroupOut o = {dl_bf16(y, (size_t)N * ld), dl_bf16(dx, (size_t)N * K), dl_f32(dw, (size_t)ld * K),
-                      dl_f32(db, (size_t)ld)};
+        GroupOut o = {d2h_bf16_f32(y, (size_t)N * ld), d2h_bf16_f32(dx, (size_t)N * K), d2h_f32(dw, (size_t)ld * K),
+                      d2h_f32(db, (size_t)ld)};
         return o;
     };
     char what[200];
@@ -832,7 +832,7 @@ static void check_accumulation(const char *label, const LlamaModel *cpu, int B, 
             CUDA_CHECK(cudaStreamSynchronize(g_s));
             res[v].params = (uint16_t *)ao_malloc(P * 2);
             d2h(res[v].params, m.params, P * 2);
-            res[v].grads = dl_f32(m.grads, P);
+            res[v].grads = d2h_f32(m.grads, P);
             res[v].reused = m.lin.w_reused, res[v].casts = m.lin.w_casts;
             llama_gpu_free(&m);
         }
