@@ -18,7 +18,8 @@
 // layer l - 1 while layer l runs. A buffer is gathered again only after the shard changes (the
 // optimizer step) or another layer took its slot. A tensor keeps its flat-buffer address modulo
 // 256 bytes in its slot (dist/zero.cuh), so every kernel and cuBLASLt algorithm is ZeRO-2's and
-// the losses are ZeRO-2's bit for bit.
+// the losses are ZeRO-2's bit for bit. With opts.fp8_allgather the layers' fp8 Linear weights are
+// gathered as fp8 codes cast from the shards instead (LlamaGpu.qshard has the scheme).
 #pragma once
 
 #include <stdio.h>
