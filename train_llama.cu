@@ -46,7 +46,7 @@ struct Settings {
     int deterministic = 1, offload = 0, offload_overlap = 1, optim_overlap = 0, overlap_priority = 1;
     int recompute_ffn = 0, recompute_attn = 0;
     int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
-    int zero = 0, weight_cache = 1;
+    int zero = 0, weight_cache = 1, fp8_allgather = 0;
     float dist_timeout = 600;
 };
 
@@ -120,6 +120,10 @@ static Flag *make_flags(Settings *s, int *n) {
          "data parallel over the ranks of mpirun (or LLAMA_AO_*): 1 = master weights and optimizer states sharded, "
          "gradients all-reduced; 2 = gradients reduce-scattered too; 3 = the bf16 weights sharded too, each layer's "
          "all-gathered around its forward and backward (same losses as 2); 0 = one GPU", 0, 3},
+        {"--fp8-allgather", nullptr, FLAG_BOOL, &s->fp8_allgather,
+         "--zero 3 with --recipe fp8-tensorwise (torchao's float8 all-gather): each rank casts its shard of the fp8 "
+         "Linear weights once per optimizer step (scale from the amax over all ranks) and the layer all-gathers move "
+         "those 1-byte codes instead of bf16: half the weight traffic, the same bits", 1, 0},
         {"--dist-timeout", nullptr, FLAG_FLOAT, &s->dist_timeout,
          "seconds a rank waits for the others (start-up, each communication) before it aborts and exits", 1, 1e6},
     };
@@ -210,6 +214,9 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
         printf("  %-28s %8.2f GiB  (--recipe %s: fp8 codes and scales of one Linear at a time%s)\n", "fp8 cast scratch",
                p.cast_scratch / G, linear_recipe_name(o->recipe),
                linear_recipe_is_mx(o->recipe) ? "; MX emulated: + its operands dequantized to bf16" : "");
+    if (p.fp8_gather)
+        printf("  %-28s %8.2f GiB  (--fp8-allgather: fp8 codes of the shard's Linear weights + 2 layers' gathered "
+               "codes)\n", "fp8 all-gather codes", p.fp8_gather / G);
     if (p.weight_cache)
         printf("  %-28s %8.2f GiB  (--weight-cache: W and W^T codes of every fp8 Linear, cast once per optimizer "
                "step)\n", "fp8 weight cache", p.weight_cache / G);
@@ -224,7 +231,7 @@ static void print_memory_table(const LlamaConfig *c, const Settings *s, const Gp
         printf("  ZeRO-%d over %d ranks: this rank keeps master weights%s and optimizer states of %zu of %zu parameters "
                "(%.1f%%)\n", o->zero->level, o->zero->world, zero3 ? ", bf16 weights" : "", o->zero->end - o->zero->begin,
                o->zero->total, 100.0 * (o->zero->end - o->zero->begin) / (o->zero->total ? o->zero->total : 1));
-    size_t fixed = p.params + p.master + p.grads + p.moments + p.gather + p.weight_cache, best = 0;
+    size_t fixed = p.params + p.master + p.grads + p.moments + p.gather + p.weight_cache + p.fp8_gather, best = 0;
     for (int b = 1; b <= 1024; b *= 2) {
         GpuMemPlan q = llama_gpu_plan(c, b, s->T, o);
         if (fixed + q.activations + q.logits + q.cast_scratch + (256u << 20) <= free_b) best = (size_t)b;
@@ -353,6 +360,11 @@ int main(int argc, char **argv) {
         CHECK(linear_recipe_parse(s.recipe, &recipe, why, sizeof why), "%s", why);
         CHECK(linear_tokens_ok(recipe, (long)s.B * s.T, why, sizeof why), "%s", why);
     }
+    CHECK(!s.fp8_allgather || s.zero == 3, "--fp8-allgather without --zero 3\n  HINT: it changes what ZeRO-3 all-gathers "
+          "(each layer's weights); add --zero 3, or drop --fp8-allgather");
+    CHECK(!s.fp8_allgather || recipe == LINEAR_FP8_TENSORWISE, "--fp8-allgather with --recipe %s\n  HINT: it needs "
+          "--recipe fp8-tensorwise (as torchao's float8 all-gather): only one scale per tensor lets each rank cast "
+          "its shard into the codes of the whole tensor", s.recipe);
     CHECK(s.offload || s.offload_overlap, "--offload-overlap=off without --offload\n  HINT: it selects how the "
           "offloaded optimizer step is scheduled; add --offload or drop it");
     if (s.total_batch == 0) s.total_batch = s.B * s.T * W;
@@ -449,7 +461,8 @@ int main(int argc, char **argv) {
     o.optim_overlap = s.optim_overlap;
     // The weights change only in the optimizer step (llama_gpu_adamw bumps the model's weights version),
     // so the micro-batches of a step can share each fp8 weight's codes.
-    o.cache_weight_casts = s.weight_cache && accum > 1 && recipe != LINEAR_BF16;
+    o.cache_weight_casts = s.weight_cache && accum > 1 && recipe != LINEAR_BF16 && !s.fp8_allgather;
+    o.fp8_allgather = s.fp8_allgather;  // (its gathered codes serve every micro-batch of a step: no cache)
     print_memory_table(c, &s, &o, &ctx);
     LlamaGpu m;
     llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
@@ -474,6 +487,8 @@ int main(int argc, char **argv) {
     if (s.zero) zero_comm_init(&zc, &dist, &zplan, m.grads, s.zero == 3 ? m.pshard : m.params, ctx.stream);
     if (s.zero == 3) {  // each layer's weights gathered from the shards, on the communication stream with several ranks
         m.gather = zero_params_fetch;
+        m.gather_runs = zero_params_fetch_runs;  // --fp8-allgather
+        m.reduce_max = zero_amax_reduce;
         m.gather_arg = &zc;
         if (W > 1) m.gather_stream = dist.stream;
     }

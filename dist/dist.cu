@@ -168,13 +168,13 @@ static void clip_range(const size_t *bounds, int r, size_t lo, size_t hi, size_t
     *b = bounds[r + 1] < hi ? bounds[r + 1] : hi;
 }
 
-static void allgather_into_local(Dist *d, bf16 *dst, const bf16 *shard, const size_t *bounds, size_t lo, size_t hi,
-                                 cudaStream_t s) {
+static void allgather_into_local(Dist *d, void *dst, const void *shard, int bytes, const size_t *bounds, size_t lo,
+                                 size_t hi, cudaStream_t s) {
     size_t a, b;
     clip_range(bounds, d->rank, lo, hi, &a, &b);
     if (a < b)
-        CUDA_CHECK(cudaMemcpyAsync(dst + (a - lo), shard + (a - bounds[d->rank]), (b - a) * sizeof(bf16),
-                                   cudaMemcpyDeviceToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync((char *)dst + (a - lo) * bytes, (const char *)shard + (a - bounds[d->rank]) * bytes,
+                                   (b - a) * bytes, cudaMemcpyDeviceToDevice, s));
 }
 
 #ifdef LLAMA_AO_NCCL
@@ -403,23 +403,35 @@ void dist_allgather_ranges_bf16(Dist *d, bf16 *buf, const size_t *bounds, const 
     nccl_call(d, ncclGroupEnd(), what);
 }
 
-void dist_allgather_into_bf16(Dist *d, bf16 *dst, const bf16 *shard, const size_t *bounds, size_t lo, size_t hi,
-                              cudaStream_t s, const char *what) {
+void dist_allgather_runs(Dist *d, const DistGatherRun *runs, int n, const size_t *bounds, cudaStream_t s,
+                         const char *what) {
     if (!d->impl) {
-        allgather_into_local(d, dst, shard, bounds, lo, hi, s);
+        for (int i = 0; i < n; i++)
+            allgather_into_local(d, runs[i].dst, runs[i].shard, runs[i].bytes, bounds, runs[i].lo, runs[i].hi, s);
         return;
     }
-    // One broadcast per rank owning part of [lo, hi): the root sends from its shard, every rank
+    // One broadcast per run and rank owning part of it: the root sends from its shard, every rank
     // (the root too: out of place) receives into dst. Uneven ranges rule out ncclAllGather.
     nccl_call(d, ncclGroupStart(), what);
-    for (int r = 0; r < d->world; r++) {
-        size_t a, b;
-        clip_range(bounds, r, lo, hi, &a, &b);
-        if (a >= b) continue;
-        const bf16 *send = r == d->rank ? shard + (a - bounds[r]) : dst + (a - lo);
-        nccl_call(d, ncclBroadcast(send, dst + (a - lo), b - a, ncclBfloat16, r, d->impl->comm, s), what);
+    for (int i = 0; i < n; i++) {
+        const DistGatherRun *u = &runs[i];
+        CHECK(u->bytes == 1 || u->bytes == 2, "%s: elements of %d bytes (1 or 2)", what, u->bytes);
+        for (int r = 0; r < d->world; r++) {
+            size_t a, b;
+            clip_range(bounds, r, u->lo, u->hi, &a, &b);
+            if (a >= b) continue;
+            char *recv = (char *)u->dst + (a - u->lo) * u->bytes;
+            const void *send = r == d->rank ? (const char *)u->shard + (a - bounds[r]) * u->bytes : recv;
+            nccl_call(d, ncclBroadcast(send, recv, b - a, u->bytes == 1 ? ncclUint8 : ncclBfloat16, r, d->impl->comm, s),
+                      what);
+        }
     }
     nccl_call(d, ncclGroupEnd(), what);
+}
+
+void dist_allreduce_max_f32(Dist *d, float *buf, size_t n, cudaStream_t s, const char *what) {
+    if (!d->impl || n == 0) return;
+    nccl_call(d, ncclAllReduce(buf, buf, n, ncclFloat32, ncclMax, d->impl->comm, s), what);
 }
 
 void dist_gather_ranges_f32(Dist *d, float *buf, const size_t *bounds, const char *what) {
@@ -473,14 +485,22 @@ void dist_allreduce_f32(Dist *, float *, size_t, const char *) {}
 void dist_reduce_ranges_f32(Dist *, float *, const size_t *, size_t, size_t, const char *) {}
 void dist_allgather_ranges_bf16(Dist *, bf16 *, const size_t *, const char *) {}
 void dist_gather_ranges_f32(Dist *, float *, const size_t *, const char *) {}
-void dist_allgather_into_bf16(Dist *d, bf16 *dst, const bf16 *shard, const size_t *bounds, size_t lo, size_t hi,
-                              cudaStream_t s, const char *what) {
+void dist_allgather_runs(Dist *d, const DistGatherRun *runs, int n, const size_t *bounds, cudaStream_t s,
+                         const char *what) {
     (void)what;
-    allgather_into_local(d, dst, shard, bounds, lo, hi, s);
+    for (int i = 0; i < n; i++)
+        allgather_into_local(d, runs[i].dst, runs[i].shard, runs[i].bytes, bounds, runs[i].lo, runs[i].hi, s);
 }
+void dist_allreduce_max_f32(Dist *, float *, size_t, cudaStream_t, const char *) {}
 void dist_allreduce_host(Dist *, double *, int, const char *) {}
 
 #endif
+
+void dist_allgather_into_bf16(Dist *d, bf16 *dst, const bf16 *shard, const size_t *bounds, size_t lo, size_t hi,
+                              cudaStream_t s, const char *what) {
+    const DistGatherRun run = {dst, shard, lo, hi, 2};
+    dist_allgather_runs(d, &run, 1, bounds, s, what);
+}
 
 void dist_sync_hook(void *arg, cudaStream_t s, const char *what) { dist_wait((Dist *)arg, s, what); }
 

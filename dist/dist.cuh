@@ -78,6 +78,22 @@ void dist_allgather_ranges_bf16(Dist *d, bf16 *buf, const size_t *bounds, const 
 // order); without a communicator (world size 1) it is a device copy of the own range on s.
 void dist_allgather_into_bf16(Dist *d, bf16 *dst, const bf16 *shard, const size_t *bounds, size_t lo, size_t hi,
                               cudaStream_t s, const char *what);
+// Several all-gathers into separate buffers as one NCCL group (ZeRO-3 --fp8-allgather: a layer's
+// fp8 weights move as 1-byte codes, the rest as bf16). Run i: dst receives the flat elements
+// [lo, hi) (dst[0] is element lo), of which rank r holds [bounds[r], bounds[r+1]) in its `shard`
+// (elements of `bytes` bytes, starting at flat element bounds[rank]). Exact; queued on s; without
+// a communicator, device copies of the own ranges.
+typedef struct {
+    void *dst;
+    const void *shard;
+    size_t lo, hi;
+    int bytes;  // 1 (fp8 codes) or 2 (bf16)
+} DistGatherRun;
+void dist_allgather_runs(Dist *d, const DistGatherRun *runs, int n, const size_t *bounds, cudaStream_t s,
+                         const char *what);
+// buf[0, n) = its elementwise maximum over the ranks, queued on s (the tensor-wide amax of a sharded
+// tensor from each rank's amax of its piece, torchao's reduce_amax). No-op without a communicator.
+void dist_allreduce_max_f32(Dist *d, float *buf, size_t n, cudaStream_t s, const char *what);
 // Gather to rank 0: rank 0 receives rank r's buf[bounds[r], bounds[r+1]) (ncclSend/ncclRecv).
 void dist_gather_ranges_f32(Dist *d, float *buf, const size_t *bounds, const char *what);
 // Host values summed over the ranks (n <= 16), blocking with the timeout.

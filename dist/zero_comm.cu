@@ -68,3 +68,14 @@ void zero_params_fetch(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t 
     dist_allgather_into_bf16(zc->dist, dst, zc->params, zc->plan->bounds, lo, hi, s,
                              "the all-gather of a layer's weights (ZeRO-3)");
 }
+
+void zero_params_fetch_runs(void *arg, const DistGatherRun *runs, int n, cudaStream_t s) {
+    ZeroComm *zc = (ZeroComm *)arg;
+    CHECK(zc->plan->level == 3, "zero_params_fetch_runs: a ZeRO-%d plan keeps every parameter", zc->plan->level);
+    dist_allgather_runs(zc->dist, runs, n, zc->plan->bounds, s, "the all-gather of a layer's fp8 and bf16 weights (ZeRO-3)");
+}
+
+void zero_amax_reduce(void *arg, float *v, int n, cudaStream_t s) {
+    ZeroComm *zc = (ZeroComm *)arg;
+    dist_allreduce_max_f32(zc->dist, v, (size_t)n, s, "the all-reduce (max) of the fp8 weights' amax (ZeRO-3)");
+}

@@ -48,3 +48,8 @@ void zero_params_gather(ZeroComm *zc);
 // LlamaGpu.gather hook (ZeRO-3), arg = ZeroComm *: the flat weights [lo, hi) from every rank's
 // shard into dst[0, hi - lo), queued on s (exact: copies only).
 void zero_params_fetch(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t s);
+// ZeRO-3 --fp8-allgather (LlamaGpu.gather_runs and .reduce_max hooks, arg = ZeroComm *): the runs
+// of a layer (its fp8 weights as codes from the rank's code shard, the rest as bf16) in one group;
+// v[0, n) = the maximum over the ranks (each tensor's amax from the amax of every rank's piece).
+void zero_params_fetch_runs(void *arg, const DistGatherRun *runs, int n, cudaStream_t s);
+void zero_amax_reduce(void *arg, float *v, int n, cudaStream_t s);

@@ -41,16 +41,6 @@ static Dims dims(const LlamaConfig *c, int B, int T) {
 }
 
 // A bump allocator over one device allocation: pass 1 (base == NULL) only counts bytes.
-struct Carver {
-    char *base;
-    size_t used;
-    template <typename T> T *take(size_t count) {
-        size_t off = (used + 255) & ~(size_t)255;  // 256-byte alignment for vector loads and cuBLASLt
-        used = off + count * sizeof(T);
-        return base ? (T *)(base + off) : nullptr;
-    }
-};
-
 // ---- the model's Linears ------------------------------------------------------------------
 // Every Linear runs through ops/linear.cuh; these are the groups it is handed (Linears sharing
 // an input, writing one packed output). Shapes come from the config; pointers from the weights
@@ -194,7 +184,7 @@ static void carve_acts(LlamaGpu *m, Carver &cv) {
     // The weight cast cache: W and W^T codes of every fp8 part of every layer (lin_wcache, when the
     // model has it, gets the pointers).
     const size_t wc0 = cv.used;
-    if (o->cache_weight_casts && o->recipe != LINEAR_BF16) {
+    if (o->cache_weight_casts && !o->fp8_allgather && o->recipe != LINEAR_BF16) {  // (fp8-allgather: the slots)
         LinearGroup g[LIN_PER_LAYER];
         for (int l = 0; l < c->n_layers; l++) {
             const int n = linear_groups(m, l, g);
@@ -256,6 +246,8 @@ GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *
     p.cast_scratch = m.lin_bytes;
     p.weight_cache = m.wcache_bytes;
     p.activations = cv.used - m.lin_bytes - m.wcache_bytes;
+    m.shard_n = S;
+    p.fp8_gather = zero3 && opts->fp8_allgather ? lg_fp8ag_place(&m, nullptr) : 0;
     p.logits = logits_rows(opts, (size_t)B * T) * (size_t)c->vocab_size * sizeof(bf16);
     return p;
 }
@@ -266,6 +258,9 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
         char why[512];
         CHECK(linear_tokens_ok(opts->recipe, (long)B * T, why, sizeof why), "%s", why);
     }
+    CHECK(!opts->fp8_allgather || (opts->zero && opts->zero->level == 3 && opts->recipe == LINEAR_FP8_TENSORWISE),
+          "llama_gpu_init: fp8_allgather needs ZeRO-3 and the fp8-tensorwise recipe (ZeRO level %d, recipe %s)",
+          opts->zero ? opts->zero->level : 0, linear_recipe_name(opts->recipe));
     memset(m, 0, sizeof *m);
     m->cfg = cpu->cfg;
     m->opts = *opts;
@@ -402,11 +397,12 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
     }
 
     m->layers = (GpuLayerActs *)ao_calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (opts->cache_weight_casts && opts->recipe != LINEAR_BF16) {
+    if ((opts->cache_weight_casts || opts->fp8_allgather) && opts->recipe != LINEAR_BF16) {
         m->lin_wcache = (LinearWCache *)ao_calloc((size_t)c->n_layers * LIN_PER_LAYER * LINEAR_MAX_PARTS,
                                                   sizeof *m->lin_wcache);
         m->wversion = 1;
     }
+    if (opts->fp8_allgather) lg_fp8ag_init(m, ctx);  // the fp8 parts' lin_wcache entries point into its slots
     Carver cv = {nullptr, 0};
     carve_acts(m, cv);
     Dims d = dims(c, B, T);

@@ -18,12 +18,14 @@
 // layer l - 1 while layer l runs. A buffer is gathered again only after the shard changes (the
 // optimizer step) or another layer took its slot. A tensor keeps its flat-buffer address modulo
 // 256 bytes in its slot (dist/zero.cuh), so every kernel and cuBLASLt algorithm is ZeRO-2's and
-// the losses are ZeRO-2's bit for bit.
+// the losses are ZeRO-2's bit for bit. With opts.fp8_allgather the layers' fp8 Linear weights are
+// gathered as fp8 codes cast from the shards instead (LlamaGpu.qshard has the scheme).
 #pragma once
 
 #include <stdio.h>
 
 #include "../common/gpu.h"
+#include "../dist/dist.cuh"
 #include "../dist/zero.cuh"
 #include "../ops/attention.cuh"
 #include "../ops/linear.cuh"
@@ -63,6 +65,12 @@ typedef struct {
                              // when a step accumulates several micro-batches. 2 bytes per fp8 weight (+ scales);
                              // the same bits as without it. Whatever writes the bf16 weights calls
                              // llama_gpu_params_changed (the optimizer step does).
+    int fp8_allgather;     // --fp8-allgather (ZeRO-3 with fp8-tensorwise only; torchao's float8 all-gather for
+                           // FSDP2): each rank casts its shard's fp8 Linear weights once per weights version,
+                           // with the tensor-wide scale from the amax all-reduced (max) over the ranks, and the
+                           // layer gathers move those 1-byte codes instead of the bf16 weights; the fp8 GEMMs
+                           // take the gathered codes. The same bits as without it (a tensorwise cast is
+                           // elementwise with one scale). Replaces cache_weight_casts for those Linears.
 } GpuRunOpts;
 
 // Per-layer activations kept for backward (bf16 unless marked), N = B*T rows.
@@ -146,6 +154,26 @@ typedef struct {
     cudaStream_t gather_stream, zown_stream;
     void (*gather)(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t s);
     void *gather_arg;
+    // --fp8-allgather (opts.fp8_allgather; the global tensors stay bf16 and use `gather`). The first
+    // layer fetch after the weights change (ag_version != wversion) casts, on the gather stream: the
+    // amax of each fp8 tensor's piece of the shard (0 without one), reduce_max over the ranks, the
+    // scales, the pieces' codes into qshard. A layer's fetch then gathers through gather_runs (NULL: a
+    // plan of one rank, copies): the fp8 tensors' codes into the layer's code slot zq[l % 2] at
+    // ag_pos (256-byte aligned, like the cast scratch, so the fp8 GEMMs pick the algorithms they pick
+    // without it), the other tensors (norms, biases) into zbuf as before; the bf16 copy of an fp8
+    // tensor is not gathered. lin_wcache points the fp8 parts at the slots (LinearWCache.from_codes).
+    uint8_t *qshard;          // [shard_n] codes of the shard's fp8 tensors (other bytes unused)
+    uint8_t *zq[2];           // layer code slots, ag_slot bytes each
+    size_t ag_slot;
+    float *ag_amax, *ag_scale;  // [n_ag] per fp8 tensor: the global amax, the dequantization scale
+    float *ag_ws;             // fp8_amax_tensor's workspace (gather stream only)
+    void *ag_mem;             // the allocation of all of the above
+    int *ag_of;               // [tab.n] host: index among the fp8 tensors, -1 for those gathered in bf16
+    size_t *ag_pos;           // [tab.n] host: place in a layer code slot
+    int n_ag;
+    unsigned long long ag_version;
+    void (*gather_runs)(void *arg, const DistGatherRun *runs, int n, cudaStream_t s);  // arg: gather_arg
+    void (*reduce_max)(void *arg, float *v, int n, cudaStream_t s);  // NULL: one rank
     // Tests only (0: off): a spin of this many ns on the gather stream before each gather [0], or
     // on the compute stream after each wait for a gather [1]. Results must not change; a missing
     // event (compute reading a slot before its gather landed, or a gather overwriting a slot the
@@ -214,7 +242,10 @@ void llama_gpu_free(LlamaGpu *m);
 // params: the bf16 weights this rank keeps (the shard with ZeRO-3); gather: ZeRO-3's buffers (two
 // layers + the global tensors).
 // weight_cache: the fp8 weights' codes kept between micro-batches (opts.cache_weight_casts).
-typedef struct { size_t params, master, grads, moments, activations, logits, cast_scratch, gather, weight_cache; } GpuMemPlan;
+// fp8_gather: --fp8-allgather's codes of the shard, two layer code slots, amax and scales.
+typedef struct {
+    size_t params, master, grads, moments, activations, logits, cast_scratch, gather, weight_cache, fp8_gather;
+} GpuMemPlan;
 GpuMemPlan llama_gpu_plan(const LlamaConfig *c, int B, int T, const GpuRunOpts *opts);
 
 // Copies tokens/targets ([B*T], host) to the device; targets < 0 are ignored.

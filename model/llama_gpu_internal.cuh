@@ -4,6 +4,17 @@
 #pragma once
 #include "llama_gpu.cuh"
 
+// Carves one allocation: a first pass with base NULL counts the bytes, a second hands out pointers.
+struct Carver {
+    char *base;
+    size_t used;
+    template <typename T> T *take(size_t count) {
+        size_t off = (used + 255) & ~(size_t)255;  // 256-byte alignment for vector loads and cuBLASLt
+        used = off + count * sizeof(T);
+        return base ? (T *)(base + off) : nullptr;
+    }
+};
+
 // Waits for the compute stream: through the multi-GPU hook when one is set (it polls for failed
 // peers), else plainly.
 void lg_sync(LlamaGpu *m, GpuCtx *ctx, const char *what);
@@ -29,6 +40,13 @@ void lg_zero3_free(LlamaGpu *m);
 void lg_zero3_fetch(LlamaGpu *m, GpuCtx *ctx, int b);
 // The compute stream waits until bucket b's gather is in its buffer (fetched before).
 void lg_zero3_use(LlamaGpu *m, GpuCtx *ctx, int b);
+
+// ZeRO-3 --fp8-allgather (llama_gpu_zero3.cu; LlamaGpu.qshard ... has the scheme). _place: the bytes of
+// its buffers for m->cfg, opts, B, T and shard_n (sets ag_slot and n_ag); with base, their pointers.
+// _init (after lg_zero3_init and lin_wcache): allocates and zeroes them, numbers the fp8 tensors and
+// points their parts' lin_wcache entries at the code slots.
+size_t lg_fp8ag_place(LlamaGpu *m, void *base);
+void lg_fp8ag_init(LlamaGpu *m, GpuCtx *ctx);
 
 // --optim-overlap (llama_gpu_step.cu): the optimizer stream and events (init: only when the
 // overlap is in effect, which it decides: m->overlap), their release; the compute stream waits

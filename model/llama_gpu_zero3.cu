@@ -1,9 +1,11 @@
 // ZeRO-3's weight gathers for the GPU model (the schedule is described in llama_gpu.cuh): the
 // three gather buffers' pointers, the gather stream and its events, and the fetch/use pair the
 // forward and backward call around each layer.
+#include <limits.h>
 #include <string.h>
 
 #include "llama_gpu_internal.cuh"
+#include "../quant/fp8_cast.cuh"
 
 static int buffer_of(const LlamaGpu *m, int b) { return b < m->plan->n_layers ? b % 2 : 2; }
 
@@ -63,9 +65,150 @@ void lg_zero3_init(LlamaGpu *m) {
 
 void lg_zero3_free(LlamaGpu *m) {
     if (m->zown_stream) cudaStreamSynchronize(m->zown_stream), cudaStreamDestroy(m->zown_stream);
+    if (m->ag_mem) cudaFree(m->ag_mem);
+    free(m->ag_of), free(m->ag_pos);
     for (int i = 0; i < 3; i++)
         if (m->zready[i]) cudaEventDestroy(m->zready[i]);
     if (m->zev_compute) cudaEventDestroy(m->zev_compute);
+}
+
+// ---- --fp8-allgather ---------------------------------------------------------------------------
+// Every layer has the same Linears, so one layout of the fp8 parts (layer 0's) serves every layer:
+// pos[i][p] is group i's part p's place in a code slot, -1 for a part that stays bf16.
+static size_t ag_slot_layout(const LlamaGpu *m, long pos[4][LINEAR_MAX_PARTS], int *per_layer) {
+    LinearGroup g[4];
+    const int ng = llama_gpu_linears(m, 0, g, nullptr);
+    CHECK(ng <= 4, "fp8-allgather: %d Linear groups per layer (at most 4)", ng);
+    size_t bytes = 0;
+    *per_layer = 0;
+    for (int i = 0; i < ng; i++)
+        for (int p = 0; p < g[i].nparts; p++) {
+            pos[i][p] = -1;
+            if (!linear_group_part_fp8(m->opts.recipe, &g[i], p, NULL, 0)) continue;
+            pos[i][p] = (long)bytes;
+            bytes += ((size_t)g[i].K * g[i].part[p].M + 255) / 256 * 256;  // 256-byte aligned, as the cast scratch
+            (*per_layer)++;
+        }
+    return bytes;
+}
+
+size_t lg_fp8ag_place(LlamaGpu *m, void *base) {
+    long pos[4][LINEAR_MAX_PARTS];
+    int per_layer;
+    m->ag_slot = ag_slot_layout(m, pos, &per_layer);
+    m->n_ag = per_layer * m->cfg.n_layers;
+    Carver cv = {(char *)base, 0};
+    m->qshard = cv.take<uint8_t>(m->shard_n);
+    m->zq[0] = cv.take<uint8_t>(m->ag_slot), m->zq[1] = cv.take<uint8_t>(m->ag_slot);
+    m->ag_amax = cv.take<float>(m->n_ag), m->ag_scale = cv.take<float>(m->n_ag);
+    m->ag_ws = cv.take<float>(FP8_AMAX_WS_FLOATS);
+    return cv.used;
+}
+
+void lg_fp8ag_init(LlamaGpu *m, GpuCtx *ctx) {
+    const ZeroPlan *z = m->plan;
+    const ParamTable *tab = &m->tab;
+    const size_t bytes = lg_fp8ag_place(m, nullptr);
+    CUDA_CHECK(cudaMalloc(&m->ag_mem, bytes));
+    CUDA_CHECK(cudaMemsetAsync(m->ag_mem, 0, bytes, ctx->stream));  // the amax workspace's counter
+    lg_fp8ag_place(m, m->ag_mem);
+    m->ag_of = (int *)ao_malloc((size_t)tab->n * sizeof(int));
+    m->ag_pos = (size_t *)ao_calloc((size_t)tab->n, sizeof(size_t));
+    for (int t = 0; t < tab->n; t++) m->ag_of[t] = -1;
+    long pos[4][LINEAR_MAX_PARTS];
+    int per_layer, j = 0;
+    ag_slot_layout(m, pos, &per_layer);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        LinearGroup g[4];
+        const int ng = llama_gpu_linears(m, l, g, nullptr);
+        for (int i = 0; i < ng; i++)
+            for (int p = 0; p < g[i].nparts; p++) {
+                if (pos[i][p] < 0) continue;
+                int t = 0;  // the tensor the part's weight pointer (into the layer's slot) belongs to
+                while (t < tab->n && !(tab->p[t].layer == l &&
+                                       m->zbuf[l % 2] + zero3_buf_index(z, l, tab->p[t].offset) == g[i].part[p].w))
+                    t++;
+                CHECK(t < tab->n && g[i].wc, "fp8-allgather: layer %d's %s is no tensor of the table", l, g[i].part[p].name);
+                m->ag_of[t] = j, m->ag_pos[t] = (size_t)pos[i][p];
+                LinearWCache *wc = &g[i].wc[p];
+                memset(wc, 0, sizeof *wc);
+                wc->q[0] = m->zq[l % 2] + pos[i][p], wc->s[0] = m->ag_scale + j, wc->from_codes = 1;
+                j++;
+            }
+    }
+    CHECK(j == m->n_ag, "fp8-allgather: numbered %d of %d fp8 tensors", j, m->n_ag);
+}
+
+// Marks the fp8 parts of layer l as holding the weights version v in their slot (0: not held).
+static void ag_mark(LlamaGpu *m, int l, unsigned long long v) {
+    LinearGroup g[4];
+    const int ng = llama_gpu_linears(m, l, g, nullptr);
+    for (int i = 0; i < ng; i++)
+        for (int p = 0; p < g[i].nparts; p++)
+            if (g[i].wc && g[i].wc[p].from_codes) g[i].wc[p].made[0] = v;
+}
+
+// The codes of the shard's fp8 tensors for the current weights, queued on the gather stream: the
+// casts of torchao's float8 all-gather, with the amax of each whole tensor (the maximum of its
+// pieces' over the ranks: the same number as one cast of the whole tensor), so every code and scale
+// is the bits the Linear's own cast of the gathered bf16 weight makes. Every rank runs it at the
+// same fetch (the collective).
+static void ag_cast_shard(LlamaGpu *m) {
+    const ZeroPlan *z = m->plan;
+    cudaStream_t s = m->gather_stream;
+    const Fp8CastSpec spec = fp8_recipe_cast(linear_fp8_recipe(m->opts.recipe), FP8_W_FWD);
+    CUDA_CHECK(cudaMemsetAsync(m->ag_amax, 0, (size_t)m->n_ag * sizeof(float), s));  // 0 for tensors without a piece here
+    for (int i = 0; i < z->n_pieces; i++) {
+        const ZeroPiece *pc = &z->pieces[i];
+        const int j = m->ag_of[pc->tensor];
+        if (j < 0) continue;
+        CHECK(pc->n <= INT_MAX, "fp8-allgather: a piece of %zu elements (the casts take at most %d)", pc->n, INT_MAX);
+        fp8_amax_tensor(m->ag_amax + j, m->ag_ws, m->pshard + (pc->offset - z->begin), 1, (int)pc->n, pc->n, s);
+    }
+    if (m->reduce_max) m->reduce_max(m->gather_arg, m->ag_amax, m->n_ag, s);
+    else CHECK(z->world == 1, "fp8-allgather over %d ranks needs the reduce_max hook (LlamaGpu.reduce_max)", z->world);
+    fp8_scales_from_amax(m->ag_scale, m->ag_amax, m->n_ag, spec.dtype, spec.pow2, s);  // every rank, piece or not
+    for (int i = 0; i < z->n_pieces; i++) {
+        const ZeroPiece *pc = &z->pieces[i];
+        const int j = m->ag_of[pc->tensor];
+        if (j < 0) continue;
+        // (writes the scale again: the same value)
+        fp8_cast_tensor(m->qshard + (pc->offset - z->begin), nullptr, m->ag_scale + j,
+                        m->pshard + (pc->offset - z->begin), 1, (int)pc->n, pc->n, m->ag_amax + j, spec.dtype, spec.pow2, s);
+    }
+}
+
+// Layer b's gather into slot k: its fp8 tensors' codes, the rest (norms, biases; runs of
+// neighbours merged) in bf16.
+static void ag_gather(LlamaGpu *m, int b, int k) {
+    const ZeroPlan *z = m->plan;
+    const ParamTable *tab = &m->tab;
+    enum { MAX_RUNS = 32 };
+    DistGatherRun runs[MAX_RUNS];
+    int n = 0;
+    for (int t = 0; t < tab->n; t++) {
+        const ParamInfo *P = &tab->p[t];
+        if (P->layer != b) continue;
+        const size_t lo = P->offset, hi = P->offset + P->numel;
+        const int j = m->ag_of[t];
+        if (j < 0 && n > 0 && runs[n - 1].bytes == 2) {
+            runs[n - 1].hi = hi;  // the previous tensor is bf16 too: one run (with the padding between)
+            continue;
+        }
+        CHECK(n < MAX_RUNS, "fp8-allgather: layer %d needs more than %d gather runs", b, MAX_RUNS);
+        if (j >= 0) runs[n++] = {m->zq[k] + m->ag_pos[t], m->qshard, lo, hi, 1};
+        else runs[n++] = {m->zbuf[k] + zero3_buf_index(z, b, lo), m->pshard, lo, hi, 2};
+    }
+    if (m->gather_runs) {
+        m->gather_runs(m->gather_arg, runs, n, m->gather_stream);
+        return;
+    }
+    CHECK(z->world == 1, "ZeRO-3 --fp8-allgather over %d ranks needs the gather_runs hook (LlamaGpu.gather_runs)", z->world);
+    for (int i = 0; i < n; i++) {
+        const size_t e = runs[i].bytes;
+        CUDA_CHECK(cudaMemcpyAsync(runs[i].dst, (const char *)runs[i].shard + (runs[i].lo - z->begin) * e,
+                                   (runs[i].hi - runs[i].lo) * e, cudaMemcpyDeviceToDevice, m->gather_stream));
+    }
 }
 
 void lg_zero3_fetch(LlamaGpu *m, GpuCtx *ctx, int b) {
@@ -79,7 +222,12 @@ void lg_zero3_fetch(LlamaGpu *m, GpuCtx *ctx, int b) {
     CUDA_CHECK(cudaEventRecord(m->zev_compute, ctx->stream));
     CUDA_CHECK(cudaStreamWaitEvent(m->gather_stream, m->zev_compute, 0));
     spin(m->zdelay_ns[0], m->gather_stream);
-    if (m->gather) {
+    if (m->opts.fp8_allgather && b < m->plan->n_layers) {
+        if (m->ag_version != m->wversion) ag_cast_shard(m), m->ag_version = m->wversion;
+        if (m->zheld[k] >= 0) ag_mark(m, m->zheld[k], 0);  // its codes are overwritten
+        ag_gather(m, b, k);
+        ag_mark(m, b, m->wversion);  // (the compute stream waits for the gather: lg_zero3_use)
+    } else if (m->gather) {
         m->gather(m->gather_arg, dst, lo, hi, m->gather_stream);
     } else {
         CHECK(z->world == 1, "ZeRO-3 over %d ranks needs the gather hook (LlamaGpu.gather)", z->world);

@@ -184,6 +184,7 @@ size_t linear_wcache_place(LinearWCache *wc, LinearRecipe r, int K, int M, void 
     if (b) {
         wc->q[0] = q0, wc->q[1] = q1, wc->s[0] = s0, wc->s[1] = s1;
         wc->made[0] = wc->made[1] = 0;
+        wc->from_codes = 0;
     }
     return used;
 }

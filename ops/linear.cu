@@ -102,6 +102,17 @@ static LinOp weight_operand(LinearCtx *lc, const LinearGroup *g, int p, Fp8Opera
         lc->w_casts++;
         return cast_operand(lc, op, lc->qw, lc->cap.qw, lc->sw, lc->cap.sw, P->w, M, K, st, amax, have_amax);
     }
+    if (wc->from_codes) {  // W as gathered, W^T its transpose (one tensor scale: the transposed cast's codes)
+        CHECK(pair && wc->q[0] && wc->s[0] && wc->made[0] == g->wversion,
+              "linear: %s's fp8 codes are not gathered for the current weights (--fp8-allgather: the model marks "
+              "them when it gathers the layer)", P->name ? P->name : "?");
+        lc->w_reused++;
+        if (!k) return make_op(lc, op, wc->q[0], wc->s[0], M, K);
+        CHECK(lc->qw && (size_t)M * K <= lc->cap.qw, "linear: no W^T scratch for %s [%d x %d]", P->name ? P->name : "?",
+              K, M);
+        fp8_transpose(lc->qw, wc->q[0], M, K, st);
+        return make_op(lc, op, lc->qw, wc->s[0], M, K);
+    }
     CHECK(wc->q[0] && wc->q[1] && wc->s[0] && wc->s[1], "linear: %s has no weight cache (not placed for this recipe)",
           P->name ? P->name : "?");
     // tensorwise keeps one scale for both layouts, in s[0]

@@ -33,7 +33,8 @@
 //     other recipes cast g_p^T right after g_p (a part that fits L2 is then read from DRAM once);
 //   - per-row scales (rowwise x, W, g): the row's amax and its cast in one kernel, one read;
 //   - with g->wc and g->wversion (gradient accumulation) W_p and W_p^T are cast once per version of
-//     the weights and reused by every later micro-batch (below).
+//     the weights and reused by every later micro-batch (below); a wc entry with from_codes (ZeRO-3
+//     --fp8-allgather) holds W_p's gathered codes, and W_p^T is their transpose (no cast at all).
 // MX recipes take the same steps with MX casts (e8m0 per 32 along each GEMM's reduction dim: x, W along
 // K; g, W^T along M; g^T, x^T along N) and the MX GEMMs of ops/matmul_mx.cuh: native on sm_100+,
 // emulated (dequantize to bf16 + bf16 GEMM, no speed-up) below; lc->mx_native says which the scratch holds.

@@ -111,10 +111,14 @@ typedef struct {
     uint8_t *q[2];               // [0] W [M, K], [1] W^T [K, M]; device
     float *s[2];                 // their scales as the casts write them (MX: e8m0 bytes); device
     unsigned long long made[2];  // host: the weights version (LinearGroup.wversion) each holds; 0 none
+    // ZeRO-3 --fp8-allgather (tensorwise only): q[0] and s[0] are the gathered codes and the scale,
+    // filled by their owner (the model marks made[0]); the bf16 W is not gathered, so nothing is cast
+    // here: W^T is q[0] transposed into the scratch (LinearCtx.qw) at each use, q[1] and s[1] unused.
+    int from_codes;
 } LinearWCache;
 
 // Bytes one part's cache takes (pieces 256-byte aligned, as the scratch); with base != NULL the pointers
-// of *wc are set into [base, base + bytes) and made[] cleared. The memory must be zeroed once (128x128
+// of *wc are set into [base, base + bytes), made[] and from_codes cleared. The memory must be zeroed once (128x128
 // scale padding). Only for parts linear_part_fp8 accepts; 0 for bf16.
 size_t linear_wcache_place(LinearWCache *wc, LinearRecipe r, int K, int M, void *base);
 

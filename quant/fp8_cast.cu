@@ -871,6 +871,43 @@ void fp8_cast_tensor(uint8_t *q, uint8_t *qt, float *scale_inv, const bf16 *x, i
     }
 }
 
+__global__ void fp8_scales_from_amax_kernel(float *scale_inv, const float *amax, int n, Fp8Dtype dt, int pow2) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) scale_inv[i] = fp8_scale_inv(fp8_scale_from_amax(amax[i], dt, pow2));
+}
+
+void fp8_scales_from_amax(float *scale_inv, const float *amax, int n, Fp8Dtype dt, int pow2, cudaStream_t stream) {
+    CHECK(n >= 0, "fp8_scales_from_amax: %d scales", n);
+    if (n == 0) return;
+    fp8_scales_from_amax_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(scale_inv, amax, n, dt, pow2);
+    CUDA_CHECK_LAST();
+}
+
+// 64 x 64 byte tiles through shared memory, so that reads and writes are both along rows; the
+// extra column keeps a tile column's bytes in different banks. Not on a hot path: one W^T per fp8
+// Linear and micro-batch backward, against a GEMM over the same bytes times the token count.
+__global__ void fp8_transpose_kernel(uint8_t *qt, const uint8_t *q, int rows, int cols) {
+    __shared__ uint8_t tile[64][65];
+    const int r0 = blockIdx.y * 64, c0 = blockIdx.x * 64;
+    for (int i = threadIdx.y; i < 64; i += blockDim.y) {
+        const int r = r0 + i, c = c0 + threadIdx.x;
+        if (r < rows && c < cols) tile[i][threadIdx.x] = q[(size_t)r * cols + c];
+    }
+    __syncthreads();
+    for (int i = threadIdx.y; i < 64; i += blockDim.y) {
+        const int c = c0 + i, r = r0 + threadIdx.x;
+        if (c < cols && r < rows) qt[(size_t)c * rows + r] = tile[threadIdx.x][i];
+    }
+}
+
+void fp8_transpose(uint8_t *qt, const uint8_t *q, int rows, int cols, cudaStream_t stream) {
+    CHECK(rows >= 0 && cols >= 0, "fp8_transpose: bad shape %dx%d", rows, cols);
+    if (rows == 0 || cols == 0) return;
+    CHECK(ceil_div(rows, 64) <= 65535, "fp8_transpose: %d rows exceed the grid (65535 tiles of 64)", rows);
+    fp8_transpose_kernel<<<dim3(ceil_div(cols, 64), ceil_div(rows, 64)), dim3(64, 4), 0, stream>>>(qt, q, rows, cols);
+    CUDA_CHECK_LAST();
+}
+
 unsigned long long fp8_quantize_check_all(Fp8Dtype dt, uint32_t *first, cudaStream_t stream) {
     unsigned long long *d_bad = NULL, bad = 0;
     unsigned *d_first = NULL, f = 0;

@@ -61,6 +61,16 @@ void fp8_cast_ld(uint8_t *q, float *scale_inv, const bf16 *x, int rows, int cols
 void fp8_cast_tensor(uint8_t *q, uint8_t *qt, float *scale_inv, const bf16 *x, int rows, int cols, size_t ld,
                      const float *tensor_amax, Fp8Dtype dt, int pow2, cudaStream_t stream);
 
+// Tensor scaling of a tensor cast in pieces (ZeRO-3 --fp8-allgather: each rank casts its piece
+// with the amax all-reduced over the ranks): scale_inv[i] from amax[i] for i < n, by the cast
+// kernels' formula (fp8_scale_from_amax, fp8_scale_inv), so a rank that owns no piece of tensor i
+// still has its scale, the bits fp8_cast_tensor writes.
+void fp8_scales_from_amax(float *scale_inv, const float *amax, int n, Fp8Dtype dt, int pow2, cudaStream_t stream);
+
+// qt [cols, rows] = q [rows, cols]^T, bytes (fp8 codes). With one tensor scale, the transposed
+// codes of a tensor are the transposed cast's (W^T from the gathered W of --fp8-allgather).
+void fp8_transpose(uint8_t *qt, const uint8_t *q, int rows, int cols, cudaStream_t stream);
+
 // The transposed casts' tile: 512 rows of x per CTA (default; 2 CTAs per SM) or 256 (3 per SM). The
 // same codes and scales either way; LLAMA_AO_FP8_TSUB=256 picks 256 at start-up. Sets rows (256 or 512;
 // 0 leaves it) and returns the previous value: for tests and benchmarks.

@@ -29,6 +29,9 @@
 #      odd number of eval batches (ranks stay in step); --zero 3 on 1 GPU (gathers are copies) vs no
 #      ZeRO, bitwise; the memory table shows the shard and the gather buffers; resume on 2 GPUs
 #      bit-exact; resume of a ZeRO-3 checkpoint with --zero 2 bit-exact; re-shard 2 -> 1 and 1 -> 2
+#      --fp8-allgather (fp8-tensorwise; fp8 codes gathered): bit-identical to --zero 3 fp8-tensorwise
+#      on 2 GPUs (also with 2 micro-batches and adamw8bit) and to 1 GPU; refused without --zero 3 or
+#      with another recipe
 set -u
 build=${1:-build}
 NP=${2:-2}
@@ -230,6 +233,28 @@ resume z3_to1n "" z3/ckpt_000012
 compare z3 z3_to1n tol "re-shard 2 GPUs (--zero 3) -> 1 GPU without ZeRO" 13
 resume one_to2z3 "$LOCAL" one/ckpt_000012 --zero 3
 compare one one_to2z3 tol "re-shard 1 GPU (no ZeRO) -> 2 GPUs (--zero 3)" 13
+# -- 5b. --fp8-allgather (fp8-tensorwise): each rank casts its shard, the gathers move fp8 codes; a
+# tensorwise cast is elementwise with one scale (from the amax all-reduced with max), so the codes
+# are the unsharded cast's: bit-identical to --zero 3 with the same recipe, and to 1 GPU.
+run z3f "$LOCAL" --zero 3 --recipe fp8-tensorwise
+run z3fag "$LOCAL" --zero 3 --recipe fp8-tensorwise --fp8-allgather
+compare z3f z3fag bitwise "2 GPUs --zero 3 --fp8-allgather vs --zero 3 (fp8-tensorwise)"
+run onef "" --recipe fp8-tensorwise
+run w1z3fag "" --zero 3 --recipe fp8-tensorwise --fp8-allgather
+compare onef w1z3fag bitwise "1 GPU --zero 3 --fp8-allgather vs no ZeRO (fp8-tensorwise, 2 micro-batches, weight cache)"
+acc="--total-batch 4096 --optim adamw8bit"  # 2 micro-batches per rank
+run z3f_a "$LOCAL" --zero 3 --recipe fp8-tensorwise $acc
+run z3fag_a "$LOCAL" --zero 3 --recipe fp8-tensorwise --fp8-allgather $acc
+compare z3f_a z3fag_a bitwise "2 GPUs --zero 3 --fp8-allgather vs --zero 3 (fp8-tensorwise, 2 micro-batches, adamw8bit)"
+if grep -q "fp8 all-gather codes" "$T/z3fag.log"; then ok "--fp8-allgather: the memory table shows its codes"
+else bad "--fp8-allgather: no 'fp8 all-gather codes' line in the memory table (log $T/z3fag.log)"; fi
+for bad_flags in "--zero 2 --recipe fp8-tensorwise --fp8-allgather" "--zero 3 --recipe fp8-rowwise --fp8-allgather"; do
+  timeout 120 $TL $common $bad_flags -o "$T/fag_bad" > "$T/fag_bad.log" 2>&1
+  if [ $? -ne 0 ] && grep -q -- "--fp8-allgather .*\(without --zero 3\|with --recipe\)" "$T/fag_bad.log"; then
+    ok "--fp8-allgather refused with $bad_flags: $(grep -m1 -- '--fp8-allgather' "$T/fag_bad.log" | cut -c1-120)"
+  else bad "--fp8-allgather with $bad_flags: expected a clear refusal (log $T/fag_bad.log)"; fi
+done
+# -- end of 5b.
 ls "$T/z3/ckpt_000012" | tr '\n' ' '; echo
 
 fi  # sections 1-5

@@ -17,7 +17,8 @@
 //     masters and offload; the number of layer gathers per step (held layers are not gathered
 //     twice); a ZeRO-3 plan of one rank without the hook against no ZeRO at all; and the same
 //     with every gather, then the compute after every wait for one, held back 200 us (a missing
-//     event then changes the bits instead of racing rarely).
+//     event then changes the bits instead of racing rarely). --fp8-allgather (fp8-tensorwise) the
+//     same way against plain ZeRO-3 fp8-tensorwise: bit-identical, no weight cast from bf16.
 // With one process the collective parts run at world size 1 (collectives are no-ops, the ZeRO-3
 // gathers copies).
 #include <math.h>
@@ -502,6 +503,14 @@ static void count_fetch(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t
     zero_params_fetch(&x->zc, dst, lo, hi, s);
 }
 
+static void count_fetch_runs(void *arg, const DistGatherRun *runs, int n, cudaStream_t s) {  // --fp8-allgather
+    DpModel *x = (DpModel *)arg;
+    x->gathers++;
+    zero_params_fetch_runs(&x->zc, runs, n, s);
+}
+
+static void dp_amax_reduce(void *arg, float *v, int n, cudaStream_t s) { zero_amax_reduce(&((DpModel *)arg)->zc, v, n, s); }
+
 static void dp_init(DpModel *x, Dist *d, GpuCtx *ctx, const LlamaModel *cpu, int level, GpuRunOpts o, int B, int T,
                     int hook) {
     memset(x, 0, sizeof *x);
@@ -512,6 +521,8 @@ static void dp_init(DpModel *x, Dist *d, GpuCtx *ctx, const LlamaModel *cpu, int
     if (d->world > 1) x->m.grads_stream = d->stream, x->m.sync = dist_sync_hook, x->m.sync_arg = d;
     if (level == 3 && hook) {
         x->m.gather = count_fetch;
+        x->m.gather_runs = count_fetch_runs;
+        x->m.reduce_max = dp_amax_reduce;
         x->m.gather_arg = x;
         if (d->world > 1) x->m.gather_stream = d->stream;
     }
@@ -564,8 +575,10 @@ static int same_dev(const void *a, const void *b, size_t bytes) {
 // number must be the same bits. hook = 0 (one rank only): the model's own copy instead of the hook.
 // delay 1 / 2: every gather starts 200 us late / the compute stream idles 200 us after each wait for
 // a gather (LlamaGpu.zdelay_ns), so a missing event shows as different bits, not as a rare race.
+// fp8ag: both run --recipe fp8-tensorwise with the weight cache (as train_llama with accumulation),
+// and the ZeRO-3 model --fp8-allgather (its layers gather fp8 codes) against ZeRO-3 without it.
 static void check_zero3_steps(Dist *d, GpuCtx *ctx, LowbitFormat optim, LowbitMaster master, int offload, int hook,
-                              int delay = 0) {
+                              int delay = 0, int fp8ag = 0) {
     const int W = d->world, R = d->rank, B = 2, T = 16, steps = 3, N = B * T;
     enum { ACCUM = 2 };
     const LlamaConfig c = test_llama_config(1000, 256, 768, 3, 4, 2, 1);  // 3 layers (both slots, odd), tied embeddings
@@ -575,21 +588,32 @@ static void check_zero3_steps(Dist *d, GpuCtx *ctx, LowbitFormat optim, LowbitMa
     GpuRunOpts o = opts_for(optim, offload, nullptr);
     o.master = master;
     char what[128];
-    snprintf(what, sizeof what, "rank %d/%d, ZeRO-3 vs ZeRO-2, %s%s%s%s%s", R, W, lowbit_format_name(optim),
+    if (fp8ag) o.recipe = LINEAR_FP8_TENSORWISE, o.cache_weight_casts = 1;
+    snprintf(what, sizeof what, "rank %d/%d, ZeRO-3 vs ZeRO-%s, %s%s%s%s%s", R, W,
+             fp8ag ? "3 fp8-tensorwise, --fp8-allgather" : "2", lowbit_format_name(optim),
              master == LOWBIT_MASTER_BF16_SR ? " bf16-sr" : "", offload ? " offload" : "", hook ? "" : " (no hook)",
              delay == 1 ? " (gathers delayed)" : delay == 2 ? " (compute delayed after each gather wait)" : "");
     DpModel *a = (DpModel *)ao_calloc(1, sizeof(DpModel)), *b = (DpModel *)ao_calloc(1, sizeof(DpModel));
-    dp_init(a, d, ctx, &cpu, 2, o, B, T, 1);
-    dp_init(b, d, ctx, &cpu, 3, o, B, T, hook);
+    dp_init(a, d, ctx, &cpu, fp8ag ? 3 : 2, o, B, T, 1);
+    GpuRunOpts ob = o;
+    ob.fp8_allgather = fp8ag;
+    dp_init(b, d, ctx, &cpu, 3, ob, B, T, hook);
     if (delay) b->m.zdelay_ns[delay - 1] = 200000;
     {  // the memory plan: the shard of the bf16 weights and the three gather buffers
-        GpuRunOpts o3 = o;
+        GpuRunOpts o3 = ob;
         o3.zero = &b->z;
         const GpuMemPlan p = llama_gpu_plan(&c, B, T, &o3);
         const size_t S = b->z.end - b->z.begin;
         const size_t g = (2 * zero3_layer_buf_elems(&b->z) + zero3_global_buf_elems(&b->z)) * 2;
         TEST_CHECK(p.params == S * 2 && p.gather == g && b->m.params == nullptr,
                    "%s: memory plan params %zu (want %zu), gather %zu (want %zu)", what, p.params, S * 2, p.gather, g);
+        // --fp8-allgather: the shard's codes (1 byte per element) and 2 layer slots (7 fp8 Linears of
+        // 256/768 dims), no weight cache
+        const size_t slot = (size_t)256 * (256 + 128 + 128 + 256) + (size_t)3 * 256 * 768;
+        TEST_CHECK(!fp8ag || (p.fp8_gather >= S + 2 * slot && p.weight_cache == 0 && b->m.ag_slot == slot &&
+                              b->m.n_ag == 7 * c.n_layers && b->m.wcache_bytes == 0),
+                   "%s: memory plan fp8 gather %zu (want >= %zu), weight cache %zu (want 0), slot %zu (want %zu)",
+                   what, p.fp8_gather, S + 2 * slot, p.weight_cache, b->m.ag_slot, slot);
     }
     int32_t *tok[ACCUM], *tgt[ACCUM];
     for (int k = 0; k < ACCUM; k++) tok[k] = (int32_t *)ao_malloc(N * 4), tgt[k] = (int32_t *)ao_malloc(N * 4);
@@ -630,6 +654,9 @@ static void check_zero3_steps(Dist *d, GpuCtx *ctx, LowbitFormat optim, LowbitMa
     TEST_CHECK(ok_norm, "%s: gradient norms differ", what);
     TEST_CHECK(ok_grad, "%s: gradients differ", what);
     TEST_CHECK(ok_w, "%s: master or bf16 weights of the shard differ after a step", what);
+    TEST_CHECK(!fp8ag || (a->m.lin.w_casts > 0 && b->m.lin.w_casts == 0 && b->m.lin.w_reused > 0),
+               "%s: weight casts %llu / reused %llu with --fp8-allgather (want 0 / > 0: every W comes gathered), "
+               "%llu without", what, b->m.lin.w_casts, b->m.lin.w_reused, a->m.lin.w_casts);
     TEST_CHECK(ok_gathers && (!hook || b->gathers - g0 == 1 + c.n_layers),
                "%s: layer gathers per step %ld %ld %ld (want 7: 4 + 1 + 1 + 1 over 2 micro-batches), eval %ld (want %d)",
                what, per_step[0], per_step[1], per_step[2], b->gathers - g0, 1 + c.n_layers);
@@ -690,6 +717,13 @@ int main(void) {
     if (d.world == 1) check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 0);
     check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1, 1);  // races widened: gathers late
     check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1, 2);  // ... compute late
+    // --fp8-allgather (fp8-tensorwise) against plain ZeRO-3 fp8-tensorwise
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1, 0, 1);
+    check_zero3_steps(&d, &ctx, LOWBIT_8BIT, LOWBIT_MASTER_F32, 0, 1, 0, 1);
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 1, 1, 0, 1);  // offload writes the shard
+    if (d.world == 1) check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 0, 0, 1);
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1, 1, 1);
+    check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1, 2, 1);
     dist_barrier(&d, "every rank to finish the collective tests");
     const int rank = d.rank;
     dist_free(&d);  // finalizing waits for every rank: before rank 0 goes on alone

@@ -7,6 +7,8 @@
 // (code, exponent) pair, on aligned and odd shapes (both kernel paths), against
 // mx_dequantize_bf16_cpu bit for bit, and RCEIL casts dequantizing exactly (the emulated MXFP8 GEMM's
 // premise); the swizzle of e8m0 scales into cuBLASLt's layout against mx_swizzle_cpu.
+// ZeRO-3 --fp8-allgather: a tensor cast in pieces with the maximum of their amax, then transposed,
+// against one cast of the whole tensor.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -396,6 +398,54 @@ static void test_recipes(int N, int K, int M) {
     cudaFree(dq), cudaFree(de), cudaFree(ds), cudaFree(ws);
 }
 
+// ZeRO-3 --fp8-allgather's casts on a tensor cut into pieces (cuts at multiples of 256 elements
+// from its start, as the ZeRO plan cuts): each piece's amax, their maximum (the all-reduce), the
+// scale from it alone (a rank without a piece), each piece cast flat, then the fp8 transpose of the
+// joined codes, against one tensorwise cast of the whole tensor in both layouts: the same bytes.
+static void test_pieces(int rows, int cols, int specials) {
+    char w[160];
+    const size_t n = (size_t)rows * cols;
+    float *x = make_input(rows, cols, specials);
+    bf16 *dx = to_device(x, n, 0);
+    const size_t cuts[] = {0, (n / 3) / 256 * 256, (2 * n / 3) / 256 * 256, n};
+    uint8_t *dq = dalloc<uint8_t>(n), *dqt = dalloc<uint8_t>(n), *dp = dalloc<uint8_t>(n), *dpt = dalloc<uint8_t>(n);
+    float *ws = dalloc<float>(FP8_AMAX_WS_FLOATS), *damax = dalloc<float>(4), *ds = dalloc<float>(4);
+    CUDA_CHECK(cudaMemsetAsync(ws, 0, FP8_AMAX_WS_FLOATS * sizeof(float), g_s));
+    uint8_t *q = (uint8_t *)ao_malloc(n), *p = (uint8_t *)ao_malloc(n);
+    for (int pow2 = 0; pow2 < 2; pow2++) {
+        fp8_amax_tensor(damax, ws, dx, rows, cols, (size_t)cols, g_s);
+        fp8_cast_tensor(dq, dqt, ds, dx, rows, cols, (size_t)cols, damax, FP8_E4M3, pow2, g_s);
+        float pa[3], m = 0.0f;
+        for (int i = 0; i < 3; i++) {
+            const size_t a = cuts[i], k = cuts[i + 1] - a;
+            fp8_amax_tensor(damax + 1, ws, dx + a, 1, (int)k, k, g_s);
+            d2h(&pa[i], damax + 1, 4);
+            m = fmaxf(m, pa[i]);
+        }
+        h2d(damax + 1, &m, 4);
+        fp8_scales_from_amax(ds + 1, damax + 1, 1, FP8_E4M3, pow2, g_s);
+        for (int i = 0; i < 3; i++) {
+            const size_t a = cuts[i], k = cuts[i + 1] - a;
+            fp8_cast_tensor(dp + a, nullptr, ds + 2, dx + a, 1, (int)k, k, damax + 1, FP8_E4M3, pow2, g_s);
+        }
+        fp8_transpose(dpt, dp, rows, cols, g_s);
+        float sc[3];
+        d2h(sc, ds, 12);
+        snprintf(w, sizeof w, "pieces %dx%d specials=%d pow2=%d: scale from the pieces' amax", rows, cols, specials, pow2);
+        check_same(w, &sc[1], &sc[0], 1, 4);
+        snprintf(w, sizeof w, "pieces %dx%d specials=%d pow2=%d: scale written by a piece's cast", rows, cols, specials, pow2);
+        check_same(w, &sc[2], &sc[0], 1, 4);
+        d2h(q, dq, n), d2h(p, dp, n);
+        snprintf(w, sizeof w, "pieces %dx%d specials=%d pow2=%d: codes", rows, cols, specials, pow2);
+        check_same(w, p, q, n, 1);
+        d2h(q, dqt, n), d2h(p, dpt, n);
+        snprintf(w, sizeof w, "pieces %dx%d specials=%d pow2=%d: transposed codes", rows, cols, specials, pow2);
+        check_same(w, p, q, n, 1);
+    }
+    free(x), free(q), free(p);
+    cudaFree(dx), cudaFree(dq), cudaFree(dqt), cudaFree(dp), cudaFree(dpt), cudaFree(ws), cudaFree(damax), cudaFree(ds);
+}
+
 int main(void) {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -432,6 +482,7 @@ int main(void) {
     test_strided_operands(5000, 64, 192, 64, 0), test_strided_operands(8200, 48, 144, 96, 1);
     fp8_cast_transposed_tile(tile);
     test_mx_tables();
+    test_pieces(256, 768, 0), test_pieces(129, 257, 1), test_pieces(768, 256, 0);  // --fp8-allgather
     gpu_ctx_free(&g_ctx);
     return test_summary();
 }
