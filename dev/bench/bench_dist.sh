@@ -11,6 +11,7 @@
 #                 counterpart: bf16 -> none, fp8-tensorwise -> tensorwise (fp8 all-gather on),
 #                 fp8-rowwise -> rowwise, fp8-rowwise-gw-hp -> rowwise_with_gw_hp; fp8-blockwise has none
 #   ZERO_LEVELS   ["2 3"] ours' --zero levels for N > 1; a level this train_llama rejects is skipped, said so
+#   ZERO_EXTRA    [""] more train_llama flags for ours' --zero runs only, e.g. "--fp8-allgather" (with --zero 3)
 #   FSDP_RESHARD  ["1"] train_fsdp.py --reshard-after-forward values (1: ZeRO-3-like, 0: ZeRO-2-like)
 #   FSDP_WARMUP   [3] FSDP2 untimed steps (torch.compile runs in the first)
 #   FSDP_FLAGS    [""] more train_fsdp.py flags, e.g. "--split-linears"
@@ -37,6 +38,7 @@ DEADLINE_S=${DEADLINE_S:-540}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-300}
 RECIPES=${RECIPES:-bf16}
 ZERO_LEVELS=${ZERO_LEVELS:-2 3}
+ZERO_EXTRA=${ZERO_EXTRA:-}
 FSDP_RESHARD=${FSDP_RESHARD:-1}
 FSDP_WARMUP=${FSDP_WARMUP:-3}
 FSDP_FLAGS=${FSDP_FLAGS:-}
@@ -144,9 +146,9 @@ run_ours() {  # RECIPE N ZERO (0: plain 1-GPU run)
   if [ "$z" = 0 ]; then v=1gpu; log=$LOG_DIR/${name}_${recipe}_n1_ours.log
     echo "#### ./train_llama ${args[*]}" > "$log"
     trun "$RUN_TIMEOUT_S" ./train_llama "${args[@]}" >> "$log" 2>&1; rc=$?
-  else v=zero$z; log=$LOG_DIR/${name}_${recipe}_n${n}_ours_zero$z.log
-    echo "#### bash dist/launch_local.sh $n ./train_llama ${args[*]} --zero $z" > "$log"
-    trun "$RUN_TIMEOUT_S" bash dist/launch_local.sh "$n" ./train_llama "${args[@]}" --zero "$z" >> "$log" 2>&1; rc=$?
+  else v=zero$z${ZERO_EXTRA:+ $ZERO_EXTRA}; log=$LOG_DIR/${name}_${recipe}_n${n}_ours_zero$z.log
+    echo "#### bash dist/launch_local.sh $n ./train_llama ${args[*]} --zero $z $ZERO_EXTRA" > "$log"
+    trun "$RUN_TIMEOUT_S" bash dist/launch_local.sh "$n" ./train_llama "${args[@]}" --zero "$z" $ZERO_EXTRA >> "$log" 2>&1; rc=$?
   fi
   record "$recipe" "$n" ours "$v" "$log" "$rc" $((SECONDS - t0)) 2>&1
 }
