@@ -165,7 +165,7 @@ typedef struct {
     uint8_t *qshard;          // [shard_n] codes of the shard's fp8 tensors (other bytes unused)
     uint8_t *zq[2];           // layer code slots, ag_slot bytes each
     size_t ag_slot;
-    float *ag_amax, *ag_scale;  // [n_ag] per fp8 tensor: the global amax, the dequantization scale
+    float *ag_amax, *ag_scale;  // [n_ag * AG_STRIDE]: per fp8 tensor, 256 bytes apart: the global amax, the dequantization scale
     float *ag_ws;             // fp8_amax_tensor's workspace (gather stream only)
     void *ag_mem;             // the allocation of all of the above
     int *ag_of;               // [tab.n] host: index among the fp8 tensors, -1 for those gathered in bf16

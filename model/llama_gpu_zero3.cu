@@ -7,6 +7,11 @@
 #include "llama_gpu_internal.cuh"
 #include "../quant/fp8_cast.cuh"
 
+// Floats between two fp8 tensors' amax / scale: cuBLASLt refuses (CUBLAS_STATUS_NOT_SUPPORTED at the
+// matmul) a scale pointer that is only 4-byte aligned; 64 floats keep each at 256 bytes, as the casts'
+// scratch does (the padding's amax is 0 and all-reduced with the rest: a few KiB).
+#define AG_STRIDE 64
+
 static int buffer_of(const LlamaGpu *m, int b) { return b < m->plan->n_layers ? b % 2 : 2; }
 
 // LlamaGpu.zdelay_ns (tests): waits ns nanoseconds of the GPU's global timer.
@@ -100,7 +105,7 @@ size_t lg_fp8ag_place(LlamaGpu *m, void *base) {
     Carver cv = {(char *)base, 0};
     m->qshard = cv.take<uint8_t>(m->shard_n);
     m->zq[0] = cv.take<uint8_t>(m->ag_slot), m->zq[1] = cv.take<uint8_t>(m->ag_slot);
-    m->ag_amax = cv.take<float>(m->n_ag), m->ag_scale = cv.take<float>(m->n_ag);
+    m->ag_amax = cv.take<float>((size_t)m->n_ag * AG_STRIDE), m->ag_scale = cv.take<float>((size_t)m->n_ag * AG_STRIDE);
     m->ag_ws = cv.take<float>(FP8_AMAX_WS_FLOATS);
     return cv.used;
 }
@@ -132,7 +137,7 @@ void lg_fp8ag_init(LlamaGpu *m, GpuCtx *ctx) {
                 m->ag_of[t] = j, m->ag_pos[t] = (size_t)pos[i][p];
                 LinearWCache *wc = &g[i].wc[p];
                 memset(wc, 0, sizeof *wc);
-                wc->q[0] = m->zq[l % 2] + pos[i][p], wc->s[0] = m->ag_scale + j, wc->from_codes = 1;
+                wc->q[0] = m->zq[l % 2] + pos[i][p], wc->s[0] = m->ag_scale + (size_t)j * AG_STRIDE, wc->from_codes = 1;
                 j++;
             }
     }
@@ -157,24 +162,24 @@ static void ag_cast_shard(LlamaGpu *m) {
     const ZeroPlan *z = m->plan;
     cudaStream_t s = m->gather_stream;
     const Fp8CastSpec spec = fp8_recipe_cast(linear_fp8_recipe(m->opts.recipe), FP8_W_FWD);
-    CUDA_CHECK(cudaMemsetAsync(m->ag_amax, 0, (size_t)m->n_ag * sizeof(float), s));  // 0 for tensors without a piece here
+    CUDA_CHECK(cudaMemsetAsync(m->ag_amax, 0, (size_t)m->n_ag * AG_STRIDE * sizeof(float), s));  // 0 for tensors without a piece here
     for (int i = 0; i < z->n_pieces; i++) {
         const ZeroPiece *pc = &z->pieces[i];
         const int j = m->ag_of[pc->tensor];
         if (j < 0) continue;
         CHECK(pc->n <= INT_MAX, "fp8-allgather: a piece of %zu elements (the casts take at most %d)", pc->n, INT_MAX);
-        fp8_amax_tensor(m->ag_amax + j, m->ag_ws, m->pshard + (pc->offset - z->begin), 1, (int)pc->n, pc->n, s);
+        fp8_amax_tensor(m->ag_amax + (size_t)j * AG_STRIDE, m->ag_ws, m->pshard + (pc->offset - z->begin), 1, (int)pc->n, pc->n, s);
     }
-    if (m->reduce_max) m->reduce_max(m->gather_arg, m->ag_amax, m->n_ag, s);
+    if (m->reduce_max) m->reduce_max(m->gather_arg, m->ag_amax, m->n_ag * AG_STRIDE, s);
     else CHECK(z->world == 1, "fp8-allgather over %d ranks needs the reduce_max hook (LlamaGpu.reduce_max)", z->world);
-    fp8_scales_from_amax(m->ag_scale, m->ag_amax, m->n_ag, spec.dtype, spec.pow2, s);  // every rank, piece or not
+    fp8_scales_from_amax(m->ag_scale, m->ag_amax, m->n_ag * AG_STRIDE, spec.dtype, spec.pow2, s);  // every rank, piece or not
     for (int i = 0; i < z->n_pieces; i++) {
         const ZeroPiece *pc = &z->pieces[i];
         const int j = m->ag_of[pc->tensor];
         if (j < 0) continue;
         // (writes the scale again: the same value)
-        fp8_cast_tensor(m->qshard + (pc->offset - z->begin), nullptr, m->ag_scale + j,
-                        m->pshard + (pc->offset - z->begin), 1, (int)pc->n, pc->n, m->ag_amax + j, spec.dtype, spec.pow2, s);
+        fp8_cast_tensor(m->qshard + (pc->offset - z->begin), nullptr, m->ag_scale + (size_t)j * AG_STRIDE,
+                        m->pshard + (pc->offset - z->begin), 1, (int)pc->n, pc->n, m->ag_amax + (size_t)j * AG_STRIDE, spec.dtype, spec.pow2, s);
     }
 }
 
