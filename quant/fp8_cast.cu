@@ -324,10 +324,11 @@ __global__ void __launch_bounds__(kThreads)
 // 8 columns of one row a thread holds are its transposed words' bytes l, one 8-byte store per row
 // (vd: qd 8-byte aligned and cols % 8 == 0).
 enum { TM_TENSOR = 0, TM_AXIS = 1, TM_B1X128 = 2 };
-// SUB (the rows a CTA holds at once) is 512 by default: eight loads per thread, 2 CTAs per SM (the
-// kernel needs ~128 registers). SUB = 256 halves the values per thread (four loads, ~80 registers, 3 CTAs
-// per SM): the same bits (each code and each scale is computed the same way, only the tiling differs);
-// LLAMA_AO_FP8_TSUB=256 selects it (launch_transposed), for measuring which is faster (dev/bench/bench_cast).
+// SUB (the rows a CTA holds at once) is 256 by default: four loads per thread, ~80 registers, 3 CTAs per
+// SM. SUB = 512 doubles the values per thread (eight loads, ~128 registers, 2 CTAs per SM): the same bits
+// (each code and each scale is computed the same way, only the tiling differs). dev/bench/bench_cast on an
+// H200 (1B layer shapes, 2026-11-28): 256 is 6-8% faster per layer for every recipe (tensorwise 1203 vs
+// 1300 us, rowwise 1714 vs 1854, blockwise 1303 vs 1422); LLAMA_AO_FP8_TSUB=512 keeps the old tiles.
 constexpr int kTW = 32;
 
 template <int J>
@@ -781,13 +782,13 @@ static void launch_transposed_sub(uint8_t *q, uint8_t *qd, float *scale_inv, con
     CUDA_CHECK_LAST();
 }
 
-// The transposed kernel's tile rows: 512, or 256 with LLAMA_AO_FP8_TSUB=256 (read once), or what
+// The transposed kernel's tile rows: 256, or 512 with LLAMA_AO_FP8_TSUB=512 (read once), or what
 // fp8_cast_transposed_tile set.
 static int g_tsub = 0;
 static int transposed_sub(void) {
     if (!g_tsub) {
         const char *e = getenv("LLAMA_AO_FP8_TSUB");
-        g_tsub = e && atoi(e) == 256 ? 256 : 512;
+        g_tsub = e && atoi(e) == 512 ? 512 : 256;
     }
     return g_tsub;
 }

@@ -71,8 +71,8 @@ void fp8_scales_from_amax(float *scale_inv, const float *amax, int n, Fp8Dtype d
 // codes of a tensor are the transposed cast's (W^T from the gathered W of --fp8-allgather).
 void fp8_transpose(uint8_t *qt, const uint8_t *q, int rows, int cols, cudaStream_t stream);
 
-// The transposed casts' tile: 512 rows of x per CTA (default; 2 CTAs per SM) or 256 (3 per SM). The
-// same codes and scales either way; LLAMA_AO_FP8_TSUB=256 picks 256 at start-up. Sets rows (256 or 512;
+// The transposed casts' tile: 256 rows of x per CTA (default; 3 CTAs per SM) or 512 (2 per SM). The
+// same codes and scales either way; LLAMA_AO_FP8_TSUB=512 picks 512 at start-up. Sets rows (256 or 512;
 // 0 leaves it) and returns the previous value: for tests and benchmarks.
 int fp8_cast_transposed_tile(int rows);
 

@@ -473,9 +473,10 @@ int main(void) {
     test_strided_operands(37, 200, 300, 8, 1), test_strided_operands(129, 200, 304, 16, 0);
     test_strided_operands(5000, 64, 192, 64, 0), test_strided_operands(8192, 32, 96, 32, 1);
     test_strided_operands(8200, 48, 144, 96, 0);
-    // The transposed casts with 256-row tiles (fp8_cast_transposed_tile): the same bits.
-    const int tile = fp8_cast_transposed_tile(256);
-    printf("  transposed casts with 256-row tiles:\n");
+    // The transposed casts with the other tile height (fp8_cast_transposed_tile: 512 rows, the
+    // default being 256): the same bits.
+    const int tile = fp8_cast_transposed_tile(512);
+    printf("  transposed casts with 512-row tiles:\n");
     test_shape(1024, 4096, 0, 0), test_shape(129, 257, 1, 3), test_shape(256, 384, 1, 0);
     test_strided(2048, 1024, 2048, 1024, 1), test_strided(129, 96, 300, 8, 1);
     test_strided_operands(257, 512, 3072, 2560, 0), test_strided_operands(129, 200, 304, 16, 0);

@@ -10,8 +10,8 @@
 // cache, train_llama --weight-cache with --total-batch above b*t).
 //   build/bench/bench_cast [--tokens 8192] [--hidden 2048] [--q 2048] [--kv 512] [--ffn 8192] [--iters 20]
 //   build/bench/bench_cast --tokens 4096 --hidden 3072 --q 3072 --kv 1024 --ffn 8192   # Llama-3.2-3B, b=2 t=2048
-// --tile 0 (default) runs everything twice: the transposed casts with 512-row tiles (2 CTAs per SM, the
-// default) and with 256 (3 per SM; the same bits, LLAMA_AO_FP8_TSUB=256 in training): the A/B of
+// --tile 0 (default) runs everything twice: the transposed casts with 512-row tiles (2 CTAs per SM;
+// LLAMA_AO_FP8_TSUB=512 in training) and with 256 (3 per SM, the default; the same bits): the A/B of
 // quant/fp8_cast.cu's SUB. LLAMA_AO_FP8_CLUSTER=8 caps the transposed axis cast's clusters at 8 CTAs
 // (the portable size; default 16 where the GPU allows): the other A/B, for rowwise's x^T, W^T, g^T.
 #include <math.h>
