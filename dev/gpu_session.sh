@@ -284,35 +284,43 @@ PY
       # (default --clip 1: the host step follows the norm, only the gradient copies overlap backward), then
       # --offload --clip 0 (each layer's host step overlaps the rest of the last micro-batch's backward).
       # Then --offload --optim adamw8bit (compare its GPU memory and time with the gpu run's).
-      # Deadline ~150 s: a run that would start after 130 s is skipped, and said so.
+      # Then the same trio at b=2 with every recompute flag and 32 micro-batches per step (131072 tokens, 3
+      # steps): activations small enough that the states and masters are most of the memory (the >= 60% VRAM
+      # target), and the host step (~300 ms) spread over ~3 s of micro-batches (the <= 20% time target).
+      # Deadline ~270 s: a run that would start after 250 s is skipped, and said so.
       log "offload_accum: 1B, b=4 t=2048, total batch 32768 (4 micro-batches), 8 steps: on-GPU AdamW vs --offload"
       oa_t0=$SECONDS
       oa_cfg=test/fixtures/configs/llama32_1b_v5.json
       oa() {  # oa LABEL [train_llama flags]: RESULT line with ms/step, GPU and host memory, and the ratio to "gpu"
         local label=$1 rc; shift
-        if [ $((SECONDS - oa_t0)) -gt 130 ]; then echo "RESULT offload_accum $label | skipped (deadline)" >> "$OUT/summary.txt"; return; fi
-        timeout -k 10 60 ./train_llama --config $oa_cfg --train synthetic --val '' --tokenizer '' -b 4 -t 2048 \
-          --total-batch 32768 -n 8 --warmup 2 --eval-every 0 --sample-every 0 --save-final=off -o /tmp/oa_run "$@" \
-          > "$OUT/offload_accum_$label.log" 2>&1
+        if [ $((SECONDS - oa_t0)) -gt 250 ]; then echo "RESULT offload_accum $label | skipped (deadline)" >> "$OUT/summary.txt"; return; fi
+        timeout -k 10 90 ./train_llama --config $oa_cfg --train synthetic --val '' --tokenizer '' -b $oa_b -t 2048 \
+          --total-batch $oa_tb -n $oa_n --warmup 2 --eval-every 0 --sample-every 0 --save-final=off -o /tmp/oa_run \
+          $oa_extra "$@" > "$OUT/offload_accum_$label.log" 2>&1
         rc=$?
         local d ms gib host loss
         d=$(grep -E '^done:' "$OUT/offload_accum_$label.log")
         ms=$(echo "$d" | sed -n -E 's/.*mean ([0-9.]+) ms\/step.*/\1/p')
         gib=$(echo "$d" | sed -n -E 's/.*GPU memory in use ([0-9.]+) GiB.*/\1/p')
         host=$(grep -E 'host memory \(--offload\)' "$OUT/offload_accum_$label.log" | awk '{print $4}')
-        loss=$(grep -E '^\[T\] step +8/' "$OUT/offload_accum_$label.log" | sed -n -E 's/.*loss ([0-9.]+).*/\1/p')
-        [ "$label" = gpu ] && { oa_ms=$ms; oa_gib=$gib; oa_loss=$loss; }
-        echo "RESULT offload_accum $label: rc=$rc | ${ms:-?} ms/step | GPU ${gib:-?} GiB${host:+ | host $host GiB} | step-8 loss" \
-             "${loss:-?} | vs gpu: time $(awk -v a="${ms:-0}" -v b="${oa_ms:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3fx", a / b; else print "-" }')," \
+        loss=$(grep -E "^\[T\] step +$oa_n/" "$OUT/offload_accum_$label.log" | sed -n -E 's/.*loss ([0-9.]+).*/\1/p')
+        case $label in gpu*) oa_ms=$ms; oa_gib=$gib; oa_loss=$loss ;; esac
+        echo "RESULT offload_accum $label: rc=$rc | ${ms:-?} ms/step | GPU ${gib:-?} GiB${host:+ | host $host GiB} | step-$oa_n loss" \
+             "${loss:-?} | vs ${oa_base}: time $(awk -v a="${ms:-0}" -v b="${oa_ms:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3fx", a / b; else print "-" }')," \
              "GPU memory $(awk -v a="${gib:-0}" -v b="${oa_gib:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3fx", a / b; else print "-" }')," \
              "loss $(case $label in *noclip) echo "not compared (no clipping)" ;; *8bit) echo "not compared (8-bit states)" ;; *) [ -n "$loss" ] && [ "$loss" = "${oa_loss:-}" ] && echo same || echo differs ;; esac)" \
              "($((SECONDS - oa_t0)) s)" >> "$OUT/summary.txt"
       }
+      oa_b=4 oa_tb=32768 oa_n=8 oa_extra="" oa_base=gpu
       oa gpu
       oa offload --offload
       oa offload-noclip --offload --clip 0
       # 8-bit states: the host step moves ~16 bytes per parameter instead of ~30
       oa offload-8bit --offload --optim adamw8bit
+      oa_b=2 oa_tb=131072 oa_n=3 oa_extra="--recompute-ffn --recompute-attn --recompute-norm" oa_base=gpu-k32
+      oa gpu-k32
+      oa offload-k32 --offload
+      oa offload-k32-noclip --offload --clip 0
       log "offload_accum: done in $((SECONDS - oa_t0)) s" ;;
     profile_infer)
       # Issue 6: where an int4 decode step's time goes (8B shape, batch 1): per-kernel GPU time of
