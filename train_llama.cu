@@ -46,7 +46,7 @@ struct Settings {
     int deterministic = 1, offload = 0, offload_overlap = 1, optim_overlap = 0, overlap_priority = 1;
     int recompute_ffn = 0, recompute_attn = 0;
     int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
-    int zero = 0, weight_cache = 1, fp8_allgather = 0;
+    int zero = 0, weight_cache = 1, fp8_allgather = 0, phase_times = 0;
     float dist_timeout = 600;
 };
 
@@ -91,6 +91,10 @@ static Flag *make_flags(Settings *s, int *n) {
          "the on-GPU AdamW step layer by layer on a second stream, overlapped with the next step's forward (same "
          "bits; one GPU without --offload, else the step stays serial). Off by default: +0.5% tok/s at the 1B shape "
          "on an H200 (docs/BENCHMARKS.md)", 1, 0},
+        {"--phase-times", nullptr, FLAG_BOOL, &s->phase_times,
+         "time the phases of each step on the compute stream (CUDA events) and print their means at the end: "
+         "forward + backward, the wait for ZeRO's gradient reductions, the gradient norm, the optimizer step, the "
+         "wait for ZeRO-1/2's parameter all-gather, and the rest (host work, data, launches)", 1, 0},
         {"--optim-overlap-priority", nullptr, FLAG_BOOL, &s->overlap_priority,
          "with --optim-overlap: the compute stream at the highest stream priority, so the forward's kernels get free "
          "SMs before the step's (off: both at the default priority; the bits are the same)", 1, 0},
@@ -537,6 +541,17 @@ int main(int argc, char **argv) {
     size_t n_tr = 0, n_va = 0;
     double t_start = now_s(), t_steps = 0;
     int steps_timed = 0, step = step0;
+    // --phase-times: events on the compute stream at the phase boundaries of a step; ph_ms sums the
+    // timed steps' phases (an overlapped variant, --optim-overlap or --offload without clipping, moves
+    // the step's work between phases: the sums are still the compute stream's time between the marks).
+    enum { PH_START, PH_BACKWARD, PH_REDUCED, PH_NORM, PH_OPTIM, PH_GATHERED, PH_N };
+    cudaEvent_t ph_ev[PH_N] = {};
+    double ph_ms[PH_N] = {}, ph_rest = 0;
+    if (s.phase_times)
+        for (int i = 0; i < PH_N; i++) CUDA_CHECK(cudaEventCreate(&ph_ev[i]));
+    auto mark = [&](int i) {
+        if (s.phase_times) CUDA_CHECK(cudaEventRecord(ph_ev[i], ctx.stream));
+    };
     char trainer_json[1024], dp_json[96] = "";
     if (s.zero) snprintf(dp_json, sizeof dp_json, ", \"world\": %d, \"zero\": %d", W, s.zero);
     for (; step <= s.steps; step++) {
@@ -610,6 +625,7 @@ int main(int argc, char **argv) {
         // ZeRO-3: the injected fault comes after the step's host collective, so the other ranks are
         // left waiting inside the forward, on weight gathers that cannot complete (test/dist_test.sh)
         if (s.zero == 3) dist_fault_point(&dist, step);
+        mark(PH_START);
         llama_gpu_zero_grads(&m, &ctx);
         double loss_sum = 0;
         for (int a = 0; a < accum; a++) {
@@ -625,6 +641,7 @@ int main(int argc, char **argv) {
             m.grads_ready = nullptr;
             m.stream_grads = 0;
         }
+        mark(PH_BACKWARD);
         const float lr = lr_at(&sched, step);
         // Offloaded without clipping, the step needs no norm: the host steps each layer as its
         // gradients arrive, while the GPU runs the layers below (the norm, of the same gradients,
@@ -637,6 +654,7 @@ int main(int argc, char **argv) {
         float norm;
         if (s.zero) {
             zero_grads_wait(&zc);
+            mark(PH_REDUCED);
             dist_allreduce_host(&dist, &loss_sum, 1, "the loss sums of the step");
             norm = zero_grad_norm(&zc);
         } else if (norm_first) {
@@ -646,17 +664,32 @@ int main(int argc, char **argv) {
         } else {
             norm = llama_gpu_grad_norm(&m, &ctx);
         }
+        if (!s.zero) mark(PH_REDUCED);  // (nothing to wait for: the norm phase starts at the backward's end)
+        mark(PH_NORM);
         const float loss = n_valid ? (float)(loss_sum / n_valid) : NAN;
         CHECK(isfinite(loss) && isfinite(norm), "step %d: loss %g, gradient norm %g: training diverged\n"
               "  HINT: lower --lr, raise --warmup, or check the data", step, loss, norm);
         const float scale = s.clip > 0 && norm > s.clip ? s.clip / norm : 1.0f;
         if (!step_first && !norm_first) llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, scale);
+        mark(PH_OPTIM);
         if (s.zero) zero_params_gather(&zc);
+        mark(PH_GATHERED);
         // The compute stream only: an overlapped step (--optim-overlap) runs on beside the next
         // step's forward, which waits for it layer by layer, so its time counts in the next step's.
         dist_wait(&dist, ctx.stream, "the optimizer step and the parameter all-gather");
         const double dt = now_s() - t0;
         if (step > step0) { t_steps += dt; steps_timed++; }  // the first step pays for warm-up
+        if (s.phase_times && step > step0) {
+            CUDA_CHECK(cudaEventSynchronize(ph_ev[PH_GATHERED]));
+            for (int i = 1; i < PH_N; i++) {
+                float ms;
+                CUDA_CHECK(cudaEventElapsedTime(&ms, ph_ev[i - 1], ph_ev[i]));
+                ph_ms[i] += ms;
+            }
+            float all;
+            CUDA_CHECK(cudaEventElapsedTime(&all, ph_ev[PH_START], ph_ev[PH_GATHERED]));
+            ph_rest += dt * 1e3 - all;
+        }
         const double tps = s.total_batch / dt, sol = tps * fpt / peak;
         const double avg = steps_timed ? t_steps / steps_timed : dt, eta = avg * (s.steps - step - 1);
         printf("[T] step %5d/%d | loss %.4f | norm %7.4f | lr %.2e | %7.1f ms | %7.1fk tok/s | SOL %4.1f%% | ETA %dm%02ds\n",
@@ -679,6 +712,15 @@ int main(int argc, char **argv) {
                "%.1fk tok/s in all, %.1fk tok/s per GPU\n", steps_timed, 1e3 * t_steps / steps_timed, W,
                100.0 * s.total_batch * steps_timed / t_steps * fpt / peak, (total_b - free_b) / 1073741824.0,
                (double)s.total_batch * steps_timed / t_steps / 1e3, (double)s.total_batch * steps_timed / t_steps / 1e3 / W);
+    if (s.phase_times && steps_timed) {
+        const double n = steps_timed;
+        printf("phases (rank %d, mean of %d steps, compute stream): forward + backward %.1f ms | wait for gradient "
+               "reductions %.1f ms | gradient norm %.1f ms | optimizer step %.1f ms | wait for parameter all-gather %.1f "
+               "ms | host, data and launches %.1f ms\n", rank, steps_timed, ph_ms[PH_BACKWARD] / n, ph_ms[PH_REDUCED] / n,
+               ph_ms[PH_NORM] / n, ph_ms[PH_OPTIM] / n, ph_ms[PH_GATHERED] / n, ph_rest / n);
+    }
+    for (int i = 0; i < PH_N; i++)
+        if (ph_ev[i]) cudaEventDestroy(ph_ev[i]);
     for (int a = 0; a < accum; a++) { free(mb_tok[a]); free(mb_tgt[a]); }
     free(mb_tok); free(mb_tgt); free(tok); free(tgt);
     free(tr_x); free(tr_y); free(va_x); free(va_y);
