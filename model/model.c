@@ -65,24 +65,6 @@ static int ignorable(const LlamaConfig *c, const char *name) {
     return L >= S && strcmp(name + L - S, suffix) == 0;
 }
 
-// First non-finite element of a float tensor (its raw bits: an all-ones exponent), or numel.
-static size_t first_nonfinite(const StTensor *t) {
-    const unsigned char *s = t->data;
-    const uint32_t e16 = t->dtype == ST_BF16 ? 0x7F80u : 0x7C00u;
-    for (size_t j = 0; j < t->numel; j++) {
-        if (t->dtype == ST_F32) {
-            uint32_t u;
-            memcpy(&u, s + 4 * j, 4);
-            if ((u & 0x7F800000u) == 0x7F800000u) return j;
-        } else {
-            uint16_t h;
-            memcpy(&h, s + 2 * j, 2);
-            if ((h & e16) == e16) return j;
-        }
-    }
-    return t->numel;
-}
-
 int model_check_weights(const LlamaConfig *c, const ParamTable *tab, const SafeTensors *st, char *err, size_t n) {
     // Missing tensors first: the message lists up to a few names.
     char missing[512] = "";
@@ -128,7 +110,7 @@ int model_check_weights(const LlamaConfig *c, const ParamTable *tab, const SafeT
             snprintf(err, n, "tensor \"%s\" has dtype %s; weights must be F32, BF16 or F16", p->hf_name, st_dtype_name(t->dtype));
             return 0;
         }
-        size_t j = first_nonfinite(t);
+        size_t j = st_first_nonfinite(t);
         if (j < t->numel) {
             snprintf(err, n, "tensor \"%s\" holds a non-finite value at element %zu", p->hf_name, j);
             return 0;
