@@ -2,7 +2,7 @@
 // styles, real model configs), safetensors write/read (single and sharded), number
 // conversions, and the corrupt-input corpus in test/fixtures/corrupt (MANIFEST.tsv):
 // every case must be rejected with a message naming the problem (kinds: st, model, config,
-// gguf, gguf_llama, qmodel).
+// gguf, gguf_llama, qmodel, tokenizer, gguf_tokenizer).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +12,7 @@
 #include "../common/error.h"
 #include "../common/fileio.h"
 #include "../common/json.h"
+#include "../data/tokenizer.h"
 #include "../model/config.h"
 #include "../model/gguf.h"
 #include "../model/infer_cpu.h"
@@ -197,6 +198,14 @@ static void load_qmodel(void *path) {
     qmodel_load(&im, path);
     infer_model_free(&im);
 }
+static void load_tokenizer(void *path) { tokenizer_free(tokenizer_load(path)); }
+static void load_gguf_tokenizer(void *path) {
+    GgufFile g;
+    char err[1024];
+    CHECK(gguf_open(&g, path, err, sizeof err), "%s", err);
+    tokenizer_free(tokenizer_from_gguf(&g));
+    gguf_close(&g);
+}
 
 // Runs the corrupt corpus: each case must fail with its expected substring.
 static void test_corrupt_corpus(void) {
@@ -215,8 +224,11 @@ static void test_corrupt_corpus(void) {
         char full[600], err[1024] = "";
         snprintf(full, sizeof full, "%s/fixtures/corrupt/%s", test_dir(), rel);
         int ok;
-        if (!strcmp(kind, "gguf_llama") || !strcmp(kind, "qmodel")) {
-            TEST_EXPECT_FAIL(rel, kind[0] == 'g' ? load_gguf_llama : load_qmodel, full, expect);
+        void (*checked)(void *) = !strcmp(kind, "gguf_llama") ? load_gguf_llama : !strcmp(kind, "qmodel") ? load_qmodel
+                                  : !strcmp(kind, "tokenizer") ? load_tokenizer
+                                  : !strcmp(kind, "gguf_tokenizer") ? load_gguf_tokenizer : NULL;
+        if (checked) {
+            TEST_EXPECT_FAIL(rel, checked, full, expect);
             if (getenv("VERBOSE")) printf("  %-40s -> %s\n", rel, test_last_fail_message());
             n++;
             continue;
