@@ -119,12 +119,17 @@ int model_check_weights(const LlamaConfig *c, const ParamTable *tab, const SafeT
     return 1;
 }
 
-int model_load_weights(LlamaModel *m, const SafeTensors *st, char *err, size_t n) {
-    if (!model_check_weights(&m->cfg, &m->tab, st, err, n)) return 0;
+// Converts weights that model_check_weights accepted.
+static void load_checked(LlamaModel *m, const SafeTensors *st) {
     for (int i = 0; i < m->tab.n; i++) {
         const ParamInfo *p = &m->tab.p[i];
-        st_to_f32(st_find(st, p->hf_name), m->params + p->offset);  // float dtypes: checked above
+        st_to_f32(st_find(st, p->hf_name), m->params + p->offset);  // float dtypes: checked
     }
+}
+
+int model_load_weights(LlamaModel *m, const SafeTensors *st, char *err, size_t n) {
+    if (!model_check_weights(&m->cfg, &m->tab, st, err, n)) return 0;
+    load_checked(m, st);
     return 1;
 }
 
@@ -134,10 +139,17 @@ int model_load_hf(LlamaModel *m, const char *dir, char *err, size_t n) {
     if (!config_load(&c, dir, err, n)) return 0;
     SafeTensors st;
     if (!st_open_model(&st, dir, err, n)) return 0;
-    model_init(m, &c);
-    int ok = model_load_weights(m, &st, err, n);
+    // The weights are checked before the config's sizes are allocated: a config.json claiming
+    // a far bigger model than the checkpoint gets the tensors named, not "out of memory".
+    ParamTable tab;
+    param_table_init(&tab, &c);
+    int ok = model_check_weights(&c, &tab, &st, err, n);
+    param_table_free(&tab);
+    if (ok) {
+        model_init(m, &c);
+        load_checked(m, &st);
+    }
     st_close(&st);
-    if (!ok) model_free(m);
     return ok;
 }
 
