@@ -39,7 +39,9 @@ Tokenizer *tok_new(const char *path, TokModel model, int32_t n_vocab) {
 }
 
 uint32_t tok_blob_add(Tokenizer *t, const char *bytes, size_t len) {
-    if (t->blob_len + len > t->blob_cap) {
+    // allocated for an empty first token too: t->blob + off must point into memory
+    // (hashing or comparing 0 bytes at NULL is undefined)
+    if (!t->blob || t->blob_len + len > t->blob_cap) {
         size_t cap = t->blob_cap ? t->blob_cap * 2 : 1 << 20;
         while (cap < t->blob_len + len) cap *= 2;
         CHECK(cap < UINT32_MAX, "%s: token strings exceed 4 GB", t->path);

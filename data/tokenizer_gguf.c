@@ -6,6 +6,7 @@
 //   model "llama" sentencepiece BPE by scores; token_type as sentencepiece's piece types
 //                 (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
 // tokenizer.ggml.pre names the pre-tokenizer regex (llama.cpp's llama-vocab.cpp list).
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +126,9 @@ Tokenizer *tokenizer_from_gguf(const GgufFile *g) {
             GgufStr s = ts[i];
             tok_set_bytes(t, i, s.p, (size_t)s.n);
             t->scores[i] = arr_f32(scores, (uint64_t)i);
+            // merges go by score: a NaN compares false both ways and the order becomes arbitrary
+            CHECK(!isnan(t->scores[i]), "%s: tokenizer.ggml.scores[%d] is NaN; the file is corrupt (download or "
+                  "convert it again)", g->path, (int)i);
             int ty = arr_i32(types, (uint64_t)i);
             if (ty != 1 && ty != 4 && ty != 5) t->tok_attr[i] &= (uint8_t)~TOKA_MODEL;  // merged pieces only
             if (ty == 5) t->tok_attr[i] |= TOKA_UNUSED;  // re-split like sentencepiece's unused pieces

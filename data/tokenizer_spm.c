@@ -2,6 +2,7 @@
 // BPE encoder of sentencepiece's bpe_model.cc (merge the adjacent pair whose concatenation
 // is the highest-scoring piece, leftmost first; unused pieces are split again into the pair
 // they were last proposed from; unknown pieces fall back to <0xNN> bytes).
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,9 @@ Tokenizer *tok_load_spm_model(const char *path, const unsigned char *data, size_
                     CHECK(m.end - m.p >= 4, "%s: truncated piece score", path);
                     memcpy(&p.score, m.p, 4);
                     m.p += 4;
+                    // merges go by score: a NaN compares false both ways and the order becomes arbitrary
+                    CHECK(!isnan(p.score), "%s: piece %zu has a NaN score; the file is corrupt (download it again)",
+                          path, np);
                 } else if (f == 3 && w == 0) p.type = (int)pb_varint(&m);
                 else pb_skip(&m, w);
             }

@@ -266,7 +266,7 @@ int gguf_open(GgufFile *g, const char *path, char *err, size_t errlen) {
         else if (i > 0 && by[i - 1]->offset + by[i - 1]->nbytes > t->offset)
             RFAIL(&r, "tensors %.*s and %.*s overlap", (int)(by[i - 1]->name.n < 64 ? by[i - 1]->name.n : 64),
                   by[i - 1]->name.p, (int)(t->name.n < 64 ? t->name.n : 64), t->name.p);
-        t->data = g->data + t->offset;
+        else t->data = g->data + t->offset;  // only once the range is known to be inside the data
     }
     free(by);
     if (r.bad) return open_fail(g, &r);

@@ -162,6 +162,10 @@ void gguf_load_llama(const char *path, LlamaModel *m, Tokenizer **tok, char **ch
     c.initializer_range = 0.02f;
     CHECK(config_validate(&c, err, sizeof err), "%s: %s", path, err);
     CHECK(c.arch == ARCH_QWEN2 || !c.qkv_bias, "%s: a llama GGUF with q/k/v biases is not supported", path);
+    // Every type we read takes at least 4.5 bits a weight: metadata describing a bigger model
+    // than the file can hold is refused before its sizes are allocated.
+    CHECK(config_num_params(&c) / 2 <= g.mf.size, "%s: the metadata describes a model of %zu parameters, more than "
+          "a %zu-byte file holds (corrupt metadata)", path, config_num_params(&c), g.mf.size);
 
     model_init(m, &c);
     // HF name -> GGUF name for every tensor of the parameter table.
@@ -196,6 +200,10 @@ void gguf_load_llama(const char *path, LlamaModel *m, Tokenizer **tok, char **ch
               (unsigned long long)d1, (long long)p->shape[0], (long long)p->shape[1]);
         float *dst = m->params + p->offset;
         CHECK(gguf_dequantize(t, dst, err, sizeof err), "%s: %s: %s", path, gname, err);
+        // as model_load_hf: an inf or NaN weight (or fp16 block scale) would make every logit NaN
+        for (size_t j = 0; j < p->numel; j++)
+            CHECK(isfinite(dst[j]), "%s: tensor %s holds a non-finite value at element %zu; the file is corrupt "
+                  "(download or convert it again)", path, gname, j);
         if (c.arch == ARCH_LLAMA && !strcmp(p->field, "wq")) unpermute(dst, c.n_heads, c.head_dim, c.hidden_size);
         if (c.arch == ARCH_LLAMA && !strcmp(p->field, "wk")) unpermute(dst, c.n_kv_heads, c.head_dim, c.hidden_size);
         used++;

@@ -65,24 +65,6 @@ static int ignorable(const LlamaConfig *c, const char *name) {
     return L >= S && strcmp(name + L - S, suffix) == 0;
 }
 
-// First non-finite element of a float tensor (its raw bits: an all-ones exponent), or numel.
-static size_t first_nonfinite(const StTensor *t) {
-    const unsigned char *s = t->data;
-    const uint32_t e16 = t->dtype == ST_BF16 ? 0x7F80u : 0x7C00u;
-    for (size_t j = 0; j < t->numel; j++) {
-        if (t->dtype == ST_F32) {
-            uint32_t u;
-            memcpy(&u, s + 4 * j, 4);
-            if ((u & 0x7F800000u) == 0x7F800000u) return j;
-        } else {
-            uint16_t h;
-            memcpy(&h, s + 2 * j, 2);
-            if ((h & e16) == e16) return j;
-        }
-    }
-    return t->numel;
-}
-
 int model_check_weights(const LlamaConfig *c, const ParamTable *tab, const SafeTensors *st, char *err, size_t n) {
     // Missing tensors first: the message lists up to a few names.
     char missing[512] = "";
@@ -128,7 +110,7 @@ int model_check_weights(const LlamaConfig *c, const ParamTable *tab, const SafeT
             snprintf(err, n, "tensor \"%s\" has dtype %s; weights must be F32, BF16 or F16", p->hf_name, st_dtype_name(t->dtype));
             return 0;
         }
-        size_t j = first_nonfinite(t);
+        size_t j = st_first_nonfinite(t);
         if (j < t->numel) {
             snprintf(err, n, "tensor \"%s\" holds a non-finite value at element %zu", p->hf_name, j);
             return 0;
@@ -137,12 +119,17 @@ int model_check_weights(const LlamaConfig *c, const ParamTable *tab, const SafeT
     return 1;
 }
 
-int model_load_weights(LlamaModel *m, const SafeTensors *st, char *err, size_t n) {
-    if (!model_check_weights(&m->cfg, &m->tab, st, err, n)) return 0;
+// Converts weights that model_check_weights accepted.
+static void load_checked(LlamaModel *m, const SafeTensors *st) {
     for (int i = 0; i < m->tab.n; i++) {
         const ParamInfo *p = &m->tab.p[i];
-        st_to_f32(st_find(st, p->hf_name), m->params + p->offset);  // float dtypes: checked above
+        st_to_f32(st_find(st, p->hf_name), m->params + p->offset);  // float dtypes: checked
     }
+}
+
+int model_load_weights(LlamaModel *m, const SafeTensors *st, char *err, size_t n) {
+    if (!model_check_weights(&m->cfg, &m->tab, st, err, n)) return 0;
+    load_checked(m, st);
     return 1;
 }
 
@@ -152,10 +139,17 @@ int model_load_hf(LlamaModel *m, const char *dir, char *err, size_t n) {
     if (!config_load(&c, dir, err, n)) return 0;
     SafeTensors st;
     if (!st_open_model(&st, dir, err, n)) return 0;
-    model_init(m, &c);
-    int ok = model_load_weights(m, &st, err, n);
+    // The weights are checked before the config's sizes are allocated: a config.json claiming
+    // a far bigger model than the checkpoint gets the tensors named, not "out of memory".
+    ParamTable tab;
+    param_table_init(&tab, &c);
+    int ok = model_check_weights(&c, &tab, &st, err, n);
+    param_table_free(&tab);
+    if (ok) {
+        model_init(m, &c);
+        load_checked(m, &st);
+    }
     st_close(&st);
-    if (!ok) model_free(m);
     return ok;
 }
 

@@ -90,6 +90,23 @@ int st_to_f32(const StTensor *t, float *dst) {
     }
 }
 
+size_t st_first_nonfinite(const StTensor *t) {
+    const unsigned char *s = t->data;
+    for (size_t j = 0; j < t->numel; j++) {
+        uint32_t u;
+        uint16_t h;
+        switch (t->dtype) {
+            case ST_F32: memcpy(&u, s + 4 * j, 4); if ((u & 0x7F800000u) == 0x7F800000u) return j; break;
+            case ST_BF16: memcpy(&h, s + 2 * j, 2); if ((h & 0x7F80u) == 0x7F80u) return j; break;
+            case ST_F16: memcpy(&h, s + 2 * j, 2); if ((h & 0x7C00u) == 0x7C00u) return j; break;
+            case ST_F8_E4M3: if ((s[j] & 0x7F) == 0x7F) return j; break;  // e4m3fn: no inf, S.1111.111 is NaN
+            case ST_F8_E5M2: if ((s[j] & 0x7C) == 0x7C) return j; break;
+            default: return t->numel;
+        }
+    }
+    return t->numel;
+}
+
 // ---- reading --------------------------------------------------------------------------
 
 static int cmp_tensor_name(const void *a, const void *b) {

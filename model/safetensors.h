@@ -57,6 +57,9 @@ void st_close(SafeTensors *st);
 const StTensor *st_find(const SafeTensors *st, const char *name);
 const char *st_meta(const SafeTensors *st, const char *key);
 
+// First element of a float tensor (F32, BF16, F16, F8) that is inf or NaN, read from its bits;
+// numel when there is none or the dtype is not a float.
+size_t st_first_nonfinite(const StTensor *t);
 // Converts a float tensor (F32/BF16/F16) to fp32. 1 ok, 0 when the dtype is not a float.
 int st_to_f32(const StTensor *t, float *dst);
 

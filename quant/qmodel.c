@@ -206,6 +206,12 @@ void qmodel_load(InferModel *im, const char *dir) {
           "%s: %s \"%s\" does not fit mode %s (int4 only: tinygemm or hqq)", spath, QMODEL_INT4_QPARAMS, qp ? qp : "",
           mode);
     im->hqq = qp && !strcmp(qp, "hqq");
+    // Weights, scales and zeros are used as stored: one inf or NaN would make every logit NaN.
+    for (int i = 0; i < st->n; i++) {
+        size_t j = st_first_nonfinite(&st->tensors[i]);
+        CHECK(j == st->tensors[i].numel, "%s: tensor %s holds a non-finite value at element %zu; the file is corrupt, "
+              "write it again with infer_llama -o", spath, st->tensors[i].name, j);
+    }
     im->layers = ao_calloc((size_t)im->cfg.n_layers, sizeof *im->layers);
     ParamTable tab;
     int lm_idx, used = 0;

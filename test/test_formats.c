@@ -1,7 +1,8 @@
 // File formats: the strict JSON reader, config.json parsing (both transformers key
 // styles, real model configs), safetensors write/read (single and sharded), number
 // conversions, and the corrupt-input corpus in test/fixtures/corrupt (MANIFEST.tsv):
-// every case must be rejected with a message naming the problem.
+// every case must be rejected with a message naming the problem (kinds: st, model, config,
+// gguf, gguf_llama, qmodel, tokenizer, gguf_tokenizer).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,10 +12,13 @@
 #include "../common/error.h"
 #include "../common/fileio.h"
 #include "../common/json.h"
+#include "../data/tokenizer.h"
 #include "../model/config.h"
+#include "../model/gguf.h"
 #include "../model/infer_cpu.h"
 #include "../model/model.h"
 #include "../model/safetensors.h"
+#include "../quant/qmodel.h"
 #include "test.h"
 
 static void test_json(void) {
@@ -183,6 +187,26 @@ static void test_safetensors_roundtrip(void) {
     free(p1); free(s1); free(s2); free(idx);
 }
 
+// Loaders that fail through CHECK, run under TEST_EXPECT_FAIL.
+static void load_gguf_llama(void *path) {
+    LlamaModel m;
+    gguf_load_llama(path, &m, NULL, NULL);
+    model_free(&m);
+}
+static void load_qmodel(void *path) {
+    InferModel im;
+    qmodel_load(&im, path);
+    infer_model_free(&im);
+}
+static void load_tokenizer(void *path) { tokenizer_free(tokenizer_load(path)); }
+static void load_gguf_tokenizer(void *path) {
+    GgufFile g;
+    char err[1024];
+    CHECK(gguf_open(&g, path, err, sizeof err), "%s", err);
+    tokenizer_free(tokenizer_from_gguf(&g));
+    gguf_close(&g);
+}
+
 // Runs the corrupt corpus: each case must fail with its expected substring.
 static void test_corrupt_corpus(void) {
     char path[512];
@@ -200,6 +224,15 @@ static void test_corrupt_corpus(void) {
         char full[600], err[1024] = "";
         snprintf(full, sizeof full, "%s/fixtures/corrupt/%s", test_dir(), rel);
         int ok;
+        void (*checked)(void *) = !strcmp(kind, "gguf_llama") ? load_gguf_llama : !strcmp(kind, "qmodel") ? load_qmodel
+                                  : !strcmp(kind, "tokenizer") ? load_tokenizer
+                                  : !strcmp(kind, "gguf_tokenizer") ? load_gguf_tokenizer : NULL;
+        if (checked) {
+            TEST_EXPECT_FAIL(rel, checked, full, expect);
+            if (getenv("VERBOSE")) printf("  %-40s -> %s\n", rel, test_last_fail_message());
+            n++;
+            continue;
+        }
         if (!strcmp(kind, "st")) {
             SafeTensors st;
             ok = st_open(&st, full, err, sizeof err);
@@ -215,6 +248,10 @@ static void test_corrupt_corpus(void) {
             if (ok2) infer_model_free(&im);
             TEST_CHECK(ok2 == ok && strcmp(err, err2) == 0, "corrupt %s: infer_model_load_hf says \"%s\", model_load_hf \"%s\"",
                        rel, err2, err);
+        } else if (!strcmp(kind, "gguf")) {
+            GgufFile g;
+            ok = gguf_open(&g, full, err, sizeof err);
+            if (ok) gguf_close(&g);
         } else {
             LlamaConfig c;
             ok = config_load(&c, full, err, sizeof err);
