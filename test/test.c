@@ -12,18 +12,6 @@
 
 #include "../common/error.h"
 
-// An expected failure longjmps out of whatever the callee had half built (in a real run
-// ao_fail exits instead), so those allocations are unreachable by design: LeakSanitizer
-// must not count them. Real leaks elsewhere are still reported.
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-#define LSAN_OFF() __lsan_disable()
-#define LSAN_ON() __lsan_enable()
-#else
-#define LSAN_OFF() ((void)0)
-#define LSAN_ON() ((void)0)
-#endif
-
 int test_passed = 0, test_failed = 0, test_skipped = 0;
 
 void test_check_(int ok, const char *file, int line, const char *fmt, ...) {

@@ -43,15 +43,7 @@
 #include "../model/safetensors.h"
 #include "../quant/qmodel.h"
 #include "test.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-#define LSAN_OFF() __lsan_disable()
-#define LSAN_ON() __lsan_enable()
-#else
-#define LSAN_OFF() ((void)0)
-#define LSAN_ON() ((void)0)
-#endif
+#include "tokenizer_checks.h"
 
 // ---- mutants ------------------------------------------------------------------------------
 typedef struct {
@@ -664,17 +656,6 @@ static int run_gguf(const Seeds *ss, const Seed *sd, char *err, size_t errlen, c
 
 // Tokenizers: tiny hand-written forms of every format, plus the real Llama 2 sentencepiece
 // model cut to its first pieces when ../shared/data is there.
-static const char *TINY_BPE =
-    "{\"version\":\"1.0\",\"added_tokens\":["
-    "{\"id\":7,\"content\":\"<|end|>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,"
-    "\"special\":true},"
-    "{\"id\":8,\"content\":\"<pad>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":true,\"normalized\":false,"
-    "\"special\":true}],"
-    "\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
-    "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},"
-    "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2,\"\\u0120\":3,\"ab\":4,\"abc\":5,\"\\u00c3\":9,"
-    "\"\\u00a9\":10,\"\\u00c3\\u00a9\":11},"
-    "\"merges\":[\"a b\",\"ab c\",\"\\u00c3 \\u00a9\"]}}";
 static const char *TINY_CONFIG =
     "{\"bos_token\":\"<pad>\",\"eos_token\":{\"content\":\"<|end|>\"},\"add_bos_token\":true,\"add_eos_token\":false,"
     "\"chat_template\":\"x\"}";
@@ -736,7 +717,7 @@ static int spm_seed(Seeds *ss) {
 }
 
 static void setup_tok(Seeds *ss) {
-    add_seed_mem(ss, TINY_BPE, "bpe", "tokenizer.json", 1);
+    add_seed_mem(ss, TOKENIZER_TINY_BPE, "bpe", "tokenizer.json", 1);
     add_seed_mem(ss, TINY_CONFIG, "bpe", "tokenizer_config.json", 1);
     add_seed_mem(ss, TINY_SPM_JSON, "spmjson", "tokenizer.json", 0);
     // tiktoken: the 256 single bytes (base64 "xy==") ranked by value, then "ab" and "abc"

@@ -106,24 +106,11 @@ static void test_pretok(void) {
     TEST_CHECK(strcmp(buf, "ab| |1|2|3") == 0, "qwen2 split: %s", buf);
 }
 
-// A tiny byte-level vocabulary: bytes a b c space (Ġ), merges a b -> ab, ab c -> abc.
-static const char *TINY_JSON =
-    "{\"version\":\"1.0\",\"added_tokens\":["
-    "{\"id\":7,\"content\":\"<|end|>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,"
-    "\"special\":true},"
-    "{\"id\":8,\"content\":\"<pad>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":true,\"normalized\":false,"
-    "\"special\":true}],"
-    "\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
-    "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},"
-    "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2,\"\\u0120\":3,\"ab\":4,\"abc\":5,\"\\u00c3\":9,"
-    "\"\\u00a9\":10,\"\\u00c3\\u00a9\":11},"
-    "\"merges\":[\"a b\",\"ab c\",\"\\u00c3 \\u00a9\"]}}";
-
 static Tokenizer *g_tiny;
 
 static void test_tiny(void) {
     char *p = tmp_path("tiny.json");
-    write_file(p, TINY_JSON, strlen(TINY_JSON));
+    write_file(p, TOKENIZER_TINY_BPE, strlen(TOKENIZER_TINY_BPE));
     Tokenizer *t = tokenizer_load(p);
     g_tiny = t;
     TEST_CHECK(tokenizer_vocab_size(t) == 12, "tiny vocab size %d", tokenizer_vocab_size(t));

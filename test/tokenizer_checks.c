@@ -14,6 +14,18 @@
 #include "../data/tokenizer_internal.h"
 #include "test.h"
 
+const char *TOKENIZER_TINY_BPE =
+    "{\"version\":\"1.0\",\"added_tokens\":["
+    "{\"id\":7,\"content\":\"<|end|>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,"
+    "\"special\":true},"
+    "{\"id\":8,\"content\":\"<pad>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":true,\"normalized\":false,"
+    "\"special\":true}],"
+    "\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
+    "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},"
+    "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2,\"\\u0120\":3,\"ab\":4,\"abc\":5,\"\\u00c3\":9,"
+    "\"\\u00a9\":10,\"\\u00c3\\u00a9\":11},"
+    "\"merges\":[\"a b\",\"ab c\",\"\\u00c3 \\u00a9\"]}}";
+
 double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

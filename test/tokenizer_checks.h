@@ -9,6 +9,10 @@
 #include "../common/json.h"
 #include "../data/tokenizer.h"
 
+// A tiny byte-level BPE tokenizer.json: bytes a b c space (\u0120), merges a b -> ab, ab c -> abc, and
+// c3 a9 -> e-acute; added tokens <|end|> (7) and <pad> (8).
+extern const char *TOKENIZER_TINY_BPE;
+
 double now_s(void);
 // NAME inside the test's temporary directory (test_tmpdir("tok")), malloc'd.
 char *tmp_path(const char *name);
