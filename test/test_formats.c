@@ -1,8 +1,8 @@
 // File formats: the strict JSON reader, config.json parsing (both transformers key
 // styles, real model configs), safetensors write/read (single and sharded), number
-// conversions, and the corrupt-input corpus in test/fixtures/corrupt (MANIFEST.tsv):
-// every case must be rejected with a message naming the problem (kinds: st, model, config,
-// gguf, gguf_llama, qmodel, tokenizer, gguf_tokenizer).
+// conversions, and the bad-input corpora in test/fixtures/corrupt and test/fixtures/fuzz_repro
+// (MANIFEST.tsv each): every case must be rejected with a message naming the problem (kinds: st,
+// model, config, gguf, gguf_llama, qmodel, tokenizer, gguf_tokenizer).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,10 +207,12 @@ static void load_gguf_tokenizer(void *path) {
     gguf_close(&g);
 }
 
-// Runs the corrupt corpus: each case must fail with its expected substring.
-static void test_corrupt_corpus(void) {
+// Runs a corpus of bad inputs, test/fixtures/DIR/MANIFEST.tsv: each case must fail with its
+// expected substring. corrupt/ is written by test/ref/make_corrupt.py, fuzz_repro/ holds the
+// reproducers of what test/test_fuzz.c found.
+static void test_corrupt_corpus(const char *dir, int min_cases) {
     char path[512];
-    snprintf(path, sizeof path, "%s/fixtures/corrupt/MANIFEST.tsv", test_dir());
+    snprintf(path, sizeof path, "%s/fixtures/%s/MANIFEST.tsv", test_dir(), dir);
     FILE *f = fopen(path, "r");
     TEST_CHECK(f != NULL, "cannot open %s", path);
     if (!f) return;
@@ -222,7 +224,7 @@ static void test_corrupt_corpus(void) {
         char *kind = strtok(line, "\t"), *rel = strtok(NULL, "\t"), *expect = strtok(NULL, "\t");
         if (!kind || !rel || !expect) continue;
         char full[600], err[1024] = "";
-        snprintf(full, sizeof full, "%s/fixtures/corrupt/%s", test_dir(), rel);
+        snprintf(full, sizeof full, "%s/fixtures/%s/%s", test_dir(), dir, rel);
         int ok;
         void (*checked)(void *) = !strcmp(kind, "gguf_llama") ? load_gguf_llama : !strcmp(kind, "qmodel") ? load_qmodel
                                   : !strcmp(kind, "tokenizer") ? load_tokenizer
@@ -262,8 +264,8 @@ static void test_corrupt_corpus(void) {
         if (getenv("VERBOSE")) printf("  %-40s -> %s\n", rel, err);
     }
     fclose(f);
-    printf("  corrupt corpus: %d cases\n", n);
-    TEST_CHECK(n >= 20, "corpus has %d cases", n);
+    printf("  %s corpus: %d cases\n", dir, n);
+    TEST_CHECK(n >= min_cases, "%s corpus has %d cases", dir, n);
 }
 
 int main(void) {
@@ -271,6 +273,7 @@ int main(void) {
     test_configs();
     test_conversions();
     test_safetensors_roundtrip();
-    test_corrupt_corpus();
+    test_corrupt_corpus("corrupt", 20);
+    test_corrupt_corpus("fuzz_repro", 8);
     return test_summary();
 }
