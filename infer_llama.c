@@ -166,10 +166,18 @@ static double rng_uniform(void) {  // xorshift64*, [0, 1)
 
 // Greedy at temperature 0; otherwise softmax(logits / T), keep the top-k (k > 0), then the
 // smallest prefix whose mass reaches top-p, renormalise and draw.
-static int32_t sample(const float *logits, int V, const Args *a, Cand *c) {
-    int32_t best = 0;
-    for (int i = 1; i < V; i++)
-        if (logits[i] > logits[best]) best = i;
+// A forward whose logits hold NaN or +inf has overflowed: nothing sampled from it means anything.
+static void refuse_bad_logits(const float *logits, int bad, long pos) {
+    FAIL("the logits at position %ld are not finite (token id %d: %g): the forward pass overflowed, so the output "
+         "would be garbage\n  HINT: the model's weights may be corrupt or huge (a finite value near 3e38 passes every "
+         "loader); compare -d cpu and -q none, or evaluate a known text with -e",
+         pos, bad, (double)logits[bad]);
+}
+
+static int32_t sample(const float *logits, int V, const Args *a, Cand *c, long pos) {
+    int bad;
+    const int32_t best = infer_logits_argmax(logits, V, &bad);
+    if (bad >= 0) refuse_bad_logits(logits, bad, pos);
     if (a->temp <= 0.0f) return best;
     double sum = 0.0;
     for (int i = 0; i < V; i++) {
@@ -258,7 +266,7 @@ static void generate(const Loaded *L, Engine *s, const int32_t *ids, int n, cons
     tok_stream_init(&ts, L->tok, 1);
     t0 = now_s();
     for (int i = 0; i < a->n_new && lg; i++) {
-        int32_t id = sample(lg, V, a, c);
+        int32_t id = sample(lg, V, a, c, eng_pos(s) - 1);
         if (out) tok_ids_push(out, id);
         st->gen_tok++;
         if (is_stop(L->tok, id)) break;
@@ -401,6 +409,11 @@ static void perplexity(const Loaded *L, Engine *s, const Args *a) {
                 double se = 0.0;
                 for (int j = 0; j < V; j++) se += exp((double)(r[j] - mx));
                 int32_t tgt = ids.ids[w + (size_t)p + (size_t)i + 1];
+                if (!isfinite(se) || !isfinite(mx)) {  // a NaN or +inf logit (exp(-inf) = 0 is fine)
+                    int bad;
+                    infer_logits_argmax(r, V, &bad);
+                    refuse_bad_logits(r, bad >= 0 ? bad : 0, (long)(w + (size_t)p + (size_t)i));
+                }
                 nll += log(se) + (double)mx - (double)r[tgt];
                 count++;
             }

@@ -356,6 +356,17 @@ static void add_inplace(float *y, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
+int infer_logits_argmax(const float *logits, int V, int *bad) {
+    int best = 0;
+    *bad = -1;
+    for (int i = 0; i < V; i++) {
+        const float x = logits[i];
+        if ((x != x || x == INFINITY) && *bad < 0) *bad = i;
+        if (x > logits[best]) best = i;
+    }
+    return best;
+}
+
 const float *infer_forward(const InferModel *im, InferState *s, const int32_t *tokens, int n, int all_logits) {
     const LlamaConfig *c = &im->cfg;
     CHECK(n > 0 && n <= s->max_batch, "infer_forward: %d tokens at once (batch limit %d)", n, s->max_batch);

@@ -104,6 +104,11 @@ static inline void infer_state_reset(InferState *s) { s->pos = 0; }
 // the last one only [V]. The pointer is valid until the next call.
 const float *infer_forward(const InferModel *im, InferState *s, const int32_t *tokens, int n, int all_logits);
 
+// The index of the largest of logits[0..V) (the first on ties); *bad gets the index of the first
+// NaN or +inf (an overflowed forward: every later token would be garbage), -1 when there is none.
+// -inf is a valid logit. One pass, so the sampler's greedy scan costs nothing more.
+int infer_logits_argmax(const float *logits, int V, int *bad);
+
 #ifdef __cplusplus
 }
 #endif

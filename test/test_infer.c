@@ -339,6 +339,36 @@ static void test_hqq_meta(void) {
     model_free(&m);
 }
 
+// infer_logits_argmax flags what infer_llama refuses to sample from: NaN and +inf (not -inf), and
+// a model with one huge but finite weight (what every loader accepts) produces them.
+static void test_bad_logits(void) {
+    const float ninf = -INFINITY;
+    float r[6] = {0.5f, 2.0f, ninf, 2.0f, -1.0f, 0.0f};
+    int bad;
+    TEST_CHECK(infer_logits_argmax(r, 6, &bad) == 1 && bad == -1, "argmax of finite logits (and -inf): first max, no bad");
+    r[4] = NAN;
+    TEST_CHECK(infer_logits_argmax(r, 6, &bad) == 1 && bad == 4, "a NaN logit: bad %d", bad);
+    r[4] = -1.0f, r[5] = INFINITY;
+    TEST_CHECK(infer_logits_argmax(r, 6, &bad) == 5 && bad == 5, "+inf logit: bad %d", bad);
+    LlamaModel m;
+    if (!load(&m, "mha")) return;
+    const int k = param_table_find(&m.tab, "model.layers.0.mlp.down_proj.weight");
+    TEST_CHECK(k >= 0, "mha has layer 0's down_proj");
+    if (k < 0) { model_free(&m); return; }
+    const ParamInfo *p = &m.tab.p[k];
+    for (size_t i = 0; i < p->numel; i++) m.params[p->offset + i] = 3e38f;
+    InferModel im;
+    infer_model_build(&im, &m, QUANT_NONE, 0);
+    InferState s;
+    infer_state_init(&s, &im, 4, 4);
+    int32_t t[2] = {1, 2};
+    const float *lg = infer_forward(&im, &s, t, 2, 0);
+    infer_logits_argmax(lg, im.cfg.vocab_size, &bad);
+    TEST_CHECK(bad >= 0, "a 3e38 weight: the logits overflow and are flagged");
+    infer_state_free(&s);
+    infer_model_free(&im);
+}
+
 int main(void) {
     const char *names[] = {"llama3", "qwen2", "mha"};
     for (int i = 0; i < 3; i++) test_fixture(names[i]);
@@ -356,5 +386,6 @@ int main(void) {
     }
     for (int i = 0; i < 3; i++) test_mapped(names[i]);
     test_hqq_meta();
+    test_bad_logits();
     return test_summary();
 }
