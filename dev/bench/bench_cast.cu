@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "../../common/cuda_utils.cuh"
+#include "bench_util.cuh"
 #include "../../ops/linear.h"
 #include "../../ops/matmul_fp8.cuh"
 #include "../../quant/fp8_cast.cuh"
@@ -45,39 +46,8 @@ static const Flag FLAGS[] = {
 };
 #define N_FLAGS ((int)(sizeof FLAGS / sizeof FLAGS[0]))
 
-__global__ void init_uniform_kernel(bf16 *p, size_t n, uint64_t seed, float mag) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;  // splitmix64
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    p[i] = __float2bfloat16(mag * ((float)(z >> 40) * 0x1p-23f - 1.0f));
-}
-static bf16 *rand_bf16(size_t n, uint64_t seed, cudaStream_t s) {
-    bf16 *p;
-    CUDA_CHECK(cudaMalloc(&p, n * sizeof(bf16)));
-    init_uniform_kernel<<<(unsigned)ceil_div_sz(n, 256), 256, 0, s>>>(p, n, seed, 1.0f);
-    CUDA_CHECK_LAST();
-    return p;
-}
-
-static double time_ms(cudaStream_t s, const std::function<void()> &f) {
-    for (int i = 0; i < g_warmup; i++) f();
-    std::vector<cudaEvent_t> ev(2 * g_iters);
-    for (auto &e : ev) CUDA_CHECK(cudaEventCreate(&e));
-    for (int i = 0; i < g_iters; i++) {
-        CUDA_CHECK(cudaEventRecord(ev[2 * i], s));
-        f();
-        CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], s));
-    }
-    CUDA_CHECK(cudaStreamSynchronize(s));
-    std::vector<float> ms(g_iters);
-    for (int i = 0; i < g_iters; i++) CUDA_CHECK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
-    for (auto &e : ev) CUDA_CHECK(cudaEventDestroy(e));
-    std::sort(ms.begin(), ms.end());
-    return g_iters % 2 ? ms[g_iters / 2] : 0.5 * (ms[g_iters / 2 - 1] + ms[g_iters / 2]);
-}
+static bf16 *rand_bf16(size_t n, uint64_t seed, cudaStream_t s) { return bench_rand_bf16(n, seed, 1.0f, s); }
+static double time_ms(cudaStream_t s, const std::function<void()> &f) { return bench_time_ms(s, g_warmup, g_iters, f); }
 
 struct Item {
     std::string name;

@@ -18,13 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <algorithm>
 #include <functional>
-#include <vector>
 
 #include "../../ops/matmul.cuh"
 #include "../../ops/matmul_fp8.cuh"
 #include "../../quant/fp8_cast.cuh"
+#include "bench_util.cuh"
 extern "C" {
 #include "../../common/flags.h"
 }
@@ -37,40 +36,8 @@ static const Flag FLAGS[] = {
 };
 #define N_FLAGS ((int)(sizeof FLAGS / sizeof FLAGS[0]))
 
-// ---------------------------------------------------------------- helpers
-__global__ void init_uniform_kernel(bf16 *p, size_t n, uint64_t seed, float mag) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;  // splitmix64
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    p[i] = __float2bfloat16(mag * ((float)(z >> 40) * 0x1p-23f - 1.0f));  // uniform in [-mag, mag)
-}
-static bf16 *rand_bf16(size_t n, uint64_t seed, float mag, cudaStream_t s) {
-    bf16 *p;
-    CUDA_CHECK(cudaMalloc(&p, n * sizeof(bf16)));
-    init_uniform_kernel<<<(unsigned)ceil_div_sz(n, 256), 256, 0, s>>>(p, n, seed, mag);
-    CUDA_CHECK_LAST();
-    return p;
-}
-
-// Median milliseconds of f() over g_iters calls after g_warmup.
 static double time_ms(GpuCtx *ctx, const std::function<void()> &f) {
-    for (int i = 0; i < g_warmup; i++) f();
-    std::vector<cudaEvent_t> ev(2 * g_iters);
-    for (auto &e : ev) CUDA_CHECK(cudaEventCreate(&e));
-    for (int i = 0; i < g_iters; i++) {
-        CUDA_CHECK(cudaEventRecord(ev[2 * i], ctx->stream));
-        f();
-        CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], ctx->stream));
-    }
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-    std::vector<float> ms(g_iters);
-    for (int i = 0; i < g_iters; i++) CUDA_CHECK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
-    for (auto &e : ev) CUDA_CHECK(cudaEventDestroy(e));
-    std::sort(ms.begin(), ms.end());
-    return g_iters % 2 ? ms[g_iters / 2] : 0.5 * (ms[g_iters / 2 - 1] + ms[g_iters / 2]);
+    return bench_time_ms(ctx->stream, g_warmup, g_iters, f);
 }
 
 typedef struct {
@@ -134,8 +101,8 @@ int main(int argc, char **argv) {
     for (int si = 0; si < N_SHAPES; si++) {
         const Shape &sh = SHAPES[si];
         const int K = sh.K, M = sh.M;
-        bf16 *x = rand_bf16((size_t)N * K, 1, 1.0f, s), *w = rand_bf16((size_t)M * K, 2, 0.02f, s);
-        bf16 *g = rand_bf16((size_t)N * M, 3, 1e-4f, s);
+        bf16 *x = bench_rand_bf16((size_t)N * K, 1, 1.0f, s), *w = bench_rand_bf16((size_t)M * K, 2, 0.02f, s);
+        bf16 *g = bench_rand_bf16((size_t)N * M, 3, 1e-4f, s);
         bf16 *y, *dx;
         float *dw;
         CUDA_CHECK(cudaMalloc(&y, (size_t)N * M * sizeof(bf16)));
