@@ -46,7 +46,7 @@ struct Settings {
     int deterministic = 1, offload = 0, offload_overlap = 1, optim_overlap = 0, overlap_priority = 1;
     int recompute_ffn = 0, recompute_attn = 0;
     int recompute_norm = 0, recompute_swiglu = 0, lm_chunk = 4096, shuffle = 1, max_seconds = 0;
-    int zero = 0, weight_cache = 1, fp8_allgather = 0, phase_times = 0;
+    int zero = 0, weight_cache = 1, fp8_allgather = 0, phase_times = 0, zero_gather_overlap = 0;
     float dist_timeout = 600;
 };
 
@@ -128,6 +128,12 @@ static Flag *make_flags(Settings *s, int *n) {
          "--zero 3 with --recipe fp8-tensorwise (torchao's float8 all-gather): each rank casts its shard of the fp8 "
          "Linear weights once per optimizer step (scale from the amax over all ranks) and the layer all-gathers move "
          "those 1-byte codes instead of bf16: half the weight traffic, the same bits", 1, 0},
+        {"--zero-gather-overlap", nullptr, FLAG_BOOL, &s->zero_gather_overlap,
+         "--zero 1 / 2: all-gather the updated bf16 weights one layer (gradient bucket) at a time on the "
+         "communication stream, overlapped with the next step's forward, which waits for each layer's just before "
+         "using it (off: the whole vector after the step, waited for by the compute stream; the same bits either "
+         "way; ignored with --zero 0 / 3). Off by default until a GPU run proves it: written and compiled, not yet run "
+         "on a GPU", 1, 0},
         {"--dist-timeout", nullptr, FLAG_FLOAT, &s->dist_timeout,
          "seconds a rank waits for the others (start-up, each communication) before it aborts and exits", 1, 1e6},
     };
@@ -467,6 +473,7 @@ int main(int argc, char **argv) {
     // so the micro-batches of a step can share each fp8 weight's codes.
     o.cache_weight_casts = s.weight_cache && accum > 1 && recipe != LINEAR_BF16 && !s.fp8_allgather;
     o.fp8_allgather = s.fp8_allgather;  // (its gathered codes serve every micro-batch of a step: no cache)
+    o.zero_gather_overlap = s.zero_gather_overlap;
     print_memory_table(c, &s, &o, &ctx);
     LlamaGpu m;
     llama_gpu_init(&m, &ctx, &cpu, s.B, s.T, &o);
@@ -496,6 +503,14 @@ int main(int argc, char **argv) {
         m.gather_arg = &zc;
         if (W > 1) m.gather_stream = dist.stream;
     }
+    if (m.zg) {  // --zero-gather-overlap: each bucket's parameters all-gathered in place, on the communication stream
+        m.gather_params = zero_params_gather_range;
+        m.gather_arg = &zc;
+        if (W > 1) m.gather_stream = dist.stream;
+    }
+    if (s.zero == 1 || s.zero == 2)
+        printf("parameter all-gather: %s\n", m.zg ? "layer by layer beside the next step's forward (--zero-gather-overlap)"
+                                                  : "the whole vector after the optimizer step");
     // --offload: a layer's gradients go to the host once final: after its backward, or with
     // several ranks after its reduction on the communication stream
     if (s.zero && W > 1) m.grads_stream = dist.stream;
@@ -552,6 +567,13 @@ int main(int argc, char **argv) {
     auto mark = [&](int i) {
         if (s.phase_times) CUDA_CHECK(cudaEventRecord(ph_ev[i], ctx.stream));
     };
+    // --zero-gather-overlap: the step's all-gather is queued (llama_gpu_params_gather) only where every
+    // rank is next to read the weights: before the next step's first forward, after the step's host
+    // all-reduce of the target count -- that one goes on the communication stream too and the host waits
+    // for it, so queued behind the all-gather it would hold the forward back until every layer landed --
+    // or before an evaluation, a sample or a checkpoint (gather_owed: the step is done, its gather not
+    // queued yet).
+    int gather_owed = 0;
     char trainer_json[1024], dp_json[96] = "";
     if (s.zero) snprintf(dp_json, sizeof dp_json, ", \"world\": %d, \"zero\": %d", W, s.zero);
     for (; step <= s.steps; step++) {
@@ -562,12 +584,14 @@ int main(int argc, char **argv) {
             dist_allreduce_host(&dist, &st, 1, "the ranks' stop decision (--max-seconds)");
             stop_time = st > 0;
         }
-        const int do_eval = n_val && s.eval_every > 0 && (step % s.eval_every == 0 || last || stop_time),
+        // sample_due: the same on every rank (a ZeRO-1/2 all-gather before it is a collective)
+        const int sample_due = tk && s.sample_every > 0 && step > 0 && (step % s.sample_every == 0 || last),
+                  do_eval = n_val && s.eval_every > 0 && (step % s.eval_every == 0 || last || stop_time),
                   // ZeRO-3: every rank runs the sample's forwards (collectives); only rank 0's stdout is open
-                  do_sample = (rank == 0 || s.zero == 3) && tk && s.sample_every > 0 && step > 0 &&
-                              (step % s.sample_every == 0 || last),
+                  do_sample = (rank == 0 || s.zero == 3) && sample_due,
                   do_save = (s.save_every > 0 && step > step0 && step % s.save_every == 0) ||
                             ((last || stop_time) && s.save_final);
+        if (gather_owed && (do_eval || sample_due || do_save)) llama_gpu_params_gather(&m, &ctx), gather_owed = 0;
         // They read what the last step wrote: an overlapped one is waited for whole (the next
         // training forward instead waits layer by layer). The end of training waits too.
         if (do_eval || do_sample) llama_gpu_optim_wait(&m, &ctx);
@@ -625,6 +649,7 @@ int main(int argc, char **argv) {
         // ZeRO-3: the injected fault comes after the step's host collective, so the other ranks are
         // left waiting inside the forward, on weight gathers that cannot complete (test/dist_test.sh)
         if (s.zero == 3) dist_fault_point(&dist, step);
+        if (gather_owed) llama_gpu_params_gather(&m, &ctx), gather_owed = 0;  // the forward waits layer by layer
         mark(PH_START);
         llama_gpu_zero_grads(&m, &ctx);
         double loss_sum = 0;
@@ -672,7 +697,8 @@ int main(int argc, char **argv) {
         const float scale = s.clip > 0 && norm > s.clip ? s.clip / norm : 1.0f;
         if (!step_first && !norm_first) llama_gpu_adamw(&m, &ctx, lr, s.beta1, s.beta2, s.eps, s.wd, step + 1, scale);
         mark(PH_OPTIM);
-        if (s.zero) zero_params_gather(&zc);
+        if (s.zero && m.zg) gather_owed = 1;  // queued before the next reader (see gather_owed)
+        else if (s.zero) zero_params_gather(&zc);
         mark(PH_GATHERED);
         // The compute stream only: an overlapped step (--optim-overlap) runs on beside the next
         // step's forward, which waits for it layer by layer, so its time counts in the next step's.

@@ -403,6 +403,18 @@ void dist_allgather_ranges_bf16(Dist *d, bf16 *buf, const size_t *bounds, const 
     nccl_call(d, ncclGroupEnd(), what);
 }
 
+void dist_allgather_range_bf16(Dist *d, bf16 *buf, const size_t *bounds, size_t lo, size_t hi, cudaStream_t s,
+                               const char *what) {
+    if (!d->impl) return;
+    nccl_call(d, ncclGroupStart(), what);
+    for (int r = 0; r < d->world; r++) {
+        size_t a, b;
+        clip_range(bounds, r, lo, hi, &a, &b);
+        if (a < b) nccl_call(d, ncclBroadcast(buf + a, buf + a, b - a, ncclBfloat16, r, d->impl->comm, s), what);
+    }
+    nccl_call(d, ncclGroupEnd(), what);
+}
+
 void dist_allgather_runs(Dist *d, const DistGatherRun *runs, int n, const size_t *bounds, cudaStream_t s,
                          const char *what) {
     if (!d->impl) {
@@ -484,6 +496,7 @@ void dist_compute_after(Dist *, cudaStream_t) {}
 void dist_allreduce_f32(Dist *, float *, size_t, const char *) {}
 void dist_reduce_ranges_f32(Dist *, float *, const size_t *, size_t, size_t, const char *) {}
 void dist_allgather_ranges_bf16(Dist *, bf16 *, const size_t *, const char *) {}
+void dist_allgather_range_bf16(Dist *, bf16 *, const size_t *, size_t, size_t, cudaStream_t, const char *) {}
 void dist_gather_ranges_f32(Dist *, float *, const size_t *, const char *) {}
 void dist_allgather_runs(Dist *d, const DistGatherRun *runs, int n, const size_t *bounds, cudaStream_t s,
                          const char *what) {

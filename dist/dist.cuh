@@ -71,6 +71,10 @@ void dist_allreduce_f32(Dist *d, float *buf, size_t n, const char *what);
 void dist_reduce_ranges_f32(Dist *d, float *buf, const size_t *bounds, size_t lo, size_t hi, const char *what);
 // All-gather over uneven ranges: every rank receives rank r's buf[bounds[r], bounds[r+1]).
 void dist_allgather_ranges_bf16(Dist *d, bf16 *buf, const size_t *bounds, const char *what);
+// The same, clipped to the flat range [lo, hi), queued on s (ZeRO-1/2 --zero-gather-overlap: one
+// gradient bucket at a time; s is the communication stream with several ranks). Exact: only copies.
+void dist_allgather_range_bf16(Dist *d, bf16 *buf, const size_t *bounds, size_t lo, size_t hi, cudaStream_t s,
+                               const char *what);
 // All-gather of a sharded vector into a separate buffer (ZeRO-3): dst[0, hi - lo) receives the
 // flat elements [lo, hi), of which rank r holds [bounds[r], bounds[r+1]) in its `shard` (this
 // rank's shard starts at flat element bounds[rank]). Exact: only copies. Queued on s (the

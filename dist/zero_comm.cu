@@ -62,6 +62,13 @@ void zero_params_gather(ZeroComm *zc) {
     dist_compute_after(zc->dist, zc->compute);
 }
 
+void zero_params_gather_range(void *arg, size_t lo, size_t hi, cudaStream_t s) {
+    ZeroComm *zc = (ZeroComm *)arg;
+    CHECK(zc->plan->level == 1 || zc->plan->level == 2, "zero_params_gather_range: a ZeRO-%d plan", zc->plan->level);
+    dist_allgather_range_bf16(zc->dist, zc->params, zc->plan->bounds, lo, hi, s,
+                              "the all-gather of a bucket of parameters (--zero-gather-overlap)");
+}
+
 void zero_params_fetch(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t s) {
     ZeroComm *zc = (ZeroComm *)arg;
     CHECK(zc->plan->level == 3, "zero_params_fetch: a ZeRO-%d plan keeps every parameter", zc->plan->level);

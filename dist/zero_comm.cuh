@@ -19,7 +19,12 @@
 //                                      ZeRO-2 from each rank's shard, the squares summed over ranks
 //   (optimizer step on the own shard)
 //   zero_params_gather                 every rank's updated bf16 parameters to every rank
-//                                      (ZeRO-1/2; nothing for ZeRO-3, whose next forward gathers)
+//                                      (ZeRO-1/2; nothing for ZeRO-3, whose next forward gathers);
+//                                      the compute stream waits for all of it
+//   or, --zero-gather-overlap          one all-gather per gradient bucket (LlamaGpu's gather_params
+//   (llama_gpu_params_gather)          hook: zero_params_gather_range), global tensors first, then
+//                                      layers 0, 1, ...; the next forward waits for each bucket's
+//                                      by event just before its first use (model/llama_gpu.cuh)
 //
 // The loss is scaled by the global number of target tokens, so the reduction is a sum.
 #pragma once
@@ -45,6 +50,10 @@ void zero_grads_wait(ZeroComm *zc);
 // Synchronises (through dist_wait) and returns the global gradient norm.
 float zero_grad_norm(ZeroComm *zc);
 void zero_params_gather(ZeroComm *zc);
+// LlamaGpu.gather_params hook (ZeRO-1/2 --zero-gather-overlap), arg = ZeroComm *: every rank's part of
+// the flat bf16 parameters [lo, hi) to every rank, in place, queued on s (exact: copies only). Does
+// not order s after the compute stream: llama_gpu_params_gather does.
+void zero_params_gather_range(void *arg, size_t lo, size_t hi, cudaStream_t s);
 // LlamaGpu.gather hook (ZeRO-3), arg = ZeroComm *: the flat weights [lo, hi) from every rank's
 // shard into dst[0, hi - lo), queued on s (exact: copies only).
 void zero_params_fetch(void *arg, bf16 *dst, size_t lo, size_t hi, cudaStream_t s);

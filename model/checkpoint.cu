@@ -192,6 +192,7 @@ void ckpt_save(const char *out_dir, int step, LlamaGpu *m, GpuCtx *ctx, LlamaMod
                const char *tokenizer, const char *trainer_json, Dist *dist) {
     char name[64], err[1024];
     llama_gpu_optim_sync(m);  // an overlapped step (--optim-overlap) is done before anything is read
+    llama_gpu_params_sync(m);  // and so is a parameter all-gather (--zero-gather-overlap)
     const int sharded = m->opts.zero != NULL, rank = dist ? dist->rank : 0;
     CHECK(!sharded || dist || m->plan->world == 1, "checkpoint: a ZeRO shard of %d ranks needs the communicator",
           m->plan->world);
@@ -500,6 +501,7 @@ static int load_pieces(const char *dir, LlamaGpu *m) {
 int ckpt_load_optimizer(const char *dir, LlamaGpu *m) {
     char err[1024];
     llama_gpu_optim_sync(m);  // no overlapped step (--optim-overlap) may still write the states
+    llama_gpu_params_sync(m);  // nor an all-gather (--zero-gather-overlap) read or write the weights
     char *op = path_join(dir, "optimizer.safetensors");
     // A one-process checkpoint into a one-process run: the saved arrays are this run's memory
     // image, copied whole. Everything else goes piece by piece.

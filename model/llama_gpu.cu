@@ -323,6 +323,7 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
         lg_offload_plan_slices(m);
     }
     lg_optim_init(m);  // --optim-overlap: the optimizer stream, when the overlap applies
+    lg_zg_init(m);     // --zero-gather-overlap: its events and own stream, when it applies
     if (!lowbit) {
         if (off) {
             CUDA_CHECK(cudaMallocHost(&m->adam_m, (S ? S : 1) * sizeof(float)));
@@ -433,8 +434,10 @@ void llama_gpu_init(LlamaGpu *m, GpuCtx *ctx, const LlamaModel *cpu, int B, int 
 }
 
 void llama_gpu_free(LlamaGpu *m) {
+    llama_gpu_params_sync(m);  // --zero-gather-overlap: no all-gather may still write the weights
     lg_optim_free(m);  // waits for a step still running there
     if (m->zero3) lg_zero3_free(m);
+    lg_zg_free(m);
     if (m->param_mem) cudaFree(m->param_mem);
     if (m->act_mem) cudaFree(m->act_mem);
     if (m->opts.offload) {
@@ -534,9 +537,14 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
     // (lg_optim_use: stage 0 the embedding, 1 + l layer l, n_layers + 1 the final norm and LM head).
     // Never with ZeRO-3 (lg_optim_init: no overlap with ZeRO): its gathers read the shard with no
     // wait for the optimizer stream.
+    // ZeRO-1/2 --zero-gather-overlap: each bucket's all-gather is waited for just before its first use
+    // (lg_zg_use: nothing once waited): the global tensors here, layer l's before the norm that reads
+    // its ln1.
     lg_optim_use(m, ctx, 0);
+    lg_zg_use(m, ctx, NL);
     embedding_forward(m->layers[0].resid, m->tokens, m->w.wte, N, D, s);
     lg_optim_use(m, ctx, 1);
+    lg_zg_use(m, ctx, 0);
     rmsnorm_forward(m->layers[0].ln1, m->layers[0].ln1_rstd, m->layers[0].resid, m->wl[0].ln1, N, D, eps, s);
     for (int l = 0; l < NL; l++) {
         GpuLayerActs *L = &m->layers[l];
@@ -557,6 +565,7 @@ double llama_gpu_forward(LlamaGpu *m, GpuCtx *ctx, float dloss, int *n_valid) {
         if (l + 1 < NL) {
             GpuLayerActs *Ln = &m->layers[l + 1];
             if (m->zero3) lg_zero3_use(m, ctx, l + 1);
+            lg_zg_use(m, ctx, l + 1);
             residual_rmsnorm_forward(Ln->resid, Ln->ln1, Ln->ln1_rstd, L->resid_mid, m->scratch_d, m->wl[l + 1].ln1, N,
                                      D, eps, s);
         } else {
@@ -592,6 +601,7 @@ void llama_gpu_backward(LlamaGpu *m, GpuCtx *ctx) {
               hd = c->head_dim;
     const float eps = c->rms_norm_eps;
     llama_gpu_optim_wait(m, ctx);  // (nothing pending: the forward before waited for every stage)
+    llama_gpu_params_wait_all(m, ctx);  // (likewise for every bucket's all-gather)
     const int NL = c->n_layers;
     if (m->zero3) {  // the global tensors and the last layer are normally still held from the forward
         lg_zero3_fetch(m, ctx, NL);
@@ -659,6 +669,7 @@ void llama_gpu_logits_at(LlamaGpu *m, GpuCtx *ctx, int b, int pos, float *out) {
     const bf16 *x = m->lnf + ((size_t)b * m->T + pos) * D;
     const LinearGroup head = linear_group(m, m->cfg.n_layers, 0);
     llama_gpu_optim_wait(m, ctx);
+    llama_gpu_params_wait_all(m, ctx);  // (the forward before waited; a caller without one did not)
     if (m->zero3) lg_zero3_use(m, ctx, m->cfg.n_layers);  // held since the forward (no gather here: one rank calls this)
     linear_forward(&m->lin, ctx, m->logits, x, &head, 1);
     cast_bf16_to_f32(m->logits_f32, m->logits, (size_t)V, ctx->stream);

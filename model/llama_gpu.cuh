@@ -20,6 +20,19 @@
 // 256 bytes in its slot (dist/zero.cuh), so every kernel and cuBLASLt algorithm is ZeRO-2's and
 // the losses are ZeRO-2's bit for bit. With opts.fp8_allgather the layers' fp8 Linear weights are
 // gathered as fp8 codes cast from the shards instead (LlamaGpu.qshard has the scheme).
+//
+// ZeRO-1/2 with opts.zero_gather_overlap (--zero-gather-overlap): every rank keeps the whole bf16
+// vector, and after the optimizer step (which writes only the rank's shard of it) the other ranks'
+// parts come back by all-gather. llama_gpu_params_gather queues one all-gather per gradient bucket
+// (the gather_params hook) on the gather stream, in the order the forward reads them: the global
+// tensors (the embedding is the first kernel), then layers 0, 1, ...; an event after each. The
+// forward makes the compute stream wait for a bucket's event just before its first kernel reading
+// it (the global tensors before the embedding, layer 0 before its first norm, layer l + 1 before
+// the norm that ends layer l, which reads its ln1), once: the wait clears the bucket's pending flag,
+// and the compute stream is in order, so the step's later micro-batches and backward need none.
+// Everything else that reads or writes the bf16 weights (the backward, the optimizer step, sampling's
+// logits, checkpoints) waits for all pending buckets first (llama_gpu_params_wait_all / _sync). The
+// bytes moved are zero_params_gather's, so the bits are the same.
 #pragma once
 
 #include <stdio.h>
@@ -71,6 +84,8 @@ typedef struct {
                            // layer gathers move those 1-byte codes instead of the bf16 weights; the fp8 GEMMs
                            // take the gathered codes. The same bits as without it (a tensorwise cast is
                            // elementwise with one scale). Replaces cache_weight_casts for those Linears.
+    int zero_gather_overlap;  // --zero-gather-overlap (ZeRO-1/2): the parameter all-gather per bucket, overlapped
+                              // with the next forward (the top comment; llama_gpu_params_gather). Ignored otherwise.
 } GpuRunOpts;
 
 // Per-layer activations kept for backward (bf16 unless marked), N = B*T rows.
@@ -179,6 +194,17 @@ typedef struct {
     // event (compute reading a slot before its gather landed, or a gather overwriting a slot the
     // compute stream has yet to read) then shows as a different loss instead of a rare race.
     long long zdelay_ns[2];
+    // ZeRO-1/2 --zero-gather-overlap (see the top; llama_gpu_gather.cu). gather_params: the hook that
+    // all-gathers the flat bf16 parameters [lo, hi) in place from every rank's shard, queued on s
+    // (train_llama: zero_params_gather_range; arg: gather_arg); NULL: a plan of one rank (nothing to
+    // move: only the events). The gathers run on gather_stream (the communication stream with several
+    // ranks; an own stream until set). zdelay_ns applies as for ZeRO-3: [0] before each bucket's
+    // gather, [1] on the compute stream after each wait for one.
+    int zg;                      // the schedule in effect: opts.zero_gather_overlap with a level 1 or 2 plan
+    cudaEvent_t *zg_ready;       // [n_layers + 1]: bucket b's all-gather is done (recorded on gather_stream)
+    int *zg_pending;             // [n_layers + 1]: queued and not yet waited for by the compute stream
+    int zg_n_pending;
+    void (*gather_params)(void *arg, size_t lo, size_t hi, cudaStream_t s);
     // --optim-overlap (llama_gpu_step.cu). The on-GPU step runs on optim_stream in stages, in the
     // order the forward needs the weights: stage 0 the embedding, 1 + l layer l, n_layers + 1 the
     // final norm and an untied LM head. After ev_grads (the compute stream's work so far: backward
@@ -284,6 +310,15 @@ void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, flo
 // is not yet done for the host.
 void llama_gpu_optim_wait(LlamaGpu *m, GpuCtx *ctx);
 void llama_gpu_optim_sync(LlamaGpu *m);
+// ZeRO-1/2 --zero-gather-overlap (see the top). _gather: queues the per-bucket all-gathers of the bf16
+// parameters after what the compute stream holds now (the optimizer step); every rank must call it at
+// the same point (collectives), and before anything reads the weights. _wait_all: the compute stream
+// waits for every pending bucket (queued, no host wait). _sync: the host waits for them (through the
+// sync hook when set, so failed peers are noticed). Without the schedule (m->zg == 0) _gather fails and
+// the others do nothing.
+void llama_gpu_params_gather(LlamaGpu *m, GpuCtx *ctx);
+void llama_gpu_params_wait_all(LlamaGpu *m, GpuCtx *ctx);
+void llama_gpu_params_sync(LlamaGpu *m);
 // The optimizer state of piece i of the shard (fp32 moments are viewed as a LOWBIT_F32 state).
 LowbitState llama_gpu_piece_state(const LlamaGpu *m, int i);
 // The shard's bf16 weights changed outside the optimizer step (ZeRO-3: the gathered buffers are

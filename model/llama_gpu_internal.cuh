@@ -41,6 +41,18 @@ void lg_zero3_fetch(LlamaGpu *m, GpuCtx *ctx, int b);
 // The compute stream waits until bucket b's gather is in its buffer (fetched before).
 void lg_zero3_use(LlamaGpu *m, GpuCtx *ctx, int b);
 
+// Tests (LlamaGpu.zdelay_ns): a kernel that spins ns nanoseconds on s (nothing when ns <= 0).
+void lg_spin(long long ns, cudaStream_t s);
+
+// ZeRO-1/2 --zero-gather-overlap (llama_gpu_gather.cu): the events, pending flags and own gather
+// stream (init: only when the schedule is in effect, which it decides: m->zg); the compute stream
+// waits for bucket b's all-gather if it is pending (the forward, before the bucket's first use).
+void lg_zg_init(LlamaGpu *m);
+void lg_zg_free(LlamaGpu *m);
+void lg_zg_use(LlamaGpu *m, GpuCtx *ctx, int b);
+// Stream s waits for every pending bucket (nothing is cleared: s is not the compute stream).
+void lg_zg_stream_wait(LlamaGpu *m, cudaStream_t s);
+
 // ZeRO-3 --fp8-allgather (llama_gpu_zero3.cu; LlamaGpu.qshard ... has the scheme). _place: the bytes of
 // its buffers for m->cfg, opts, B, T and shard_n (sets ag_slot and n_ag); with base, their pointers.
 // _init (after lg_zero3_init and lin_wcache): allocates and zeroes them, numbers the fp8 tensors and

@@ -235,6 +235,11 @@ static void overlap_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2
 void llama_gpu_adamw(LlamaGpu *m, GpuCtx *ctx, float lr, float b1, float b2, float eps, float wd, int step,
                      float grad_scale) {
     llama_gpu_params_changed(m);  // ZeRO-3: the next forward gathers the new weights
+    // --zero-gather-overlap: the last all-gather reads this rank's shard (its broadcasts' source) and
+    // writes the rest; the step writes the shard only after it (normally the forward has waited for
+    // every bucket already). Offloaded, the weights come up on up_stream, which waits too.
+    if (m->opts.offload && m->up_stream) lg_zg_stream_wait(m, m->up_stream);
+    llama_gpu_params_wait_all(m, ctx);
     if (m->opts.offload) {  // the shard's gradients to the host; the step runs there; its bf16 weights come back
         offload_adamw(m, ctx, lr, b1, b2, eps, wd, step, grad_scale);
         return;

@@ -24,7 +24,7 @@ __global__ static void zero3_spin_kernel(long long ns) {
     } while ((long long)(t - t0) < ns);
 }
 
-static void spin(long long ns, cudaStream_t s) {
+void lg_spin(long long ns, cudaStream_t s) {
     if (ns <= 0) return;
     zero3_spin_kernel<<<1, 1, 0, s>>>(ns);
     CUDA_CHECK(cudaGetLastError());
@@ -226,7 +226,7 @@ void lg_zero3_fetch(LlamaGpu *m, GpuCtx *ctx, int b) {
     // before, or the previous backward) and, after a step, with the writes to the shard.
     CUDA_CHECK(cudaEventRecord(m->zev_compute, ctx->stream));
     CUDA_CHECK(cudaStreamWaitEvent(m->gather_stream, m->zev_compute, 0));
-    spin(m->zdelay_ns[0], m->gather_stream);
+    lg_spin(m->zdelay_ns[0], m->gather_stream);
     if (m->opts.fp8_allgather && b < m->plan->n_layers) {
         if (m->ag_version != m->wversion) ag_cast_shard(m), m->ag_version = m->wversion;
         if (m->zheld[k] >= 0) ag_mark(m, m->zheld[k], 0);  // its codes are overwritten
@@ -247,7 +247,7 @@ void lg_zero3_use(LlamaGpu *m, GpuCtx *ctx, int b) {
     const int k = buffer_of(m, b);
     CHECK(m->zheld[k] == b, "ZeRO-3: bucket %d used while its buffer holds %d (not fetched)", b, m->zheld[k]);
     CUDA_CHECK(cudaStreamWaitEvent(ctx->stream, m->zready[k], 0));
-    spin(m->zdelay_ns[1], ctx->stream);
+    lg_spin(m->zdelay_ns[1], ctx->stream);
 }
 
 void llama_gpu_params_changed(LlamaGpu *m) {

@@ -19,6 +19,8 @@
 #      micro-batch, so each gradient is accumulated exactly as on 1 GPU. ZeRO-2 computes the
 #      global norm from shard partials (another fp32 summation order), so the clip scale may
 #      differ in its last bit: losses within LOSS_TOL. Same for adamw4bit (block-aligned shards).
+#      --zero-gather-overlap (the parameter all-gather per layer, beside the next forward) moves the
+#      same bytes: --zero 2 with it vs without, and --zero 1 --offload with it vs --zero 1, bitwise
 #   3. resume on 2 GPUs (bit-exact), re-shard 2 -> 1 and 1 -> 2 (ZeRO and not): within LOSS_TOL,
 #      and the line says whether the logs and final weights came out identical
 #   4. faults: one rank exits or hangs at step 5; every rank must exit non-zero within the
@@ -33,7 +35,11 @@
 #      bit-exact; resume of a ZeRO-3 checkpoint with --zero 2 bit-exact; re-shard 2 -> 1 and 1 -> 2
 #      --fp8-allgather (fp8-tensorwise; fp8 codes gathered): bit-identical to --zero 3 fp8-tensorwise
 #      on 2 GPUs (also with 2 micro-batches and adamw8bit) and to 1 GPU; refused without --zero 3 or
-#      with another recipe
+#      with another recipe; --zero 2 --zero-gather-overlap with recompute, samples and 3 eval batches
+#      vs without: bitwise, the same sample text
+#   6. (NP=4) 4 GPUs: gpu_test_dist, ZeRO-1/2/3 vs 1 GPU, --zero 3 vs --zero 2 bitwise (also 8-bit,
+#      offload, fp8 all-gather), --zero 2 --zero-gather-overlap vs without bitwise (and resumed with it
+#      from a checkpoint written without it), resume and re-shard, faults
 set -u
 build=${1:-build}
 NP=${2:-2}
@@ -138,6 +144,13 @@ compare one z1 bitwise "1 GPU vs 2 GPUs --zero 1 (adamw)"
 compare one z2 tol "1 GPU vs 2 GPUs --zero 2 (adamw)"
 compare one4 z1_4 bitwise "1 GPU vs 2 GPUs --zero 1 (adamw4bit)"
 compare one8 z2_8 tol "1 GPU vs 2 GPUs --zero 2 (adamw8bit)"
+run z2_ov "$LOCAL" --zero 2 --zero-gather-overlap
+compare z2 z2_ov bitwise "2 GPUs --zero 2 --zero-gather-overlap vs without (adamw)"
+run z1_ovo "$LOCAL" --zero 1 --offload --zero-gather-overlap
+compare z1 z1_ovo bitwise "2 GPUs --zero 1 --offload --zero-gather-overlap vs --zero 1 (the offloaded step has the GPU step's bits)"
+if grep -q "parameter all-gather: layer by layer" "$T/z2_ov.log" && grep -q "parameter all-gather: the whole vector" "$T/z2.log"
+then ok "--zero-gather-overlap: the start-up line names the schedule (on and off)"
+else bad "--zero-gather-overlap: no 'parameter all-gather:' line naming the schedule (logs $T/z2_ov.log, $T/z2.log)"; fi
 if [ -n "$MPI" ]; then
   run z1_mpi "$MPI" --zero 1
   compare z1 z1_mpi bitwise "2 GPUs --zero 1: launch_local vs mpirun"
@@ -227,6 +240,12 @@ run z3_x "$LOCAL" --zero 3 $extra
 compare z2_x z3_x bitwise "2 GPUs --zero 3 vs --zero 2 with recompute, samples and 3 eval batches over 2 ranks"
 if [ "$(grep -c '^---- sample' "$T/z3_x.log")" -ge 2 ]; then ok "--zero 3: samples printed (every rank ran the sample's forwards)"
 else bad "--zero 3: fewer than 2 samples in $T/z3_x.log"; fi
+run z2_xo "$LOCAL" --zero 2 --zero-gather-overlap $extra
+compare z2_x z2_xo bitwise "2 GPUs --zero 2 --zero-gather-overlap vs without, with recompute, samples and 3 eval batches"
+smp() { sed -n '/^---- sample/,/^-----/p' "$T/$1.log"; }
+if [ "$(grep -c '^---- sample' "$T/z2_xo.log")" -ge 2 ] && [ "$(smp z2_x)" = "$(smp z2_xo)" ]; then
+  ok "--zero 2 --zero-gather-overlap: the samples are printed and equal to those without it"
+else bad "--zero 2 --zero-gather-overlap: samples missing or different (logs $T/z2_x.log, $T/z2_xo.log)"; fi
 run w1z3 "" --zero 3
 compare one w1z3 bitwise "1 GPU vs --zero 3 on 1 GPU (gathers are copies)"
 if [ -n "$MPI" ]; then
@@ -289,6 +308,10 @@ compare one_q q1 tol "1 GPU (4 micro-batches) vs 4 GPUs --zero 1 (adamw)"
 compare one_q q2 tol "1 GPU (4 micro-batches) vs 4 GPUs --zero 2 (adamw)"
 compare one_q q3 tol "1 GPU (4 micro-batches) vs 4 GPUs --zero 3 (adamw)"
 compare q2 q3 bitwise "4 GPUs --zero 3 vs --zero 2 (adamw)"
+run q2_ov "$LOCAL4" --zero 2 --zero-gather-overlap
+compare q2 q2_ov bitwise "4 GPUs --zero 2 --zero-gather-overlap vs without (adamw)"
+resume q2_ovr "$LOCAL4" q2/ckpt_000012 --zero 2 --zero-gather-overlap
+compare q2 q2_ovr bitwise "resume on 4 GPUs --zero 2 from step 12 (written without) with --zero-gather-overlap" 13
 run q2_8 "$LOCAL4" --zero 2 --optim adamw8bit
 run q3_8 "$LOCAL4" --zero 3 --optim adamw8bit
 compare q2_8 q3_8 bitwise "4 GPUs --zero 3 vs --zero 2 (adamw8bit)"

@@ -19,6 +19,10 @@
 //     with every gather, then the compute after every wait for one, held back 200 us (a missing
 //     event then changes the bits instead of racing rarely). --fp8-allgather (fp8-tensorwise) the
 //     same way against plain ZeRO-3 fp8-tensorwise: bit-identical, no weight cast from bf16.
+//   - ZeRO-1/2 --zero-gather-overlap (the all-gather per bucket, waited for by the next forward)
+//     against the whole all-gather after the step: bit-identical losses, norms, gradients and
+//     weights, also with every bucket's gather, then the compute after every wait, held back 200 us,
+//     and offloaded; the pending-bucket bookkeeping.
 // With one process the collective parts run at world size 1 (collectives are no-ops, the ZeRO-3
 // gathers copies).
 #include <math.h>
@@ -519,6 +523,11 @@ static void dp_init(DpModel *x, Dist *d, GpuCtx *ctx, const LlamaModel *cpu, int
     llama_gpu_init(&x->m, ctx, cpu, B, T, &o);
     zero_comm_init(&x->zc, d, &x->z, x->m.grads, level == 3 ? x->m.pshard : x->m.params, ctx->stream);
     if (d->world > 1) x->m.grads_stream = d->stream, x->m.sync = dist_sync_hook, x->m.sync_arg = d;
+    if (x->m.zg) {  // ZeRO-1/2 --zero-gather-overlap: as train_llama sets it up
+        x->m.gather_params = zero_params_gather_range;
+        x->m.gather_arg = &x->zc;
+        if (d->world > 1) x->m.gather_stream = d->stream;
+    }
     if (level == 3 && hook) {
         x->m.gather = count_fetch;
         x->m.gather_runs = count_fetch_runs;
@@ -666,6 +675,92 @@ static void check_zero3_steps(Dist *d, GpuCtx *ctx, LowbitFormat optim, LowbitMa
     model_free(&cpu);
 }
 
+// ZeRO-1/2 --zero-gather-overlap against the whole all-gather after the step (zero_params_gather), on
+// this job's ranks, both models in this process, the same data: losses, norms, gradients, the shard's
+// weights after each step and the whole bf16 vector at the end must be the same bits. As train_llama
+// does, the overlapped model's all-gather is queued after the step's host all-reduce of the target
+// count (which would otherwise wait for it) and right before its forward; that forward runs first, so
+// nothing but its waits orders it after the gathers. delay 1 / 2: every bucket's gather starts 200 us
+// late / the compute stream idles 200 us after each wait for one (LlamaGpu.zdelay_ns): with several
+// ranks a missing wait (a layer read before its gather landed, or a step writing the shard its last
+// gather still sends) then gives other bits instead of racing rarely. With one rank the gathers move
+// nothing; the schedule's events and bookkeeping still run.
+static void check_zero_gather_overlap(Dist *d, GpuCtx *ctx, int level, LowbitFormat optim, int offload, int delay) {
+    const int W = d->world, R = d->rank, B = 2, T = 16, steps = 3, N = B * T;
+    enum { ACCUM = 2 };
+    const LlamaConfig c = test_llama_config(1000, 256, 768, 3, 4, 2, 0);  // 3 layers, untied
+    LlamaModel cpu;
+    model_init(&cpu, &c);
+    model_init_random(&cpu, 37);
+    GpuRunOpts o = opts_for(optim, offload, nullptr);
+    char what[160];
+    snprintf(what, sizeof what, "rank %d/%d, ZeRO-%d --zero-gather-overlap vs without, %s%s%s", R, W, level,
+             lowbit_format_name(optim), offload ? " offload" : "",
+             delay == 1 ? " (gathers delayed)" : delay == 2 ? " (compute delayed after each gather wait)" : "");
+    DpModel *a = (DpModel *)ao_calloc(1, sizeof(DpModel)), *b = (DpModel *)ao_calloc(1, sizeof(DpModel));
+    dp_init(a, d, ctx, &cpu, level, o, B, T, 0);
+    GpuRunOpts ob = o;
+    ob.zero_gather_overlap = 1;
+    dp_init(b, d, ctx, &cpu, level, ob, B, T, 0);
+    if (delay) b->m.zdelay_ns[delay - 1] = 200000;
+    TEST_CHECK(b->m.zg && !a->m.zg && b->m.gather_params, "%s: the schedule is not in effect (zg %d / %d)", what, b->m.zg,
+               a->m.zg);
+    int32_t *tok[ACCUM], *tgt[ACCUM];
+    for (int k = 0; k < ACCUM; k++) tok[k] = (int32_t *)ao_malloc(N * 4), tgt[k] = (int32_t *)ao_malloc(N * 4);
+    int ok_loss = 1, ok_norm = 1, ok_grad = 1, ok_w = 1, ok_pending = 1, owed = 0;
+    const int NB = c.n_layers + 1;
+    for (int t = 1; t <= steps; t++) {
+        uint64_t st = 2000 * (uint64_t)t + (uint64_t)R;
+        for (int k = 0; k < ACCUM; k++)
+            for (int i = 0; i < N; i++) {
+                tok[k][i] = (int32_t)(test_rand_u64(&st) % 1000);
+                tgt[k][i] = i % 5 == 2 ? -1 : (int32_t)(test_rand_u64(&st) % 1000);
+            }
+        double nv = 0;
+        for (int k = 0; k < ACCUM; k++)
+            for (int i = 0; i < N; i++) nv += tgt[k][i] >= 0;
+        dist_allreduce_host(d, &nv, 1, "the test's target count");
+        if (owed) {
+            llama_gpu_params_gather(&b->m, ctx);
+            ok_pending &= b->m.zg_n_pending == NB;
+            owed = 0;
+        }
+        double la, lb;
+        const float nb = dp_grads(b, d, ctx, tok, tgt, ACCUM, (int)nv, &lb);  // first: see above
+        ok_pending &= b->m.zg_n_pending == 0;
+        const float na = dp_grads(a, d, ctx, tok, tgt, ACCUM, (int)nv, &la);
+        ok_loss &= la == lb;
+        ok_norm &= na == nb;
+        ok_grad &= same_dev(a->m.grads, b->m.grads, cpu.tab.total * 4);
+        dp_step(a, d, ctx, t, na);
+        llama_gpu_adamw(&b->m, ctx, 2e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t, nb > 1.0f ? 1.0f / nb : 1.0f);  // dp_step's
+        owed = 1;
+        dist_wait(d, ctx->stream, "the test's optimizer step");
+        ok_w &= same_shard(&a->m, &b->m);
+    }
+    // an evaluation forward after the last step, and the whole bf16 vector
+    llama_gpu_params_gather(&b->m, ctx);
+    int nva, nvb;
+    llama_gpu_set_batch(&b->m, ctx, tok[0], tgt[0]);
+    const double eb = llama_gpu_forward(&b->m, ctx, 0.0f, &nvb);
+    llama_gpu_set_batch(&a->m, ctx, tok[0], tgt[0]);
+    const double ea = llama_gpu_forward(&a->m, ctx, 0.0f, &nva);
+    llama_gpu_params_gather(&b->m, ctx);  // again (the same bytes), now waited for by the host only
+    llama_gpu_params_sync(&b->m);
+    ok_pending &= b->m.zg_n_pending == 0;
+    const int ok_all = same_dev(a->m.params, b->m.params, cpu.tab.total * 2);
+    TEST_CHECK(ok_loss && ea == eb, "%s: losses differ (eval after the steps: %.9g vs %.9g)", what, ea, eb);
+    TEST_CHECK(ok_norm, "%s: gradient norms differ", what);
+    TEST_CHECK(ok_grad, "%s: gradients differ", what);
+    TEST_CHECK(ok_w, "%s: master or bf16 weights of the shard differ after a step", what);
+    TEST_CHECK(ok_all, "%s: the all-gathered bf16 weights differ at the end", what);
+    TEST_CHECK(ok_pending, "%s: pending buckets not %d after a gather, or not 0 after a forward / sync", what, NB);
+    for (int k = 0; k < ACCUM; k++) free(tok[k]), free(tgt[k]);
+    dp_free(a), dp_free(b);
+    free(a), free(b);
+    model_free(&cpu);
+}
+
 int main(void) {
     Dist d;
     dist_init(&d, 120);
@@ -708,6 +803,12 @@ int main(void) {
         check_zero_step(&d, &ctx, level, LOWBIT_F32);
         check_zero_step(&d, &ctx, level, LOWBIT_8BIT);
     }
+    // ZeRO-1/2 --zero-gather-overlap against the whole all-gather
+    check_zero_gather_overlap(&d, &ctx, 2, LOWBIT_F32, 0, 0);
+    check_zero_gather_overlap(&d, &ctx, 1, LOWBIT_F32, 0, 1);  // races widened: gathers late
+    check_zero_gather_overlap(&d, &ctx, 2, LOWBIT_F32, 0, 1);
+    check_zero_gather_overlap(&d, &ctx, 2, LOWBIT_F32, 0, 2);  // ... compute late
+    check_zero_gather_overlap(&d, &ctx, 2, LOWBIT_8BIT, 1, 1);  // offload: the weights come up by copies
     // F: ZeRO-3 over the job's ranks
     check_gather_into(&d, &ctx);
     check_zero3_steps(&d, &ctx, LOWBIT_F32, LOWBIT_MASTER_F32, 0, 1);
