@@ -516,7 +516,7 @@ int main(int argc, char **argv) {
         s.max_T = ctx, s.max_batch = a.batch < ctx ? a.batch : ctx;
         if (use_gpu) {
 #ifdef LLAMA_AO_CUDA
-            InferGpuOpts go = {ctx, s.max_batch, 1, !strcmp(a.kv, "fp32"), 1, 0, !strcmp(a.kv, "fp8"), a.gemm_tokens, 0};
+            InferGpuOpts go = {ctx, s.max_batch, 1, !strcmp(a.kv, "fp32"), 1, 0, !strcmp(a.kv, "fp8"), a.gemm_tokens, 0, 0};
             double tg = now_s();
             s.gpu = infer_gpu_create(&L.im, &go);
             if (!a.quiet)

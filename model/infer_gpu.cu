@@ -2,8 +2,9 @@
 // squares in double), q/k/v (+ bias), rotate-half RoPE with cos/sin of the fp32 angle
 // computed in double, causal GQA attention over the cache, o_proj + residual, RMSNorm,
 // SwiGLU MLP + residual, final norm, lm_head. q/k/v and gate/up are fused into one GEMV
-// each when their formats agree. A forward of more than gemm_tokens tokens runs the linears as
-// bf16 GEMMs (infer_gpu_prefill.cu); attention and everything else is the same code.
+// each when their formats agree. A forward of more than gemm_tokens tokens (or a batched decode
+// step past decode_gemm_rows) runs the linears as bf16 GEMMs (infer_gpu_prefill.cu); attention
+// and everything else is the same code.
 // KV cache formats: fp32, bf16, or e4m3 (kv_fp8) with one fp32 scale per (layer, sequence,
 // position, KV head) = amax / 448 of that head vector, set when the vector is written: no
 // calibration, and an outlier in one position or head costs no precision elsewhere (4 bytes
@@ -51,8 +52,9 @@ struct InferGpu {
     float *ksc, *vsc;  // fp8 KV: scales [L, n_seq, max_T, KV]
     size_t kv_bytes;
     int kvel;          // bytes per cached value: 4, 2 or 1
-    PrefillGemm pf;    // the prefill GEMMs (when max_batch > gemm_tokens)
+    PrefillGemm pf;    // the prefill GEMMs (when max_batch > gemm_tokens, or batched decode GEMMs)
     int has_pf, gemm_tokens;
+    int gemm_min_rows;  // the fewest rows at which some linear of the model runs as a GEMM (0: none)
     int fuse, pdl_ok;  // RMSNorm / SwiGLU folded into the GEMVs' preps; PDL launches (opts.unfused)
     int pdl;           // the forward being enqueued launches as programmatic dependents
     // scratch, max_rows = n_seq * max_batch
@@ -67,6 +69,14 @@ struct InferGpu {
     size_t weight_bytes, step_bytes, alloc_bytes, rounded;
     cudaGraphExec_t graph[MAX_GRAPHS];
 };
+
+// Rows (sequences x tokens) from which a linear of this weight format runs as a GEMM in a forward
+// of at most gemm_tokens tokens per sequence (InferGpuOpts.decode_gemm_rows); 0: never.
+static int decode_gemm_threshold(const InferGpu *g, QuantMode mode) {
+    const int R = g->o.decode_gemm_rows;
+    if (R <= 0 || mode == QUANT_INT4) return 0;
+    return mode == QUANT_NONE ? R : 4 * R;
+}
 
 static void *galloc(InferGpu *g, size_t bytes) {
     void *p = qgemv_dev_alloc(bytes, g->alloc_bytes);
@@ -467,9 +477,24 @@ extern "C" InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *
     const int maxK = F > W ? F : W;
     qact_scratch_init(&g->act_s, 8, maxK);
     g->alloc_bytes += (size_t)8 * maxK * 5 + ((size_t)4 << 20);
-    // prefill GEMM scratch, when a forward can have more than gemm_tokens tokens
+    // GEMM scratch, when a forward can have more than gemm_tokens tokens, or a batched decode step
+    // enough rows for some linear's decode_gemm_threshold
     g->gemm_tokens = g->o.gemm_tokens == 0 ? 16 : g->o.gemm_tokens;
-    if (g->gemm_tokens > 0 && g->o.max_batch > g->gemm_tokens) {
+    CHECK(g->o.decode_gemm_rows >= 0, "GPU inference: decode_gemm_rows %d < 0", g->o.decode_gemm_rows);
+    g->gemm_min_rows = 0;
+    auto fewest = [&](const QWeightGpu *w) {
+        const int t = decode_gemm_threshold(g, w->mode);
+        if (t > 0 && (g->gemm_min_rows == 0 || t < g->gemm_min_rows)) g->gemm_min_rows = t;
+    };
+    for (int l = 0; l < L; l++) {
+        const GpuLayer *gl = &g->layers[l];
+        for (int i = 0; i < gl->n_qkv; i++) fewest(&gl->qkv[i]);
+        for (int i = 0; i < gl->n_gu; i++) fewest(&gl->gu[i]);
+        fewest(&gl->wo), fewest(&gl->wd);
+    }
+    fewest(&g->lm_head);
+    if ((g->gemm_tokens > 0 && g->o.max_batch > g->gemm_tokens) ||
+        (g->gemm_min_rows > 0 && (int)MR >= g->gemm_min_rows)) {
         int max_ld = 8, dyn_cols = 0;
         size_t wbuf = 0, ybuf = 0;
         auto need = [&](const QWeightGpu *w, int acc, int lm) {
@@ -526,14 +551,25 @@ extern "C" void infer_gpu_free(InferGpu *g) {
     free(g);
 }
 
+// Whether a linear of this format runs as a cuBLASLt GEMM in a forward of n tokens per sequence
+// (rows in all): a prompt of more than gemm_tokens tokens, or a batched decode step
+// (decode_gemm_threshold).
+static int linear_gemm(const InferGpu *g, int rows, int n, QuantMode mode) {
+    if (!g->has_pf) return 0;
+    if (g->gemm_tokens > 0 && n > g->gemm_tokens) return 1;
+    const int t = decode_gemm_threshold(g, mode);
+    return t > 0 && rows >= t;
+}
+
 // One linear of a forward of n tokens per sequence (rows = n_seq n): the decode GEMV, or with
-// more than gemm_tokens tokens the prefill GEMM (a decode step never: its numerics stay the CPU's).
+// more than gemm_tokens tokens (or enough rows: linear_gemm) the GEMM. A single-sequence decode
+// step never runs a GEMM: its numerics stay the CPU's.
 // src: the input (qact_src.cuh). Fused, the GEMV computes an RMSNorm or SwiGLU source in its
 // activation prep where it has one (qgemv_src); otherwise the source is first materialized into
 // xbuf by its own kernel. Both give the same bits.
 static void linear(InferGpu *g, float *y, const QActSrc *src, float *xbuf, int rows, int n, const QWeightGpu *w,
                    int acc) {
-    const int gemm = g->has_pf && n > g->gemm_tokens;
+    const int gemm = linear_gemm(g, rows, n, w->mode);
     const float *x = src->x;
     if (src->kind != QSRC_X && (gemm || !g->fuse)) {
         qact_src_forward(xbuf, src, rows, w->cols, g->pdl, g->st);
@@ -561,8 +597,11 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
     const size_t layer_cache = (size_t)g->o.n_seq * g->o.max_T * KVD * g->kvel;
     const size_t layer_sc = (size_t)g->o.n_seq * g->o.max_T * KV;
     cudaStream_t st = g->st;
-    // PDL only where every kernel of the forward is ours (a prefill runs cuBLASLt GEMMs)
-    g->pdl = g->pdl_ok && !(g->has_pf && n > g->gemm_tokens);
+    // PDL only where every kernel of the forward is ours (a prefill, or a batched decode step past
+    // gemm_min_rows, runs cuBLASLt GEMMs)
+    const int any_gemm = g->has_pf && ((g->gemm_tokens > 0 && n > g->gemm_tokens) ||
+                                       (g->gemm_min_rows > 0 && rows >= g->gemm_min_rows));
+    g->pdl = g->pdl_ok && !any_gemm;
     g->act_s.pdl = g->pdl;
     const int pdl = g->pdl;
     qlaunch(0, embed_kernel, dim3(rows), dim3(256), 0, st, g->x, (const int32_t *)g->d_tok, (const void *)g->wte,

@@ -6,8 +6,8 @@
 // unquantized linears (-q none, and the linears a mode skips) hold bf16 weights. A forward of
 // more than gemm_tokens tokens per sequence (a prompt) runs its linears as cuBLASLt bf16 GEMMs
 // instead (model/infer_gpu_prefill.cuh: bf16 activations, fp32 accumulation); decode steps keep
-// the GEMVs. Several sequences may decode together (the benchmark's batch): they share one
-// position.
+// the GEMVs, unless decode_gemm_rows asks batched steps to run as GEMMs. Several sequences may
+// decode together (the benchmark's batch): they share one position.
 #ifndef LLAMA_AO_MODEL_INFER_GPU_H
 #define LLAMA_AO_MODEL_INFER_GPU_H
 
@@ -38,6 +38,13 @@ typedef struct {
     // forward without programmatic dependent launch. The environment variable
     // LLAMA_AO_INFER_FUSE=0 sets both.
     int unfused;
+    // Batched decode through GEMMs: a forward of at most gemm_tokens tokens per sequence with at
+    // least this many rows (sequences x tokens) runs its bf16 linears as cuBLASLt GEMMs (bf16
+    // activations, the prefill's numerics), and its int8 / fp8 / 8da4w linears too from 4x as
+    // many rows (their weights dequantized to bf16 first: 2.5-4.5 bytes read and written per
+    // weight instead of 1, which pays only where the GEMV's per-token work dominates); int4
+    // keeps its tensor-core GEMV. 0: never (every decode row through the GEMVs, the CPU's numerics).
+    int decode_gemm_rows;
 } InferGpuOpts;
 
 #define INFER_GPU_NO_FUSE 1

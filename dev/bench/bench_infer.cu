@@ -70,7 +70,7 @@ static int parse_list(const char *s, char items[][32], int max) {
 int main(int argc, char **argv) {
     const char *config = "test/fixtures/configs/llama31_8b.json", *modes = "bf16,int8,int4,8da4w,fp8", *batches = "1";
     const char *kv = "bf16", *fuses = "1";
-    int group = 64, prompt = 128, steps = 128, kv_f32 = 0, profile = 0, gemm_tokens = 0;
+    int group = 64, prompt = 128, steps = 128, kv_f32 = 0, profile = 0, gemm_tokens = 0, decode_gemm_rows = 4;
     Flag flags[] = {
         {"--config", "-c", FLAG_STR, &config, "model config.json (shape only; weights are random)", 1, 0},
         {"--modes", "-q", FLAG_STR, &modes, "comma list of bf16|int8|int4|int4-v1|int4-nopdl|int4-simt|8da4w|fp8", 1, 0},
@@ -81,6 +81,8 @@ int main(int argc, char **argv) {
         {"--kv-f32", NULL, FLAG_BOOL, &kv_f32, "KV cache in fp32 (same as --kv fp32)", 1, 0},
         {"--kv", NULL, FLAG_STR, &kv, "KV cache: bf16 | fp32 | fp8 (e4m3, a scale per head vector)", 1, 0},
         {"--gemm-tokens", NULL, FLAG_INT, &gemm_tokens, "prompts longer than this run as GEMMs (0: 16, -1: never)", -1, 1 << 20},
+        {"--decode-gemm-rows", NULL, FLAG_INT, &decode_gemm_rows, "batched decode steps of at least this many sequences run "
+         "their bf16 linears as GEMMs (int8 / fp8 / 8da4w from 4x as many; int4 never); 0: always the GEMVs", 0, 1 << 20},
         {"--fuse", NULL, FLAG_STR, &fuses, "comma list of 1 (RMSNorm/SwiGLU in the GEMV preps, PDL) | 0 (unfused) | nopdl | nofuse", 1, 0},
         {"--profile", NULL, FLAG_BOOL, &profile, "bracket 2 decode steps with cudaProfilerStart/Stop (ncu --profile-from-start off)", 1, 0},
     };
@@ -157,7 +159,7 @@ int main(int argc, char **argv) {
             size_t free0, total;
             cudaMemGetInfo(&free0, &total);
             InferGpuOpts o = {prompt + steps + 8, prompt, B, !strcmp(kv, "fp32"), 1, 0, !strcmp(kv, "fp8"), gemm_tokens,
-                              unf[fi]};
+                              unf[fi], decode_gemm_rows};
             InferGpu *g = infer_gpu_create(&im, &o);
             int32_t *toks = (int32_t *)ao_malloc((size_t)B * prompt * sizeof(int32_t));
             for (int i = 0; i < B * prompt; i++) toks[i] = (int32_t)((i * 7919u + 11u) % (unsigned)c.vocab_size);
@@ -181,10 +183,10 @@ int main(int argc, char **argv) {
             cudaMemGetInfo(&free1, &total);
             const double sb = (double)infer_gpu_step_bytes(g), eff = sb / dt;
             printf("RESULT ours mode=%s g=%d batch=%d tok_s=%.1f ms_per_step=%.3f weight_bytes=%.0f eff_bw_TBs=%.3f "
-                   "roofline=%.3f peak_mem_GiB=%.2f prefill_tok_s=%.0f kv=%s kv_MiB=%.1f fuse=%s\n",
+                   "roofline=%.3f peak_mem_GiB=%.2f prefill_tok_s=%.0f kv=%s kv_MiB=%.1f fuse=%s decode_gemm_rows=%d\n",
                    mlist[mi], quant_mode_grouped((QuantMode)mode) ? group : 0, B, B / dt, dt * 1e3, sb, eff / 1e12,
                    bw > 0 ? eff / bw : 0.0, (double)(free0 - free1) / (1u << 30), B * prompt / t_prefill, kv,
-                   infer_gpu_kv_bytes(g) / 1048576.0, flist[fi]);
+                   infer_gpu_kv_bytes(g) / 1048576.0, flist[fi], decode_gemm_rows);
             fflush(stdout);
             infer_gpu_free(g);
             free(toks);
