@@ -6,6 +6,7 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 #include "lowbit.h"
+#include "lowbit_lut.h"
 
 #include <float.h>
 
@@ -113,18 +114,42 @@ static const float *qmap_of(LowbitFormat f, int is_signed) {
     return NULL;
 }
 
+// The code tables of lowbit_lut.h (the GPU kernels'): for every float the code lowbit_code8 / 4's
+// binary search gives (test_lowbit_lut checks it, exhaustively with --all), one load instead of
+// a chain of 8 (4) dependent ones. The offloaded step (optim/adamw_cpu.c) requantizes every
+// element of m and v each step, and the search was most of its time.
+static const uint32_t g_lut_s8[] = {LOWBIT_LUT_S8}, g_lut_u8[] = {LOWBIT_LUT_U8}, g_lut_s4[] = {LOWBIT_LUT_S4},
+                      g_lut_u4[] = {LOWBIT_LUT_U4};
+
+static inline uint8_t code_of(LowbitFormat f, int is_signed, float x) {
+    if (f == LOWBIT_8BIT)
+        return (uint8_t)(is_signed ? lowbit_lut_code(x, g_lut_s8, LOWBIT_LUT_S8_LO, LOWBIT_LUT_S8_SHIFT, 1)
+                                   : lowbit_lut_code(x, g_lut_u8, LOWBIT_LUT_U8_LO, LOWBIT_LUT_U8_SHIFT, 0));
+    return (uint8_t)(is_signed ? lowbit_lut_code(x, g_lut_s4, LOWBIT_LUT_S4_LO, LOWBIT_LUT_S4_SHIFT, 1)
+                               : lowbit_lut_code(x, g_lut_u4, LOWBIT_LUT_U4_LO, LOWBIT_LUT_U4_SHIFT, 0));
+}
+
 // One block of `bs` fp32 values -> codes (4-bit: bs/2 packed bytes), returns the stored
-// scale. scale_tensor: absmax clipped at 1e-12 (fp8: then / 448), then x / scale.
-static float quantize_block(LowbitFormat f, const float *q, uint8_t *codes, const float *x, int bs) {
+// scale. scale_tensor: absmax clipped at 1e-12 (fp8: then / 448), then x / scale. The codes
+// come from the binary search over q (search = 1: the torchao reference, lowbit_quantize) or
+// from the tables (the step), which give the same codes.
+static float quantize_block(LowbitFormat f, const float *q, int is_signed, int search, uint8_t *codes, const float *x,
+                            int bs) {
     float amax = 0.0f;
     for (int i = 0; i < bs; i++) amax = lowbit_max_nan(amax, fabsf(x[i]));
     float s = lowbit_max_nan(amax, 1e-12f);
     if (f == LOWBIT_FP8) s = s / 448.0f;
     if (f == LOWBIT_4BIT) {
-        for (int i = 0; i < bs; i += 2)
-            codes[i / 2] = (uint8_t)(lowbit_code4(x[i] / s, q) << 4 | lowbit_code4(x[i + 1] / s, q));
+        for (int i = 0; i < bs; i += 2) {
+            const float a = x[i] / s, b = x[i + 1] / s;
+            codes[i / 2] = search ? (uint8_t)(lowbit_code4(a, q) << 4 | lowbit_code4(b, q))
+                                  : (uint8_t)(code_of(f, is_signed, a) << 4 | code_of(f, is_signed, b));
+        }
     } else if (f == LOWBIT_8BIT) {
-        for (int i = 0; i < bs; i++) codes[i] = lowbit_code8(x[i] / s, q);
+        if (search)
+            for (int i = 0; i < bs; i++) codes[i] = lowbit_code8(x[i] / s, q);
+        else
+            for (int i = 0; i < bs; i++) codes[i] = code_of(f, is_signed, x[i] / s);
     } else {
         for (int i = 0; i < bs; i++) codes[i] = lowbit_e4m3(x[i] / s);
     }
@@ -143,7 +168,7 @@ void lowbit_quantize(LowbitFormat f, int is_signed, uint8_t *codes, float *scale
           lowbit_format_name(f));
     const float *q = qmap_of(f, is_signed);
     size_t per = f == LOWBIT_4BIT ? (size_t)bs / 2 : (size_t)bs;
-    for (size_t b = 0; b < n / (size_t)bs; b++) scale[b] = quantize_block(f, q, codes + b * per, x + b * bs, bs);
+    for (size_t b = 0; b < n / (size_t)bs; b++) scale[b] = quantize_block(f, q, is_signed, 1, codes + b * per, x + b * bs, bs);
 }
 
 void lowbit_dequantize(LowbitFormat f, int is_signed, float *x, const uint8_t *codes, const float *scale, size_t n) {
@@ -227,8 +252,8 @@ void lowbit_step_unit(float *master, uint16_t *param, const LowbitState *st, con
         float p = lowbit_adam_elem(load_p(master, param, i0 + j), grad[i0 + j], &mn[j], &vn[j], a);
         store_p(master, param, s, rand16, i0 + j, p);
     }
-    st->m_scale[unit] = quantize_block(st->fmt, qm, mc, mn, bs);
-    st->v_scale[unit] = quantize_block(st->fmt, qv, vc, vn, bs);
+    st->m_scale[unit] = quantize_block(st->fmt, qm, 1, 0, mc, mn, bs);
+    st->v_scale[unit] = quantize_block(st->fmt, qv, 0, 0, vc, vn, bs);
 }
 
 void lowbit_check_step(const float *master, const uint16_t *param, const LowbitState *st, const LowbitStep *s) {
