@@ -13,7 +13,7 @@
 #include <math.h>
 #include <string.h>
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "bf16_x86.h"
 #endif
 
 #include "../common/error.h"
@@ -72,7 +72,6 @@ __attribute__((target("avx512f"))) static inline __m512 adam512_step(const Adam5
 __attribute__((target("avx512f"))) static void chunk_avx512(float *master, uint16_t *param, const float *grad, float *m,
                                                             float *v, size_t i0, size_t i1, const AdamwScalars *a) {
     const Adam512 c = adam512_consts(a);
-    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF), qnan = _mm512_set1_epi32(0x7FC0);
     for (size_t i = i0; i < i1; i += 16) {
         // The last vector of the tensor is masked: lanes past i1 neither load nor store.
         __mmask16 k = i1 - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (i1 - i)) - 1);
@@ -82,10 +81,7 @@ __attribute__((target("avx512f"))) static void chunk_avx512(float *master, uint1
         _mm512_mask_storeu_ps(m + i, k, mm);
         _mm512_mask_storeu_ps(v + i, k, vv);
         if (param) {  // lowbit_bf16_rne in 16 lanes
-            __m512i u = _mm512_castps_si512(p);
-            __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
-            r = _mm512_mask_mov_epi32(_mm512_srli_epi32(r, 16), _mm512_cmp_ps_mask(p, p, _CMP_UNORD_Q), qnan);
-            __m256i h = _mm512_cvtepi32_epi16(r);
+            const __m256i h = bf16_rne16(p);
             if (k == 0xFFFF) _mm256_storeu_si256((__m256i *)(param + i), h);
             else {  // a 16-bit masked store needs AVX512BW+VL: the tail goes through memory
                 uint16_t t[16];
@@ -127,16 +123,6 @@ __attribute__((target("avx2,fma"))) static void chunk_avx2(float *master, uint16
     chunk_scalar(master, param, grad, m, v, i, i1, a);
 }
 
-// lowbit_sr_bits for 8 consecutive indices: base = seed ^ step * C2 (the step's part of the
-// first mix), idx the 64-bit element indices.
-__attribute__((target("avx512f,avx512dq"))) static inline __m512i sr_bits8(__m512i idx, __m512i base) {
-    __m512i z = _mm512_xor_si512(base, _mm512_mullo_epi64(idx, _mm512_set1_epi64((long long)0x9E3779B97F4A7C15ull)));
-    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64((long long)0xBF58476D1CE4E5B9ull));
-    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64((long long)0x94D049BB133111EBull));
-    z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
-    return _mm512_srli_epi64(z, 48);
-}
-
 // chunk_sr_scalar in 16 lanes: bf16 -> fp32 (exact), the same FMA/op sequence as chunk_avx512,
 // then lowbit_bf16_sr with the lanes' lowbit_sr_bits. The tail (< 16) goes through memory.
 __attribute__((target("avx512f,avx512dq"))) static void chunk_sr_avx512(uint16_t *param, const float *grad, float *m,
@@ -144,11 +130,6 @@ __attribute__((target("avx512f,avx512dq"))) static void chunk_sr_avx512(uint16_t
                                                                        const AdamwScalars *a, uint64_t seed, int step,
                                                                        uint64_t off) {
     const Adam512 c = adam512_consts(a);
-    const __m512i lo16 = _mm512_set1_epi32(0xFFFF), hi16 = _mm512_set1_epi32((int)0xFFFF0000u),
-                  ulp = _mm512_set1_epi32(0x10000), absm = _mm512_set1_epi32(0x7FFFFFFF),
-                  inf = _mm512_set1_epi32(0x7F800000), qnan = _mm512_set1_epi32(0x7FC0);
-    const __m512i base = _mm512_set1_epi64((long long)(seed ^ ((uint64_t)(uint32_t)step * 0xC2B2AE3D27D4EB4Full)));
-    const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), eight = _mm512_set1_epi64(8);
     for (size_t i = i0; i < i1; i += 16) {
         const size_t cnt = i1 - i >= 16 ? 16 : i1 - i;
         const __mmask16 k = cnt == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cnt) - 1);
@@ -160,15 +141,7 @@ __attribute__((target("avx512f,avx512dq"))) static void chunk_sr_avx512(uint16_t
         const __m512 p = adam512_step(&c, p0, _mm512_maskz_loadu_ps(k, grad + i), &mm, &vv);
         _mm512_mask_storeu_ps(m + i, k, mm);
         _mm512_mask_storeu_ps(v + i, k, vv);
-        const __m512i idx = _mm512_add_epi64(_mm512_set1_epi64((long long)(off + i)), lanes);
-        const __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(sr_bits8(idx, base))),
-                                             _mm512_cvtepi64_epi32(sr_bits8(_mm512_add_epi64(idx, eight), base)), 1);
-        // lowbit_bf16_sr: away from zero when r < the 16 dropped bits; NaN -> 0x7FC0
-        const __m512i u = _mm512_castps_si512(p);
-        __m512i t = _mm512_and_si512(u, hi16);
-        t = _mm512_mask_add_epi32(t, _mm512_cmplt_epu32_mask(r, _mm512_and_si512(u, lo16)), t, ulp);
-        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(t, absm), inf);
-        const __m256i h = _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(_mm512_srli_epi32(t, 16), nan, qnan));
+        const __m256i h = bf16_sr16(p, sr_bits16(seed, step, off + i));
         if (cnt == 16) _mm256_storeu_si256((__m256i *)(param + i), h);
         else {
             _mm256_storeu_si256((__m256i *)tmp, h);

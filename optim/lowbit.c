@@ -11,6 +11,10 @@
 #include <float.h>
 
 #include "../common/error.h"
+#include "adamw_cpu.h"
+#if defined(__x86_64__) && defined(__GNUC__)
+#include "bf16_x86.h"
+#endif
 
 const float lowbit_qmap_s8[256] = {LOWBIT_QMAP_S8};
 const float lowbit_qmap_u8[256] = {LOWBIT_QMAP_U8};
@@ -221,8 +225,211 @@ static void store_p(float *master, uint16_t *param, const LowbitStep *s, const u
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_LOWBIT_AVX512 1
+// ---- the quantized unit in 16 lanes (AVX-512 F + DQ) ------------------------------------------
+// The scalar unit's op sequence lane by lane: the same IEEE ops in the same order (no FMA:
+// fp-contract=off above), so every result is the same value. Only NaN payloads and signs could
+// differ: x86 returns the first operand's NaN when both are NaN, and GCC may swap the operands
+// of a commutative scalar * or +. Two different NaNs can meet in such an op only when a
+// gradient or a block scale is NaN, an fp8 code is NaN, or a hyperparameter is NaN: such units
+// go through the scalar code (unit_vec_ok). An absmax that meets a NaN is redone in scalar
+// order (the first NaN wins there).
+#define T512 __attribute__((target("avx512f,avx512dq")))
+#define T512_INLINE __attribute__((target("avx512f,avx512dq"), always_inline)) static inline
+
+// dequant_one for the 16 elements from j (j a multiple of 16).
+T512_INLINE __m512 deq16(LowbitFormat f, const float *q, const uint8_t *codes, int j, __m512 s) {
+    __m512 x;
+    if (f == LOWBIT_8BIT) {
+        x = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + j))), q, 4);
+    } else if (f == LOWBIT_4BIT) {  // byte k: element 2k in the high nibble, 2k+1 in the low one
+        const __m128i b = _mm_loadl_epi64((const __m128i *)(codes + j / 2));
+        __m512i c = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+        c = _mm512_and_si512(_mm512_srlv_epi32(c, _mm512_set1_epi64(4)), _mm512_set1_epi32(15));
+        x = _mm512_permutexvar_ps(c, _mm512_loadu_ps(q));
+    } else {  // lowbit_e4m3_to_f32; NaN codes never get here (unit_vec_ok)
+        const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + j)));
+        const __m512 mag = _mm512_mul_ps(
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x7F)), 20)),
+            _mm512_set1_ps(0x1p120f));
+        // -f: the sign bit flipped
+        x = _mm512_castsi512_ps(
+            _mm512_xor_si512(_mm512_castps_si512(mag), _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24)));
+    }
+    return _mm512_mul_ps(x, s);
+}
+
+// lowbit_lut_code in 16 lanes (same arguments).
+T512_INLINE __m512i lut16(__m512 x, const uint32_t *t, uint32_t lo, int shift, int is_signed) {
+    const __m512i u = _mm512_castps_si512(x), mask = _mm512_set1_epi32((int)((1u << shift) - 1u));
+    __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF));
+    a = _mm512_min_epu32(_mm512_max_epu32(a, _mm512_set1_epi32((int)lo)), _mm512_set1_epi32((int)LOWBIT_LUT_HI));
+    __m512i idx = _mm512_srli_epi32(_mm512_sub_epi32(a, _mm512_set1_epi32((int)lo)), (unsigned)shift);
+    __m512i low = _mm512_and_si512(a, mask);
+    if (is_signed) {
+        const __mmask16 neg = _mm512_movepi32_mask(u);
+        idx = _mm512_mask_add_epi32(idx, neg, idx, _mm512_set1_epi32((int)LOWBIT_LUT_NB(lo, shift)));
+        low = _mm512_mask_xor_epi32(low, neg, low, mask);
+    }
+    const __m512i w = _mm512_i32gather_epi32(idx, (const void *)t, 4);
+    __m512i c = _mm512_srli_epi32(w, 24);
+    c = _mm512_mask_add_epi32(c, _mm512_cmpge_epu32_mask(low, _mm512_and_si512(w, _mm512_set1_epi32(0xFFFFFF))), c,
+                              _mm512_set1_epi32(1));
+    const __mmask16 keep = is_signed ? _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q)
+                                     : _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
+    return _mm512_maskz_mov_epi32(keep, c);
+}
+
+// lowbit_e4m3 in 16 lanes.
+T512_INLINE __m512i e4m3_16(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x), sign = _mm512_and_si512(u, _mm512_set1_epi32((int)0x80000000u));
+    const __m512i b = _mm512_xor_si512(u, sign);
+    const __m512i sub = _mm512_sub_epi32(
+        _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(b), _mm512_set1_ps(16384.0f))), _mm512_set1_epi32(0x46800000));
+    __m512i r = _mm512_add_epi32(_mm512_sub_epi32(b, _mm512_set1_epi32((127 - 7) << 23)), _mm512_set1_epi32(0x7FFFF));
+    r = _mm512_srli_epi32(_mm512_add_epi32(r, _mm512_and_si512(_mm512_srli_epi32(b, 20), _mm512_set1_epi32(1))), 20);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmplt_epu32_mask(b, _mm512_set1_epi32(0x3C800000)), sub);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmpge_epu32_mask(b, _mm512_set1_epi32(0x43F00000)), _mm512_set1_epi32(0x7F));
+    return _mm512_or_si512(_mm512_and_si512(r, _mm512_set1_epi32(0xFF)), _mm512_srli_epi32(sign, 24));
+}
+
+// quantize_block (search = 0) with the codes in 16 lanes; x holds bs values.
+T512_INLINE float quantize_block16(LowbitFormat f, int is_signed, uint8_t *codes, const float *x, int bs, __m512 amax,
+                                   int any_nan) {
+    float am;
+    if (any_nan) {  // the scalar order: the first NaN (made positive) wins
+        am = 0.0f;
+        for (int i = 0; i < bs; i++) am = lowbit_max_nan(am, fabsf(x[i]));
+    } else {
+        am = _mm512_reduce_max_ps(amax);  // max of non-NaN non-negative values: order-free
+    }
+    float s = lowbit_max_nan(am, 1e-12f);
+    if (f == LOWBIT_FP8) s = s / 448.0f;
+    const __m512 sv = _mm512_set1_ps(s);
+    for (int j = 0; j < bs; j += 16) {
+        const __m512 y = _mm512_div_ps(_mm512_loadu_ps(x + j), sv);
+        if (f == LOWBIT_4BIT) {
+            const __m512i c = is_signed ? lut16(y, g_lut_s4, LOWBIT_LUT_S4_LO, LOWBIT_LUT_S4_SHIFT, 1)
+                                        : lut16(y, g_lut_u4, LOWBIT_LUT_U4_LO, LOWBIT_LUT_U4_SHIFT, 0);
+            // even lanes << 4, then each 64-bit pair folded into its low byte
+            const __m512i e = _mm512_sllv_epi32(c, _mm512_set1_epi64(4));
+            _mm_storel_epi64((__m128i *)(codes + j / 2), _mm512_cvtepi64_epi8(_mm512_or_si512(e, _mm512_srli_epi64(e, 32))));
+        } else {
+            const __m512i c = f == LOWBIT_FP8 ? e4m3_16(y)
+                              : is_signed     ? lut16(y, g_lut_s8, LOWBIT_LUT_S8_LO, LOWBIT_LUT_S8_SHIFT, 1)
+                                              : lut16(y, g_lut_u8, LOWBIT_LUT_U8_LO, LOWBIT_LUT_U8_SHIFT, 0);
+            _mm_storeu_si128((__m128i *)(codes + j), _mm512_cvtepi32_epi8(c));
+        }
+    }
+    return s;
+}
+
+// Whether the unit may take the 16-lane path (see above): no NaN among the gradients, the two
+// scales, the hyperparameters, and (fp8) the codes.
+T512 static int unit_vec_ok(LowbitFormat f, const float *g, const uint8_t *mc, const uint8_t *vc, float ms, float vs,
+                            const LowbitScalars *a, int bs) {
+    const float h[] = {ms, vs, a->lr, a->lr_wd, a->c1, a->c2, a->bc1, a->bc2_sqrt, a->eps, a->grad_scale};
+    for (size_t k = 0; k < sizeof h / sizeof *h; k++)
+        if (h[k] != h[k]) return 0;
+    __mmask16 bad = 0;
+    for (int j = 0; j < bs; j += 16) {
+        const __m512 x = _mm512_loadu_ps(g + j);
+        bad |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    }
+    if (f == LOWBIT_FP8)
+        for (int j = 0; j < bs; j += 16) {
+            const __m512i n = _mm512_set1_epi32(0x7F);
+            bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(mc + j))), n), n);
+            bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(vc + j))), n), n);
+        }
+    return bad == 0;
+}
+
+T512_INLINE __m512 lerp16(__m512 start, __m512 end, __m512 c, int big) {
+    return _mm512_add_ps(big ? end : start, _mm512_mul_ps(_mm512_sub_ps(end, start), c));
+}
+
+// The quantized branch of lowbit_step_unit for format f; returns 0 (nothing written) when
+// the unit must go through the scalar code.
+T512_INLINE int unit_avx512(LowbitFormat f, float *master, uint16_t *param, const LowbitState *st, const float *grad,
+                            const LowbitStep *s, const LowbitScalars *a, const uint16_t *rand16, size_t unit) {
+    const int bs = st->block;
+    const float *qm = qmap_of(f, 1), *qv = qmap_of(f, 0);
+    const size_t i0 = unit * (size_t)bs, per = f == LOWBIT_4BIT ? (size_t)bs / 2 : (size_t)bs;
+    uint8_t *mc = (uint8_t *)st->m + unit * per, *vc = (uint8_t *)st->v + unit * per;
+    if (!unit_vec_ok(f, grad + i0, mc, vc, st->m_scale[unit], st->v_scale[unit], a, bs)) return 0;
+    const __m512 msc = _mm512_set1_ps(st->m_scale[unit]), vsc = _mm512_set1_ps(st->v_scale[unit]);
+    const __m512 gs = _mm512_set1_ps(a->grad_scale), lrwd = _mm512_set1_ps(a->lr_wd), lr = _mm512_set1_ps(a->lr),
+                 c1 = _mm512_set1_ps(a->c1), c2 = _mm512_set1_ps(a->c2), bc1 = _mm512_set1_ps(a->bc1),
+                 bc2 = _mm512_set1_ps(a->bc2_sqrt), eps = _mm512_set1_ps(a->eps);
+    const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
+    float mn[LOWBIT_BLOCK_8BIT], vn[LOWBIT_BLOCK_8BIT];
+    __m512 mmax = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
+    __mmask16 mnan = 0, vnan = 0;
+    for (int j = 0; j < bs; j += 16) {
+        const size_t i = i0 + (size_t)j;
+        const __m512 p = master ? _mm512_loadu_ps(master + i)
+                                : _mm512_castsi512_ps(_mm512_slli_epi32(
+                                      _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(param + i))), 16));
+        const __m512 g = _mm512_mul_ps(_mm512_loadu_ps(grad + i), gs);  // lowbit_adam_elem
+        const __m512 p1 = _mm512_sub_ps(p, _mm512_mul_ps(lrwd, p));
+        const __m512 m1 = lerp16(deq16(f, qm, mc, j, msc), g, c1, a->big1);
+        const __m512 v1 = lerp16(deq16(f, qv, vc, j, vsc), _mm512_mul_ps(g, g), c2, a->big2);
+        const __m512 upd = _mm512_mul_ps(lr, _mm512_div_ps(m1, bc1));
+        const __m512 den = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(v1), bc2), eps);
+        const __m512 pn = _mm512_sub_ps(p1, _mm512_div_ps(upd, den));
+        _mm512_storeu_ps(mn + j, m1);
+        _mm512_storeu_ps(vn + j, v1);
+        mmax = _mm512_max_ps(mmax, _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(m1), absm)));
+        vmax = _mm512_max_ps(vmax, _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v1), absm)));
+        mnan |= _mm512_cmp_ps_mask(m1, m1, _CMP_UNORD_Q);
+        vnan |= _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q);
+        __m256i h;  // store_p
+        if (master) {
+            _mm512_storeu_ps(master + i, pn);
+            if (!param) continue;
+            h = bf16_rne16(pn);
+        } else if (s->master == LOWBIT_MASTER_BF16_SR) {
+            h = bf16_sr16(pn, rand16 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rand16 + i)))
+                                     : sr_bits16(s->seed, s->step, s->sr_offset + i));
+        } else {
+            h = bf16_rne16(pn);
+        }
+        _mm256_storeu_si256((__m256i *)(param + i), h);
+    }
+    st->m_scale[unit] = quantize_block16(f, 1, mc, mn, bs, mmax, mnan != 0);
+    st->v_scale[unit] = quantize_block16(f, 0, vc, vn, bs, vmax, vnan != 0);
+    return 1;
+}
+
+T512 static int step_unit_avx512(float *master, uint16_t *param, const LowbitState *st, const float *grad,
+                                 const LowbitStep *s, const LowbitScalars *a, const uint16_t *rand16, size_t unit) {
+    switch (st->fmt) {
+        case LOWBIT_8BIT: return unit_avx512(LOWBIT_8BIT, master, param, st, grad, s, a, rand16, unit);
+        case LOWBIT_4BIT: return unit_avx512(LOWBIT_4BIT, master, param, st, grad, s, a, rand16, unit);
+        case LOWBIT_FP8: return unit_avx512(LOWBIT_FP8, master, param, st, grad, s, a, rand16, unit);
+        default: return 0;
+    }
+}
+#endif
+
+// The low-bit step follows adamw_cpu's variant choice (adamw_cpu_set_isa): its AVX-512 choice
+// takes the 16-lane quantized unit when the CPU also has AVX512DQ; AVX2 and scalar run the C.
+static int use_avx512(void) {
+#ifdef HAVE_LOWBIT_AVX512
+    return adamw_cpu_get_isa() == ADAMW_ISA_AVX512 && __builtin_cpu_supports("avx512dq");
+#else
+    return 0;
+#endif
+}
+
 void lowbit_step_unit(float *master, uint16_t *param, const LowbitState *st, const float *grad, const LowbitStep *s,
                       const LowbitScalars *a, const uint16_t *rand16, size_t unit) {
+#ifdef HAVE_LOWBIT_AVX512
+    if (lowbit_quantized(st->fmt) && use_avx512() && step_unit_avx512(master, param, st, grad, s, a, rand16, unit))
+        return;
+#endif
     if (!lowbit_quantized(st->fmt)) {
         size_t i0 = unit * LOWBIT_PLAIN_CHUNK, i1 = i0 + LOWBIT_PLAIN_CHUNK < st->n ? i0 + LOWBIT_PLAIN_CHUNK : st->n;
         for (size_t i = i0; i < i1; i++) {

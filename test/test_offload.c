@@ -134,6 +134,77 @@ static void test_offload_sr_variants(void) {
     }
 }
 
+// The low-bit step (lowbit_step_unit's quantized branch, 16 lanes under ADAMW_ISA_AVX512)
+// against its scalar C, bit for bit: every format and master mode, both lerp branches, states
+// from zero and from random codes and scales (zero, inf and NaN scales, fp8 NaN codes), and
+// blocks of zeros, denormals, huge values, -0, inf and NaN in gradients and weights.
+static void lowbit_edge_fill(float *w, float *g, size_t n, int bs, uint64_t *rs) {
+    for (size_t i = 0; i < n; i++) w[i] = 0.1f * test_rand_uniform(rs), g[i] = 0.01f * test_rand_uniform(rs);
+    for (int j = 0; j < bs; j++) {
+        w[j] = 0.0f, g[j] = 0.0f;                                         // block 0: all zero
+        g[bs + j] = 1e-40f * (float)(j % 5) * (j & 1 ? -1.0f : 1.0f);     // block 1: denormal grads
+        w[bs + j] = j % 3 ? 1e-39f : -0.0f;                               //          and weights
+        g[2 * bs + j] = (j & 1 ? -3e38f : 1e30f) * test_rand_uniform(rs); // block 2: g*g overflows
+        g[3 * bs + j] = j % 4 ? -0.0f : 0.0f;                             // block 3: signed zeros
+    }
+    g[4 * (size_t)bs + 5] = NAN, g[5 * (size_t)bs + 7] = INFINITY, g[6 * (size_t)bs + 1] = -INFINITY;
+    w[7 * (size_t)bs + 3] = NAN, w[7 * (size_t)bs + 4] = INFINITY, w[8 * (size_t)bs + 9] = -INFINITY;
+    g[9 * (size_t)bs + 11] = -NAN;
+}
+
+static void test_lowbit_variants(void) {
+    const LowbitFormat fmts[] = {LOWBIT_8BIT, LOWBIT_4BIT, LOWBIT_FP8};
+    const AdamwIsa best = adamw_cpu_isa_best();
+    for (size_t f = 0; f < sizeof fmts / sizeof *fmts; f++) {
+        const int bs = lowbit_block(fmts[f]);
+        const size_t n = (size_t)bs * 24;
+        const LowbitLayout l = lowbit_layout_of(fmts[f], n);
+        for (int mode = 0; mode < 5; mode++) {  // fp32, fp32 + bf16 copy, bf16, bf16-sr, bf16-sr given bits
+            for (int init = 0; init < 2; init++) {
+                uint64_t rs = 1000 + 10 * f + (uint64_t)mode + 100 * (uint64_t)init;
+                float *w0 = ao_malloc(n * 4), *g = ao_malloc(n * 4), *w[2];
+                uint16_t *p0 = ao_malloc(n * 2), *r16 = ao_malloc(n * 2), *p[2];
+                lowbit_edge_fill(w0, g, n, bs, &rs);
+                for (size_t i = 0; i < n; i++) p0[i] = f32_to_bf16(w0[i]), r16[i] = (uint16_t)test_rand_u64(&rs);
+                uint8_t *reg0 = ao_calloc(1, l.bytes), *reg[2];
+                LowbitState st0 = lowbit_state_at(&l, reg0);
+                if (init) {  // random codes (fp8: NaN codes too) and scales, some 0, inf, NaN
+                    for (size_t b = 0; b < l.m_scale_off; b++) reg0[b] = (uint8_t)test_rand_u64(&rs);
+                    for (size_t b = 0; b < l.n_blocks; b++)
+                        st0.m_scale[b] = 1e-3f * fabsf(test_rand_uniform(&rs)), st0.v_scale[b] = 1e-6f * fabsf(test_rand_uniform(&rs));
+                    st0.m_scale[10] = 0.0f, st0.v_scale[11] = INFINITY, st0.m_scale[12] = NAN, st0.v_scale[13] = NAN;
+                    st0.m_scale[14] = 3e38f, st0.v_scale[14] = 3e38f;
+                }
+                const LowbitMaster lm = mode < 2 ? LOWBIT_MASTER_F32 : mode == 2 ? LOWBIT_MASTER_BF16 : LOWBIT_MASTER_BF16_SR;
+                for (int isa = ADAMW_ISA_SCALAR; isa <= (int)best; isa++) {
+                    const int c = isa == ADAMW_ISA_SCALAR ? 0 : 1;
+                    w[c] = ao_malloc(n * 4), p[c] = ao_malloc(n * 2), reg[c] = ao_malloc(l.bytes);
+                    memcpy(w[c], w0, n * 4), memcpy(p[c], p0, n * 2), memcpy(reg[c], reg0, l.bytes);
+                    const LowbitState stc = lowbit_state_at(&l, reg[c]);
+                    adamw_cpu_set_isa((AdamwIsa)isa);
+                    for (int step = 1; step <= 3; step++) {
+                        // both lerp branches: weights 1 - beta below and above 0.5
+                        LowbitStep s = {2e-3, step == 2 ? 0.3 : 0.9, step == 3 ? 0.4 : 0.999, 1e-8, 0.1, step * 7, 0.75f,
+                                        lm, 42, 4096};
+                        lowbit_adamw_step_cpu(mode < 2 ? w[c] : NULL, mode == 0 ? NULL : p[c], &stc, g, &s,
+                                              mode == 4 ? r16 : NULL);
+                    }
+                    if (c == 0) continue;
+                    size_t bad = memcmp(reg[0], reg[1], l.bytes) != 0;
+                    bad += memcmp(p[0], p[1], n * 2) != 0;
+                    if (mode < 2) bad += test_diff_bits_f32("master", w[1], w[0], n);
+                    TEST_CHECK(bad == 0, "low-bit step %s, %s states, master mode %d, %s states: bit-identical to scalar",
+                               adamw_cpu_isa_name((AdamwIsa)isa), lowbit_format_name(fmts[f]), mode,
+                               init ? "random" : "zero");
+                    free(w[1]), free(p[1]), free(reg[1]);
+                }
+                adamw_cpu_set_isa(best);
+                free(w[0]), free(p[0]), free(reg[0]), free(w0), free(g), free(p0), free(r16), free(reg0);
+            }
+        }
+    }
+}
+
 // adamw_cpu_run over a mixed group (what the offloaded step hands it per layer) against one
 // call per tensor: fp32 and bf16-sr masters, fp32 states and each low-bit format.
 static void test_cpu_run_batch(void) {
@@ -469,6 +540,7 @@ static void test_sr_unbiased(void) {
 int main(void) {
     test_offload_variants();
     test_offload_sr_variants();
+    test_lowbit_variants();
     test_cpu_run_batch();
     test_state_range();
     test_zero_shards_offload();
