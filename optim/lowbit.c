@@ -260,8 +260,15 @@ T512_INLINE __m512 deq16(LowbitFormat f, const float *q, const uint8_t *codes, i
     return _mm512_mul_ps(x, s);
 }
 
-// lowbit_lut_code in 16 lanes (same arguments).
-T512_INLINE __m512i lut16(__m512 x, const uint32_t *t, uint32_t lo, int shift, int is_signed) {
+// The 4-bit tables padded to whole 32-word pieces for lut16's permutes.
+static const uint32_t g_lut_s4_pad[96] = {LOWBIT_LUT_S4}, g_lut_u4_pad[64] = {LOWBIT_LUT_U4};
+
+_Static_assert(LOWBIT_LUT_S4_N <= 96 && LOWBIT_LUT_U4_N <= 64, "4-bit tables outgrew their padded copies");
+
+// lowbit_lut_code in 16 lanes (same arguments; pad: t padded to `pieces` 32-word pieces, read
+// by permutes instead of a gather — the 4-bit tables).
+T512_INLINE __m512i lut16(__m512 x, const uint32_t *t, const uint32_t *pad, int pieces, uint32_t lo, int shift,
+                          int is_signed) {
     const __m512i u = _mm512_castps_si512(x), mask = _mm512_set1_epi32((int)((1u << shift) - 1u));
     __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF));
     a = _mm512_min_epu32(_mm512_max_epu32(a, _mm512_set1_epi32((int)lo)), _mm512_set1_epi32((int)LOWBIT_LUT_HI));
@@ -272,7 +279,16 @@ T512_INLINE __m512i lut16(__m512 x, const uint32_t *t, uint32_t lo, int shift, i
         idx = _mm512_mask_add_epi32(idx, neg, idx, _mm512_set1_epi32((int)LOWBIT_LUT_NB(lo, shift)));
         low = _mm512_mask_xor_epi32(low, neg, low, mask);
     }
-    const __m512i w = _mm512_i32gather_epi32(idx, (const void *)t, 4);
+    __m512i w;
+    if (pad) {  // a small table in `pieces` 32-word pieces: one two-register permute each
+        w = _mm512_permutex2var_epi32(_mm512_loadu_si512(pad), idx, _mm512_loadu_si512(pad + 16));
+        for (int k = 1; k < pieces; k++)
+            w = _mm512_mask_mov_epi32(w, _mm512_cmpeq_epi32_mask(_mm512_srli_epi32(idx, 5), _mm512_set1_epi32(k)),
+                                      _mm512_permutex2var_epi32(_mm512_loadu_si512(pad + 32 * k), idx,
+                                                                _mm512_loadu_si512(pad + 32 * k + 16)));
+    } else {
+        w = _mm512_i32gather_epi32(idx, (const void *)t, 4);
+    }
     __m512i c = _mm512_srli_epi32(w, 24);
     c = _mm512_mask_add_epi32(c, _mm512_cmpge_epu32_mask(low, _mm512_and_si512(w, _mm512_set1_epi32(0xFFFFFF))), c,
                               _mm512_set1_epi32(1));
@@ -310,15 +326,15 @@ T512_INLINE float quantize_block16(LowbitFormat f, int is_signed, uint8_t *codes
     for (int j = 0; j < bs; j += 16) {
         const __m512 y = _mm512_div_ps(_mm512_loadu_ps(x + j), sv);
         if (f == LOWBIT_4BIT) {
-            const __m512i c = is_signed ? lut16(y, g_lut_s4, LOWBIT_LUT_S4_LO, LOWBIT_LUT_S4_SHIFT, 1)
-                                        : lut16(y, g_lut_u4, LOWBIT_LUT_U4_LO, LOWBIT_LUT_U4_SHIFT, 0);
+            const __m512i c = is_signed ? lut16(y, g_lut_s4, g_lut_s4_pad, 3, LOWBIT_LUT_S4_LO, LOWBIT_LUT_S4_SHIFT, 1)
+                                        : lut16(y, g_lut_u4, g_lut_u4_pad, 2, LOWBIT_LUT_U4_LO, LOWBIT_LUT_U4_SHIFT, 0);
             // even lanes << 4, then each 64-bit pair folded into its low byte
             const __m512i e = _mm512_sllv_epi32(c, _mm512_set1_epi64(4));
             _mm_storel_epi64((__m128i *)(codes + j / 2), _mm512_cvtepi64_epi8(_mm512_or_si512(e, _mm512_srli_epi64(e, 32))));
         } else {
             const __m512i c = f == LOWBIT_FP8 ? e4m3_16(y)
-                              : is_signed     ? lut16(y, g_lut_s8, LOWBIT_LUT_S8_LO, LOWBIT_LUT_S8_SHIFT, 1)
-                                              : lut16(y, g_lut_u8, LOWBIT_LUT_U8_LO, LOWBIT_LUT_U8_SHIFT, 0);
+                              : is_signed     ? lut16(y, g_lut_s8, NULL, 0, LOWBIT_LUT_S8_LO, LOWBIT_LUT_S8_SHIFT, 1)
+                                              : lut16(y, g_lut_u8, NULL, 0, LOWBIT_LUT_U8_LO, LOWBIT_LUT_U8_SHIFT, 0);
             _mm_storeu_si128((__m128i *)(codes + j), _mm512_cvtepi32_epi8(c));
         }
     }

@@ -361,7 +361,8 @@ void lowbit_dequantize(LowbitFormat f, int is_signed, float *x, const uint8_t *c
 // (param, when not NULL, receives the bf16 copy); NULL for the bf16 masters, where param
 // bf16 [n] is read and written. rand16: NULL, or 16-bit random numbers [n] to use instead of
 // lowbit_sr_bits (tests feed torch's). Serial; adamw_lowbit_update_cpu runs the same units
-// (lowbit_step_unit) under OpenMP.
+// (lowbit_step_unit) under OpenMP. Quantized units run in 16 lanes when adamw_cpu's variant is
+// AVX-512 (adamw_cpu_set_isa; the same bits as the scalar C, test_offload checks it).
 void lowbit_adamw_step_cpu(float *master, uint16_t *param, const LowbitState *st, const float *grad,
                            const LowbitStep *s, const uint16_t *rand16);
 // Fails (CHECK) on a master/param combination that does not fit s->master, or a quantized

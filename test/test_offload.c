@@ -139,7 +139,10 @@ static void test_offload_sr_variants(void) {
 // from zero and from random codes and scales (zero, inf and NaN scales, fp8 NaN codes), and
 // blocks of zeros, denormals, huge values, -0, inf and NaN in gradients and weights.
 static void lowbit_edge_fill(float *w, float *g, size_t n, int bs, uint64_t *rs) {
-    for (size_t i = 0; i < n; i++) w[i] = 0.1f * test_rand_uniform(rs), g[i] = 0.01f * test_rand_uniform(rs);
+    for (size_t i = 0; i < n; i++) {  // blocks of gradients from 1e-9 to 1e3 in magnitude
+        w[i] = 0.1f * test_rand_uniform(rs);
+        g[i] = powf(10.0f, (float)((i / (size_t)bs) % 13) - 9.0f) * test_rand_uniform(rs);
+    }
     for (int j = 0; j < bs; j++) {
         w[j] = 0.0f, g[j] = 0.0f;                                         // block 0: all zero
         g[bs + j] = 1e-40f * (float)(j % 5) * (j & 1 ? -1.0f : 1.0f);     // block 1: denormal grads
@@ -157,7 +160,7 @@ static void test_lowbit_variants(void) {
     const AdamwIsa best = adamw_cpu_isa_best();
     for (size_t f = 0; f < sizeof fmts / sizeof *fmts; f++) {
         const int bs = lowbit_block(fmts[f]);
-        const size_t n = (size_t)bs * 24;
+        const size_t n = (size_t)bs * 40;
         const LowbitLayout l = lowbit_layout_of(fmts[f], n);
         for (int mode = 0; mode < 5; mode++) {  // fp32, fp32 + bf16 copy, bf16, bf16-sr, bf16-sr given bits
             for (int init = 0; init < 2; init++) {
