@@ -254,14 +254,16 @@ void qmodel_load(InferModel *im, const char *dir) {
             continue;
         }
         CHECK(im->mode != QUANT_NONE, "%s: %s is quantized but the model's quant_mode is none", spath, nm);
-        quant_alloc(lin, im->mode, M, K, im->group);
-        const int G = lin->group;
+        // The codes' shape is checked against the file before anything of the config's size is
+        // allocated: a config.json that claims a larger model gets this error, not an allocation failure.
         const StTensor *tq;
         switch (im->mode) {
             case QUANT_INT8: tq = want(st, spath, p->hf_name, ST_I8, 2, M, K, &used); break;
             case QUANT_FP8: tq = want(st, spath, p->hf_name, ST_F8_E4M3, 2, M, K, &used); break;
             default: tq = want(st, spath, p->hf_name, ST_U8, 2, M, K / 2, &used); break;
         }
+        quant_alloc(lin, im->mode, M, K, im->group);
+        const int G = lin->group;
         memcpy(lin->q, tq->data, tq->nbytes);
         if (im->mode == QUANT_INT4) {
             want(st, spath, nm, ST_BF16, 2, M, K / G, &used);
