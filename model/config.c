@@ -169,6 +169,23 @@ static int parse_root(LlamaConfig *c, const JsonValue *root, char *err, size_t n
     if (c->arch == ARCH_LLAMA && !refuse_true(root, "attention_bias", "use model_type qwen2 for q/k/v biases", err, n))
         return 0;
     if (!refuse_true(root, "use_sliding_window", "sliding-window attention is not implemented", err, n)) return 0;
+    // transformers' per-layer attention kinds (Qwen2 and newer configs): every layer must be full
+    // attention; running a sliding-window layer as full attention would be a silently wrong model.
+    const JsonValue *lt = json_get(root, "layer_types");
+    if (lt && lt->type != JSON_NULL) {
+        if (lt->type != JSON_ARRAY || lt->n != (size_t)c->n_layers) {
+            snprintf(err, n, "config.json: \"layer_types\" must be a list of num_hidden_layers = %d strings", c->n_layers);
+            return 0;
+        }
+        for (size_t i = 0; i < lt->n; i++) {
+            const JsonValue *v = &lt->items[i];
+            if (v->type != JSON_STRING || strcmp(v->str, "full_attention") != 0) {
+                snprintf(err, n, "config.json: layer_types[%zu] = \"%.40s\" is not supported (only \"full_attention\"; "
+                         "sliding-window attention is not implemented)", i, v->type == JSON_STRING ? v->str : "(not a string)");
+                return 0;
+            }
+        }
+    }
 
     const JsonValue *rs = json_get(root, "rope_scaling");
     if (rs && rs->type != JSON_NULL && !parse_rope_object(c, rs, "rope_scaling", err, n)) return 0;

@@ -175,6 +175,8 @@ def config_cases():
     cfg("config_kv_not_multiple.json", "not a multiple", num_attention_heads=4, num_key_value_heads=3, head_dim=2)
     cfg("config_negative_size.json", "out of range", hidden_size=-4)
     cfg("config_vocab_string.json", '"vocab_size" must be an integer', vocab_size="8")
+    cfg("config_sliding_layer.json", 'layer_types[0] = "sliding_attention"', layer_types=["sliding_attention"])
+    cfg("config_layer_types_count.json", '"layer_types" must be a list', layer_types=["full_attention"] * 2)
     cfg("config_vocab_float.json", '"vocab_size" must be an integer', vocab_size=8.5)
     cfg("config_layers_huge.json", '"num_hidden_layers" must be an integer', num_hidden_layers=1 << 40)
     cfg("config_rope_yarn.json", 'rope_type = "yarn"', rope_scaling={"rope_type": "yarn", "factor": 4.0})
