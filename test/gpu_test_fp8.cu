@@ -215,6 +215,42 @@ static void test_strided(int rows, int cols, int ld, int c0, int specials) {
     cudaFree(dfull), cudaFree(dq), cudaFree(dqt), cudaFree(ws), cudaFree(ds), cudaFree(am);
 }
 
+// The CPU cast of x by spec sp into codes rq and scales as the GPU stores them: rs (inverse scales for
+// tensor / axis scaling; 128x128 blocks at row stride sld, the padding entries left as they are) or
+// re (MX's e8m0 exponents); nsc scales.
+static void cast_reference(const Fp8CastSpec &sp, uint8_t *rq, float *rs, uint8_t *re, const float *x, int rows,
+                           int cols, int sld, size_t nsc) {
+    switch (sp.scaling) {
+        case FP8_SCALE_TENSOR:
+        case FP8_SCALE_AXIS:
+            fp8_cast_cpu(rq, rs, x, rows, cols, sp.dtype, sp.scaling == FP8_SCALE_AXIS, sp.pow2, sp.transposed);
+            for (size_t i = 0; i < nsc; i++) rs[i] = fp8_scale_inv(rs[i]);
+            break;
+        case FP8_SCALE_1X128: fp8_block1x128_cpu(rq, rs, x, rows, cols, sp.transposed); break;
+        case FP8_SCALE_128X128: fp8_block128x128_cpu(rq, rs, sld, x, rows, cols, sp.transposed); break;
+        case FP8_SCALE_MX32:
+            mx_quantize_cpu(rq, re, x, rows, cols, sp.dtype, sp.mx_rceil ? MX_RCEIL : MX_FLOOR, sp.transposed);
+            break;
+        default: break;
+    }
+}
+
+// The GPU cast's n codes (dq) and nsc scales (ds, or de for MX) bit for bit against cast_reference's;
+// q, s, e: host scratch.
+static void check_cast(const char *what_codes, const char *what_scales, const Fp8CastSpec &sp, const uint8_t *dq,
+                       const float *ds, const uint8_t *de, uint8_t *q, float *s, uint8_t *e, const uint8_t *rq,
+                       const float *rs, const uint8_t *re, size_t n, size_t nsc) {
+    d2h(q, dq, n);
+    check_same(what_codes, q, rq, n, 1);
+    if (sp.scaling == FP8_SCALE_MX32) {
+        d2h(e, de, nsc);
+        check_same(what_scales, e, re, nsc, 1);
+    } else {
+        d2h(s, ds, nsc * 4);
+        check_same(what_scales, s, rs, nsc, 4);
+    }
+}
+
 // Every operand cast of every recipe (fp8_cast_operand_ld) on columns [c0, c0 + cols) of rows of ld
 // elements, against the CPU cast of those columns made dense: codes and scales bit for bit. The shapes
 // reach each kernel path with a row stride: the per-row axis cast with groups of 32 .. 1024 threads per
@@ -222,7 +258,7 @@ static void test_strided(int rows, int cols, int ld, int c0, int specials) {
 // fallback; the transposed axis cast in clusters of up to 16 CTAs (values kept in registers or walked
 // twice); 1x128 / 128x128 blocks and MX, vector and scalar paths.
 static void test_strided_operands(int rows, int cols, int ld, int c0, int specials) {
-    char w[220];
+    char w[220], w2[220];
     const size_t n = (size_t)rows * cols;
     float *full = make_input(rows, ld, specials), *x = (float *)ao_malloc((n + 1) * sizeof(float));
     for (int r = 0; r < rows; r++) memcpy(x + (size_t)r * cols, full + (size_t)r * ld + c0, cols * sizeof(float));
@@ -246,32 +282,12 @@ static void test_strided_operands(int rows, int cols, int ld, int c0, int specia
             }
             CUDA_CHECK(cudaMemsetAsync(dq, 0xAB, n, g_s));
             fp8_cast_operand_ld(dq, ds, de, dx, rows, cols, (size_t)ld, sp, ws, g_s);
-            switch (sp.scaling) {
-                case FP8_SCALE_TENSOR:
-                case FP8_SCALE_AXIS:
-                    fp8_cast_cpu(rq, rs, x, rows, cols, sp.dtype, sp.scaling == FP8_SCALE_AXIS, sp.pow2, sp.transposed);
-                    for (size_t i = 0; i < nsc; i++) rs[i] = fp8_scale_inv(rs[i]);
-                    break;
-                case FP8_SCALE_1X128: fp8_block1x128_cpu(rq, rs, x, rows, cols, sp.transposed); break;
-                case FP8_SCALE_128X128: fp8_block128x128_cpu(rq, rs, sld, x, rows, cols, sp.transposed); break;
-                case FP8_SCALE_MX32:
-                    mx_quantize_cpu(rq, re, x, rows, cols, sp.dtype, sp.mx_rceil ? MX_RCEIL : MX_FLOOR, sp.transposed);
-                    break;
-                default: break;
-            }
-            d2h(q, dq, n);
+            cast_reference(sp, rq, rs, re, x, rows, cols, sld, nsc);
             snprintf(w, sizeof w, "strided %s %s %dx%d of rows of %d from column %d sp=%d: codes",
                      fp8_recipe_name((Fp8Recipe)r), fp8_operand_name((Fp8Operand)op), rows, cols, ld, c0, specials);
-            check_same(w, q, rq, n, 1);
-            snprintf(w, sizeof w, "strided %s %s %dx%d of rows of %d from column %d: scales", fp8_recipe_name((Fp8Recipe)r),
-                     fp8_operand_name((Fp8Operand)op), rows, cols, ld, c0);
-            if (sp.scaling == FP8_SCALE_MX32) {
-                d2h(e, de, nsc);
-                check_same(w, e, re, nsc, 1);
-            } else {
-                d2h(s, ds, nsc * 4);
-                check_same(w, s, rs, nsc, 4);
-            }
+            snprintf(w2, sizeof w2, "strided %s %s %dx%d of rows of %d from column %d: scales",
+                     fp8_recipe_name((Fp8Recipe)r), fp8_operand_name((Fp8Operand)op), rows, cols, ld, c0);
+            check_cast(w, w2, sp, dq, ds, de, q, s, e, rq, rs, re, n, nsc);
             checked++;
         }
     printf("  strided operand casts %5d x %-5d of rows of %-5d from column %-4d specials=%d: %d casts checked\n", rows,
@@ -340,7 +356,7 @@ static void test_mx_tables(void) {
 
 // Every operand of every recipe through fp8_cast_operand, against the CPU cast of the same spec.
 static void test_recipes(int N, int K, int M) {
-    char w[160];
+    char w[160], w2[160];
     float *x = make_input(N, K, 0), *wt = make_input(M, K, 0), *g = make_input(N, M, 0);
     int mx = N > M ? N : M, kx = K > M ? K : M;
     size_t cap = (size_t)mx * kx;
@@ -359,38 +375,17 @@ static void test_recipes(int N, int K, int M) {
             const float *h = which == 0 ? x : which == 1 ? wt : g;
             int rows = which == 1 ? M : N, cols = which == 2 ? M : K, ld = 0;
             size_t n = (size_t)rows * cols, nsc = fp8_scale_count(sp, rows, cols, &ld);
-            fp8_cast_operand(dq, ds, de, dxs[which], rows, cols, sp, ws, g_s);
-            switch (sp.scaling) {
-                case FP8_SCALE_TENSOR:
-                case FP8_SCALE_AXIS:
-                    fp8_cast_cpu(rq, rs, h, rows, cols, sp.dtype, sp.scaling == FP8_SCALE_AXIS, sp.pow2, sp.transposed);
-                    for (size_t i = 0; i < nsc; i++) rs[i] = fp8_scale_inv(rs[i]);
-                    break;
-                case FP8_SCALE_1X128: fp8_block1x128_cpu(rq, rs, h, rows, cols, sp.transposed); break;
-                case FP8_SCALE_128X128:
-                    for (size_t i = 0; i < nsc; i++) rs[i] = 1.0f;
-                    h2d(ds, rs, nsc * 4);
-                    fp8_cast_operand(dq, ds, de, dxs[which], rows, cols, sp, ws, g_s);
-                    fp8_block128x128_cpu(rq, rs, ld, h, rows, cols, sp.transposed);
-                    break;
-                case FP8_SCALE_MX32:
-                    mx_quantize_cpu(rq, re, h, rows, cols, sp.dtype, sp.mx_rceil ? MX_RCEIL : MX_FLOOR, sp.transposed);
-                    break;
-                default: break;
+            if (sp.scaling == FP8_SCALE_128X128) {  // padding entries are left as they were
+                for (size_t i = 0; i < nsc; i++) rs[i] = 1.0f;
+                h2d(ds, rs, nsc * 4);
             }
-            d2h(q, dq, n);
+            fp8_cast_operand(dq, ds, de, dxs[which], rows, cols, sp, ws, g_s);
+            cast_reference(sp, rq, rs, re, h, rows, cols, ld, nsc);
             snprintf(w, sizeof w, "recipe %s %s (N=%d K=%d M=%d): codes", fp8_recipe_name((Fp8Recipe)r),
                      fp8_operand_name((Fp8Operand)op), N, K, M);
-            check_same(w, q, rq, n, 1);
-            snprintf(w, sizeof w, "recipe %s %s: scales", fp8_recipe_name((Fp8Recipe)r),
+            snprintf(w2, sizeof w2, "recipe %s %s: scales", fp8_recipe_name((Fp8Recipe)r),
                      fp8_operand_name((Fp8Operand)op));
-            if (sp.scaling == FP8_SCALE_MX32) {
-                d2h(e, de, nsc);
-                check_same(w, e, re, nsc, 1);
-            } else {
-                d2h(s, ds, nsc * 4);
-                check_same(w, s, rs, nsc, 4);
-            }
+            check_cast(w, w2, sp, dq, ds, de, q, s, e, rq, rs, re, n, nsc);
         }
     printf("  recipes N=%d K=%d M=%d checked\n", N, K, M);
     free(x), free(wt), free(g), free(q), free(rq), free(e), free(re), free(s), free(rs);
