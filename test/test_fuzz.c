@@ -399,6 +399,17 @@ static void fuzz_fail_handler(const char *msg) {
     snprintf(g_msg, sizeof g_msg, "%s", msg);
     longjmp(g_jmp, 1);
 }
+// Arms the handler in a target: a CHECK failure in the calls that follow lands here, and the target
+// returns 0 with the message in err. A macro, because setjmp must run in the target's own frame.
+#define FUZZ_CATCH(err, errlen)                 \
+    do {                                        \
+        ao_set_fail_handler(fuzz_fail_handler); \
+        if (setjmp(g_jmp)) {                    \
+            ao_set_fail_handler(NULL);          \
+            snprintf(err, errlen, "%s", g_msg); \
+            return 0;                           \
+        }                                       \
+    } while (0)
 
 // json: in memory
 static void setup_json(Seeds *ss) {
@@ -636,12 +647,7 @@ static int run_gguf(const Seeds *ss, const Seed *sd, char *err, size_t errlen, c
     gguf_close(&g);
     if (!is_llama) return 1;
     LlamaModel m;
-    ao_set_fail_handler(fuzz_fail_handler);
-    if (setjmp(g_jmp)) {
-        ao_set_fail_handler(NULL);
-        snprintf(err, errlen, "%s", g_msg);
-        return 0;
-    }
+    FUZZ_CATCH(err, errlen);
     Tokenizer *tok = NULL;
     char *tmpl = NULL;
     gguf_load_llama(sd->load, &m, has_tok ? &tok : NULL, &tmpl);
@@ -738,12 +744,7 @@ static void setup_tok(Seeds *ss) {
 }
 static int run_tok(const Seeds *ss, const Seed *sd, char *err, size_t errlen, char *bad, size_t badlen) {
     (void)ss;
-    ao_set_fail_handler(fuzz_fail_handler);
-    if (setjmp(g_jmp)) {
-        ao_set_fail_handler(NULL);
-        snprintf(err, errlen, "%s", g_msg);
-        return 0;
-    }
+    FUZZ_CATCH(err, errlen);
     Tokenizer *t = tokenizer_load(sd->load);
     ao_set_fail_handler(NULL);
     tok_sane(t, bad, badlen);
@@ -779,12 +780,7 @@ static int run_shard(const Seeds *ss, const Seed *sd, char *err, size_t errlen, 
     (void)ss;
     int32_t vocab = sd == &ss->seeds[0] ? SHARD_VOCAB : 70000;
     Shard s;
-    ao_set_fail_handler(fuzz_fail_handler);
-    if (setjmp(g_jmp)) {
-        ao_set_fail_handler(NULL);
-        snprintf(err, errlen, "%s", g_msg);
-        return 0;
-    }
+    FUZZ_CATCH(err, errlen);
     shard_open(&s, sd->load, vocab);
     ao_set_fail_handler(NULL);
     if (s.count * s.width + SHARD_HEADER_BYTES != s.mf.size)
@@ -817,12 +813,7 @@ static int run_loader(const Seeds *ss, const Seed *sd, char *err, size_t errlen,
     DataLoader dl;
     const char *paths[] = {ss->aux};
     loader_init(&dl, paths, 1, SHARD_VOCAB, 2, 8, 0, 1, 7, 1);
-    ao_set_fail_handler(fuzz_fail_handler);
-    if (setjmp(g_jmp)) {
-        ao_set_fail_handler(NULL);
-        snprintf(err, errlen, "%s", g_msg);
-        return 0;
-    }
+    FUZZ_CATCH(err, errlen);
     loader_load_state(&dl, sd->load);
     int32_t in[16], tg[16];
     for (int i = 0; i < 20 && !bad[0]; i++) {
@@ -861,12 +852,7 @@ static void setup_qmodel(Seeds *ss) {
 static int run_qmodel(const Seeds *ss, const Seed *sd, char *err, size_t errlen, char *bad, size_t badlen) {
     (void)ss;
     InferModel im;
-    ao_set_fail_handler(fuzz_fail_handler);
-    if (setjmp(g_jmp)) {
-        ao_set_fail_handler(NULL);
-        snprintf(err, errlen, "%s", g_msg);
-        return 0;
-    }
+    FUZZ_CATCH(err, errlen);
     qmodel_load(&im, sd->load);
     ao_set_fail_handler(NULL);
     if (st_max_abs(im.mapped) < 1e4f) infer_sane(&im, bad, badlen);
