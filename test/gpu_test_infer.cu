@@ -541,6 +541,26 @@ static float *cpu_logits(const InferModel *im, const int32_t *toks, int n0, int 
     return ref;
 }
 
+// The GPU's logits of o->n_seq copies of toks [T = n0 + the steps]: a prefill of n0 tokens (all
+// logits), then single-token steps; [n_seq, T, V], the caller frees them.
+static float *gpu_logits_seqs(const InferModel *im, const InferGpuOpts *o, const int32_t *toks, int n0, int T) {
+    const int V = im->cfg.vocab_size, NS = o->n_seq;
+    InferGpu *g = infer_gpu_create(im, o);
+    float *got = (float *)ao_malloc((size_t)NS * T * V * sizeof(float));
+    int32_t *in = (int32_t *)ao_malloc((size_t)n0 * NS * sizeof(int32_t));
+    for (int q = 0; q < NS; q++) memcpy(in + (size_t)q * n0, toks, (size_t)n0 * sizeof(int32_t));
+    const float *lg = infer_gpu_forward(g, in, n0, 1);
+    for (int q = 0; q < NS; q++) memcpy(got + (size_t)q * T * V, lg + (size_t)q * n0 * V, (size_t)n0 * V * sizeof(float));
+    for (int i = n0; i < T; i++) {
+        for (int q = 0; q < NS; q++) in[q] = toks[i];
+        lg = infer_gpu_forward(g, in, 1, 0);
+        for (int q = 0; q < NS; q++) memcpy(got + ((size_t)q * T + i) * V, lg + (size_t)q * V, (size_t)V * sizeof(float));
+    }
+    infer_gpu_free(g);
+    free(in);
+    return got;
+}
+
 // CPU vs GPU on one model and mode: prefill of n0 tokens (all logits), then single-token
 // steps (graphs), with the KV cache in fp32 and in bf16, and 3 sequences at once.
 static void compare_model(const char *name, const InferModel *im, const int32_t *toks, int n0, int nsteps) {
@@ -553,18 +573,7 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
         const int unf = variant >= 4;
         InferGpuOpts o = {T, n0, (variant == 3 || variant == 5) ? 3 : 1, variant != 2, variant != 1, 0, 0, 0,
                           unf ? INFER_GPU_NO_FUSE | INFER_GPU_NO_PDL : 0, 0};
-        InferGpu *g = infer_gpu_create(im, &o);
-        float *got = (float *)ao_malloc((size_t)T * V * sizeof(float) * o.n_seq);
-        int32_t *in = (int32_t *)ao_malloc((size_t)n0 * o.n_seq * sizeof(int32_t));
-        for (int q = 0; q < o.n_seq; q++) memcpy(in + (size_t)q * n0, toks, (size_t)n0 * sizeof(int32_t));
-        const float *lg = infer_gpu_forward(g, in, n0, 1);
-        for (int q = 0; q < o.n_seq; q++)
-            memcpy(got + (size_t)q * T * V, lg + (size_t)q * n0 * V, (size_t)n0 * V * sizeof(float));
-        for (int i = n0; i < T; i++) {
-            for (int q = 0; q < o.n_seq; q++) in[q] = toks[i];
-            lg = infer_gpu_forward(g, in, 1, 0);
-            for (int q = 0; q < o.n_seq; q++) memcpy(got + ((size_t)q * T + i) * V, lg + (size_t)q * V, (size_t)V * sizeof(float));
-        }
+        float *got = gpu_logits_seqs(im, &o, toks, n0, T);
         static float *first = NULL, *seq3 = NULL;
         static size_t first_n = 0;
         // fp32 KV: fp32 summation order only, except that the dynamically quantized modes
@@ -600,8 +609,7 @@ static void compare_model(const char *name, const InferModel *im, const int32_t 
             TEST_CHECK(!memcmp(seq3, got, (size_t)3 * T * V * sizeof(float)),
                        "%s %s: the unfused decode of 3 sequences differs from the fused one", name,
                        quant_mode_name(im->mode));
-        infer_gpu_free(g);
-        free(got), free(in);
+        free(got);
     }
     free(ref);
 }
@@ -723,20 +731,7 @@ static void compare_batched_gemm(const char *name, const InferModel *im, const i
     float *got[2];
     for (int vnt = 0; vnt < 2; vnt++) {  // 0: decode GEMMs, 1: GEMVs
         InferGpuOpts o = {T, n0, NS, 1, 1, 0, 0, 0, 0, vnt == 0 ? 1 : 0};
-        InferGpu *g = infer_gpu_create(im, &o);
-        got[vnt] = (float *)ao_malloc((size_t)NS * T * V * sizeof(float));
-        int32_t *in = (int32_t *)ao_malloc((size_t)n0 * NS * sizeof(int32_t));
-        for (int q = 0; q < NS; q++) memcpy(in + (size_t)q * n0, toks, (size_t)n0 * sizeof(int32_t));
-        const float *lg = infer_gpu_forward(g, in, n0, 1);
-        for (int q = 0; q < NS; q++)
-            memcpy(got[vnt] + (size_t)q * T * V, lg + (size_t)q * n0 * V, (size_t)n0 * V * sizeof(float));
-        for (int i = n0; i < T; i++) {
-            for (int q = 0; q < NS; q++) in[q] = toks[i];
-            lg = infer_gpu_forward(g, in, 1, 0);
-            for (int q = 0; q < NS; q++) memcpy(got[vnt] + ((size_t)q * T + i) * V, lg + (size_t)q * V, (size_t)V * sizeof(float));
-        }
-        infer_gpu_free(g);
-        free(in);
+        got[vnt] = gpu_logits_seqs(im, &o, toks, n0, T);
     }
     char what[200];
     for (int q = 0; q < NS; q++) {
