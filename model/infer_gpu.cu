@@ -78,6 +78,18 @@ static int decode_gemm_threshold(const InferGpu *g, QuantMode mode) {
     return mode == QUANT_NONE ? R : 4 * R;
 }
 
+// f(w, acc, lm) for every linear of the model: acc where the forward adds its output into the
+// residual (o_proj, down_proj), lm for the lm_head.
+template <typename F> static void each_linear(const InferGpu *g, F f) {
+    for (int l = 0; l < g->cfg.n_layers; l++) {
+        const GpuLayer *gl = &g->layers[l];
+        for (int i = 0; i < gl->n_qkv; i++) f(&gl->qkv[i], 0, 0);
+        for (int i = 0; i < gl->n_gu; i++) f(&gl->gu[i], 0, 0);
+        f(&gl->wo, 1, 0), f(&gl->wd, 1, 0);
+    }
+    f(&g->lm_head, 0, 1);
+}
+
 static void *galloc(InferGpu *g, size_t bytes) {
     void *p = qgemv_dev_alloc(bytes, g->alloc_bytes);
     g->alloc_bytes += bytes;
@@ -482,22 +494,15 @@ extern "C" InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *
     g->gemm_tokens = g->o.gemm_tokens == 0 ? 16 : g->o.gemm_tokens;
     CHECK(g->o.decode_gemm_rows >= 0, "GPU inference: decode_gemm_rows %d < 0", g->o.decode_gemm_rows);
     g->gemm_min_rows = 0;
-    auto fewest = [&](const QWeightGpu *w) {
+    each_linear(g, [&](const QWeightGpu *w, int, int) {
         const int t = decode_gemm_threshold(g, w->mode);
         if (t > 0 && (g->gemm_min_rows == 0 || t < g->gemm_min_rows)) g->gemm_min_rows = t;
-    };
-    for (int l = 0; l < L; l++) {
-        const GpuLayer *gl = &g->layers[l];
-        for (int i = 0; i < gl->n_qkv; i++) fewest(&gl->qkv[i]);
-        for (int i = 0; i < gl->n_gu; i++) fewest(&gl->gu[i]);
-        fewest(&gl->wo), fewest(&gl->wd);
-    }
-    fewest(&g->lm_head);
+    });
     if ((g->gemm_tokens > 0 && g->o.max_batch > g->gemm_tokens) ||
         (g->gemm_min_rows > 0 && (int)MR >= g->gemm_min_rows)) {
         int max_ld = 8, dyn_cols = 0;
         size_t wbuf = 0, ybuf = 0;
-        auto need = [&](const QWeightGpu *w, int acc, int lm) {
+        each_linear(g, [&](const QWeightGpu *w, int acc, int lm) {
             if (w->ld > max_ld) max_ld = w->ld;
             if (w->mode == QUANT_FP8 || w->mode == QUANT_8DA4W) dyn_cols = w->cols > dyn_cols ? w->cols : dyn_cols;
             if (w->mode != QUANT_NONE) {  // the lm_head in slices of at most 8192 rows
@@ -506,14 +511,7 @@ extern "C" InferGpu *infer_gpu_create(const InferModel *im, const InferGpuOpts *
             }
             if (acc && (w->mode == QUANT_INT8 || w->mode == QUANT_FP8 || w->mode == QUANT_8DA4W || w->bias))
                 ybuf = MR * w->rows > ybuf ? MR * w->rows : ybuf;
-        };
-        for (int l = 0; l < L; l++) {
-            const GpuLayer *gl = &g->layers[l];
-            for (int i = 0; i < gl->n_qkv; i++) need(&gl->qkv[i], 0, 0);
-            for (int i = 0; i < gl->n_gu; i++) need(&gl->gu[i], 0, 0);
-            need(&gl->wo, 1, 0), need(&gl->wd, 1, 0);
-        }
-        need(&g->lm_head, 0, 1);
+        });
         prefill_gemm_init(&g->pf, g->max_rows, max_ld, wbuf, ybuf, dyn_cols);
         g->alloc_bytes += g->pf.bytes;
         g->has_pf = 1;
@@ -554,9 +552,10 @@ extern "C" void infer_gpu_free(InferGpu *g) {
 // Whether a linear of this format runs as a cuBLASLt GEMM in a forward of n tokens per sequence
 // (rows in all): a prompt of more than gemm_tokens tokens, or a batched decode step
 // (decode_gemm_threshold).
+static int prompt_gemm(const InferGpu *g, int n) { return g->has_pf && g->gemm_tokens > 0 && n > g->gemm_tokens; }
 static int linear_gemm(const InferGpu *g, int rows, int n, QuantMode mode) {
     if (!g->has_pf) return 0;
-    if (g->gemm_tokens > 0 && n > g->gemm_tokens) return 1;
+    if (prompt_gemm(g, n)) return 1;
     const int t = decode_gemm_threshold(g, mode);
     return t > 0 && rows >= t;
 }
@@ -599,8 +598,7 @@ static void enqueue_forward(InferGpu *g, int n, int all_logits) {
     cudaStream_t st = g->st;
     // PDL only where every kernel of the forward is ours (a prefill, or a batched decode step past
     // gemm_min_rows, runs cuBLASLt GEMMs)
-    const int any_gemm = g->has_pf && ((g->gemm_tokens > 0 && n > g->gemm_tokens) ||
-                                       (g->gemm_min_rows > 0 && rows >= g->gemm_min_rows));
+    const int any_gemm = prompt_gemm(g, n) || (g->has_pf && g->gemm_min_rows > 0 && rows >= g->gemm_min_rows);
     g->pdl = g->pdl_ok && !any_gemm;
     g->act_s.pdl = g->pdl;
     const int pdl = g->pdl;
